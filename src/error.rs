@@ -1,0 +1,305 @@
+//! Typed errors for both roles.
+//!
+//! The peer-caused problems are split by what went wrong, rustls-style, so a caller (or a test)
+//! can match on them: [`HeadError`] (bytes that are not a valid HTTP/1.1 head), [`BodyError`]
+//! (a bad or oversize handshake body), [`OfferError`] (a valid request that is not a PTTH offer),
+//! [`SwitchError`] (a `101` the dialer must not accept) and [`Refusal`] (a final answer other
+//! than `101`). [`Error`] wraps them with the I/O, timeout and hyper failures around them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+/// A head (start line and fields) that could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    /// The head did not end within `limit` bytes.
+    #[error("head larger than {limit} bytes")]
+    TooLarge {
+        /// The byte limit in force.
+        limit: usize,
+    },
+    /// The request line alone did not end within `limit` bytes.
+    #[error("request line longer than {limit} bytes")]
+    LineTooLong {
+        /// The byte limit in force.
+        limit: usize,
+    },
+    /// The head has more than `limit` fields.
+    #[error("more than {limit} header fields")]
+    TooManyHeaders {
+        /// The field limit in force.
+        limit: usize,
+    },
+    /// The bytes are not HTTP/1.x syntax (bad token, bare CR, whitespace before a colon, ...).
+    #[error("malformed head: {0}")]
+    Malformed(&'static str),
+    /// Valid syntax, but a field combination RFC 9112 forbids (CL with TE, differing CLs, ...).
+    #[error("invalid head: {0}")]
+    Invalid(&'static str),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1 lets a server answer 501).
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
+}
+
+impl HeadError {
+    /// The status a server answers this error with (RFC 9112 §3, RFC 6585 §5).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge { .. } | HeadError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            HeadError::LineTooLong { .. } => StatusCode::URI_TOO_LONG,
+            HeadError::Malformed(_) | HeadError::Invalid(_) => StatusCode::BAD_REQUEST,
+            HeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+}
+
+impl From<httparse::Error> for HeadError {
+    fn from(e: httparse::Error) -> Self {
+        HeadError::Malformed(match e {
+            httparse::Error::HeaderName => "invalid header name",
+            httparse::Error::HeaderValue => "invalid header value",
+            httparse::Error::NewLine => "invalid line ending",
+            httparse::Error::Status => "invalid status code",
+            httparse::Error::Token => "invalid token",
+            httparse::Error::Version => "invalid HTTP version",
+            // The caller maps TooManyHeaders to its own variant before this; keep a sane text.
+            httparse::Error::TooManyHeaders => "too many headers",
+        })
+    }
+}
+
+/// A handshake body (the upgrade request's, or a refusal's) that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// More than `limit` bytes.
+    #[error("body larger than {limit} bytes")]
+    TooLarge {
+        /// The byte limit in force.
+        limit: usize,
+    },
+    /// Invalid chunked framing.
+    #[error("invalid chunked body: {0}")]
+    BadChunk(&'static str),
+}
+
+/// A well-formed request that the listener will not switch on (RFC 9110 §7.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfferError {
+    /// HTTP/1.0 requests never upgrade; RFC 9110 §7.8 says to ignore their `Upgrade`.
+    #[error("HTTP/1.0 request: Upgrade is ignored")]
+    Http10,
+    /// No `Upgrade` member names a PTTH version this listener accepts.
+    #[error("no accepted PTTH protocol in Upgrade")]
+    NoProtocol,
+    /// `Upgrade` is there but `Connection` lacks `upgrade` (RFC 9110 §7.8, draft §3.2).
+    #[error("Connection does not list upgrade")]
+    NoConnectionUpgrade,
+    /// An HTTP/1.1 request with no `Host`, or several (RFC 9112 §3.2).
+    #[error("missing or repeated Host")]
+    BadHost,
+    /// The method is not one the listener accepts for an upgrade.
+    #[error("method not accepted for an upgrade")]
+    Method,
+    /// The client sent bytes after its request before it saw the `101` (RFC 9931).
+    #[error("data sent before the 101 (RFC 9931)")]
+    EarlyData,
+}
+
+impl OfferError {
+    /// The status the listener answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OfferError::NoProtocol | OfferError::NoConnectionUpgrade | OfferError::Http10 => {
+                StatusCode::UPGRADE_REQUIRED
+            }
+            OfferError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            OfferError::BadHost | OfferError::EarlyData => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// A `101 Switching Protocols` the dialer must reject (RFC 9110 §7.8, §15.2.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwitchError {
+    /// The 101 is not HTTP/1.1.
+    #[error("101 is not HTTP/1.1")]
+    NotHttp11,
+    /// The 101 has no `Upgrade` field.
+    #[error("101 without Upgrade")]
+    MissingUpgrade,
+    /// The 101 switches to something the dialer did not offer.
+    #[error("101 switches to {got:?}, which was not offered")]
+    NotOffered {
+        /// The `Upgrade` value of the 101, lossily decoded.
+        got: String,
+    },
+    /// The 101 lacks `Connection: upgrade`.
+    #[error("101 without Connection: upgrade")]
+    MissingConnection,
+}
+
+/// A final answer other than `101` to the upgrade request: the listener said no.
+///
+/// Deployed relays use refusals as signals (Yaler: `204` "no client yet, ask again", `307`
+/// "another node", `429`/`503` "back off"), so the caller gets what it needs to act on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response fields (all of them; see [`Refusal::retry_after`] and friends).
+    pub headers: HeaderMap,
+    /// The body, cut at [`crate::Limits::max_refusal_body`].
+    pub body: Bytes,
+    /// Whether the body was longer than what is kept in `body`.
+    pub body_truncated: bool,
+}
+
+impl Refusal {
+    /// `Retry-After` as a delay, when it is given in seconds (the HTTP-date form is ignored).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let v = self.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+        v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    }
+
+    /// `Location`, for `3xx` refusals.
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get(http::header::LOCATION)?.to_str().ok()
+    }
+
+    /// `WWW-Authenticate`, for `401` refusals.
+    pub fn www_authenticate(&self) -> Option<&str> {
+        self.headers
+            .get(http::header::WWW_AUTHENTICATE)?
+            .to_str()
+            .ok()
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upgrade refused with {}", self.status)?;
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        if !text.is_empty() {
+            let short: String = text.chars().take(200).collect();
+            write!(f, ": {short}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every failure of a PTTH handshake or reversed connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing the stream failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer closed the stream before `phase` was complete.
+    #[error("peer closed the connection during {phase}")]
+    Closed {
+        /// What was being done.
+        phase: &'static str,
+    },
+    /// A deadline from [`crate::Limits`] passed.
+    #[error("{phase} timed out after {after:?}")]
+    Timeout {
+        /// What was being waited for.
+        phase: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The peer sent a head that is not valid HTTP/1.1.
+    #[error("bad head from peer: {0}")]
+    Head(#[from] HeadError),
+    /// The peer sent a bad handshake body.
+    #[error("bad body from peer: {0}")]
+    Body(#[from] BodyError),
+    /// The request was not an acceptable PTTH upgrade offer.
+    #[error("not a PTTH upgrade: {0}")]
+    Offer(#[from] OfferError),
+    /// The `101` was not one the dialer may accept.
+    #[error("bad 101 switch: {0}")]
+    Switch(#[from] SwitchError),
+    /// The listener refused the upgrade.
+    #[error("{0}")]
+    Refused(Box<Refusal>),
+    /// hyper failed on the reversed connection.
+    #[error("{context}: {source}")]
+    Hyper {
+        /// What was being done.
+        context: &'static str,
+        /// The hyper error.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn hyper(context: &'static str) -> impl FnOnce(hyper::Error) -> Error {
+        move |source| Error::Hyper { context, source }
+    }
+
+    /// The refusal, when the listener answered with something other than `101`.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Error::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether a deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_and_small() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        // Refusal is boxed so that the happy path does not carry a HeaderMap around.
+        assert!(std::mem::size_of::<Error>() <= 40);
+    }
+
+    #[test]
+    fn refusal_exposes_signals() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        headers.insert("location", "http://127.0.0.1:9/x".parse().unwrap());
+        let r = Refusal {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Bytes::from_static(b"slow down\n"),
+            body_truncated: false,
+        };
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(r.location(), Some("http://127.0.0.1:9/x"));
+        assert_eq!(
+            r.to_string(),
+            "upgrade refused with 429 Too Many Requests: slow down"
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Reverse HTTP (PTTH): let a host that cannot accept connections serve HTTP anyway.
+//!
+//! A host behind NAT or a firewall (the **dialer**) opens a connection to a public host (the
+//! **listener**) and sends an HTTP/1.1 request with `Upgrade: PTTH/0.9` (or `PTTH/1.0`) and
+//! `Connection: Upgrade`. The listener answers `101 Switching Protocols`, and from the next byte
+//! on the roles are swapped: the listener sends HTTP requests and the dialer answers them
+//! (draft-lentczner-rhttp-00).
+//!
+//! ```text
+//!  dialer (behind NAT)                          listener (public)
+//!  ───────────────────                          ─────────────────
+//!  dial ──── POST /name  Upgrade: PTTH/0.9 ───▶ raw::read_offer / hyper_upgrade::offer
+//!       ◀─── HTTP/1.1 101 Switching Protocols ── accept
+//!  ═══════════════════ flip: same stream, roles reversed ═══════════════════
+//!  Flipped::serve(service)  ◀──── GET /status ── ReversedClient::send
+//!                           ───── 200 OK ──────▶
+//! ```
+//!
+//! # Layout
+//! - [`proto`]: the sans-IO wire vocabulary (heads, tokens, bodies); fuzzed.
+//! - [`dialer`]: [`dialer::handshake`] then [`dialer::Flipped::serve`].
+//! - [`listener`]: [`listener::raw`] or [`listener::hyper_upgrade`], then
+//!   [`listener::ReversedClient`].
+//! - [`Limits`]: every size cap and deadline, with documented defaults.
+//! - [`Error`]: typed errors, with peer faults split by kind.
+//!
+//! # Cancel safety
+//! Dropping a handshake future mid-way leaves the stream in an unknown state: close it. Dropping
+//! a [`dialer::Serving`] or [`listener::ReversedConnection`] closes the reversed connection.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod dialer;
+pub mod error;
+pub mod io;
+pub mod limits;
+pub mod listener;
+pub mod proto;
+pub mod timer;
+
+pub use error::{BodyError, Error, HeadError, OfferError, Refusal, SwitchError};
+pub use limits::Limits;
+pub use proto::Protocol;
+pub use proto::request::UpgradeRequest;

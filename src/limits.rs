@@ -1,0 +1,90 @@
+//! Size caps and deadlines for everything a peer can make this crate read or wait for.
+//!
+//! One struct for both roles, so that the dialer and the listener agree on what "too large" and
+//! "too slow" mean. Every default is a named constant with its reason next to it; the test at the
+//! bottom pins them, so changing one is a deliberate act (update `spec-notes/decisions.md` too).
+
+use std::time::Duration;
+
+/// Largest request or response head (start line plus fields) accepted: 16 KiB.
+///
+/// RFC 9112 §3 asks for at least 8000 bytes of request line; 16 KiB covers that with room for
+/// ordinary cookies, while bounding what one slow peer can pin in memory.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most header fields in one head: 100, hyper's own default.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Largest upgrade-request body the listener reads before switching: 64 KiB.
+///
+/// The draft allows credentials in the body; nothing legitimate needs more.
+pub const DEFAULT_MAX_UPGRADE_BODY: usize = 64 * 1024;
+
+/// Most bytes of a refusal body the dialer keeps for the caller: 64 KiB (the rest is dropped).
+pub const DEFAULT_MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// Deadline for a whole handshake (upgrade request, body, and the 101): 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for a reversed request head once its first byte has arrived: 10 s (slow-loris cap).
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Caps and deadlines for one PTTH connection, in either role.
+///
+/// Build with [`Limits::default`] and change fields as needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest head (start line plus fields) read from the peer, in bytes.
+    /// A larger request head gets `431`; a larger response head is an error.
+    /// Default: [`DEFAULT_MAX_HEAD_BYTES`].
+    pub max_head_bytes: usize,
+    /// Most header fields in one head. Default: [`DEFAULT_MAX_HEADERS`].
+    pub max_headers: usize,
+    /// Largest upgrade-request body the listener reads before it switches; larger gets `413`.
+    /// Default: [`DEFAULT_MAX_UPGRADE_BODY`].
+    pub max_upgrade_body: usize,
+    /// Most bytes of a refusal's body the dialer keeps. Default: [`DEFAULT_MAX_REFUSAL_BODY`].
+    pub max_refusal_body: usize,
+    /// Deadline for the whole handshake, from the first byte written (dialer) or the accept
+    /// (listener) to the flip. Default: [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// After the flip, on the dialer: deadline for a reversed request head, counted from its
+    /// first byte. This is what stops a slow-loris peer. Default: [`DEFAULT_HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// After the flip, on the dialer: how long a reversed connection may sit with no request
+    /// started before the dialer closes it. `None` (the default) never closes an idle
+    /// connection: a parked reversed connection is *supposed* to wait, and TCP keepalive is what
+    /// finds dead peers.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_upgrade_body: DEFAULT_MAX_UPGRADE_BODY,
+            max_refusal_body: DEFAULT_MAX_REFUSAL_BODY,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            idle_timeout: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let l = Limits::default();
+        assert_eq!(l.max_head_bytes, 16384);
+        assert_eq!(l.max_headers, 100);
+        assert_eq!(l.max_upgrade_body, 65536);
+        assert_eq!(l.max_refusal_body, 65536);
+        assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(l.head_timeout, Duration::from_secs(10));
+        assert_eq!(l.idle_timeout, None);
+    }
+}

@@ -1,0 +1,161 @@
+//! The listener from inside a hyper (or axum) server.
+//!
+//! In a handler: call [`offer`] with the request. On success, return
+//! [`HyperOffer::switching_response`] from the handler and spawn [`HyperOffer::reverse`], which
+//! waits for hyper to hand over the stream and starts the reversed client on it. On failure,
+//! return [`Rejection::into_response`].
+//!
+//! The server must be built with `.with_upgrades()`. Strict dialers compare header *names* in
+//! the `101` too, so set `title_case_headers(true)` on the server builder: hyper then writes
+//! `Upgrade:` and `Connection:` exactly as `PTTH` clients expect. hyper reads the whole
+//! request head itself, frames the body, and answers `Expect: 100-continue` when the body is
+//! first read (before the `101`).
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
+use crate::error::{Error, OfferError};
+use crate::proto::Protocol;
+use crate::proto::request::{self as req, Offer};
+
+/// An upgrade request that hyper has read and this crate has judged to be a PTTH offer.
+#[derive(Debug)]
+pub struct HyperOffer {
+    head: request::Parts,
+    body: Bytes,
+    offer: Offer,
+    on_upgrade: OnUpgrade,
+}
+
+/// Why a request was not taken as an upgrade, as a response ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The status to answer with.
+    pub status: StatusCode,
+    /// A one-line reason for the body.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A plain-text response; a `426` carries the `Upgrade` RFC 9110 §15.5.22 requires.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::from(format!("{}\n", self.reason)));
+        *res.status_mut() = self.status;
+        let h = res.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            h.insert(UPGRADE, HeaderValue::from_static("PTTH/0.9, PTTH/1.0"));
+            h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        }
+        res
+    }
+}
+
+impl From<OfferError> for Rejection {
+    fn from(e: OfferError) -> Self {
+        Rejection {
+            status: e.status(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Whether a request carries a PTTH offer at all (an `Upgrade` member naming a PTTH version we
+/// know), so a server can tell "agent" from "ordinary request" before judging it.
+pub fn is_ptth_upgrade<B>(req: &Request<B>) -> bool {
+    crate::proto::tokens::offered_protocol(req.headers(), &Protocol::ALL).is_some()
+}
+
+/// Judge `req` as a PTTH offer and read its whole body (capped), as RFC 9110 §7.8 requires
+/// before a switch.
+pub async fn offer<B>(mut req: Request<B>, config: &ListenerConfig) -> Result<HyperOffer, Rejection>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (head, body) = req.into_parts();
+    let offer = req::check_offer(&head, &config.rules)?;
+    let limit = config.limits.max_upgrade_body;
+    let collect = Limited::new(body, limit).collect();
+    let body = match tokio::time::timeout(config.limits.handshake_timeout, collect).await {
+        Err(_) => {
+            return Err(Rejection {
+                status: StatusCode::REQUEST_TIMEOUT,
+                reason: "upgrade request body not received in time".into(),
+            });
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Rejection {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                reason: format!("upgrade request body larger than {limit} bytes"),
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(Rejection {
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("reading the upgrade request body: {e}"),
+            });
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    Ok(HyperOffer {
+        head,
+        body,
+        offer,
+        on_upgrade,
+    })
+}
+
+impl HyperOffer {
+    /// The request head (method, target, fields).
+    pub fn head(&self) -> &request::Parts {
+        &self.head
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The protocol that will be switched to.
+    pub fn protocol(&self) -> Protocol {
+        self.offer.protocol
+    }
+
+    /// The `101 Switching Protocols` to return from the handler, echoing the dialer's token.
+    pub fn switching_response<B: Default>(&self) -> Response<B> {
+        let mut res = Response::new(B::default());
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h: &mut HeaderMap = res.headers_mut();
+        h.insert(UPGRADE, self.offer.token.clone());
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        res
+    }
+
+    /// Wait for hyper to switch the stream (after it wrote the `101`), then start the
+    /// reversed client on it.
+    pub async fn reverse<B>(
+        self,
+        config: &ListenerConfig,
+    ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let upgraded = self
+            .on_upgrade
+            .await
+            .map_err(Error::hyper("waiting for the switch"))?;
+        reverse(TokioIo::new(upgraded), config).await
+    }
+}

@@ -1,0 +1,159 @@
+//! The listener role ("B" in the draft): the public side.
+//!
+//! It accepts the dialer's upgrade request, answers `101 Switching Protocols`, and then **sends**
+//! HTTP requests to the dialer over the same stream:
+//!
+//! ```text
+//! accept -> offer (validate request, read its body) -> 101 -> reverse() -> ReversedClient
+//! ```
+//!
+//! Two ways in:
+//! - [`raw`]: on any byte stream, without a hyper server ([`raw::read_offer`]).
+//! - [`hyper_upgrade`]: from inside a hyper or axum handler ([`hyper_upgrade::offer`]).
+//!
+//! Both end in [`reverse`], which runs hyper's HTTP/1.1 *client* on the flipped stream.
+
+pub mod hyper_upgrade;
+pub mod raw;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::proto::request::OfferRules;
+
+/// What a listener accepts and how it talks after the flip.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Which upgrade requests are offers (protocols, methods, `Host` policy).
+    pub rules: OfferRules,
+    /// Caps and deadlines.
+    pub limits: Limits,
+    /// `Host` sent on reversed requests that have none. Default: empty, as draft §3.1 says
+    /// (the dialer has no name the listener could use).
+    pub reversed_host: HeaderValue,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            rules: OfferRules::default(),
+            limits: Limits::default(),
+            reversed_host: HeaderValue::from_static(""),
+        }
+    }
+}
+
+/// The connection half of a reversed HTTP client: a future that drives the stream. Spawn it (or
+/// poll it) for requests sent through the matching [`ReversedClient`] to make progress; it ends
+/// when the dialer closes or the client is dropped.
+pub type ReversedConnection = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// Sends requests to the dialer over a flipped stream, one at a time (HTTP/1.1 has no
+/// multiplexing; open more PTTH connections for concurrency).
+#[derive(Debug)]
+pub struct ReversedClient<B> {
+    sender: http1::SendRequest<B>,
+    host: HeaderValue,
+}
+
+impl<B> ReversedClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Send one request and wait for the response head; the body streams afterwards.
+    ///
+    /// The target is sent in origin form (path and query) and a missing `Host` is filled with
+    /// [`ListenerConfig::reversed_host`]. Waits until the previous exchange is complete.
+    pub async fn send(&mut self, mut req: Request<B>) -> Result<Response<Incoming>, Error> {
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let origin = req
+                .uri()
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
+            *req.uri_mut() = origin
+                .parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        if !req.headers().contains_key(HOST) {
+            req.headers_mut().insert(HOST, self.host.clone());
+        }
+        self.sender
+            .ready()
+            .await
+            .map_err(Error::hyper("reversed connection not ready"))?;
+        self.sender
+            .send_request(req)
+            .await
+            .map_err(Error::hyper("reversed request failed"))
+    }
+
+    /// Whether a request can be sent now (the previous exchange is complete).
+    pub fn is_ready(&self) -> bool {
+        self.sender.is_ready()
+    }
+
+    /// Whether the connection is gone for good.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Wait until a request can be sent, or fail if the connection closed.
+    pub async fn ready(&mut self) -> Result<(), Error> {
+        self.sender
+            .ready()
+            .await
+            .map_err(Error::hyper("reversed connection closed"))
+    }
+
+    /// The underlying hyper sender, for callers that need its full API.
+    pub fn into_sender(self) -> http1::SendRequest<B> {
+        self.sender
+    }
+}
+
+/// Start HTTP/1.1 as the *client* on a stream that has just been switched.
+///
+/// `io` must already replay any bytes read past the upgrade request (the raw path wraps it in
+/// [`crate::io::Rewind`]; hyper's `Upgraded` does so itself). Responses that arrive before any
+/// request was sent are unsolicited and end the connection with an error (draft §2.1: after the
+/// `101`, the listener speaks first).
+pub async fn reverse<IO, B>(
+    io: IO,
+    config: &ListenerConfig,
+) -> Result<(ReversedClient<B>, ReversedConnection), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = http1::Builder::new()
+        .max_headers(config.limits.max_headers)
+        .max_buf_size(config.limits.max_head_bytes.max(8192))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(Error::hyper("starting the reversed HTTP client"))?;
+    Ok((
+        ReversedClient {
+            sender,
+            host: config.reversed_host.clone(),
+        },
+        Box::pin(async move {
+            conn.with_upgrades()
+                .await
+                .map_err(Error::hyper("reversed connection"))
+        }),
+    ))
+}

@@ -1,0 +1,185 @@
+//! The listener on a raw byte stream, with no hyper server in front.
+//!
+//! [`read_offer`] reads and judges the upgrade request (head and whole body, with caps and a
+//! deadline) and answers bad requests itself. The caller then inspects the [`PendingOffer`]
+//! (path, `Authorization`, body) and either [`PendingOffer::accept`]s it (`101`, flip) or
+//! [`PendingOffer::refuse`]s it (a final response, then close).
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, request};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
+use crate::error::{Error, OfferError};
+use crate::io::{read_head, read_some};
+use crate::proto::body::BodyDecoder;
+use crate::proto::request::{self as req, Offer};
+use crate::proto::{Protocol, response};
+
+/// A valid PTTH upgrade request, read in full, waiting for the caller's decision.
+#[derive(Debug)]
+pub struct PendingOffer<IO> {
+    head: request::Parts,
+    body: Bytes,
+    offer: Offer,
+    io: IO,
+}
+
+impl<IO> PendingOffer<IO> {
+    /// The request head (method, target, fields).
+    pub fn head(&self) -> &request::Parts {
+        &self.head
+    }
+
+    /// The request body (credentials may travel here, draft §2.1).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The protocol that will be switched to.
+    pub fn protocol(&self) -> Protocol {
+        self.offer.protocol
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> PendingOffer<IO> {
+    /// Answer `101 Switching Protocols` (in one write) and return the switched stream.
+    pub async fn accept(mut self) -> Result<IO, Error> {
+        let head = response::encode_switching(&self.offer.token);
+        write_flush(&mut self.io, &head, "writing the 101").await?;
+        Ok(self.io)
+    }
+
+    /// Answer `101` and start the reversed HTTP client on the stream.
+    pub async fn accept_reversed<B>(
+        self,
+        config: &ListenerConfig,
+    ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
+    where
+        IO: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let io = self.accept().await?;
+        reverse(io, config).await
+    }
+
+    /// Refuse with a final response and close the stream. `extra` carries fields such as
+    /// `WWW-Authenticate` or `Retry-After`.
+    pub async fn refuse(
+        mut self,
+        status: StatusCode,
+        extra: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let out = response::encode_refusal(status, extra, body);
+        write_flush(&mut self.io, &out, "writing a refusal").await?;
+        let _ = self.io.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn write_flush<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    bytes: &[u8],
+    context: &'static str,
+) -> Result<(), Error> {
+    io.write_all(bytes).await.map_err(Error::io(context))?;
+    io.flush().await.map_err(Error::io(context))
+}
+
+/// Read one upgrade request from `io` and judge it.
+///
+/// Every failure has already been answered on the stream, then closed, when this returns:
+/// `400` for malformed heads and framing, `431`/`414` past the size caps, `413` for an oversize
+/// body, `426` for a request that is not a PTTH offer (with `Upgrade` listing what is accepted),
+/// `400` for bytes sent after the request before the `101` (RFC 9931). A deadline miss or a
+/// closed stream gets no answer. The whole exchange must finish within
+/// [`crate::Limits::handshake_timeout`].
+pub async fn read_offer<IO>(io: IO, config: &ListenerConfig) -> Result<PendingOffer<IO>, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &config.limits;
+    let mut io = io;
+    let mut buf = BytesMut::new();
+    let outcome = tokio::time::timeout(
+        limits.handshake_timeout,
+        read_offer_inner(&mut io, &mut buf, config),
+    )
+    .await
+    .unwrap_or(Err(Error::Timeout {
+        phase: "reading the upgrade request",
+        after: limits.handshake_timeout,
+    }));
+    match outcome {
+        Ok((head, body, offer)) => Ok(PendingOffer {
+            head,
+            body,
+            offer,
+            io,
+        }),
+        Err(err) => {
+            if let Some(status) = answer_for(&err) {
+                let body = response::refusal_body(&err);
+                let out = response::encode_refusal(status, &HeaderMap::new(), &body);
+                // The peer may be gone already; its error is the one worth reporting.
+                let _ = write_flush(&mut io, &out, "writing a refusal").await;
+                let _ = io.shutdown().await;
+            }
+            Err(err)
+        }
+    }
+}
+
+fn answer_for(err: &Error) -> Option<StatusCode> {
+    match err {
+        Error::Head(e) => Some(e.status()),
+        Error::Offer(e) => Some(e.status()),
+        Error::Body(crate::error::BodyError::TooLarge { .. }) => {
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Error::Body(_) => Some(StatusCode::BAD_REQUEST),
+        _ => None,
+    }
+}
+
+async fn read_offer_inner<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    config: &ListenerConfig,
+) -> Result<(request::Parts, Bytes, Offer), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &config.limits;
+    let (head, len) = read_head(io, buf, "reading the upgrade request", |b| {
+        req::parse(b, limits)
+    })
+    .await?;
+    let _ = buf.split_to(len);
+    let framing = req::framing(&head.headers)?;
+    let offer = req::check_offer(&head, &config.rules)?;
+    if req::expects_continue(&head.headers) {
+        write_flush(io, response::CONTINUE, "writing 100 Continue").await?;
+    }
+    let mut body = BodyDecoder::new(framing, limits.max_upgrade_body, false);
+    while !body.decode(buf)? {
+        if read_some(io, buf)
+            .await
+            .map_err(Error::io("reading the upgrade request body"))?
+            == 0
+        {
+            return Err(Error::Closed {
+                phase: "reading the upgrade request body",
+            });
+        }
+    }
+    if !buf.is_empty() {
+        // The dialer wrote past its request before seeing our answer. After a 101 those bytes
+        // would be unsolicited responses; RFC 9931 says not to read them as anything.
+        return Err(OfferError::EarlyData.into());
+    }
+    Ok((head, body.finish().0, offer))
+}

@@ -1,0 +1,264 @@
+//! Bounded decoding of the two bodies the handshake itself must read: the upgrade request's
+//! (listener, RFC 9110 §7.8: the switch happens only after the whole request) and a refusal's
+//! (dialer, to report it). Reversed traffic after the flip never comes here; hyper frames it.
+
+use bytes::{Buf, BytesMut};
+
+use crate::error::BodyError;
+
+/// Longest chunk-size line (size plus extensions) accepted, in bytes.
+pub const MAX_CHUNK_LINE: usize = 1024;
+
+/// Most trailer-section bytes accepted after the last chunk.
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+/// How a body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the peer closes (responses only).
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers { seen: usize },
+    UntilClose,
+    Done,
+}
+
+/// An incremental, sans-IO body decoder with a cap on what it keeps.
+///
+/// Feed it bytes with [`BodyDecoder::decode`]; it consumes body bytes from the front of the
+/// buffer and leaves whatever follows the body there.
+#[derive(Debug)]
+pub struct BodyDecoder {
+    state: State,
+    limit: usize,
+    truncate: bool,
+    out: BytesMut,
+    truncated: bool,
+}
+
+impl BodyDecoder {
+    /// A decoder for `framing` that keeps at most `limit` bytes. Past the limit it fails with
+    /// [`BodyError::TooLarge`], unless `truncate` is set, in which case it drops the excess and
+    /// remembers that it did.
+    pub fn new(framing: Framing, limit: usize, truncate: bool) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        };
+        BodyDecoder {
+            state,
+            limit,
+            truncate,
+            out: BytesMut::new(),
+            truncated: false,
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The body read so far and whether any of it was dropped.
+    pub fn finish(self) -> (bytes::Bytes, bool) {
+        (self.out.freeze(), self.truncated)
+    }
+
+    /// Tell the decoder the peer closed the stream. Only an until-close body ends that way.
+    pub fn eof(&mut self) -> bool {
+        if self.state == State::UntilClose {
+            self.state = State::Done;
+        }
+        self.is_done()
+    }
+
+    /// Consume as much of `buf` as belongs to the body. Returns whether the body is complete.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<bool, BodyError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(true),
+                State::Length(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    self.keep(buf, n)?;
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length(left)
+                    };
+                    if left > 0 {
+                        return Ok(false);
+                    }
+                }
+                State::UntilClose => {
+                    let n = buf.len();
+                    self.keep(buf, n)?;
+                    return Ok(false);
+                }
+                State::ChunkSize => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.state = if size == 0 {
+                            State::Trailers { seen: 0 }
+                        } else {
+                            State::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(BodyError::BadChunk("chunk-size line too long"));
+                        }
+                        return Ok(false);
+                    }
+                    Err(_) => return Err(BodyError::BadChunk("invalid chunk size")),
+                },
+                State::ChunkData(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    self.keep(buf, n)?;
+                    let left = left - n as u64;
+                    if left > 0 {
+                        self.state = State::ChunkData(left);
+                        return Ok(false);
+                    }
+                    self.state = State::ChunkDataEnd;
+                }
+                State::ChunkDataEnd => {
+                    match line_end(buf) {
+                        None if buf.len() < 2 => return Ok(false),
+                        Some(0) => {}
+                        _ => return Err(BodyError::BadChunk("chunk data not followed by CRLF")),
+                    }
+                    let eol = if buf[0] == b'\r' { 2 } else { 1 };
+                    buf.advance(eol);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers { seen } => {
+                    // Trailer fields are read and dropped: nothing in the handshake uses them.
+                    let Some(line) = line_end(buf) else {
+                        if seen + buf.len() > MAX_TRAILER_BYTES {
+                            return Err(BodyError::BadChunk("trailer section too long"));
+                        }
+                        return Ok(false);
+                    };
+                    let eol = if buf.get(line) == Some(&b'\r') { 2 } else { 1 };
+                    buf.advance(line + eol);
+                    let seen = seen + line + eol;
+                    if seen > MAX_TRAILER_BYTES {
+                        return Err(BodyError::BadChunk("trailer section too long"));
+                    }
+                    self.state = if line == 0 {
+                        State::Done
+                    } else {
+                        State::Trailers { seen }
+                    };
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, buf: &mut BytesMut, n: usize) -> Result<(), BodyError> {
+        let room = self.limit.saturating_sub(self.out.len());
+        if n > room {
+            if !self.truncate {
+                return Err(BodyError::TooLarge { limit: self.limit });
+            }
+            self.truncated = true;
+        }
+        self.out.extend_from_slice(&buf[..n.min(room)]);
+        buf.advance(n);
+        Ok(())
+    }
+}
+
+/// Offset of the line ending (`\r\n`, or a bare `\n`) in `buf`. A `\r` not followed by `\n` is
+/// not a line end; if it is the last byte we cannot tell yet.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.iter().position(|&b| b == b'\n')?;
+    if lf > 0 && buf[lf - 1] == b'\r' {
+        Some(lf - 1)
+    } else {
+        Some(lf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(framing: Framing, input: &[u8], limit: usize) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
+        let mut d = BodyDecoder::new(framing, limit, false);
+        let mut buf = BytesMut::from(input);
+        assert!(d.decode(&mut buf)?, "body incomplete");
+        Ok((d.finish().0.to_vec(), buf.to_vec()))
+    }
+
+    #[test]
+    fn length_bodies_leave_what_follows() {
+        assert_eq!(
+            run(Framing::Length(5), b"hellojunk", 10).unwrap(),
+            (b"hello".to_vec(), b"junk".to_vec())
+        );
+        assert_eq!(
+            run(Framing::Length(5), b"hello", 4),
+            Err(BodyError::TooLarge { limit: 4 })
+        );
+    }
+
+    #[test]
+    fn chunked_with_extensions_and_trailers() {
+        let raw = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nnext";
+        assert_eq!(
+            run(Framing::Chunked, raw, 100).unwrap(),
+            (b"hello world".to_vec(), b"next".to_vec())
+        );
+    }
+
+    #[test]
+    fn chunked_byte_by_byte() {
+        let raw = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut d = BodyDecoder::new(Framing::Chunked, 100, false);
+        let mut buf = BytesMut::new();
+        let mut done = false;
+        for &b in raw {
+            buf.extend_from_slice(&[b]);
+            done = d.decode(&mut buf).unwrap();
+        }
+        assert!(done);
+        assert_eq!(&d.finish().0[..], b"abc");
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        let bad = |raw: &[u8]| {
+            let mut d = BodyDecoder::new(Framing::Chunked, 100, false);
+            d.decode(&mut BytesMut::from(raw))
+        };
+        assert!(bad(b"zz\r\n").is_err());
+        assert!(bad(b"3\r\nabcX\r\n").is_err());
+        assert!(bad(&[b'1'; 40]).is_err());
+        assert!(bad(&[b';'; MAX_CHUNK_LINE + 2]).is_err());
+    }
+
+    #[test]
+    fn truncating_decoder_keeps_the_prefix() {
+        let mut d = BodyDecoder::new(Framing::UntilClose, 3, true);
+        assert!(!d.decode(&mut BytesMut::from(&b"abcdef"[..])).unwrap());
+        assert!(d.eof());
+        assert_eq!(d.finish(), (bytes::Bytes::from_static(b"abc"), true));
+    }
+}

@@ -1,0 +1,117 @@
+//! The wire vocabulary of Reverse HTTP, with no I/O in it.
+//!
+//! Everything here works on byte slices and `http` types: it parses and builds the upgrade
+//! request (sent by the dialer, read by the listener) and the `101 Switching Protocols` answer
+//! (sent by the listener, read by the dialer), matches `Upgrade`/`Connection` token lists, and
+//! decodes the bounded bodies of the handshake. Because nothing here touches a socket, all of it
+//! is unit-tested with raw bytes and fuzzed (see `fuzz/`).
+//!
+//! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's.
+
+pub mod body;
+pub mod request;
+pub mod response;
+pub mod tokens;
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A PTTH protocol version that this crate can offer (dialer) or accept (listener).
+///
+/// Names compare case-insensitively and versions exactly (RFC 9110 §7.8), so `ptth/1.0` is
+/// [`Protocol::Ptth10`] but `PTTH/1` and bare `ptth` (the unrelated 2025 IETF protocol) are
+/// neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// `PTTH/0.9`: the token of the Second Life wiki and the original design. The dialer's
+    /// default.
+    Ptth09,
+    /// `PTTH/1.0`: the token of draft-lentczner-rhttp-00, used by AirPlay, Yaler and npm
+    /// `reverse-http`.
+    Ptth10,
+}
+
+/// The protocol name, compared case-insensitively.
+pub const PROTOCOL_NAME: &str = "PTTH";
+
+impl Protocol {
+    /// Both versions, in the order a listener prefers them when several are offered.
+    pub const ALL: [Protocol; 2] = [Protocol::Ptth09, Protocol::Ptth10];
+
+    /// The canonical spelling, as the dialer sends it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Ptth09 => "PTTH/0.9",
+            Protocol::Ptth10 => "PTTH/1.0",
+        }
+    }
+
+    fn version(self) -> &'static [u8] {
+        match self {
+            Protocol::Ptth09 => b"0.9",
+            Protocol::Ptth10 => b"1.0",
+        }
+    }
+
+    /// Whether one `Upgrade` list member (`name/version`, already trimmed) names this protocol.
+    pub fn matches(self, member: &[u8]) -> bool {
+        let Some(slash) = member.iter().position(|&b| b == b'/') else {
+            return false;
+        };
+        let (name, version) = (&member[..slash], &member[slash + 1..]);
+        name.eq_ignore_ascii_case(PROTOCOL_NAME.as_bytes()) && version == self.version()
+    }
+
+    /// The protocol named by one `Upgrade` list member, if it is a PTTH version we know.
+    pub fn from_member(member: &[u8]) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.matches(member))
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Protocol`] from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown PTTH protocol {0:?}: expected PTTH/0.9 or PTTH/1.0")]
+pub struct UnknownProtocol(pub String);
+
+impl FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::from_member(s.trim().as_bytes()).ok_or_else(|| UnknownProtocol(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive_versions_exact() {
+        assert_eq!(Protocol::from_member(b"PTTH/0.9"), Some(Protocol::Ptth09));
+        assert_eq!(Protocol::from_member(b"ptth/1.0"), Some(Protocol::Ptth10));
+        assert_eq!(Protocol::from_member(b"Ptth/1.0"), Some(Protocol::Ptth10));
+        for bad in [
+            &b"ptth"[..],
+            b"PTTH/1",
+            b"PTTH/2.0",
+            b"PTTHX/1.0",
+            b"PTTH/1.0 ",
+            b"/1.0",
+            b"",
+        ] {
+            assert_eq!(Protocol::from_member(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_from_text() {
+        assert_eq!("PTTH/0.9".parse::<Protocol>().unwrap(), Protocol::Ptth09);
+        assert!("websocket".parse::<Protocol>().is_err());
+    }
+}
