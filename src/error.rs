@@ -238,6 +238,12 @@ pub enum Error {
     /// The listener refused the upgrade.
     #[error("{0}")]
     Refused(Box<Refusal>),
+    /// The TLS handshake failed; the message says why in plain words.
+    #[error("{message}")]
+    Tls {
+        /// What went wrong.
+        message: String,
+    },
     /// hyper failed on the reversed connection.
     #[error("{context}: {source}")]
     Hyper {

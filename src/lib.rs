@@ -38,6 +38,7 @@ pub mod limits;
 pub mod listener;
 pub mod proto;
 pub mod timer;
+pub mod tls;
 
 pub use error::{BodyError, Error, HeadError, OfferError, Refusal, SwitchError};
 pub use limits::Limits;

@@ -1,0 +1,329 @@
+//! TLS on the PTTH connection: certificates are generated here with rcgen, traffic stays on
+//! 127.0.0.1. The dialer is the TLS client; the listener the TLS server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use ptth::listener::{ListenerConfig, raw};
+use ptth::{Limits, UpgradeRequest, tls};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A CA and the files of certificates it signed, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca,
+        };
+        std::fs::write(pki.path("ca.pem"), pki.ca.pem()).unwrap();
+        pki
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// Issue a certificate for `names`; `expired` backdates it. Returns (cert file, key file).
+    fn issue(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if expired {
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+            params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.path(&format!("{stem}.pem")),
+            self.path(&format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+async fn hello(
+    _req: http::Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(http::Response::new(Full::from("hello over tls")))
+}
+
+/// The dialer: TLS-connect to `addr` as `sni`, upgrade, serve `hello` until the listener is done.
+async fn dial(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(), ptth::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let stream = tls::connect(tcp, sni, config).await?;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(tls::ALPN_HTTP11));
+    let req = UpgradeRequest::new(http::HeaderValue::from_static("localhost"));
+    let flipped = ptth::dialer::handshake(stream, &req, &Limits::default()).await?;
+    let _ = flipped
+        .serve(hyper::service::service_fn(hello), &Limits::default())
+        .await;
+    Ok(())
+}
+
+/// The listener: TLS-accept one connection, take the offer, send one GET, return its body.
+async fn listen_once(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<(String, Option<rustls::pki_types::CertificateDer<'static>>), ptth::Error> {
+    let (tcp, _) = listener.accept().await.unwrap();
+    let stream = tls::accept(tcp, config).await?;
+    let peer = tls::peer_certificate(&stream);
+    let cfg = ListenerConfig::default();
+    let offer = raw::read_offer(stream, &cfg).await?;
+    let (mut client, conn) = offer.accept_reversed::<Empty<Bytes>>(&cfg).await?;
+    tokio::spawn(conn);
+    let res = client
+        .send(http::Request::get("/").body(Empty::new()).unwrap())
+        .await?;
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Ok((String::from_utf8(body.to_vec()).unwrap(), peer))
+}
+
+async fn bind() -> (TcpListener, std::net::SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+fn server(
+    pki: &Pki,
+    names: &[&str],
+    expired: bool,
+    client_ca: Option<&Path>,
+) -> Arc<rustls::ServerConfig> {
+    let (cert, key) = pki.issue("server", names, expired);
+    tls::server_config(&cert, &key, client_ca).unwrap()
+}
+
+#[tokio::test]
+async fn round_trip_over_tls() {
+    tokio::time::timeout(DEADLINE, async {
+        let pki = Pki::new("good");
+        let (listener, addr) = bind().await;
+        let server = tokio::spawn(listen_once(
+            listener,
+            server(&pki, &["localhost"], false, None),
+        ));
+        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
+        let dialer = tokio::spawn(dial(addr, "localhost", client));
+        let (body, peer) = server.await.unwrap().unwrap();
+        assert_eq!(body, "hello over tls");
+        assert!(peer.is_none());
+        dialer.abort();
+    })
+    .await
+    .expect("deadline");
+}
+
+/// Runs a TLS dial that must fail, and returns the dialer's message. The listener side must
+/// also fail before it sees any upgrade request.
+async fn failing_dial(
+    server_cfg: Arc<rustls::ServerConfig>,
+    client_cfg: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> String {
+    let (listener, addr) = bind().await;
+    let server = tokio::spawn(listen_once(listener, server_cfg));
+    let err = dial(addr, sni, client_cfg).await.unwrap_err();
+    assert!(
+        server.await.unwrap().is_err(),
+        "listener must not get an upgrade request"
+    );
+    err.to_string()
+}
+
+#[tokio::test]
+async fn unknown_ca_is_refused() {
+    tokio::time::timeout(DEADLINE, async {
+        let (good, other) = (Pki::new("good"), Pki::new("other"));
+        let client = tls::client_config(Some(&other.ca_file()), None).unwrap();
+        let msg = failing_dial(
+            server(&good, &["localhost"], false, None),
+            client,
+            "localhost",
+        )
+        .await;
+        assert!(msg.contains("unknown CA"), "{msg}");
+    })
+    .await
+    .expect("deadline");
+}
+
+#[tokio::test]
+async fn wrong_server_name_is_refused() {
+    tokio::time::timeout(DEADLINE, async {
+        let pki = Pki::new("good");
+        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
+        let msg = failing_dial(
+            server(&pki, &["localhost"], false, None),
+            client,
+            "relay.example",
+        )
+        .await;
+        assert!(
+            msg.contains("not valid for the name \"relay.example\""),
+            "{msg}"
+        );
+    })
+    .await
+    .expect("deadline");
+}
+
+#[tokio::test]
+async fn expired_certificate_is_refused() {
+    tokio::time::timeout(DEADLINE, async {
+        let pki = Pki::new("good");
+        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
+        let msg = failing_dial(
+            server(&pki, &["localhost"], true, None),
+            client,
+            "localhost",
+        )
+        .await;
+        assert!(msg.contains("expired"), "{msg}");
+    })
+    .await
+    .expect("deadline");
+}
+
+#[tokio::test]
+async fn mutual_tls_identifies_the_dialer() {
+    tokio::time::timeout(DEADLINE, async {
+        let pki = Pki::new("good");
+        let (agent_cert, agent_key) = pki.issue("agent", &["demo.agents.test"], false);
+        let server_cfg = server(&pki, &["localhost"], false, Some(&pki.ca_file()));
+
+        // With a client certificate: the listener sees it and can tie it to a name.
+        let (listener, addr) = bind().await;
+        let srv = tokio::spawn(listen_once(listener, server_cfg.clone()));
+        let client =
+            tls::client_config(Some(&pki.ca_file()), Some((&agent_cert, &agent_key))).unwrap();
+        let dialer = tokio::spawn(dial(addr, "localhost", client));
+        let (body, peer) = srv.await.unwrap().unwrap();
+        assert_eq!(body, "hello over tls");
+        let peer = peer.expect("client certificate presented");
+        assert!(tls::certificate_matches_name(&peer, "demo.agents.test"));
+        assert!(!tls::certificate_matches_name(&peer, "other.agents.test"));
+        dialer.abort();
+
+        // Without one: TLS still succeeds (public clients share the port), with no identity.
+        let (listener, addr) = bind().await;
+        let srv = tokio::spawn(listen_once(listener, server_cfg));
+        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
+        let dialer = tokio::spawn(dial(addr, "localhost", client));
+        let (_, peer) = srv.await.unwrap().unwrap();
+        assert!(peer.is_none());
+        dialer.abort();
+
+        // A certificate from another CA is refused at the TLS level.
+        let other = Pki::new("other");
+        let (bad_cert, bad_key) = other.issue("intruder", &["demo.agents.test"], false);
+        let (listener, addr) = bind().await;
+        let srv = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tls::accept(
+                tcp,
+                server(&pki, &["localhost"], false, Some(&pki.ca_file())),
+            )
+            .await
+            .map(|_| ())
+        });
+        let client =
+            tls::client_config(Some(&Pki::new("x").ca_file()), Some((&bad_cert, &bad_key)))
+                .unwrap();
+        let _ = dial(addr, "localhost", client).await;
+        assert!(srv.await.unwrap().is_err());
+    })
+    .await
+    .expect("deadline");
+}
+
+#[tokio::test]
+async fn plaintext_client_on_tls_port_gets_a_clean_close() {
+    tokio::time::timeout(DEADLINE, async {
+        let pki = Pki::new("good");
+        let cfg = server(&pki, &["localhost"], false, None);
+        let (listener, addr) = bind().await;
+        let srv = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tls::accept(tcp, cfg).await.map(|_| ())
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /demo HTTP/1.1\r\nHost: x\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let err = srv.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("does not speak TLS"), "{err}");
+        // The server closed: the client reads EOF (or a reset), not a hang.
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf).await;
+        assert!(!String::from_utf8_lossy(&buf).contains("101"));
+    })
+    .await
+    .expect("deadline");
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let err = tls::server_config(&missing, &missing, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing.pem") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let err = tls::server_config(&junk, &junk, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("junk.pem") && err.contains("no CERTIFICATE"),
+        "{err}"
+    );
+
+    let pki = Pki::new("good");
+    let (cert, _) = pki.issue("s", &["localhost"], false);
+    let err = tls::server_config(&cert, &cert, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no PRIVATE KEY"), "{err}");
+    let (_, other_key) = pki.issue("t", &["localhost"], false);
+    let err = tls::server_config(&cert, &other_key, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s.pem"), "{err}");
+}
