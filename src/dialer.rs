@@ -76,7 +76,7 @@ where
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (io, clock) = head_clock(self.io, limits.head_timeout, limits.idle_timeout);
+        let (io, clock) = head_clock(self.io, limits);
         server_builder(limits, clock)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()

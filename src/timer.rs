@@ -8,25 +8,40 @@
 //! [`HeadClock`] gives hyper a [`hyper::rt::Timer`] whose "header timeout" only starts at the
 //! first byte of a head, which [`Activity`] (a wrapper around the stream) reports. Until that
 //! byte comes, only the optional idle timeout runs.
+//!
+//! hyper reads ahead: the start of the next head often arrives in the same read as the end of
+//! the previous request, before hyper starts waiting for that head. So "the first byte read
+//! since the wait began" is not enough (a peer could send one request plus half of the next
+//! head in one write and then stall forever). [`Activity`] therefore follows the request
+//! framing itself (a shadow of what hyper parses: head, then `Content-Length` or chunked body)
+//! and records when each head really began. If the shadow cannot follow (a head it cannot
+//! parse), it falls back to "first byte since the wait began"; hyper rejects such heads anyway.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::limits::Limits;
+use crate::proto::body::BodyDecoder;
+use crate::proto::request;
 
 /// Shared between the stream wrapper and the timer of one connection.
 #[derive(Debug)]
 struct Shared {
     origin: Instant,
     /// Nanoseconds after `origin` (plus one, so 0 means "none") of the first byte read since
-    /// hyper last started waiting for a head.
+    /// hyper last started waiting for a head (or, while `tracking`, of the current head).
     first_byte: AtomicU64,
+    /// Whether [`Activity`] follows the request framing (then `first_byte` is exact).
+    tracking: AtomicBool,
 }
 
 impl Shared {
@@ -37,6 +52,11 @@ impl Shared {
                 self.first_byte
                     .compare_exchange(0, nanos, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    fn set_first_byte(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos() as u64 + 1;
+        self.first_byte.store(nanos, Ordering::Relaxed);
     }
 
     fn first_byte(&self) -> Option<Instant> {
@@ -61,29 +81,93 @@ pub struct HeadClock {
 pub struct Activity<IO> {
     inner: IO,
     shared: Arc<Shared>,
+    shadow: Shadow,
+    limits: Limits,
+}
+
+/// Where the request stream is, as far as the shadow framing can tell.
+#[derive(Debug)]
+enum Shadow {
+    /// Reading a head; holds its bytes so far (bounded by `Limits::max_head_bytes`).
+    Head(BytesMut),
+    /// Reading a request body.
+    Body(BodyDecoder),
+    /// Not following the framing any more.
+    Off,
 }
 
 /// A clock and the stream wrapper that feeds it.
-pub(crate) fn head_clock<IO>(
-    io: IO,
-    head_timeout: Duration,
-    idle_timeout: Option<Duration>,
-) -> (Activity<IO>, HeadClock) {
+pub(crate) fn head_clock<IO>(io: IO, limits: &Limits) -> (Activity<IO>, HeadClock) {
     let shared = Arc::new(Shared {
         origin: Instant::now(),
         first_byte: AtomicU64::new(0),
+        tracking: AtomicBool::new(true),
     });
     (
         Activity {
             inner: io,
             shared: shared.clone(),
+            shadow: Shadow::Head(BytesMut::new()),
+            limits: limits.clone(),
         },
         HeadClock {
             shared,
-            head_timeout,
-            idle_timeout,
+            head_timeout: limits.head_timeout,
+            idle_timeout: limits.idle_timeout,
         },
     )
+}
+
+impl<IO> Activity<IO> {
+    /// Follow the request framing over `data`, just read, and record when each head begins.
+    fn follow(&mut self, data: &[u8]) {
+        let now = Instant::now();
+        let mut input = BytesMut::from(data);
+        loop {
+            match &mut self.shadow {
+                Shadow::Off => {
+                    self.shared.mark_first_byte();
+                    return;
+                }
+                Shadow::Head(head) => {
+                    if input.is_empty() {
+                        return;
+                    }
+                    if head.is_empty() {
+                        self.shared.set_first_byte(now);
+                    }
+                    head.extend_from_slice(&input);
+                    input.clear();
+                    let framing = match request::parse(head, &self.limits) {
+                        Ok(None) => return,
+                        Ok(Some((parts, len))) => {
+                            input = head.split_off(len);
+                            request::framing(&parts.headers)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match framing {
+                        Ok(framing) => {
+                            self.shared.first_byte.store(0, Ordering::Relaxed);
+                            // Keeps nothing: only the boundaries matter.
+                            self.shadow = Shadow::Body(BodyDecoder::new(framing, 0, true));
+                        }
+                        Err(_) => self.stop_following(),
+                    }
+                }
+                Shadow::Body(body) => match body.decode(&mut input) {
+                    Ok(true) => self.shadow = Shadow::Head(BytesMut::new()),
+                    Ok(false) => return,
+                    Err(_) => self.stop_following(),
+                },
+            }
+        }
+    }
+
+    fn stop_following(&mut self) {
+        self.shadow = Shadow::Off;
+        self.shared.tracking.store(false, Ordering::Relaxed);
+    }
 }
 
 impl hyper::rt::Timer for HeadClock {
@@ -93,7 +177,9 @@ impl hyper::rt::Timer for HeadClock {
 
     /// hyper calls this when it starts waiting for a head: a new wait begins.
     fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.shared.first_byte.store(0, Ordering::Relaxed);
+        if !self.shared.tracking.load(Ordering::Relaxed) {
+            self.shared.first_byte.store(0, Ordering::Relaxed);
+        }
         Box::pin(HeadSleep {
             clock: self.clone(),
             idle_deadline: self.idle_timeout.map(|d| Instant::now() + d),
@@ -141,7 +227,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Activity<IO> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.shared.mark_first_byte();
+            let this = &mut *self;
+            this.follow(&buf.filled()[before..]);
         }
         res
     }

@@ -7,7 +7,10 @@
 //!
 //! The server must be built with `.with_upgrades()`. Strict dialers compare header *names* in
 //! the `101` too, so set `title_case_headers(true)` on the server builder: hyper then writes
-//! `Upgrade:` and `Connection:` exactly as `PTTH` clients expect. hyper reads the whole
+//! `Upgrade:` and `Connection:` exactly as `PTTH` clients expect. hyper also appends a
+//! `Date:` field to the `101` (tested in `tests/flip.rs`: `HTTP/1.1 101 Switching
+//! Protocols`, `Upgrade: <token>`, `Connection: Upgrade`, `Date: ...`); turn it off with
+//! `auto_date_header(false)` if a peer needs the bare three lines. hyper reads the whole
 //! request head itself, frames the body, and answers `Expect: 100-continue` when the body is
 //! first read (before the `101`).
 

@@ -10,9 +10,9 @@ use http::{HeaderMap, StatusCode, request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
-use crate::error::{Error, OfferError};
+use crate::error::{BodyError, Error, OfferError};
 use crate::io::{read_head, read_some};
-use crate::proto::body::BodyDecoder;
+use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self as req, Offer};
 use crate::proto::{Protocol, response};
 
@@ -161,6 +161,16 @@ where
     let _ = buf.split_to(len);
     let framing = req::framing(&head.headers)?;
     let offer = req::check_offer(&head, &config.rules)?;
+    if let Framing::Length(n) = framing
+        && n > limits.max_upgrade_body as u64
+    {
+        // Refuse a declared oversize body at once (and before any `100 Continue`): waiting for
+        // it would only end in the handshake timeout, with no answer, if the body never comes.
+        return Err(BodyError::TooLarge {
+            limit: limits.max_upgrade_body,
+        }
+        .into());
+    }
     if req::expects_continue(&head.headers) {
         write_flush(io, response::CONTINUE, "writing 100 Continue").await?;
     }
