@@ -37,6 +37,7 @@ pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod proto;
+pub mod relay;
 pub mod timer;
 
 pub use error::{BodyError, Error, HeadError, OfferError, Refusal, SwitchError};
