@@ -125,10 +125,10 @@ fn set_forwarded(
         headers.remove(X_FORWARDED_PROTO);
         headers.remove(X_FORWARDED_PREFIX);
     }
-    if let Some(h) = host {
-        if !trust || !headers.contains_key(X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
+    if let Some(h) = host
+        && (!trust || !headers.contains_key(X_FORWARDED_HOST))
+    {
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
     if !trust || !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));

@@ -209,8 +209,10 @@ impl Relay {
             ),
             None => None,
         };
-        let mut listener = ListenerConfig::default();
-        listener.limits = config.limits.clone();
+        let listener = ListenerConfig {
+            limits: config.limits.clone(),
+            ..ListenerConfig::default()
+        };
         let registry = Registry::new(PoolLimits {
             max_agents: config.max_agents,
             max_per_name: config.max_per_name,
