@@ -146,3 +146,33 @@ async fn agent_killed_mid_request_gives_502_and_others_still_serve() {
     })
     .await
 }
+
+#[tokio::test]
+async fn admin_reports_agents_and_metrics() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+        let relay = start_relay(cfg).await;
+        let _a = start_agent(&relay, "app", 2, None, echo_handler("a")).await;
+        assert_eq!(get(relay.addr, "/app/", None).await.0, 200);
+        relay.handle.wait_idle("app", 2).await;
+        let admin = relay.handle.admin_addr().unwrap();
+        let (s, _, agents) = get(admin, "/agents", None).await;
+        assert_eq!(s, 200);
+        assert!(
+            agents.contains("\"name\":\"app\",\"connections\":2"),
+            "{agents}"
+        );
+        let (_, _, metrics) = get(admin, "/metrics", None).await;
+        assert!(metrics.contains("ptth_agent_connections 2"), "{metrics}");
+        assert!(
+            metrics.contains("ptth_requests_total{code=\"2xx\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("ptth_parked_connections{name=\"app\"} 2"),
+            "{metrics}"
+        );
+    })
+    .await
+}
