@@ -37,6 +37,7 @@ pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod proto;
+pub mod relay;
 pub mod timer;
 pub mod tls;
 

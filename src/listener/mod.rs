@@ -22,6 +22,7 @@ use std::pin::Pin;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
+pub use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,6 +77,31 @@ where
     /// The target is sent in origin form (path and query) and a missing `Host` is filled with
     /// [`ListenerConfig::reversed_host`]. Waits until the previous exchange is complete.
     pub async fn send(&mut self, mut req: Request<B>) -> Result<Response<Incoming>, Error> {
+        self.prepare(&mut req);
+        self.sender
+            .ready()
+            .await
+            .map_err(Error::hyper("reversed connection not ready"))?;
+        self.sender
+            .send_request(req)
+            .await
+            .map_err(Error::hyper("reversed request failed"))
+    }
+
+    /// Like [`ReversedClient::send`], but when the request could not be sent at all (the
+    /// connection was already closed or busy) the error hands the request back
+    /// ([`TrySendError::take_message`]), so a caller can retry it on another connection without
+    /// ever sending it twice. Call [`ReversedClient::ready`] first.
+    pub async fn try_send(
+        &mut self,
+        mut req: Request<B>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
+        self.prepare(&mut req);
+        self.sender.try_send_request(req).await
+    }
+
+    /// Origin-form target and a `Host` for a reversed request.
+    fn prepare(&self, req: &mut Request<B>) {
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let origin = req
                 .uri()
@@ -89,14 +115,6 @@ where
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, self.host.clone());
         }
-        self.sender
-            .ready()
-            .await
-            .map_err(Error::hyper("reversed connection not ready"))?;
-        self.sender
-            .send_request(req)
-            .await
-            .map_err(Error::hyper("reversed request failed"))
     }
 
     /// Whether a request can be sent now (the previous exchange is complete).

@@ -1,0 +1,229 @@
+//! `ptth-serve`: the public relay. Agents claim a name over PTTH; public requests for that name
+//! are forwarded to them. Parses flags (and an optional TOML file), then runs
+//! [`ptth::relay::run`] until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ptth::relay::{self, Config, auth::Tokens};
+use serde::Deserialize;
+
+/// The public PTTH relay. Agents dial in and claim a name; public HTTP requests for
+/// http://NAME.<domain>:PORT/ or http://HOST:PORT/NAME/ are forwarded to them.
+#[derive(Debug, Parser, Default, Deserialize)]
+#[command(version, about)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Args {
+    /// TOML file with the same settings as the flags (flags win).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Address to listen on for agents and public clients; repeatable. [default: 127.0.0.1:8080]
+    #[arg(long = "listen")]
+    #[serde(default)]
+    listen: Vec<SocketAddr>,
+    /// Domain for host-mode names (NAME.<domain>). [default: localhost]
+    #[arg(long)]
+    domain: Option<String>,
+    /// Token file: lines `NAME TOKEN` or `* TOKEN`; `#` comments.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Accept anonymous agents on non-loopback addresses.
+    #[arg(long)]
+    #[serde(default)]
+    allow_anonymous: bool,
+    /// Keep client-sent Forwarded / X-Forwarded-* headers (append to them).
+    #[arg(long)]
+    #[serde(default)]
+    trust_forwarded: bool,
+    /// How long a request waits for an idle agent connection before 503. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    queue_timeout: Option<Duration>,
+    /// Time from the end of the request body to the response head before 504. [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    response_timeout: Option<Duration>,
+    /// How long a name with no agent keeps holding requests before 404. [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    grace: Option<Duration>,
+    /// Time for in-flight requests after SIGINT/SIGTERM. [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    drain_timeout: Option<Duration>,
+    /// Deadline for a request head (slow-loris), also the public idle timeout. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    head_timeout: Option<Duration>,
+    /// TCP keepalive idle time on every socket. [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    tcp_keepalive: Option<Duration>,
+    /// Total agent connections. [default: 4096]
+    #[arg(long)]
+    max_agents: Option<usize>,
+    /// Agent connections per name. [default: 256]
+    #[arg(long)]
+    max_per_name: Option<usize>,
+    /// Agent connections per peer address. [default: 256]
+    #[arg(long)]
+    max_per_ip: Option<usize>,
+    /// Public requests held per name while no connection is idle. [default: 1024]
+    #[arg(long)]
+    max_waiting: Option<usize>,
+    /// Largest request head in bytes (431 past it). [default: 16384]
+    #[arg(long)]
+    max_head_bytes: Option<usize>,
+    /// Admin address for /metrics and /agents. [default: off]
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+impl Args {
+    /// Flags override the file.
+    fn merge(self, file: Args) -> Args {
+        Args {
+            config: self.config,
+            listen: if self.listen.is_empty() {
+                file.listen
+            } else {
+                self.listen
+            },
+            domain: self.domain.or(file.domain),
+            tokens: self.tokens.or(file.tokens),
+            allow_anonymous: self.allow_anonymous || file.allow_anonymous,
+            trust_forwarded: self.trust_forwarded || file.trust_forwarded,
+            queue_timeout: self.queue_timeout.or(file.queue_timeout),
+            response_timeout: self.response_timeout.or(file.response_timeout),
+            grace: self.grace.or(file.grace),
+            drain_timeout: self.drain_timeout.or(file.drain_timeout),
+            head_timeout: self.head_timeout.or(file.head_timeout),
+            tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
+            max_agents: self.max_agents.or(file.max_agents),
+            max_per_name: self.max_per_name.or(file.max_per_name),
+            max_per_ip: self.max_per_ip.or(file.max_per_ip),
+            max_waiting: self.max_waiting.or(file.max_waiting),
+            max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
+            admin: self.admin.or(file.admin),
+        }
+    }
+
+    fn into_config(self) -> anyhow::Result<Config> {
+        let d = Config::default();
+        let mut limits = d.limits.clone();
+        if let Some(n) = self.max_head_bytes {
+            limits.max_head_bytes = n;
+        }
+        let tokens = match &self.tokens {
+            Some(p) => Some(Tokens::load(p).with_context(|| format!("loading {}", p.display()))?),
+            None => None,
+        };
+        Ok(Config {
+            domain: self.domain.unwrap_or(d.domain).to_ascii_lowercase(),
+            tokens,
+            allow_anonymous: self.allow_anonymous,
+            trust_forwarded: self.trust_forwarded,
+            queue_timeout: self.queue_timeout.unwrap_or(d.queue_timeout),
+            response_timeout: self.response_timeout.unwrap_or(d.response_timeout),
+            grace: self.grace.unwrap_or(d.grace),
+            drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
+            head_timeout: self.head_timeout.unwrap_or(d.head_timeout),
+            tcp_keepalive: self.tcp_keepalive.unwrap_or(d.tcp_keepalive),
+            max_agents: self.max_agents.unwrap_or(d.max_agents),
+            max_per_name: self.max_per_name.unwrap_or(d.max_per_name),
+            max_per_ip: self.max_per_ip.unwrap_or(d.max_per_ip),
+            max_waiting: self.max_waiting.unwrap_or(d.max_waiting),
+            limits,
+            admin: self.admin,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut args = Args::parse();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: Args =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        args = args.merge(file);
+    }
+    let mut listen = std::mem::take(&mut args.listen);
+    if listen.is_empty() {
+        listen.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+    let config = args.into_config()?;
+    let mut listeners = Vec::new();
+    for a in &listen {
+        listeners.push(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+    }
+    let domain = config.domain.clone();
+    let r = relay::Relay::new(listeners, config).await?;
+    let handle = r.handle();
+    for a in handle.local_addrs() {
+        let port = a.port();
+        tracing::info!("listening on {a}");
+        println!("agents:  dial http://{a}/NAME (Upgrade: PTTH/0.9 or PTTH/1.0)");
+        println!("public:  http://{a}/NAME/...  or  http://NAME.{domain}:{port}/...");
+    }
+    if let Some(a) = handle.admin_addr() {
+        println!("admin:   http://{a}/metrics  http://{a}/agents");
+    }
+    r.run(shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The accept loop and the per-connection hyper server shared by agents and public clients.
+//!
+//! Every accepted socket gets `TCP_NODELAY` (small responses must not wait for Nagle) and TCP
+//! keepalive (dead peers are found even when idle). A request carrying a PTTH offer is an agent
+//! claiming a name ([`claim`]); every other request is public and is forwarded
+//! ([`super::forward`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::forward::{RelayBody, forward};
+use super::registry::ReserveError;
+use super::{RETRY_AFTER_SECS, Shared, auth, route};
+use crate::listener::hyper_upgrade;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Interval between TCP keepalive probes once the idle time has passed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered keepalive probes before the kernel drops the connection.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// hyper asserts a read buffer of at least 8 KiB.
+const MIN_HYPER_BUF: usize = 8192;
+
+/// Accept on `listener` until `soft` is cancelled; each connection runs in `tracker`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    soft: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = soft.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        configure_socket(&stream, shared.config.tcp_keepalive);
+        let span = tracing::debug_span!("conn", %peer);
+        tracker.spawn(connection(stream, peer, shared.clone(), soft.clone()).instrument(span));
+    }
+}
+
+/// `TCP_NODELAY` and keepalive; failures are logged, not fatal.
+pub(crate) fn configure_socket(stream: &TcpStream, keepalive: Duration) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%e, "setting TCP_NODELAY");
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(%e, "setting TCP keepalive");
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    soft: CancellationToken,
+) {
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| handle(shared.clone(), peer, req))
+    };
+    let limits = &shared.config.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.head_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_head_bytes.max(MIN_HYPER_BUF))
+        .title_case_headers(true)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = soft.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shared.hard.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%e, "connection ended with an error");
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<RelayBody>, Infallible> {
+    if hyper_upgrade::is_ptth_upgrade(&req) {
+        return Ok(claim(shared, peer, req).await);
+    }
+    Ok(forward(&shared, peer, req).await)
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<RelayBody> {
+    let mut body = msg.into();
+    body.push('\n');
+    let mut res = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// A 503/429 with `Retry-After`.
+pub(crate) fn busy(status: StatusCode, msg: impl Into<String>) -> Response<RelayBody> {
+    let mut res = text(status, msg);
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    res
+}
+
+/// An agent's upgrade request: name, auth, limits, then the switch.
+async fn claim(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
+    let cfg = &shared.config;
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let name = match route::claim(host.as_deref(), req.uri().path(), &cfg.domain) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let owner = match &cfg.tokens {
+        None => None,
+        Some(tokens) => {
+            let presented = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| auth::bearer(v.as_bytes()));
+            match presented.and_then(|t| tokens.authorize(&name, t)) {
+                Some(secret) => Some(secret),
+                None => {
+                    tracing::info!(%peer, %name, "agent refused: missing or wrong token");
+                    let mut res =
+                        text(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                    res.headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return res;
+                }
+            }
+        }
+    };
+    let reservation = match shared.registry.reserve(&name, owner, peer) {
+        Ok(r) => r,
+        Err(e @ ReserveError::Taken) => return text(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ ReserveError::TooManyAgents(_)) => {
+            return busy(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        Err(e) => return busy(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+    };
+    let offer = match hyper_upgrade::offer(req, &shared.listener).await {
+        Ok(o) => o,
+        Err(rej) => {
+            let status = rej.status;
+            let res = rej.into_response();
+            let (mut parts, body) = res.into_parts();
+            parts.status = status;
+            return Response::from_parts(parts, body.map_err(|never| match never {}).boxed());
+        }
+    };
+    let res = offer.switching_response::<RelayBody>();
+    let span = tracing::info_span!("agent", %name, %peer);
+    let task_shared = shared.clone();
+    tokio::spawn(
+        async move {
+            let (client, conn) = match offer.reverse(&task_shared.listener).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(%e, "switch failed");
+                    return;
+                }
+            };
+            let conn = tokio::spawn(conn);
+            let abort = conn.abort_handle();
+            reservation.park(client, abort.clone());
+            tracing::debug!("parked");
+            tokio::select! {
+                r = conn => {
+                    match r {
+                        Ok(Err(e)) => tracing::debug!(%e, "reversed connection ended"),
+                        _ => tracing::debug!("reversed connection closed"),
+                    }
+                }
+                _ = task_shared.hard.cancelled() => abort.abort(),
+            }
+            drop(reservation);
+        }
+        .instrument(span),
+    );
+    res
+}

@@ -1,0 +1,157 @@
+//! Agent authentication: the token file and bearer-token checks.
+//!
+//! File format, one entry a line: `NAME TOKEN` lets TOKEN claim NAME, `* TOKEN` lets it claim any
+//! name. `#` starts a comment; blank lines are ignored. Tokens are compared in constant time and
+//! never printed ([`Secret`]'s `Debug` masks them).
+
+use std::path::Path;
+
+use subtle::ConstantTimeEq;
+
+use super::route::validate_name;
+
+/// A token. `Debug` prints `Secret(***)`, so it can sit in structs that get logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a token.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// Constant-time comparison with presented bytes.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which names a token may claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Exactly this name.
+    Name(String),
+    /// Any name (`*`).
+    Any,
+}
+
+/// The parsed token file.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    entries: Vec<(Scope, Secret)>,
+}
+
+/// A token-file problem, with its line number.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// The file could not be read.
+    #[error("reading token file: {0}")]
+    Io(#[from] std::io::Error),
+    /// A line is not `NAME TOKEN`.
+    #[error("token file line {line}: {reason}")]
+    Syntax {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Tokens {
+    /// Read and parse a token file.
+    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
+        Tokens::parse(&std::fs::read_to_string(path)?)
+    }
+
+    /// Parse token-file text.
+    pub fn parse(text: &str) -> Result<Tokens, TokensError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let syntax = |reason: String| TokensError::Syntax {
+                line: i + 1,
+                reason,
+            };
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(syntax("expected `NAME TOKEN`".into()));
+            };
+            let scope = if name == "*" {
+                Scope::Any
+            } else {
+                validate_name(name).map_err(|e| syntax(e.to_string()))?;
+                Scope::Name(name.to_string())
+            };
+            entries.push((scope, Secret::new(token)));
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The secret that authorises `presented` for `name`, if any. Every entry is compared, so
+    /// timing does not reveal which one matched.
+    pub fn authorize(&self, name: &str, presented: &[u8]) -> Option<Secret> {
+        let mut found = None;
+        for (scope, secret) in &self.entries {
+            let in_scope = match scope {
+                Scope::Any => true,
+                Scope::Name(n) => n == name,
+            };
+            if secret.matches(presented) && in_scope && found.is_none() {
+                found = Some(secret.clone());
+            }
+        }
+        found
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value.
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let s = value.strip_prefix(b"Bearer ").or_else(|| {
+        (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &value[7..])
+    })?;
+    let s = s.trim_ascii();
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_authorizes() {
+        let t = Tokens::parse("# comment\n\napp s3cret\n* master # any\n").unwrap();
+        assert!(t.authorize("app", b"s3cret").is_some());
+        assert!(t.authorize("other", b"s3cret").is_none());
+        assert!(t.authorize("other", b"master").is_some());
+        assert!(t.authorize("app", b"wrong").is_none());
+        assert!(Tokens::parse("app").is_err());
+        assert!(Tokens::parse("Bad_Name tok").is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn bearer_values() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+    }
+}

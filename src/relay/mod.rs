@@ -1,0 +1,330 @@
+//! `ptth-serve`, the public relay: agents behind NAT claim a name over PTTH; public HTTP
+//! requests for that name are forwarded over the agents' parked reversed connections.
+//!
+//! ```text
+//! agent ── POST /NAME  Upgrade: PTTH/0.9 ──▶ accept ─▶ auth ─▶ registry (parked)
+//! public ── GET /NAME/x ──────────────────▶ accept ─▶ route ─▶ registry.checkout ─▶ forward
+//! ```
+//!
+//! - [`accept`]: one hyper server for agents and public clients on every listener.
+//! - [`route`]: which name a request is for (pure, fuzzable).
+//! - [`registry`]: names, parked connections, waiters, limits.
+//! - [`forward`]: one public exchange over one parked connection; 502/503/504 mapping.
+//! - [`auth`]: the token file.
+//! - [`admin`]: `/metrics` and `/agents`.
+
+pub mod accept;
+pub mod admin;
+pub mod auth;
+pub mod forward;
+pub mod registry;
+pub mod route;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::limits::Limits;
+use crate::listener::ListenerConfig;
+use admin::Metrics;
+use auth::Tokens;
+use registry::{PoolLimits, Registry};
+
+pub use registry::{NameStats, ReserveError};
+
+/// Default `--domain`: `http://NAME.localhost:8080/` works in browsers with no DNS set-up.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+/// Default `--queue-timeout`: how long a public request waits for an idle connection: 10 s,
+/// long enough to ride out an agent reconnecting, short enough for a browser to still be there.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--response-timeout`: from the end of the request body to the response head: 60 s
+/// (nginx's `proxy_read_timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--grace`: a name with no agent keeps holding requests this long before it is
+/// reported unknown (404): 30 s, enough for an agent restart.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default `--drain-timeout`: 30 s for in-flight requests after SIGINT/SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `--max-agents`: total agent connections: 4096.
+pub const DEFAULT_MAX_AGENTS: usize = 4096;
+/// Default `--max-per-name`: agent connections per name: 256.
+pub const DEFAULT_MAX_PER_NAME: usize = 256;
+/// Default `--max-per-ip`: agent connections per peer address: 256.
+pub const DEFAULT_MAX_PER_IP: usize = 256;
+/// Default `--max-waiting`: public requests held per name: 1024 (then 503 at once).
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+/// Default `--head-timeout`: a request head must arrive within 10 s (slow-loris); also the idle
+/// timeout of public keep-alive connections.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
+/// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// `Retry-After` seconds sent with 503/429.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Everything the relay can be told. Every field documents its default ([`Config::default`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Domain for host mode (`NAME.<domain>`). Default [`DEFAULT_DOMAIN`].
+    pub domain: String,
+    /// Agent tokens; `None` means anonymous agents. Default `None`.
+    pub tokens: Option<Tokens>,
+    /// Allow anonymous agents on non-loopback listeners. Default `false`.
+    pub allow_anonymous: bool,
+    /// Keep client-sent `Forwarded`/`X-Forwarded-*` (append to them). Default `false`.
+    pub trust_forwarded: bool,
+    /// Default [`DEFAULT_QUEUE_TIMEOUT`].
+    pub queue_timeout: Duration,
+    /// Default [`DEFAULT_RESPONSE_TIMEOUT`].
+    pub response_timeout: Duration,
+    /// Default [`DEFAULT_GRACE`].
+    pub grace: Duration,
+    /// Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+    /// Default [`DEFAULT_MAX_AGENTS`].
+    pub max_agents: usize,
+    /// Default [`DEFAULT_MAX_PER_NAME`].
+    pub max_per_name: usize,
+    /// Default [`DEFAULT_MAX_PER_IP`].
+    pub max_per_ip: usize,
+    /// Default [`DEFAULT_MAX_WAITING`].
+    pub max_waiting: usize,
+    /// Default [`DEFAULT_HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// Default [`DEFAULT_TCP_KEEPALIVE`].
+    pub tcp_keepalive: Duration,
+    /// Head size, header count and upgrade-body caps (see [`Limits`]); a public head over
+    /// `max_head_bytes` gets 431. Default [`Limits::default`].
+    pub limits: Limits,
+    /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: DEFAULT_DOMAIN.to_string(),
+            tokens: None,
+            allow_anonymous: false,
+            trust_forwarded: false,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            grace: DEFAULT_GRACE,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_agents: DEFAULT_MAX_AGENTS,
+            max_per_name: DEFAULT_MAX_PER_NAME,
+            max_per_ip: DEFAULT_MAX_PER_IP,
+            max_waiting: DEFAULT_MAX_WAITING,
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            limits: Limits::default(),
+            admin: None,
+        }
+    }
+}
+
+/// Why the relay could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No token file and a non-loopback listener, without `allow_anonymous`.
+    #[error(
+        "refusing anonymous agents on non-loopback address {0}: give --tokens FILE or --allow-anonymous"
+    )]
+    AnonymousNotLoopback(SocketAddr),
+    /// No listener given.
+    #[error("no listen address")]
+    NoListener,
+    /// Socket trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) listener: ListenerConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled when in-flight work must stop (after the drain).
+    pub(crate) hard: CancellationToken,
+}
+
+/// A relay bound to its listeners, not yet running. Use [`Relay::handle`] to observe it, then
+/// [`Relay::run`].
+pub struct Relay {
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+}
+
+/// A cheap view of a running relay (addresses, pool state), for tests and embedding.
+#[derive(Clone)]
+pub struct RelayHandle {
+    addrs: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// Check the configuration against the listeners and bind the admin address.
+    pub async fn new(listeners: Vec<TcpListener>, config: Config) -> Result<Relay, RelayError> {
+        if listeners.is_empty() {
+            return Err(RelayError::NoListener);
+        }
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| RelayError::Io {
+                context: "reading a listener's address",
+                source,
+            })?;
+        if config.tokens.is_none()
+            && !config.allow_anonymous
+            && let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback())
+        {
+            return Err(RelayError::AnonymousNotLoopback(*a));
+        }
+        let admin = match config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| RelayError::Io {
+                        context: "binding the admin address",
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let listener = ListenerConfig {
+            limits: config.limits.clone(),
+            ..ListenerConfig::default()
+        };
+        let registry = Registry::new(PoolLimits {
+            max_agents: config.max_agents,
+            max_per_name: config.max_per_name,
+            max_per_ip: config.max_per_ip,
+            max_waiters_per_name: config.max_waiting,
+            grace: config.grace,
+        });
+        Ok(Relay {
+            listeners,
+            admin,
+            addrs,
+            shared: Arc::new(Shared {
+                config,
+                listener,
+                registry,
+                metrics: Arc::default(),
+                hard: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// A handle to observe the relay while it runs.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            addrs: self.addrs.clone(),
+            admin: self.admin.as_ref().and_then(|a| a.local_addr().ok()),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let in-flight requests finish
+    /// within [`Config::drain_timeout`], and close everything.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        let soft = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        for l in self.listeners {
+            tokio::spawn(accept::serve(
+                l,
+                self.shared.clone(),
+                tracker.clone(),
+                soft.clone(),
+            ));
+        }
+        if let Some(a) = self.admin {
+            tokio::spawn(admin::serve(a, self.shared.clone(), soft.clone()));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        soft.cancel();
+        tracker.close();
+        let drain = self.shared.config.drain_timeout;
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                ?drain,
+                "drain timeout passed; closing the remaining connections"
+            );
+        }
+        self.shared.hard.cancel();
+        Ok(())
+    }
+}
+
+impl RelayHandle {
+    /// The bound public addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The bound admin address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Idle parked connections for `name`.
+    pub fn idle(&self, name: &str) -> usize {
+        self.shared.registry.idle(name)
+    }
+
+    /// Per-name pool numbers.
+    pub fn stats(&self) -> Vec<NameStats> {
+        self.shared.registry.stats()
+    }
+
+    /// All agent connections.
+    pub fn agents(&self) -> usize {
+        self.shared.registry.total()
+    }
+
+    /// Wait until `cond` holds for the pool (checked on every pool change).
+    pub async fn wait_until(&self, mut cond: impl FnMut(&RelayHandle) -> bool) {
+        let mut rx = self.shared.registry.subscribe();
+        loop {
+            if cond(self) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Wait until `name` has at least `n` idle parked connections.
+    pub async fn wait_idle(&self, name: &str, n: usize) {
+        self.wait_until(|h| h.idle(name) >= n).await
+    }
+}
+
+/// Run a relay on `listeners` until `shutdown` completes (see [`Relay::run`]).
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    Relay::new(listeners, config).await?.run(shutdown).await
+}

@@ -1,0 +1,257 @@
+//! Hostile public input, agent authentication, streaming, upgrades and graceful drain.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ptth::relay::auth::Tokens;
+use std::task::{Context, Poll};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn hostile_public_input() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.head_timeout = Duration::from_millis(300);
+        let relay = start_relay(cfg).await;
+        let big = format!(
+            "GET /app/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(40_000)
+        );
+        assert!(
+            raw(relay.addr, big.as_bytes())
+                .await
+                .starts_with("HTTP/1.1 431")
+        );
+        let bare_cr = b"GET /app/ HTTP/1.1\r\nHost: x\rX: y\r\n\r\n";
+        assert!(raw(relay.addr, bare_cr).await.starts_with("HTTP/1.1 400"));
+        // Slow loris: half a head, then nothing; the relay closes.
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(b"GET /app/ HTTP/1.1\r\nHost:").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn auth_accepts_refuses_and_blocks_takeover() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.tokens = Some(Tokens::parse("app good\nother rival\n* master\n").unwrap());
+        let relay = start_relay(cfg).await;
+        for token in [None, Some("wrong"), Some("rival")] {
+            let req = claim_request(relay.addr, "app", token);
+            let err = connect_one(relay.addr, &req, echo_handler("x"))
+                .await
+                .unwrap_err();
+            let refusal = err.refusal().unwrap();
+            assert_eq!(refusal.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(refusal.www_authenticate(), Some("Bearer"));
+        }
+        let _a = start_agent(&relay, "app", 1, Some("good"), echo_handler("a")).await;
+        // `master` may claim any name, but not one held by another token.
+        let req = claim_request(relay.addr, "app", Some("master"));
+        let err = connect_one(relay.addr, &req, echo_handler("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.refusal().unwrap().status, StatusCode::CONFLICT);
+        let (s, _, body) = get(relay.addr, "/app/", None).await;
+        assert_eq!(s, 200);
+        assert!(body.starts_with('a'));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Bytes>();
+        let ev_rx = Arc::new(tokio::sync::Mutex::new(Some(ev_rx)));
+        let h = handler(move |_req| {
+            let ev_rx = ev_rx.clone();
+            async move {
+                let rx = ev_rx.lock().await.take().unwrap();
+                let stream = futures_stream(rx);
+                let mut res = Response::new(stream.boxed());
+                res.headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                res
+            }
+        });
+        let _a = start_agent(&relay, "sse", 1, None, h).await;
+        ev_tx.send(Bytes::from_static(b"data: one\n\n")).unwrap();
+        let req = Request::get("/sse/")
+            .header("host", "x")
+            .body(full(""))
+            .unwrap();
+        let mut body = send(relay.addr, req).await.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"data: one\n\n");
+        // The second event is only sent now, after the first was received.
+        ev_tx.send(Bytes::from_static(b"data: two\n\n")).unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"data: two\n\n");
+        drop(ev_tx);
+    })
+    .await
+}
+
+/// A body from a channel.
+fn futures_stream(
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) -> FnBody<impl FnMut(&mut Context<'_>) -> Poll<Option<Bytes>> + Unpin> {
+    FnBody(move |cx: &mut Context<'_>| rx.poll_recv(cx))
+}
+
+/// A body whose frames come from a closure.
+struct FnBody<F>(F);
+
+impl<F: FnMut(&mut Context<'_>) -> Poll<Option<Bytes>> + Unpin> http_body::Body for FnBody<F> {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        (self.0)(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn large_upload_streams_through() {
+    const TOTAL: u64 = 64 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let h = handler(|req: Request<Incoming>| async move {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    n += d.len() as u64;
+                }
+            }
+            Response::new(full(n.to_string()))
+        });
+        let _a = start_agent(&relay, "up", 1, None, h).await;
+        let sent = Arc::new(AtomicU64::new(0));
+        let chunk = Bytes::from(vec![7u8; CHUNK]);
+        let s2 = sent.clone();
+        let stream = FnBody(move |_cx: &mut Context<'_>| {
+            let done = s2.fetch_add(CHUNK as u64, Ordering::Relaxed);
+            Poll::Ready((done < TOTAL).then(|| chunk.clone()))
+        });
+        let req = Request::post("/up/")
+            .header("host", "x")
+            .body(stream.boxed())
+            .unwrap();
+        let res = send(relay.addr, req).await;
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, TOTAL.to_string());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upgrade_passes_through_as_a_tunnel() {
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let h = handler(|mut req: Request<Incoming>| async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = io.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    io.write_all(&buf[..n]).await.unwrap();
+                }
+            });
+            let mut res = Response::new(full(""));
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            res.headers_mut().insert("upgrade", "echo".parse().unwrap());
+            res.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            res
+        });
+        let _a = start_agent(&relay, "ws", 1, None, h).await;
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(
+            b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn graceful_drain_finishes_in_flight_requests() {
+    deadline(async {
+        let mut relay = start_relay(anonymous()).await;
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+        let h = handler(move |_req| {
+            let entered_tx = entered_tx.clone();
+            let release_rx = release_rx.clone();
+            async move {
+                entered_tx.send(()).unwrap();
+                let rx = release_rx.lock().await.take().unwrap();
+                let _ = rx.await;
+                Response::new(full("finished"))
+            }
+        });
+        let _a = start_agent(&relay, "app", 1, None, h).await;
+        let addr = relay.addr;
+        let inflight = tokio::spawn(async move { get(addr, "/app/", None).await });
+        entered.recv().await.unwrap();
+        relay.shutdown();
+        release_tx.send(()).unwrap();
+        let (s, _, body) = inflight.await.unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(body, "finished");
+        (&mut relay.task).await.unwrap();
+        // No longer accepting.
+        assert!(TcpStream::connect(addr).await.is_err());
+    })
+    .await
+}

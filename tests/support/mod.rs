@@ -1,0 +1,212 @@
+//! Shared helpers for the relay tests: an in-process relay on 127.0.0.1:0, agents built from the
+//! library's dialer, and a small public HTTP client.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use ptth::relay::{Config, Relay, RelayHandle};
+use ptth::{Limits, UpgradeRequest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Deadline for every test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    Arc::new(move |req| Box::pin(f(req)))
+}
+
+pub fn full(s: impl Into<Bytes>) -> TestBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+pub struct TestRelay {
+    pub handle: RelayHandle,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<()>,
+}
+
+impl TestRelay {
+    /// Begin a graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn start_relay(config: Config) -> TestRelay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = Relay::new(vec![l], config).await.unwrap();
+    let handle = relay.handle();
+    let addr = handle.local_addrs()[0];
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    TestRelay {
+        handle,
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// An agent: `n` reversed connections serving `h`.
+pub struct Agent {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Drop every connection at once (as if the process died).
+    pub fn kill(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The upgrade request an agent sends for `name` (path mode).
+pub fn claim_request(addr: SocketAddr, name: &str, token: Option<&str>) -> UpgradeRequest {
+    let mut req = UpgradeRequest::new(HeaderValue::from_str(&addr.to_string()).unwrap());
+    req.target = format!("/{name}");
+    if let Some(t) = token {
+        req.headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+    }
+    req
+}
+
+/// Connect one agent connection; returns the handshake error if refused.
+pub async fn connect_one(
+    addr: SocketAddr,
+    req: &UpgradeRequest,
+    h: Handler,
+) -> Result<JoinHandle<()>, ptth::Error> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let flipped = ptth::dialer::handshake(stream, req, &Limits::default()).await?;
+    Ok(tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |r| {
+            let h = h.clone();
+            async move { Ok::<_, std::convert::Infallible>(h(r).await) }
+        });
+        let _ = flipped.serve(svc, &Limits::default()).await;
+    }))
+}
+
+/// Start an agent for `name` with `n` connections and wait until the relay has parked them.
+pub async fn start_agent(
+    relay: &TestRelay,
+    name: &str,
+    n: usize,
+    token: Option<&str>,
+    h: Handler,
+) -> Agent {
+    let before = relay.handle.idle(name);
+    let req = claim_request(relay.addr, name, token);
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(connect_one(relay.addr, &req, h.clone()).await.unwrap());
+    }
+    relay.handle.wait_idle(name, before + n).await;
+    Agent { tasks }
+}
+
+/// A one-request public HTTP/1.1 client.
+pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender.send_request(req).await.unwrap()
+}
+
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
+    let mut b = Request::get(path);
+    b = b.header("host", host.map_or(addr.to_string(), str::to_string));
+    let res = send(
+        addr,
+        b.body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap(),
+    )
+    .await;
+    let status = res.status().as_u16();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// An echo handler: answers with the path it saw and a few request fields.
+pub fn echo_handler(tag: &'static str) -> Handler {
+    handler(move |req: Request<Incoming>| async move {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let text = format!(
+            "{tag} {} prefix={} xff={} fwd={}",
+            req.uri(),
+            h("x-forwarded-prefix"),
+            h("x-forwarded-for"),
+            h("forwarded")
+        );
+        Response::new(full(text))
+    })
+}
+
+pub fn anonymous() -> Config {
+    Config::default()
+}
+
+pub async fn deadline<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("test deadline passed")
+}
