@@ -1,7 +1,7 @@
 //! TLS on the PTTH connection: certificates are generated here with rcgen, traffic stays on
 //! 127.0.0.1. The dialer is the TLS client; the listener the TLS server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,62 +10,14 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use ptth::listener::{ListenerConfig, raw};
 use ptth::{Limits, UpgradeRequest, tls};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "support/pki.rs"]
+mod pki;
+use pki::Pki;
+
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A CA and the files of certificates it signed, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-            ca,
-        };
-        std::fs::write(pki.path("ca.pem"), pki.ca.pem()).unwrap();
-        pki
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.path("ca.pem")
-    }
-
-    /// Issue a certificate for `names`; `expired` backdates it. Returns (cert file, key file).
-    fn issue(&self, stem: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        if expired {
-            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
-            params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let (c, k) = (
-            self.path(&format!("{stem}.pem")),
-            self.path(&format!("{stem}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-}
 
 async fn hello(
     _req: http::Request<Incoming>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ptth::relay::{self, Config, auth::Tokens};
+use ptth::relay::{self, AgentCerts, Config, Listeners, auth::Tokens};
 use serde::Deserialize;
 
 /// The public PTTH relay. Agents dial in and claim a name; public HTTP requests for
@@ -81,6 +81,24 @@ struct Args {
     /// Admin address for /metrics and /agents. [default: off]
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Address to serve HTTPS on (agents and public clients); repeatable; needs --tls-cert
+    /// and --tls-key. Runs beside --listen.
+    #[arg(long = "listen-tls")]
+    #[serde(default)]
+    listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners (leaf first).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (PKCS#8, RSA or EC).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates agents must present on the TLS listeners (mutual TLS).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// With --client-ca: the agent's certificate must also be valid for NAME.<domain>.
+    #[arg(long)]
+    #[serde(default)]
+    client_cert_names: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -128,6 +146,15 @@ impl Args {
             max_waiting: self.max_waiting.or(file.max_waiting),
             max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
             admin: self.admin.or(file.admin),
+            listen_tls: if self.listen_tls.is_empty() {
+                file.listen_tls
+            } else {
+                self.listen_tls
+            },
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            client_ca: self.client_ca.or(file.client_ca),
+            client_cert_names: self.client_cert_names || file.client_cert_names,
         }
     }
 
@@ -141,7 +168,29 @@ impl Args {
             Some(p) => Some(Tokens::load(p).with_context(|| format!("loading {}", p.display()))?),
             None => None,
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ptth::tls::server_config(
+                cert,
+                key,
+                self.client_ca.as_deref(),
+            )?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        if tls.is_none() && self.client_ca.is_some() {
+            anyhow::bail!("--client-ca needs --tls-cert and --tls-key");
+        }
+        if self.client_cert_names && self.client_ca.is_none() {
+            anyhow::bail!("--client-cert-names needs --client-ca");
+        }
+        let agent_certs = match (&self.client_ca, self.client_cert_names) {
+            (None, _) => AgentCerts::Off,
+            (Some(_), false) => AgentCerts::Required,
+            (Some(_), true) => AgentCerts::MatchName,
+        };
         Ok(Config {
+            tls,
+            agent_certs,
             domain: self.domain.unwrap_or(d.domain).to_ascii_lowercase(),
             tokens,
             allow_anonymous: self.allow_anonymous,
@@ -160,6 +209,22 @@ impl Args {
             admin: self.admin,
         })
     }
+}
+
+/// Where the relay listens when no address is given: loopback only, so a first run exposes
+/// nothing to the network.
+const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
+
+async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.push(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+    }
+    Ok(out)
 }
 
 async fn shutdown_signal() {
@@ -200,26 +265,27 @@ async fn main() -> anyhow::Result<()> {
         args = args.merge(file);
     }
     let mut listen = std::mem::take(&mut args.listen);
-    if listen.is_empty() {
-        listen.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listen_tls = std::mem::take(&mut args.listen_tls);
+    if listen.is_empty() && listen_tls.is_empty() {
+        listen.push(SocketAddr::from(DEFAULT_LISTEN));
+    }
+    if !listen_tls.is_empty() && args.tls_cert.is_none() {
+        anyhow::bail!("--listen-tls needs --tls-cert and --tls-key");
     }
     let config = args.into_config()?;
-    let mut listeners = Vec::new();
-    for a in &listen {
-        listeners.push(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding {a}"))?,
-        );
-    }
+    let listeners = Listeners {
+        plain: bind_all(&listen).await?,
+        tls: bind_all(&listen_tls).await?,
+    };
     let domain = config.domain.clone();
     let r = relay::Relay::new(listeners, config).await?;
     let handle = r.handle();
-    for a in handle.local_addrs() {
+    let plain = handle.local_addrs().iter().map(|a| ("http", a));
+    for (scheme, a) in plain.chain(handle.tls_addrs().iter().map(|a| ("https", a))) {
         let port = a.port();
-        tracing::info!("listening on {a}");
-        println!("agents:  dial http://{a}/NAME (Upgrade: PTTH/0.9 or PTTH/1.0)");
-        println!("public:  http://{a}/NAME/...  or  http://NAME.{domain}:{port}/...");
+        tracing::info!("listening on {scheme}://{a}");
+        println!("agents:  dial {scheme}://{a}/NAME (Upgrade: PTTH/0.9 or PTTH/1.0)");
+        println!("public:  {scheme}://{a}/NAME/...  or  {scheme}://NAME.{domain}:{port}/...");
     }
     if let Some(a) = handle.admin_addr() {
         println!("admin:   http://{a}/metrics  http://{a}/agents");

@@ -18,14 +18,17 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::forward::{RelayBody, forward};
 use super::registry::ReserveError;
-use super::{RETRY_AFTER_SECS, Shared, auth, route};
+use super::{AgentCerts, Config, RETRY_AFTER_SECS, Shared, auth, route};
 use crate::listener::hyper_upgrade;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -37,9 +40,29 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// hyper asserts a read buffer of at least 8 KiB.
 const MIN_HYPER_BUF: usize = 8192;
 
-/// Accept on `listener` until `soft` is cancelled; each connection runs in `tracker`.
+/// What the handlers know about the connection a request came on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+    /// The TLS client certificate, verified against the client CA, if one was sent.
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+impl ConnInfo {
+    /// `http` or `https`.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Accept on `listener` until `soft` is cancelled; each connection runs in `tracker`. With
+/// `tls`, each connection first completes a TLS handshake (within the head timeout).
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     soft: CancellationToken,
@@ -58,7 +81,41 @@ pub(crate) async fn serve(
         };
         configure_socket(&stream, shared.config.tcp_keepalive);
         let span = tracing::debug_span!("conn", %peer);
-        tracker.spawn(connection(stream, peer, shared.clone(), soft.clone()).instrument(span));
+        let (shared, soft) = (shared.clone(), soft.clone());
+        match &tls {
+            None => {
+                let info = ConnInfo {
+                    peer,
+                    tls: false,
+                    client_cert: None,
+                };
+                tracker.spawn(connection(stream, info, shared, soft).instrument(span));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(
+                    async move {
+                        let deadline = shared.config.head_timeout;
+                        let stream = match tokio::time::timeout(deadline, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                return tracing::debug!("{}", crate::tls::describe(&e, "client"));
+                            }
+                            Err(_) => return tracing::debug!("TLS handshake timed out"),
+                        };
+                        let info = ConnInfo {
+                            peer,
+                            tls: true,
+                            client_cert: crate::tls::peer_certificate(&stream),
+                        };
+                        connection(stream, info, shared, soft).await
+                    }
+                    .instrument(span),
+                );
+            }
+        }
     }
 }
 
@@ -76,15 +133,14 @@ pub(crate) fn configure_socket(stream: &TcpStream, keepalive: Duration) {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    soft: CancellationToken,
-) {
+async fn connection<S>(stream: S, info: ConnInfo, shared: Arc<Shared>, soft: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), peer, req))
+        service_fn(move |req| handle(shared.clone(), info.clone(), req))
     };
     let limits = &shared.config.limits;
     let mut builder = http1::Builder::new();
@@ -116,13 +172,13 @@ async fn connection(
 
 async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
     if hyper_upgrade::is_ptth_upgrade(&req) {
-        return Ok(claim(shared, peer, req).await);
+        return Ok(claim(shared, &info, req).await);
     }
-    Ok(forward(&shared, peer, req).await)
+    Ok(forward(&shared, &info, req).await)
 }
 
 /// A plain-text response.
@@ -153,9 +209,10 @@ pub(crate) fn busy(status: StatusCode, msg: impl Into<String>) -> Response<Relay
 /// An agent's upgrade request: name, auth, limits, then the switch.
 async fn claim(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    info: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
+    let peer = info.peer;
     let cfg = &shared.config;
     let host = req
         .headers()
@@ -186,6 +243,10 @@ async fn claim(
             }
         }
     };
+    if let Some(why) = certificate_refusal(cfg, info, &name) {
+        tracing::info!(%peer, %name, "agent refused: {why}");
+        return text(StatusCode::UNAUTHORIZED, why);
+    }
     let reservation = match shared.registry.reserve(&name, owner, peer) {
         Ok(r) => r,
         Err(e @ ReserveError::Taken) => return text(StatusCode::CONFLICT, e.to_string()),
@@ -234,4 +295,18 @@ async fn claim(
         .instrument(span),
     );
     res
+}
+
+/// Why the agent's TLS client certificate does not satisfy [`Config::agent_certs`], if so.
+fn certificate_refusal(cfg: &Config, info: &ConnInfo, name: &str) -> Option<String> {
+    match (cfg.agent_certs, &info.client_cert) {
+        (AgentCerts::Off, _) => None,
+        (_, None) => Some("a TLS client certificate from the relay's client CA is required".into()),
+        (AgentCerts::Required, Some(_)) => None,
+        (AgentCerts::MatchName, Some(cert)) => {
+            let fqdn = format!("{name}.{}", cfg.domain);
+            (!crate::tls::certificate_matches_name(cert, &fqdn))
+                .then(|| format!("the client certificate is not valid for {fqdn}"))
+        }
+    }
 }

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::accept::{busy, text};
+use super::accept::{ConnInfo, busy, text};
 use super::registry::{CheckoutError, Lease};
 use super::route::{RouteError, route};
 use crate::proto::tokens;
@@ -85,6 +85,7 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 fn set_forwarded(
     headers: &mut HeaderMap,
     peer: SocketAddr,
+    proto: &'static str,
     host: Option<&HeaderValue>,
     prefix: Option<&str>,
     trust: bool,
@@ -95,7 +96,7 @@ fn set_forwarded(
     } else {
         ip.to_string()
     };
-    let mut fwd = format!("for={node};proto=http");
+    let mut fwd = format!("for={node};proto={proto}");
     if let Some(h) = host.and_then(|h| h.to_str().ok())
         && !h.contains(['"', '\\'])
     {
@@ -131,7 +132,7 @@ fn set_forwarded(
         headers.insert(X_FORWARDED_HOST, h.clone());
     }
     if !trust || !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
         headers.insert(X_FORWARDED_PREFIX, p);
@@ -141,18 +142,18 @@ fn set_forwarded(
 /// Forward one public request.
 pub(crate) async fn forward(
     shared: &Arc<Shared>,
-    peer: SocketAddr,
+    info: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
     let started = Instant::now();
-    let res = forward_inner(shared, peer, req).await;
+    let res = forward_inner(shared, info, req).await;
     shared.metrics.record(res.status(), started.elapsed());
     res
 }
 
 async fn forward_inner(
     shared: &Arc<Shared>,
-    peer: SocketAddr,
+    info: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<RelayBody> {
     let cfg = &shared.config;
@@ -185,7 +186,8 @@ async fn forward_inner(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     set_forwarded(
         &mut parts.headers,
-        peer,
+        info.peer,
+        info.proto(),
         host.as_ref(),
         route.prefix.as_deref(),
         cfg.trust_forwarded,

@@ -103,6 +103,47 @@ pub struct Config {
     pub limits: Limits,
     /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
     pub admin: Option<SocketAddr>,
+    /// TLS for the listeners given as [`Listeners::tls`] (certificate chain, key, optional
+    /// client CA). Build it with [`crate::tls::server_config`]. Default: none.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
+    pub agent_certs: AgentCerts,
+}
+
+/// Whether agents must authenticate with a TLS client certificate (mutual TLS).
+///
+/// Needs a client CA in [`Config::tls`] (see [`crate::tls::server_config`]); the TLS layer
+/// only *requests* certificates, because public clients share the listener, and the claim is
+/// refused with 401 when the policy is not met. A token, when a token file is configured, is
+/// required as well.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AgentCerts {
+    /// No certificate needed.
+    #[default]
+    Off,
+    /// A certificate signed by the client CA.
+    Required,
+    /// A certificate signed by the client CA that is valid for `NAME.<domain>` (a SAN DNS
+    /// name equal to it, or a matching wildcard).
+    MatchName,
+}
+
+/// The sockets a relay serves: plain HTTP, and HTTPS (with [`Config::tls`]).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Plain TCP listeners.
+    pub plain: Vec<TcpListener>,
+    /// TLS listeners.
+    pub tls: Vec<TcpListener>,
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(plain: Vec<TcpListener>) -> Self {
+        Listeners {
+            plain,
+            tls: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -124,6 +165,8 @@ impl Default for Config {
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
             limits: Limits::default(),
             admin: None,
+            tls: None,
+            agent_certs: AgentCerts::Off,
         }
     }
 }
@@ -140,6 +183,12 @@ pub enum RelayError {
     /// No listener given.
     #[error("no listen address")]
     NoListener,
+    /// TLS listeners were given without [`Config::tls`].
+    #[error("TLS listeners need a certificate and key (Config::tls / --tls-cert, --tls-key)")]
+    TlsWithoutCertificate,
+    /// [`Config::agent_certs`] asks for client certificates but there is no TLS listener.
+    #[error("agent certificates are required but no TLS listener with a client CA is configured")]
+    AgentCertsWithoutTls,
     /// Socket trouble.
     #[error("{context}: {source}")]
     Io {
@@ -164,37 +213,56 @@ pub(crate) struct Shared {
 /// A relay bound to its listeners, not yet running. Use [`Relay::handle`] to observe it, then
 /// [`Relay::run`].
 pub struct Relay {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, bool)>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
 }
 
 /// A cheap view of a running relay (addresses, pool state), for tests and embedding.
 #[derive(Clone)]
 pub struct RelayHandle {
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     shared: Arc<Shared>,
 }
 
 impl Relay {
     /// Check the configuration against the listeners and bind the admin address.
-    pub async fn new(listeners: Vec<TcpListener>, config: Config) -> Result<Relay, RelayError> {
-        if listeners.is_empty() {
+    pub async fn new(listeners: impl Into<Listeners>, config: Config) -> Result<Relay, RelayError> {
+        let Listeners { plain, tls } = listeners.into();
+        if plain.is_empty() && tls.is_empty() {
             return Err(RelayError::NoListener);
         }
-        let addrs = listeners
-            .iter()
-            .map(|l| l.local_addr())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| RelayError::Io {
-                context: "reading a listener's address",
-                source,
-            })?;
+        if !tls.is_empty() && config.tls.is_none() {
+            return Err(RelayError::TlsWithoutCertificate);
+        }
+        if config.agent_certs != AgentCerts::Off && tls.is_empty() {
+            return Err(RelayError::AgentCertsWithoutTls);
+        }
+        let local = |ls: &[TcpListener]| {
+            ls.iter()
+                .map(|l| l.local_addr())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| RelayError::Io {
+                    context: "reading a listener's address",
+                    source,
+                })
+        };
+        let (addrs, tls_addrs) = (local(&plain)?, local(&tls)?);
+        let listeners: Vec<(TcpListener, bool)> = plain
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(tls.into_iter().map(|l| (l, true)))
+            .collect();
         if config.tokens.is_none()
             && !config.allow_anonymous
-            && let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback())
+            && let Some(a) = addrs
+                .iter()
+                .chain(&tls_addrs)
+                .find(|a| !a.ip().is_loopback())
         {
             return Err(RelayError::AnonymousNotLoopback(*a));
         }
@@ -224,6 +292,7 @@ impl Relay {
             listeners,
             admin,
             addrs,
+            tls_addrs,
             shared: Arc::new(Shared {
                 config,
                 listener,
@@ -238,6 +307,7 @@ impl Relay {
     pub fn handle(&self) -> RelayHandle {
         RelayHandle {
             addrs: self.addrs.clone(),
+            tls_addrs: self.tls_addrs.clone(),
             admin: self.admin.as_ref().and_then(|a| a.local_addr().ok()),
             shared: self.shared.clone(),
         }
@@ -248,9 +318,14 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let soft = CancellationToken::new();
         let tracker = TaskTracker::new();
-        for l in self.listeners {
+        for (l, tls) in self.listeners {
+            let acceptor = tls
+                .then(|| self.shared.config.tls.clone())
+                .flatten()
+                .map(tokio_rustls::TlsAcceptor::from);
             tokio::spawn(accept::serve(
                 l,
+                acceptor,
                 self.shared.clone(),
                 tracker.clone(),
                 soft.clone(),
@@ -279,6 +354,11 @@ impl RelayHandle {
     /// The bound public addresses.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses of the TLS listeners.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The bound admin address, if any.
@@ -322,7 +402,7 @@ impl RelayHandle {
 
 /// Run a relay on `listeners` until `shutdown` completes (see [`Relay::run`]).
 pub async fn run(
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
