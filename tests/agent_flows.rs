@@ -224,3 +224,59 @@ async fn agent_comes_back_after_the_relay_restarts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn upgrades_pass_through_to_the_upstream() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        // An upstream that switches to a byte-echo protocol on `Upgrade: echo`.
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = up.accept().await.unwrap();
+            let svc = hyper::service::service_fn(
+                |mut req: http::Request<hyper::body::Incoming>| async move {
+                    assert_eq!(req.headers()["upgrade"], "echo");
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on.await.unwrap());
+                        let mut buf = [0u8; 5];
+                        io.read_exact(&mut buf).await.unwrap();
+                        io.write_all(&buf).await.unwrap();
+                    });
+                    let res = http::Response::builder()
+                        .status(101)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                },
+            );
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await
+                .unwrap();
+        });
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up_addr);
+        let (_, mut a) = accept_parked(&relay).await;
+        let req = http::Request::get("/ws")
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .body(full(""))
+            .unwrap();
+        let mut res = a.send(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await.unwrap());
+        io.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

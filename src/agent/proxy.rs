@@ -107,15 +107,15 @@ impl Proxy {
                 return plain(StatusCode::BAD_GATEWAY, text);
             }
         };
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut res);
-                tokio::spawn(
-                    splice(client_upgrade, upstream_upgrade).instrument(info_span!("upgraded")),
-                );
-                // Keep Upgrade and Connection on the 101.
-                return res.map(|b| b.map_err(Into::into).boxed());
-            }
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            tokio::spawn(
+                splice(client_upgrade, upstream_upgrade).instrument(info_span!("upgraded")),
+            );
+            // Keep Upgrade and Connection on the 101.
+            return res.map(|b| b.map_err(Into::into).boxed());
         }
         strip_hop_by_hop(res.headers_mut());
         res.map(|b| b.map_err(Into::into).boxed())
