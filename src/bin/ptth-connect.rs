@@ -1,7 +1,7 @@
 //! `ptth-connect`: expose a local HTTP service through a PTTH relay.
 //!
-//! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad arguments, 3 when the
-//! relay refuses the credentials (401/403), 1 for anything else.
+//! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad arguments (including
+//! unusable URLs), 3 when the relay refuses the credentials (401/403), 1 for anything else.
 
 use std::process::ExitCode;
 
@@ -14,13 +14,15 @@ use ptth::agent::{Agent, AgentError, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTION
 const EXIT_UNAUTHORIZED: u8 = 3;
 /// Exit status for any other failure.
 const EXIT_FAILURE: u8 = 1;
+/// Exit status for bad arguments (clap uses it too).
+const EXIT_USAGE: u8 = 2;
 
 /// Expose a local HTTP service through a PTTH (Reverse HTTP) relay, from behind NAT.
 ///
 /// Exit status: 0 after SIGINT/SIGTERM, 2 for bad arguments, 3 when the relay refuses the
 /// token (401/403), 1 otherwise.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "ptth-connect", version, about)]
 struct Args {
     /// Relay URL naming the service: `http://relay:8080/NAME` (path mode) or
     /// `http://NAME.relay-domain:8080/` (host mode).
@@ -74,15 +76,15 @@ async fn main() -> ExitCode {
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let unauthorized = e
-                .downcast_ref::<AgentError>()
-                .is_some_and(AgentError::is_unauthorized);
-            tracing::error!("{e:#}");
             eprintln!("ptth-connect: {e:#}");
-            ExitCode::from(if unauthorized {
-                EXIT_UNAUTHORIZED
-            } else {
-                EXIT_FAILURE
+            ExitCode::from(match e.downcast_ref::<AgentError>() {
+                Some(AgentError::Unauthorized { .. }) => EXIT_UNAUTHORIZED,
+                Some(
+                    AgentError::BadRelayUrl { .. }
+                    | AgentError::BadUpstreamUrl { .. }
+                    | AgentError::BadConfig(_),
+                ) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
             })
         }
     }
