@@ -1,0 +1,434 @@
+//! The elastic pool: keeps `connections` idle parked connections ready, grows up to
+//! `max_connections` while requests are in flight, and redials with backoff after failures.
+//!
+//! One supervisor task owns all the state; each connection is a task that reports what happens
+//! to it ([`Event`]) over a channel. A connection counts as *busy* from the first byte of a
+//! request until its response body is done (or dropped), and as *idle* otherwise.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::dial::{Target, dial};
+use super::{AgentError, BoxError, Config};
+use crate::error::{Error, Refusal};
+
+/// A connection that closes within this time of parking without having served a request counts
+/// as a failure, so a relay that drops every connection at once meets the backoff: 5 s.
+pub const QUICK_CLOSE: Duration = Duration::from_secs(5);
+
+/// Consecutive `307`/`308` answers followed before they count as failures: 5.
+pub const MAX_REDIRECTS: u32 = 5;
+
+#[derive(Debug)]
+enum Event {
+    Parked { id: u64 },
+    Busy { id: u64 },
+    Idle { id: u64 },
+    Ended { id: u64, outcome: Outcome },
+}
+
+#[derive(Debug)]
+enum Outcome {
+    /// The connection parked, then closed.
+    Closed { served: bool, lived: Duration },
+    /// Connect or handshake failed.
+    Failed(AgentError),
+    /// The relay answered the upgrade request with something other than `101`.
+    Refused(Box<Refusal>),
+    /// Shut down before it parked.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Dialing,
+    Idle,
+    Busy,
+}
+
+struct Pool {
+    config: Arc<Config>,
+    target: Target,
+    conns: HashMap<u64, State>,
+    next_id: u64,
+    failures: u32,
+    redirects: u32,
+    not_before: Instant,
+    healthy_since: Option<Instant>,
+    announced: bool,
+}
+
+impl Pool {
+    fn count(&self, s: State) -> usize {
+        self.conns.values().filter(|&&v| v == s).count()
+    }
+
+    /// Whether another connection is wanted now (ignoring the backoff clock).
+    fn wants_dial(&self) -> bool {
+        let dialing = self.count(State::Dialing);
+        let parked = self.conns.len() - dialing;
+        if self.failures > 0 && parked == 0 && dialing > 0 {
+            // The relay is failing: probe with one connection at a time.
+            return false;
+        }
+        dialing + self.count(State::Idle) < self.config.connections
+            && self.conns.len() < self.config.max_connections
+    }
+
+    fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>) {
+        let now = Instant::now();
+        self.reset_if_healthy(now);
+        self.healthy_since = None;
+        self.failures = self.failures.saturating_add(1);
+        let delay = self
+            .config
+            .backoff
+            .delay_random(self.failures)
+            .max(at_least.unwrap_or_default());
+        self.not_before = self.not_before.max(now + delay);
+        warn!(failures = self.failures, retry_in = ?delay, "{why}");
+    }
+
+    fn reset_if_healthy(&mut self, now: Instant) {
+        if self
+            .healthy_since
+            .is_some_and(|t| now.duration_since(t) >= self.config.backoff.healthy_period)
+        {
+            self.failures = 0;
+        }
+    }
+
+    /// Returns an error when the agent must stop (the relay does not accept the credentials).
+    fn on_event(&mut self, event: Event) -> Result<(), AgentError> {
+        match event {
+            Event::Parked { id } => {
+                self.conns.insert(id, State::Idle);
+                self.redirects = 0;
+                self.healthy_since.get_or_insert_with(Instant::now);
+                if !self.announced {
+                    self.announced = true;
+                    info!(
+                        public_url = %self.config.public_url,
+                        "connected to the relay: service reachable at {}",
+                        self.config.public_url
+                    );
+                }
+            }
+            Event::Busy { id } => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    *s = State::Busy;
+                }
+            }
+            Event::Idle { id } => {
+                if let Some(s) = self.conns.get_mut(&id) {
+                    *s = State::Idle;
+                }
+            }
+            Event::Ended { id, outcome } => {
+                self.conns.remove(&id);
+                self.on_outcome(outcome)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) -> Result<(), AgentError> {
+        match outcome {
+            Outcome::Closed { served, lived } => {
+                if !served && lived < QUICK_CLOSE {
+                    self.fail(
+                        &format_args!("relay closed a parked connection after {lived:?}"),
+                        None,
+                    );
+                } else {
+                    debug!(served, ?lived, "parked connection closed");
+                }
+            }
+            Outcome::Failed(e) => self.fail(&e, None),
+            Outcome::Cancelled => {}
+            Outcome::Refused(r) => match r.status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(AgentError::Unauthorized {
+                        status: r.status,
+                        detail: r.to_string(),
+                    });
+                }
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
+                    match r.location().map(|l| self.target.redirect(l)) {
+                        Some(Ok(next)) => {
+                            info!(location = %next.url, "relay redirected the agent");
+                            self.target = next;
+                            self.redirects += 1;
+                            if self.redirects > MAX_REDIRECTS {
+                                self.fail(&"too many redirects in a row", None);
+                            }
+                        }
+                        Some(Err(e)) => self.fail(&e, None),
+                        None => self.fail(&format_args!("{r} without a usable Location"), None),
+                    }
+                }
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                    let after = r.retry_after();
+                    self.fail(&r, after);
+                }
+                _ => self.fail(&r, None),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Run the pool until `shutdown` completes (then drain) or the relay rejects the credentials.
+pub(crate) async fn run<S, B>(
+    config: Arc<Config>,
+    service: S,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), AgentError>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut pool = Pool {
+        target: config.target.clone(),
+        config,
+        conns: HashMap::new(),
+        next_id: 0,
+        failures: 0,
+        redirects: 0,
+        not_before: Instant::now(),
+        healthy_since: None,
+        announced: false,
+    };
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    let mut result = Ok(());
+    loop {
+        if !stopping {
+            let now = Instant::now();
+            pool.reset_if_healthy(now);
+            while pool.wants_dial() && now >= pool.not_before {
+                let id = pool.next_id;
+                pool.next_id += 1;
+                pool.conns.insert(id, State::Dialing);
+                let task = connection(
+                    id,
+                    pool.target.clone(),
+                    pool.config.clone(),
+                    service.clone(),
+                    tx.clone(),
+                    cancel.child_token(),
+                );
+                tracker.spawn(task.instrument(info_span!("conn", id)));
+            }
+        } else if pool.conns.is_empty() {
+            break;
+        }
+        let wait_backoff = !stopping && pool.wants_dial();
+        tokio::select! {
+            Some(event) = rx.recv() => {
+                if let Err(e) = pool.on_event(event) {
+                    result = Err(e);
+                    stopping = true;
+                    cancel.cancel();
+                }
+            }
+            () = tokio::time::sleep_until(pool.not_before), if wait_backoff => {}
+            () = &mut shutdown, if !stopping => {
+                info!("shutting down: finishing requests in flight");
+                stopping = true;
+                cancel.cancel();
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+async fn connection<S, B>(
+    id: u64,
+    target: Target,
+    config: Arc<Config>,
+    service: S,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let outcome = tokio::select! {
+        o = park(&target, &config) => o,
+        () = cancel.cancelled() => Err(Outcome::Cancelled),
+    };
+    let outcome = match outcome {
+        Err(o) => o,
+        Ok(flipped) => {
+            debug!(relay = %target.url, "parked");
+            let _ = events.send(Event::Parked { id });
+            let parked_at = Instant::now();
+            let track = Arc::new(Track {
+                id,
+                events: events.clone(),
+                in_flight: AtomicUsize::new(0),
+                served: AtomicBool::new(false),
+            });
+            let svc = Tracked {
+                inner: service,
+                track: track.clone(),
+            };
+            let conn = flipped.serve(svc, &config.limits);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                debug!(error = %e, "reversed connection ended with an error");
+            }
+            Outcome::Closed {
+                served: track.served.load(Ordering::Relaxed),
+                lived: parked_at.elapsed(),
+            }
+        }
+    };
+    let _ = events.send(Event::Ended { id, outcome });
+}
+
+async fn park(
+    target: &Target,
+    config: &Config,
+) -> Result<crate::dialer::Flipped<super::dial::BoxedIo>, Outcome> {
+    let io = dial(target, &config.transport, config.connect_timeout)
+        .await
+        .map_err(Outcome::Failed)?;
+    let request = target.upgrade_request(
+        &config.method,
+        config.protocol,
+        config.token.as_ref(),
+        &config.headers,
+    );
+    crate::dialer::handshake(io, &request, &config.limits)
+        .await
+        .map_err(|e| match e {
+            Error::Refused(r) => Outcome::Refused(r),
+            e => Outcome::Failed(AgentError::Handshake(e)),
+        })
+}
+
+/// Per-connection request accounting shared by the service wrapper and response bodies.
+struct Track {
+    id: u64,
+    events: mpsc::UnboundedSender<Event>,
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+}
+
+/// Held from the start of a request until its response body is finished or dropped.
+struct InFlight(Arc<Track>);
+
+impl InFlight {
+    fn start(track: &Arc<Track>) -> InFlight {
+        track.served.store(true, Ordering::Relaxed);
+        if track.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _ = track.events.send(Event::Busy { id: track.id });
+        }
+        InFlight(track.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.0.events.send(Event::Idle { id: self.0.id });
+        }
+    }
+}
+
+/// The user's service, reporting busy/idle to the pool.
+struct Tracked<S> {
+    inner: S,
+    track: Arc<Track>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = InFlight::start(&self.track);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|inner| TrackedBody {
+                inner,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection counted as busy until it is done.
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: InFlight,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,133 @@
+//! `ptth-connect`: expose a local HTTP service through a PTTH relay.
+//!
+//! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad arguments (including
+//! unusable URLs), 3 when the relay refuses the credentials (401/403), 1 for anything else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ptth::Protocol;
+use ptth::agent::proxy::Proxy;
+use ptth::agent::{Agent, AgentError, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
+
+/// Exit status when the relay answers 401 or 403.
+const EXIT_UNAUTHORIZED: u8 = 3;
+/// Exit status for any other failure.
+const EXIT_FAILURE: u8 = 1;
+/// Exit status for bad arguments (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+
+/// Expose a local HTTP service through a PTTH (Reverse HTTP) relay, from behind NAT.
+///
+/// Exit status: 0 after SIGINT/SIGTERM, 2 for bad arguments, 3 when the relay refuses the
+/// token (401/403), 1 otherwise.
+#[derive(Debug, Parser)]
+#[command(name = "ptth-connect", version, about)]
+struct Args {
+    /// Relay URL naming the service: `http://relay:8080/NAME` (path mode) or
+    /// `http://NAME.relay-domain:8080/` (host mode).
+    relay: String,
+
+    /// Local upstream to forward requests to, e.g. `http://127.0.0.1:3000` (a path is used as a
+    /// prefix).
+    #[arg(long)]
+    to: String,
+
+    /// Bearer token sent to the relay as `Authorization: Bearer <token>`.
+    #[arg(long, env = "PTTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Idle parked connections to keep ready.
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
+    connections: usize,
+
+    /// Most connections in total (idle plus serving).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Upgrade protocol token: PTTH/0.9 or PTTH/1.0 (Yaler, AirPlay and the 2009 draft use 1.0).
+    #[arg(long, default_value = "PTTH/0.9")]
+    protocol: Protocol,
+
+    /// Method of the upgrade request.
+    #[arg(long, default_value = "POST", value_parser = ["POST", "GET"])]
+    method: String,
+
+    /// Extra field for the upgrade request, as `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not `Name: value`"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ptth-connect: {e:#}");
+            ExitCode::from(match e.downcast_ref::<AgentError>() {
+                Some(AgentError::Unauthorized { .. }) => EXIT_UNAUTHORIZED,
+                Some(
+                    AgentError::BadRelayUrl { .. }
+                    | AgentError::BadUpstreamUrl { .. }
+                    | AgentError::BadConfig(_),
+                ) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            })
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let proxy = Proxy::new(&args.to)?;
+    let mut builder = Agent::builder(args.relay)
+        .connections(args.connections)
+        .max_connections(args.max_connections)
+        .protocol(args.protocol)
+        .method(args.method.parse()?);
+    if let Some(token) = args.token {
+        builder = builder.token(token);
+    }
+    for (name, value) in args.headers {
+        builder = builder.header(name, value);
+    }
+    let agent = builder.build()?;
+    tracing::info!(relay = %agent.config().target.url, upstream = %args.to, "starting");
+    agent.serve(proxy, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

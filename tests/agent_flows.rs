@@ -1,0 +1,282 @@
+//! The agent against a relay stand-in (the library's raw listener): parking, the elastic pool,
+//! proxying, streaming, graceful shutdown and a relay restart.
+
+mod agent_support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use agent_support::*;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn parks_announces_and_reparks() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, _arrivals, _release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(2).token("s3cret"), up);
+
+        let (head, mut a) = accept_parked(&relay).await;
+        let (_, b) = accept_parked(&relay).await;
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.uri, "/demo");
+        assert_eq!(head.headers["host"], addr.to_string().as_str());
+        assert_eq!(head.headers["upgrade"], "PTTH/0.9");
+        assert_eq!(head.headers["authorization"], "Bearer s3cret");
+
+        let res = a.send(get("/demo/hello?x=1")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            body_string(res).await,
+            format!("GET /demo/hello?x=1 host={up}")
+        );
+        // Serving a request made the agent dial a replacement for the busy connection.
+        let (_, c) = accept_parked(&relay).await;
+
+        // The relay drops parked connections; the agent parks new ones.
+        drop((a, b, c));
+        let (_, _d) = accept_parked(&relay).await;
+        let (_, _e) = accept_parked(&relay).await;
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pool_grows_to_serve_64_concurrent_requests() {
+    deadline(async {
+        const N: usize = 64;
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, mut arrivals, release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(4).max_connections(N), up);
+
+        // One request per parked connection, as a relay that hands each parked connection to
+        // one visitor does; all of them are held at the upstream until the 64th arrives.
+        let mut peers = HashSet::new();
+        let mut requests = Vec::new();
+        for _ in 0..N {
+            let (tcp, peer) = relay.accept().await.unwrap();
+            peers.insert(peer);
+            let (_, mut client) = park(tcp).await;
+            requests.push(tokio::spawn(async move {
+                let res = client.send(get("/hold")).await.unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                body_string(res).await
+            }));
+        }
+        for _ in 0..N {
+            assert_eq!(arrivals.recv().await.unwrap(), "/hold");
+        }
+        for _ in 0..N {
+            release.send(Bytes::from_static(b"done")).unwrap();
+        }
+        for r in requests {
+            assert_eq!(r.await.unwrap(), "done");
+        }
+        assert_eq!(peers.len(), N, "distinct connections");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_and_the_agent_stays_up() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), dead_addr);
+        let (_, mut a) = accept_parked(&relay).await;
+        for _ in 0..2 {
+            let res = a.send(get("/")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+            let text = body_string(res).await;
+            assert!(text.contains("could not reach its upstream"), "{text}");
+        }
+        assert!(!agent.task.is_finished());
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, _arrivals, _release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+
+        // Ping-pong: each chunk must come back before the next is sent, which only works if
+        // neither direction is buffered anywhere on the way.
+        let (tx, body) = channel_body();
+        let req = http::Request::post("/echo").body(body).unwrap();
+        let send = tokio::spawn(async move { a.send(req).await.unwrap() });
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        tx.send(chunk.clone()).await.unwrap();
+        let res = send.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut res_body = res.into_body();
+        let mut total = 0usize;
+        for i in 0..64 {
+            let mut got = 0;
+            while got < chunk.len() {
+                let frame = res_body.frame().await.unwrap().unwrap();
+                got += frame.into_data().unwrap().len();
+            }
+            assert_eq!(got, chunk.len(), "chunk {i}");
+            total += got;
+            if i < 63 {
+                tx.send(chunk.clone()).await.unwrap();
+            }
+        }
+        drop(tx);
+        assert!(res_body.frame().await.is_none());
+        assert_eq!(total, 64 * 64 * 1024);
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streamed_response_arrives_incrementally() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, mut arrivals, release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+
+        let res = a.send(get("/drip")).await.unwrap();
+        assert_eq!(arrivals.recv().await.unwrap(), "/drip");
+        let mut body = res.into_body();
+        for i in 0..3 {
+            let event = format!("data: {i}\n\n");
+            release.send(Bytes::from(event.clone())).unwrap();
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), event.as_bytes());
+        }
+        release.send(Bytes::new()).unwrap();
+        assert!(body.frame().await.is_none());
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, mut arrivals, release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+        let in_flight = tokio::spawn(async move {
+            let res = a.send(get("/hold")).await.unwrap();
+            (res.status(), body_string(res).await)
+        });
+        assert_eq!(arrivals.recv().await.unwrap(), "/hold");
+        // The replacement dialled when the request started.
+        let (_, _b) = accept_parked(&relay).await;
+
+        let stop = agent.stop;
+        let task = agent.task;
+        let _ = stop.unwrap().send(());
+        release.send(Bytes::from_static(b"finished")).unwrap();
+        assert_eq!(
+            in_flight.await.unwrap(),
+            (StatusCode::OK, "finished".to_string())
+        );
+        task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_comes_back_after_the_relay_restarts() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, _arrivals, _release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(2), up);
+        let (_, a) = accept_parked(&relay).await;
+        let (_, b) = accept_parked(&relay).await;
+
+        // The relay goes away: listener and parked connections.
+        drop(relay);
+        drop((a, b));
+        // Let the agent see refused connects for a while (its backoff runs), then come back.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let relay = TcpListener::bind(addr).await.unwrap();
+        let (_, mut c) = accept_parked(&relay).await;
+        let res = c.send(get("/again")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(body_string(res).await, format!("GET /again host={up}"));
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upgrades_pass_through_to_the_upstream() {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        // An upstream that switches to a byte-echo protocol on `Upgrade: echo`.
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = up.accept().await.unwrap();
+            let svc = hyper::service::service_fn(
+                |mut req: http::Request<hyper::body::Incoming>| async move {
+                    assert_eq!(req.headers()["upgrade"], "echo");
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on.await.unwrap());
+                        let mut buf = [0u8; 5];
+                        io.read_exact(&mut buf).await.unwrap();
+                        io.write_all(&buf).await.unwrap();
+                    });
+                    let res = http::Response::builder()
+                        .status(101)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(http_body_util::Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                },
+            );
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades()
+                .await
+                .unwrap();
+        });
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up_addr);
+        let (_, mut a) = accept_parked(&relay).await;
+        let req = http::Request::get("/ws")
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .body(full(""))
+            .unwrap();
+        let mut res = a.send(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await.unwrap());
+        io.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

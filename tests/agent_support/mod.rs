@@ -1,0 +1,229 @@
+//! Test doubles for the agent tests: a relay stand-in built on the library's raw listener (or
+//! raw bytes), a local upstream, and an agent runner. Everything is on 127.0.0.1 port 0.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use ptth::agent::{Agent, AgentBuilder, AgentError, Backoff};
+use ptth::listener::{ListenerConfig, ReversedClient, raw};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
+pub type Client = ReversedClient<TestBody>;
+
+/// Every test runs under this deadline.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub async fn deadline<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("test deadline passed")
+}
+
+pub fn full(s: impl Into<Bytes>) -> TestBody {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A body fed chunk by chunk from the returned sender; it ends when the sender is dropped.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    (tx, ChannelBody(rx).boxed())
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A small backoff so that failure tests run quickly (still never a tight loop).
+pub fn fast_backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+        healthy_period: Duration::from_secs(30),
+    }
+}
+
+pub fn builder(addr: SocketAddr, name: &str) -> AgentBuilder {
+    Agent::builder(format!("http://{addr}/{name}")).backoff(fast_backoff())
+}
+
+/// A running agent and the switch that stops it.
+pub struct RunningAgent {
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl RunningAgent {
+    pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap()
+    }
+}
+
+pub fn spawn_agent<S, B>(builder: AgentBuilder, service: S) -> RunningAgent
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let agent = builder.build().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.serve(service, async move {
+        let _ = rx.await;
+    }));
+    RunningAgent {
+        stop: Some(stop),
+        task,
+    }
+}
+
+pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> RunningAgent {
+    let proxy = ptth::agent::proxy::Proxy::new(&format!("http://{upstream}")).unwrap();
+    spawn_agent(builder, proxy)
+}
+
+/// Accept one TCP connection, take its upgrade offer and switch. Returns the upgrade request
+/// head and a client for reversed requests.
+pub async fn accept_parked(listener: &TcpListener) -> (http::request::Parts, Client) {
+    let (tcp, _) = listener.accept().await.unwrap();
+    park(tcp).await
+}
+
+pub async fn park(tcp: TcpStream) -> (http::request::Parts, Client) {
+    let cfg = ListenerConfig::default();
+    let offer = raw::read_offer(tcp, &cfg).await.unwrap();
+    let head = offer.head().clone();
+    let (client, conn) = offer.accept_reversed::<TestBody>(&cfg).await.unwrap();
+    tokio::spawn(conn);
+    (head, client)
+}
+
+/// Read bytes up to and including the first CRLFCRLF.
+pub async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tcp.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "peer closed before the end of a head");
+        buf.push(byte[0]);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+pub async fn write(tcp: &mut TcpStream, bytes: &[u8]) {
+    tcp.write_all(bytes).await.unwrap();
+}
+
+pub const SWITCH_09: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\n\r\n";
+
+/// What the test upstream reports when a request reaches it.
+pub type Arrivals = mpsc::UnboundedReceiver<String>;
+
+/// A local upstream: `/echo` streams the request body back, `/hold` waits for the test to
+/// release it (via the returned sender: each message releases one request), anything else
+/// answers with the method, path and Host.
+pub async fn spawn_upstream() -> (SocketAddr, Arrivals, mpsc::UnboundedSender<Bytes>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = mpsc::unbounded_channel::<Bytes>();
+    let release_rx = std::sync::Arc::new(tokio::sync::Mutex::new(release_rx));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let arrived_tx = arrived_tx.clone();
+            let release_rx = release_rx.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let arrived_tx = arrived_tx.clone();
+                let release_rx = release_rx.clone();
+                async move {
+                    let path = req.uri().path().to_string();
+                    let _ = arrived_tx.send(path.clone());
+                    let res: Response<TestBody> = match path.as_str() {
+                        "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+                        "/hold" => {
+                            let msg = release_rx.lock().await.recv().await.unwrap_or_default();
+                            Response::new(full(msg))
+                        }
+                        "/drip" => {
+                            // Each released message becomes one chunk; an empty one ends it.
+                            let (tx, body) = channel_body();
+                            tokio::spawn(async move {
+                                loop {
+                                    let msg = release_rx.lock().await.recv().await;
+                                    match msg {
+                                        Some(b) if !b.is_empty() => {
+                                            if tx.send(b).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                        _ => break,
+                                    }
+                                }
+                            });
+                            Response::new(body)
+                        }
+                        _ => {
+                            let host = req
+                                .headers()
+                                .get("host")
+                                .map(|h| h.to_str().unwrap().to_string())
+                                .unwrap_or_default();
+                            Response::new(full(format!(
+                                "{} {} host={host}",
+                                req.method(),
+                                req.uri()
+                            )))
+                        }
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    (addr, arrived_rx, release_tx)
+}
+
+pub async fn body_string(res: Response<Incoming>) -> String {
+    let b = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+pub fn get(path: &str) -> Request<TestBody> {
+    Request::get(path).body(full("")).unwrap()
+}
