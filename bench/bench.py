@@ -409,7 +409,7 @@ def parked_memory(n):
 
 
 def PTTH_IDLE_RELAY_ARGS(n):
-    return os.environ.get("PTTH_IDLE_RELAY_ARGS", "--max-parked-per-name {n} --max-parked-per-ip {n}").format(n=n).split()
+    return os.environ.get("PTTH_IDLE_RELAY_ARGS", "--max-per-name {n} --max-per-ip {n} --max-agents {n}").format(n=n).split()
 
 
 def PTTH_IDLE_AGENT_ARGS(n):

@@ -49,7 +49,12 @@ def stream(url):
     start = time.monotonic()
     c.request("GET", path)
     r = c.getresponse()
-    first = r.fp.readline()
+    first = b""
+    while not first.endswith(b"\n"):
+        piece = r.read1(64)  # decoded bytes as they arrive
+        if not piece:
+            break
+        first += piece
     t_first = time.monotonic() - start
     rest = r.read()
     t_all = time.monotonic() - start

@@ -148,10 +148,10 @@ kill -KILL "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
 echo "nat: relay (pid $RELAY_PID) killed"
 start_relay
 echo "nat: relay restarted (pid $RELAY_PID)"
-t0=$SECONDS
+t0=$(date +%s.%N)
 wait_served $HEAL_DEADLINE_S || { tail -n 20 "$WORK/relay.log" "$WORK/agent.log"; fail "the agent did not come back within ${HEAL_DEADLINE_S}s"; }
 kill -0 "$AGENT_PID" || fail "the agent process died"
-echo "nat: healed within $((SECONDS - t0))s without touching the agent (pid $AGENT_PID)"
+echo "nat: healed within $(python3 -c "import sys; print(f\"{float(sys.argv[2]) - float(sys.argv[1]):.2f}\")" "$t0" "$(date +%s.%N)")s without touching the agent (pid $AGENT_PID)"
 in_ns "$P-pub" python3 "$HERE/client.py" get "$PUBLIC/hello" "Hello, world!"
 
 echo
