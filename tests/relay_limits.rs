@@ -155,6 +155,7 @@ async fn reconnect_storm_is_refused_quickly_without_leaks() {
         cfg.max_per_name = PER_NAME;
         let relay = start_relay(cfg).await;
         let addr = relay.addr;
+        let _steady = start_agent(&relay, "steady", 1, None, echo_handler("steady")).await;
         let mut attempts = Vec::new();
         for _ in 0..ATTEMPTS {
             attempts.push(tokio::spawn(async move {
@@ -165,8 +166,10 @@ async fn reconnect_storm_is_refused_quickly_without_leaks() {
             }));
         }
         // The relay keeps serving while the storm runs.
-        let (s, _, body) = get(addr, "/storm/ping", None).await;
-        assert!(s == 200 || s == 404 || s == 503, "{s} {body}");
+        let t0 = Instant::now();
+        let (s, _, body) = get(addr, "/steady/ping", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         let mut accepted = Vec::new();
         let mut refused = 0;
         for a in attempts {
@@ -195,7 +198,7 @@ async fn reconnect_storm_is_refused_quickly_without_leaks() {
         }
         relay
             .handle
-            .wait_until(|h| connections(h, "storm") == 0 && h.agents() == 0)
+            .wait_until(|h| connections(h, "storm") == 0 && h.agents() == 1)
             .await;
     })
     .await
