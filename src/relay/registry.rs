@@ -271,6 +271,8 @@ impl Registry {
             st.waiters.push_back(tx);
             rx
         };
+        // `waiting` is part of the pool state (`stats`, `/agents`): announce it.
+        self.bump();
         match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(p)) => Ok(Lease::new(self.clone(), slot, p)),
             Ok(Err(_)) => Err(CheckoutError::Timeout),

@@ -210,3 +210,83 @@ pub async fn deadline<F: Future>(f: F) -> F::Output {
         .await
         .expect("test deadline passed")
 }
+
+/// A body that yields the given frames in order (data, then optionally trailers).
+pub struct FramesBody(pub std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl FramesBody {
+    pub fn new(data: &[&'static str], trailers: Option<http::HeaderMap>) -> FramesBody {
+        let mut q: std::collections::VecDeque<_> = data
+            .iter()
+            .map(|d| http_body::Frame::data(Bytes::from_static(d.as_bytes())))
+            .collect();
+        if let Some(t) = trailers {
+            q.push_back(http_body::Frame::trailers(t));
+        }
+        FramesBody(q)
+    }
+}
+
+impl http_body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// Read one response head (through the blank line) from a raw stream, byte by byte, so
+/// nothing after it is consumed. Empty string if the peer closed first.
+pub async fn read_head(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Write `bytes` on a fresh connection and read everything until the relay closes it.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The relay may answer and close before everything was written: ignore write errors.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in `raw` (0 if there is none).
+pub fn status_of(raw: &str) -> u16 {
+    raw.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The live connections the relay counts for `name`.
+pub fn connections(handle: &RelayHandle, name: &str) -> usize {
+    handle
+        .stats()
+        .iter()
+        .find(|s| s.name == name)
+        .map_or(0, |s| s.connections)
+}
+
+/// Handshake one agent connection and hand back the flipped stream unserved, so a test can
+/// close it (drop) or serve it later.
+pub async fn flip_one(
+    addr: SocketAddr,
+    req: &UpgradeRequest,
+) -> Result<ptth::dialer::Flipped<TcpStream>, ptth::Error> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    ptth::dialer::handshake(stream, req, &Limits::default()).await
+}

@@ -1,0 +1,205 @@
+//! Limits: agents per address, per name and in total; the waiting queue bound; the head-read
+//! deadline; a reconnect storm.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Response;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Claim `name` once more and expect a refusal with `status` and a `Retry-After`.
+async fn refused(relay: &TestRelay, name: &str, status: u16) -> String {
+    let req = claim_request(relay.addr, name, None);
+    let err = connect_one(relay.addr, &req, echo_handler("x"))
+        .await
+        .unwrap_err();
+    let r = err.refusal().expect("a refusal");
+    assert_eq!(r.status, status, "{name}");
+    assert_eq!(r.retry_after(), Some(Duration::from_secs(1)), "{name}");
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test]
+async fn per_ip_limit_is_429() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_per_ip = 2;
+        let relay = start_relay(cfg).await;
+        let _a = start_agent(&relay, "one", 1, None, echo_handler("a")).await;
+        let _b = start_agent(&relay, "two", 1, None, echo_handler("b")).await;
+        // Every name counts against the one address.
+        let body = refused(&relay, "three", 429).await;
+        assert!(body.contains("this address"), "{body}");
+        assert_eq!(relay.handle.agents(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn per_name_limit_is_429() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_per_name = 2;
+        let relay = start_relay(cfg).await;
+        let _a = start_agent(&relay, "app", 2, None, echo_handler("a")).await;
+        let body = refused(&relay, "app", 429).await;
+        assert!(body.contains("this name"), "{body}");
+        // Another name is not affected.
+        let _b = start_agent(&relay, "other", 1, None, echo_handler("b")).await;
+        assert_eq!(connections(&relay.handle, "app"), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn total_agents_limit_is_503() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_agents = 2;
+        let relay = start_relay(cfg).await;
+        let _a = start_agent(&relay, "one", 1, None, echo_handler("a")).await;
+        let _b = start_agent(&relay, "two", 1, None, echo_handler("b")).await;
+        let body = refused(&relay, "three", 503).await;
+        assert!(body.contains("limit of 2 agent connections"), "{body}");
+        assert_eq!(relay.handle.agents(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn full_waiting_queue_is_503_at_once() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_waiting = 2;
+        let relay = start_relay(cfg).await;
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let release = Arc::new(Semaphore::new(0));
+        let r2 = release.clone();
+        let h = handler(move |_req| {
+            let entered_tx = entered_tx.clone();
+            let release = r2.clone();
+            async move {
+                entered_tx.send(()).unwrap();
+                release.acquire().await.unwrap().forget();
+                Response::new(full("done"))
+            }
+        });
+        let _a = start_agent(&relay, "app", 1, None, h).await;
+        let addr = relay.addr;
+        let mut held = Vec::new();
+        // One request takes the only connection, two more wait.
+        held.push(tokio::spawn(async move { get(addr, "/app/0", None).await }));
+        entered.recv().await.unwrap();
+        for i in 1..=2 {
+            held.push(tokio::spawn(async move {
+                get(addr, &format!("/app/{i}"), None).await
+            }));
+        }
+        relay
+            .handle
+            .wait_until(|h| h.stats().iter().any(|s| s.name == "app" && s.waiting == 2))
+            .await;
+        // The queue is full: refused at once, well before the 10 s queue timeout.
+        let t0 = Instant::now();
+        let (s, headers, body) = get(addr, "/app/over", None).await;
+        assert_eq!(s, 503, "{body}");
+        assert!(body.contains("too many requests waiting"), "{body}");
+        assert_eq!(headers.get("retry-after").unwrap(), "1");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // Let the held requests through.
+        release.add_permits(3);
+        for t in held {
+            let (s, _, body) = t.await.unwrap();
+            assert_eq!(s, 200, "{body}");
+            assert_eq!(body, "done");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn slow_loris_is_closed_within_head_timeout() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.head_timeout = Duration::from_millis(500);
+        let relay = start_relay(cfg).await;
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        let t0 = Instant::now();
+        s.write_all(b"GET /app/ HTTP/1.1\r\nHost: x\r\nX-Slow:")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took <= Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.is_empty() || out.starts_with("HTTP/1.1 408"), "{out}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn reconnect_storm_is_refused_quickly_without_leaks() {
+    const ATTEMPTS: usize = 200;
+    const PER_NAME: usize = 16;
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_per_name = PER_NAME;
+        let relay = start_relay(cfg).await;
+        let addr = relay.addr;
+        let _steady = start_agent(&relay, "steady", 1, None, echo_handler("steady")).await;
+        let mut attempts = Vec::new();
+        for _ in 0..ATTEMPTS {
+            attempts.push(tokio::spawn(async move {
+                let req = claim_request(addr, "storm", None);
+                let t0 = Instant::now();
+                let r = connect_one(addr, &req, echo_handler("s")).await;
+                (r, t0.elapsed())
+            }));
+        }
+        // The relay keeps serving while the storm runs.
+        let t0 = Instant::now();
+        let (s, _, body) = get(addr, "/steady/ping", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for a in attempts {
+            let (r, took) = a.await.unwrap();
+            match r {
+                Ok(conn) => accepted.push(conn),
+                Err(e) => {
+                    let r = e.refusal().unwrap_or_else(|| panic!("not a refusal: {e}"));
+                    assert_eq!(r.status, 429);
+                    assert!(r.retry_after().is_some());
+                    assert!(took < Duration::from_secs(5), "refused after {took:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(accepted.len(), PER_NAME);
+        assert_eq!(refused, ATTEMPTS - PER_NAME);
+        relay.handle.wait_idle("storm", PER_NAME).await;
+        let t0 = Instant::now();
+        let (s, _, body) = get(addr, "/storm/after", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // Every agent goes away: nothing is left counted.
+        for c in &accepted {
+            c.abort();
+        }
+        relay
+            .handle
+            .wait_until(|h| connections(h, "storm") == 0 && h.agents() == 1)
+            .await;
+    })
+    .await
+}
