@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
@@ -142,6 +142,15 @@ impl HyperOffer {
         h.insert(UPGRADE, self.offer.token.clone());
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         res
+    }
+
+    /// Wait for hyper to switch the stream (after it wrote the `101`) and return it raw, for
+    /// callers that run their own client on it (a relay parks it and starts a client per
+    /// exchange). Bytes hyper read past the request are kept in the returned stream.
+    pub async fn upgraded(self) -> Result<Upgraded, Error> {
+        self.on_upgrade
+            .await
+            .map_err(Error::hyper("waiting for the switch"))
     }
 
     /// Wait for hyper to switch the stream (after it wrote the `101`), then start the

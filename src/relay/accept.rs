@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::forward::{RelayBody, forward};
-use super::registry::ReserveError;
+use super::registry::{AgentConn, AgentStream, ReserveError};
 use super::{AgentCerts, Config, RETRY_AFTER_SECS, Shared, auth, route};
 use crate::listener::hyper_upgrade;
 
@@ -140,7 +141,7 @@ where
     let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), info.clone(), req))
+        service_fn(move |req| handle::<S>(shared.clone(), info.clone(), req))
     };
     let limits = &shared.config.limits;
     let mut builder = http1::Builder::new();
@@ -170,13 +171,13 @@ where
     }
 }
 
-async fn handle(
+async fn handle<S: AgentStream>(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
     if hyper_upgrade::is_ptth_upgrade(&req) {
-        return Ok(claim(shared, &info, req).await);
+        return Ok(claim::<S>(shared, &info, req).await);
     }
     Ok(forward(&shared, &info, req).await)
 }
@@ -188,7 +189,7 @@ pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response<Relay
     let mut res = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -207,7 +208,7 @@ pub(crate) fn busy(status: StatusCode, msg: impl Into<String>) -> Response<Relay
 }
 
 /// An agent's upgrade request: name, auth, limits, then the switch.
-async fn claim(
+async fn claim<S: AgentStream>(
     shared: Arc<Shared>,
     info: &ConnInfo,
     req: Request<Incoming>,
@@ -262,39 +263,43 @@ async fn claim(
             let res = rej.into_response();
             let (mut parts, body) = res.into_parts();
             parts.status = status;
-            return Response::from_parts(parts, body.map_err(|never| match never {}).boxed());
+            return Response::from_parts(
+                parts,
+                body.map_err(|never| match never {}).boxed_unsync(),
+            );
         }
     };
     let res = offer.switching_response::<RelayBody>();
     let span = tracing::info_span!("agent", %name, %peer);
-    let task_shared = shared.clone();
+    let registry = shared.registry.clone();
     tokio::spawn(
         async move {
-            let (client, conn) = match offer.reverse(&task_shared.listener).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%e, "switch failed");
-                    return;
-                }
+            let upgraded = match offer.upgraded().await {
+                Ok(u) => u,
+                Err(e) => return tracing::debug!(%e, "switch failed"),
             };
-            let conn = tokio::spawn(conn);
-            let abort = conn.abort_handle();
-            reservation.park(client, abort.clone());
-            tracing::debug!("parked");
-            tokio::select! {
-                r = conn => {
-                    match r {
-                        Ok(Err(e)) => tracing::debug!(%e, "reversed connection ended"),
-                        _ => tracing::debug!("reversed connection closed"),
-                    }
+            match agent_stream::<S>(upgraded) {
+                Ok(io) => {
+                    registry.park(AgentConn { io, reservation });
+                    tracing::debug!("parked");
                 }
-                _ = task_shared.hard.cancelled() => abort.abort(),
+                Err(why) => tracing::info!("agent connection dropped: {why}"),
             }
-            drop(reservation);
         }
         .instrument(span),
     );
     res
+}
+
+/// The switched stream without hyper's wrapper, so that a parked connection holds no buffer.
+/// Bytes the agent sent before the relay's first request are a protocol error (draft §2.1:
+/// after the `101` the relay speaks first).
+fn agent_stream<S: AgentStream>(upgraded: Upgraded) -> Result<Box<dyn AgentStream>, &'static str> {
+    match upgraded.downcast::<TokioIo<S>>() {
+        Ok(parts) if parts.read_buf.is_empty() => Ok(Box::new(parts.io.into_inner())),
+        Ok(_) => Err("it sent bytes before the relay's first request"),
+        Err(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+    }
 }
 
 /// Why the agent's TLS client certificate does not satisfy [`Config::agent_certs`], if so.

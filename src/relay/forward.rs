@@ -6,6 +6,7 @@
 //! connection in time), 502 (agent gone) and 504 (no response head in time). A request is
 //! retried on another connection only when hyper hands it back unsent.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use http::header::{self, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
@@ -25,12 +26,12 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::accept::{ConnInfo, busy, text};
-use super::registry::{CheckoutError, Lease};
+use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reservation};
 use super::route::{RouteError, route};
 use crate::proto::tokens;
 
 /// Body type of responses the relay sends to public clients.
-pub type RelayBody = BoxBody<Bytes, hyper::Error>;
+pub type RelayBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -180,7 +181,7 @@ async fn forward_inner(
         return text(StatusCode::BAD_REQUEST, "invalid request target");
     };
     let upgrade = wants_upgrade(req.headers());
-    let public_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut public_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -195,15 +196,15 @@ async fn forward_inner(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let (sent_tx, sent_rx) = oneshot::channel();
-    let body = Tracked::new(body, shared.metrics.bytes_in.clone(), Some(sent_tx), None).boxed();
+    let body = Tracked::new(body, shared.metrics.bytes_in.clone(), Some(sent_tx)).boxed();
     let mut out = Request::from_parts(parts, body);
 
     let deadline = Instant::now() + cfg.queue_timeout;
     let mut retried = false;
     let mut sent_rx = Some(sent_rx);
-    let (lease, response) = loop {
-        let mut lease = match shared.registry.checkout(&route.name, deadline).await {
-            Ok(l) => l,
+    loop {
+        let conn = match shared.registry.checkout(&route.name, deadline).await {
+            Ok(c) => c,
             Err(CheckoutError::Unknown) => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -223,89 +224,170 @@ async fn forward_inner(
                 );
             }
         };
-        // A connection that fails here was dead before anything was written: try the next one
-        // (bounded by the queue deadline).
-        if lease.client().ready().await.is_err() {
-            lease.discard();
-            continue;
-        }
-        let send = lease.client().try_send(out);
-        let sent = sent_rx.take().expect("one send in flight");
-        let timeout = cfg.response_timeout;
-        let result = tokio::select! {
-            r = send => r,
-            () = async {
-                // The deadline counts from the end of the request body: uploads may be long.
-                let _ = sent.await;
-                tokio::time::sleep(timeout).await;
-            } => {
-                lease.discard();
-                return text(StatusCode::GATEWAY_TIMEOUT, "the agent did not answer in time");
-            }
+        let sent = sent_rx.take().expect("one attempt in flight");
+        let attempt = if let Some(public) = public_upgrade.take() {
+            return upgrade_exchange(shared, conn, out, sent, public).await;
+        } else {
+            exchange(shared, conn, out, sent).await
         };
-        match result {
-            Ok(res) => break (lease, res),
-            Err(mut e) => {
-                lease.discard();
-                match e.take_message() {
-                    Some(mut again) if !retried => {
-                        tracing::debug!(error = %e.error(), "connection failed before sending; retrying once");
-                        retried = true;
-                        let (tx, rx) = oneshot::channel();
-                        sent_rx = Some(rx);
-                        replace_done(again.body_mut(), tx);
-                        out = again;
-                    }
-                    _ => {
-                        tracing::debug!(error = %e.error(), "forwarding failed");
-                        return text(StatusCode::BAD_GATEWAY, "the agent went away");
-                    }
-                }
+        match attempt {
+            Attempt::Done(res) => return res,
+            Attempt::Unsent(again) if !retried => {
+                // hyper handed the request back before writing a byte of it: one more try on
+                // another connection is safe.
+                retried = true;
+                let (tx, rx) = oneshot::channel();
+                sent_rx = Some(rx);
+                out = again;
+                replace_done(out.body_mut(), tx);
+            }
+            Attempt::Unsent(_) => return text(StatusCode::BAD_GATEWAY, "the agent went away"),
+        }
+    }
+}
+
+/// How one attempt on one connection ended.
+enum Attempt {
+    /// An answer for the public client (the agent's, or a 502/504).
+    Done(Response<RelayBody>),
+    /// The connection failed before any byte of the request was written.
+    Unsent(Request<ForwardBody>),
+}
+
+/// The HTTP/1.1 client for one exchange on a parked stream. It is created per exchange (it
+/// costs no I/O) so that an idle parked connection holds no client state or buffers.
+fn client_builder() -> hyper::client::conn::http1::Builder {
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(MAX_AGENT_BUF);
+    b
+}
+
+/// hyper's ceiling for its read buffer on the reversed connection (its own default).
+const MAX_AGENT_BUF: usize = 400 * 1024;
+
+/// One request and response on `conn`, driving the client connection in this task (no
+/// extra task, no cross-task wakeups). The response body keeps driving it; when the body
+/// has ended the stream goes back to the pool.
+async fn exchange(
+    shared: &Arc<Shared>,
+    conn: AgentConn,
+    out: Request<ForwardBody>,
+    sent: oneshot::Receiver<()>,
+) -> Attempt {
+    let AgentConn { io, reservation } = conn;
+    let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(%e, "starting the reversed client");
+            return Attempt::Done(text(StatusCode::BAD_GATEWAY, "the agent went away"));
+        }
+    };
+    let response = sender.try_send_request(out);
+    // With the sender gone, the connection finishes (and hands the stream back) as soon as
+    // this one exchange is complete.
+    drop(sender);
+    let mut client = Box::pin(client.without_shutdown());
+    let mut response = std::pin::pin!(response);
+    let timeout = shared.config.response_timeout;
+    let mut head_deadline = std::pin::pin!(async {
+        // The deadline counts from the end of the request body: uploads may be long.
+        let _ = sent.await;
+        tokio::time::sleep(timeout).await;
+    });
+    let mut client_done: Option<Result<Parts, hyper::Error>> = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut response => break r,
+            r = &mut client, if client_done.is_none() => client_done = Some(r),
+            () = &mut head_deadline => {
+                return Attempt::Done(text(StatusCode::GATEWAY_TIMEOUT, "the agent did not answer in time"));
             }
         }
     };
-
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(public_upgrade) = public_upgrade else {
-            lease.discard();
-            return text(
-                StatusCode::BAD_GATEWAY,
-                "the agent switched protocols unasked",
-            );
-        };
-        return tunnel(shared, lease, public_upgrade, response);
-    }
+    let response = match result {
+        Ok(r) => r,
+        Err(mut e) => {
+            tracing::debug!(error = %e.error(), "forwarding failed");
+            return match e.take_message() {
+                Some(again) => Attempt::Unsent(again),
+                None => Attempt::Done(text(StatusCode::BAD_GATEWAY, "the agent went away")),
+            };
+        }
+    };
+    let reusable = keeps_alive(&response);
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None, Some(lease));
-    Response::from_parts(parts, body.boxed())
+    let body = ExchangeBody {
+        inner: body,
+        // A finished client future must not be polled again.
+        client: client_done.is_none().then_some(client),
+        client_done,
+        reservation: Some(reservation),
+        reusable,
+        counter: shared.metrics.bytes_out.clone(),
+    };
+    Attempt::Done(Response::from_parts(parts, body.boxed_unsync()))
 }
 
-/// The request body was handed back unsent: its completion signal must follow the new attempt.
-fn replace_done(body: &mut super::registry::ForwardBody, tx: oneshot::Sender<()>) {
-    // BoxBody hides the Tracked inside; wrap it again (the old signal fires harmlessly).
-    let inner = std::mem::replace(
-        body,
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx), None).boxed();
+/// Whether the agent left the connection open after this response (HTTP/1.1 persistence,
+/// RFC 9112 §9.3).
+fn keeps_alive(res: &Response<Incoming>) -> bool {
+    res.version() == http::Version::HTTP_11
+        && !tokens::has_member(res.headers(), &header::CONNECTION, "close")
 }
 
-/// Both sides switched: splice the public connection and the reversed connection.
-fn tunnel(
+/// A public upgrade (WebSocket and others): the agent's connection becomes a tunnel for this
+/// exchange and is never parked again, so its client runs as a task that can hand over the
+/// stream.
+async fn upgrade_exchange(
     shared: &Arc<Shared>,
-    lease: Lease,
+    conn: AgentConn,
+    out: Request<ForwardBody>,
+    sent: oneshot::Receiver<()>,
     public: hyper::upgrade::OnUpgrade,
-    mut response: Response<Incoming>,
 ) -> Response<RelayBody> {
+    let AgentConn { io, reservation } = conn;
+    let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
+        Ok(x) => x,
+        Err(_) => return text(StatusCode::BAD_GATEWAY, "the agent went away"),
+    };
+    let task = tokio::spawn(client.with_upgrades());
+    let timeout = shared.config.response_timeout;
+    let response = tokio::select! {
+        r = sender.send_request(out) => r,
+        () = async { let _ = sent.await; tokio::time::sleep(timeout).await; } => {
+            task.abort();
+            return text(StatusCode::GATEWAY_TIMEOUT, "the agent did not answer in time");
+        }
+    };
+    let mut response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%e, "forwarding an upgrade failed");
+            return text(StatusCode::BAD_GATEWAY, "the agent went away");
+        }
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The agent declined the upgrade: an ordinary response, but the connection is not
+        // reused (it may still be set up for the upgrade).
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None);
+        let keep = (task, reservation);
+        return Response::from_parts(
+            parts,
+            body.map_frame(move |f| {
+                let _ = &keep;
+                f
+            })
+            .boxed_unsync(),
+        );
+    }
     let agent = hyper::upgrade::on(&mut response);
-    let parked = lease.detach();
     let hard = shared.hard.clone();
     let metrics = shared.metrics.clone();
     tokio::spawn(async move {
-        let _keep = parked;
+        let _held = (reservation, task);
         let (a, p) = match tokio::try_join!(agent, public) {
             Ok(x) => x,
             Err(e) => return tracing::debug!(%e, "upgrade did not complete"),
@@ -327,34 +409,168 @@ fn tunnel(
         parts,
         http_body_util::Empty::new()
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     )
 }
 
+/// The request body was handed back unsent: its completion signal must follow the new attempt.
+fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>) {
+    // BoxBody hides the Tracked inside; wrap it again (the old signal fires harmlessly).
+    let inner = std::mem::replace(
+        body,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx)).boxed();
+}
+
+type Parts = hyper::client::conn::http1::Parts<TokioIo<Box<dyn AgentStream>>>;
+type ClientFuture = Pin<Box<dyn Future<Output = Result<Parts, hyper::Error>> + Send>>;
+
 pin_project_lite::pin_project! {
-    /// A body that counts its bytes, says when it ended, and holds the lease of the
-    /// connection it comes from until then.
+    /// The agent's response body on its way to the public client. Polling it also drives the
+    /// reversed connection's client (which may still be sending the request body). When the
+    /// body is complete the stream goes back to the pool, also when hyper stops polling at a
+    /// known end (`is_end_stream`) or sends no body at all (HEAD, 204, 304) and just drops it.
+    /// Dropped before the end (public client gone), it drops the stream: that connection is
+    /// mid-exchange and cannot be reused.
+    struct ExchangeBody {
+        #[pin]
+        inner: Incoming,
+        client: Option<ClientFuture>,
+        client_done: Option<Result<Parts, hyper::Error>>,
+        reservation: Option<Reservation>,
+        reusable: bool,
+        counter: Arc<AtomicU64>,
+    }
+
+    impl PinnedDrop for ExchangeBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.reusable && this.inner.is_end_stream() {
+                finish(this.client.take(), this.client_done.take(), this.reservation.take());
+            }
+        }
+    }
+}
+
+/// How long a finished exchange may take to hand its stream back before it is dropped.
+const HAND_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn drive(
+    client: &mut Option<ClientFuture>,
+    done: &mut Option<Result<Parts, hyper::Error>>,
+    cx: &mut Context<'_>,
+) {
+    if let Some(c) = client
+        && let Poll::Ready(r) = c.as_mut().poll(cx)
+    {
+        *done = Some(r);
+        *client = None;
+    }
+}
+
+/// The response is complete: park the stream once the client has handed it back (it may still
+/// be finishing the request body, so that part runs as a short task).
+fn finish(
+    client: Option<ClientFuture>,
+    done: Option<Result<Parts, hyper::Error>>,
+    reservation: Option<Reservation>,
+) {
+    let Some(reservation) = reservation else {
+        return;
+    };
+    match (done, client) {
+        (Some(done), _) => hand_back(done, reservation),
+        (None, Some(client)) => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Ok(done) = tokio::time::timeout(HAND_BACK_TIMEOUT, client).await {
+                        hand_back(done, reservation);
+                    }
+                });
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+impl Body for ExchangeBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        drive(this.client, this.client_done, cx);
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => {
+                drive(this.client, this.client_done, cx);
+                if *this.reusable {
+                    finish(
+                        this.client.take(),
+                        this.client_done.take(),
+                        this.reservation.take(),
+                    );
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.reservation.take();
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Park the stream of a completed exchange again, unless the agent left bytes nobody asked for.
+fn hand_back(done: Result<Parts, hyper::Error>, reservation: Reservation) {
+    match done {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            let registry = reservation.registry().clone();
+            registry.park(AgentConn {
+                io: parts.io.into_inner(),
+                reservation,
+            });
+        }
+        Ok(_) => tracing::debug!("agent sent bytes after its response; dropping the connection"),
+        Err(e) => tracing::debug!(%e, "reversed connection failed after the response"),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that counts its bytes and says when it ended.
     struct Tracked<B> {
         #[pin]
         inner: B,
         counter: Arc<AtomicU64>,
         done: Option<oneshot::Sender<()>>,
-        lease: Option<Lease>,
     }
 }
 
 impl<B> Tracked<B> {
-    fn new(
-        inner: B,
-        counter: Arc<AtomicU64>,
-        done: Option<oneshot::Sender<()>>,
-        lease: Option<Lease>,
-    ) -> Self {
+    fn new(inner: B, counter: Arc<AtomicU64>, done: Option<oneshot::Sender<()>>) -> Self {
         Tracked {
             inner,
             counter,
             done,
-            lease,
         }
     }
 }
@@ -378,16 +594,8 @@ where
                     this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(None) => {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.done.take();
-                // The exchange is complete: park the connection again.
-                this.lease.take();
-            }
-            Poll::Ready(Some(Err(_))) => {
-                this.done.take();
-                if let Some(l) = this.lease.take() {
-                    l.discard();
-                }
             }
             Poll::Pending => {}
         }

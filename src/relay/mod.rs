@@ -346,6 +346,7 @@ impl Relay {
             );
         }
         self.shared.hard.cancel();
+        self.shared.registry.close_all();
         Ok(())
     }
 }

@@ -2,31 +2,58 @@
 //!
 //! Each name has a [`Slot`] with its own mutex: the global map is locked only to find the slot
 //! (and when agents arrive or leave), so public requests for different names never contend.
-//! A connection is counted from the moment its claim is accepted ([`Reservation`]) until its
-//! connection task ends; while it is idle it sits in the slot's queue as a [`Parked`] entry.
-//! A public request takes one with [`Registry::checkout`] (holding in a bounded queue when none
-//! is idle) and gives it back by dropping the [`Lease`].
+//! A connection is counted from the moment its claim is accepted ([`Reservation`]) until it is
+//! dropped; the reservation travels inside the [`AgentConn`], so whoever owns the connection
+//! owns its place in the counts.
+//!
+//! A parked connection is only its stream: no HTTP client, no buffers. A small watcher task
+//! per parked connection waits for the stream to become readable; an agent that closes (or
+//! sends anything unasked) is dropped at once. A public request takes the stream with
+//! [`Registry::checkout`], runs one exchange on it and gives it back with [`Registry::park`].
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 use super::auth::Secret;
-use crate::listener::ReversedClient;
 
 /// Body type of requests forwarded to agents.
 pub type ForwardBody = BoxBody<Bytes, hyper::Error>;
 
-/// How long a connection given back while still finishing its exchange may take to become
-/// ready again before it is dropped instead of parked.
-const READY_AGAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A byte stream to an agent (plain TCP or TLS).
+pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+
+/// A flipped stream to an agent, and its place in the counts (released when dropped).
+pub(crate) struct AgentConn {
+    pub(crate) io: Box<dyn AgentStream>,
+    pub(crate) reservation: Reservation,
+}
+
+impl AgentConn {
+    /// Whether the stream is still open with nothing unread: a closed stream, an error or
+    /// unsolicited bytes all mean the connection must not carry a request. Does not wait.
+    pub(crate) fn is_alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+}
 
 /// Pool limits (copied from [`super::Config`]).
 #[derive(Debug, Clone)]
@@ -38,17 +65,21 @@ pub(crate) struct PoolLimits {
     pub grace: Duration,
 }
 
-/// An idle reversed connection, ready for one request.
-pub(crate) struct Parked {
+/// Where a parked connection waits; its watcher and a checkout race to take it.
+type Cell = Arc<Mutex<Option<AgentConn>>>;
+
+/// An idle reversed connection in a slot's queue.
+struct Parked {
     id: u64,
-    pub(crate) client: ReversedClient<ForwardBody>,
-    conn: AbortHandle,
+    cell: Cell,
+    watcher: AbortHandle,
 }
 
 impl Parked {
-    /// Close the connection for good (its task ends and its reservation is released).
-    pub(crate) fn kill(self) {
-        self.conn.abort();
+    /// The connection, unless the watcher found it dead first.
+    fn take(self) -> Option<AgentConn> {
+        self.watcher.abort();
+        self.cell.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -57,7 +88,7 @@ struct SlotState {
     /// Every live connection of this name, with the agent's address.
     conns: HashMap<u64, SocketAddr>,
     idle: VecDeque<Parked>,
-    waiters: VecDeque<oneshot::Sender<Parked>>,
+    waiters: VecDeque<oneshot::Sender<AgentConn>>,
     /// The token that holds the name while any of its connections is alive.
     owner: Option<Secret>,
     empty_since: Option<Instant>,
@@ -231,26 +262,32 @@ impl Registry {
         }
     }
 
-    /// Take an idle connection for `name`, waiting for one until `deadline`.
+    /// Take an idle, live connection for `name`, waiting for one until `deadline`.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         name: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<Lease, CheckoutError> {
+    ) -> Result<AgentConn, CheckoutError> {
         let slot = self
             .names()
             .get(name)
             .cloned()
             .ok_or(CheckoutError::Unknown)?;
+        // Dead connections are dropped after the lock is released: dropping one releases its
+        // reservation, which takes the same lock.
+        let mut dead = Vec::new();
         let mut rx = {
             let mut st = slot.lock();
             while let Some(p) = st.idle.pop_front() {
-                if p.client.is_closed() {
+                let Some(mut conn) = p.take() else { continue };
+                if !conn.is_alive() {
+                    dead.push(conn);
                     continue;
                 }
                 drop(st);
+                drop(dead);
                 self.bump();
-                return Ok(Lease::new(self.clone(), slot, p));
+                return Ok(conn);
             }
             let gone = st.conns.is_empty()
                 && st
@@ -258,12 +295,15 @@ impl Registry {
                     .is_none_or(|t| t.elapsed() >= self.limits.grace);
             if gone {
                 drop(st);
+                drop(dead);
                 self.collect(name);
                 return Err(CheckoutError::Unknown);
             }
             if st.waiters.len() >= self.limits.max_waiters_per_name {
                 st.waiters.retain(|w| !w.is_closed());
                 if st.waiters.len() >= self.limits.max_waiters_per_name {
+                    drop(st);
+                    drop(dead);
                     return Err(CheckoutError::QueueFull);
                 }
             }
@@ -271,20 +311,19 @@ impl Registry {
             st.waiters.push_back(tx);
             rx
         };
-        // `waiting` is part of the pool state (`stats`, `/agents`): announce it.
+        drop(dead);
         self.bump();
-        match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(Ok(p)) => Ok(Lease::new(self.clone(), slot, p)),
+        let got = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(conn)) => Ok(conn),
             Ok(Err(_)) => Err(CheckoutError::Timeout),
             Err(_) => {
                 // A connection handed over just as the deadline passed must not be lost.
                 rx.close();
-                match rx.try_recv() {
-                    Ok(p) => Ok(Lease::new(self.clone(), slot, p)),
-                    Err(_) => Err(CheckoutError::Timeout),
-                }
+                rx.try_recv().map_err(|_| CheckoutError::Timeout)
             }
-        }
+        };
+        self.bump();
+        got
     }
 
     /// Forget `name` if it has had no agent for the grace period.
@@ -299,39 +338,47 @@ impl Registry {
         }
     }
 
-    /// Put a connection back: to the first waiter, else to the idle queue.
-    fn checkin(self: &Arc<Self>, slot: Arc<Slot>, mut parked: Parked) {
-        if parked.client.is_closed() {
-            return parked.kill();
-        }
-        if !parked.client.is_ready() {
-            // The exchange is still finishing (e.g. the request body's last chunk): wait for it
-            // off the hot path, then park.
-            let registry = self.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(READY_AGAIN_TIMEOUT, parked.client.ready()).await {
-                    Ok(Ok(())) => registry.park(&slot, parked),
-                    _ => parked.kill(),
-                }
-            });
-            return;
-        }
-        self.park(&slot, parked);
-    }
-
-    fn park(&self, slot: &Slot, mut parked: Parked) {
+    /// Put a connection back after an exchange (or for the first time): to the first waiter,
+    /// else to the idle queue under a watcher.
+    pub(crate) fn park(self: &Arc<Self>, mut conn: AgentConn) {
+        let slot = conn.reservation.slot.clone();
+        let id = conn.reservation.id;
         {
             let mut st = slot.lock();
-            if !st.conns.contains_key(&parked.id) {
-                return;
-            }
             while let Some(w) = st.waiters.pop_front() {
-                match w.send(parked) {
-                    Ok(()) => return,
-                    Err(p) => parked = p,
+                match w.send(conn) {
+                    Ok(()) => {
+                        drop(st);
+                        self.bump();
+                        return;
+                    }
+                    Err(c) => conn = c,
                 }
             }
-            st.idle.push_back(parked);
+            let cell: Cell = Arc::new(Mutex::new(Some(conn)));
+            let watcher = tokio::spawn(watch_parked(self.clone(), slot.clone(), id, cell.clone()));
+            st.idle.push_back(Parked {
+                id,
+                cell,
+                watcher: watcher.abort_handle(),
+            });
+        }
+        self.bump();
+    }
+
+    /// Drop every parked connection and waiter (the relay is stopping).
+    pub(crate) fn close_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.names().values().cloned().collect();
+        for slot in slots {
+            let parked: Vec<Parked> = {
+                let mut st = slot.lock();
+                st.waiters.clear();
+                st.idle.drain(..).collect()
+            };
+            // Outside the lock: dropping a connection releases its reservation, which locks.
+            for p in parked {
+                drop(p.take());
+            }
         }
         self.bump();
     }
@@ -372,7 +419,7 @@ impl Registry {
     }
 }
 
-/// A counted agent connection; dropping it (when the connection task ends) releases the count.
+/// A counted agent connection; dropping it (with its [`AgentConn`]) releases the count.
 pub(crate) struct Reservation {
     registry: Arc<Registry>,
     slot: Arc<Slot>,
@@ -381,14 +428,9 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    /// The connection is up: park it.
-    pub(crate) fn park(&self, client: ReversedClient<ForwardBody>, conn: AbortHandle) {
-        let parked = Parked {
-            id: self.id,
-            client,
-            conn,
-        };
-        self.registry.park(&self.slot, parked);
+    /// The connection's registry.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 }
 
@@ -409,48 +451,27 @@ impl Drop for Reservation {
     }
 }
 
-/// A connection taken for one exchange. Dropping it parks the connection again.
-pub(crate) struct Lease {
-    registry: Arc<Registry>,
-    slot: Arc<Slot>,
-    parked: Option<Parked>,
-}
-
-impl Lease {
-    fn new(registry: Arc<Registry>, slot: Arc<Slot>, parked: Parked) -> Lease {
-        Lease {
-            registry,
-            slot,
-            parked: Some(parked),
+/// Wait until a parked connection becomes readable (closed, failed, or bytes nobody asked
+/// for), then drop it. A checkout that takes the connection first aborts this task.
+async fn watch_parked(registry: Arc<Registry>, slot: Arc<Slot>, id: u64, cell: Cell) {
+    poll_fn(|cx| {
+        let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(conn) = guard.as_mut() else {
+            return Poll::Ready(());
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        match Pin::new(&mut conn.io).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(()),
         }
-    }
-
-    /// The client to send on.
-    pub(crate) fn client(&mut self) -> &mut ReversedClient<ForwardBody> {
-        &mut self
-            .parked
-            .as_mut()
-            .expect("lease holds a connection")
-            .client
-    }
-
-    /// The connection must not be reused (dead, timed out, or half-way through an exchange).
-    pub(crate) fn discard(mut self) {
-        if let Some(p) = self.parked.take() {
-            p.kill();
-        }
-    }
-
-    /// Keep the connection out of the pool for good (it becomes a tunnel).
-    pub(crate) fn detach(mut self) -> Parked {
-        self.parked.take().expect("lease holds a connection")
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(p) = self.parked.take() {
-            self.registry.checkin(self.slot.clone(), p);
-        }
+    })
+    .await;
+    let dead = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if dead.is_some() {
+        tracing::debug!(name = %slot.name, id, "parked connection closed by the agent");
+        slot.lock().idle.retain(|p| p.id != id);
+        drop(dead);
+        registry.bump();
     }
 }
