@@ -78,6 +78,10 @@ struct Args {
     /// Largest request head in bytes (431 past it). [default: 16384]
     #[arg(long)]
     max_head_bytes: Option<usize>,
+    /// Worker threads: 1 runs everything on one thread (fewest wakeups), 0 one per CPU.
+    /// [default: 1]
+    #[arg(long)]
+    threads: Option<usize>,
     /// Admin address for /metrics and /agents. [default: off]
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -146,6 +150,7 @@ impl Args {
             max_waiting: self.max_waiting.or(file.max_waiting),
             max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
             admin: self.admin.or(file.admin),
+            threads: self.threads.or(file.threads),
             listen_tls: if self.listen_tls.is_empty() {
                 file.listen_tls
             } else {
@@ -211,6 +216,9 @@ impl Args {
     }
 }
 
+/// Worker threads when `--threads` is not given (see `bench/` for the measurement behind it).
+const DEFAULT_THREADS: usize = 1;
+
 /// Where the relay listens when no address is given: loopback only, so a first run exposes
 /// nothing to the network.
 const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
@@ -248,14 +256,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if let Some(path) = &args.config {
         let text =
@@ -264,6 +265,31 @@ async fn main() -> anyhow::Result<()> {
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         args = args.merge(file);
     }
+    let threads = args.threads.unwrap_or(DEFAULT_THREADS);
+    let mut rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    rt.enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let mut listen = std::mem::take(&mut args.listen);
     let listen_tls = std::mem::take(&mut args.listen_tls);
     if listen.is_empty() && listen_tls.is_empty() {
