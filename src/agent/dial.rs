@@ -29,17 +29,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentIo for T {}
 /// A connected stream to the relay.
 pub type BoxedIo = Box<dyn AgentIo>;
 
-/// How the agent reaches the relay.
-///
-/// Only plain TCP exists today. A TLS variant (holding a client config) belongs here: `dial`
-/// is the one place that turns a [`Target`] into a [`BoxedIo`], so it is the only code that
-/// changes.
+/// How the agent reaches the relay. An `https://` relay URL needs [`Transport::Tls`]; the
+/// builder picks the system's roots when none is given.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub enum Transport {
     /// Plain TCP (`http://` relay URLs).
     #[default]
     Plain,
+    /// TLS with this client configuration (`https://` relay URLs): the relay's certificate
+    /// is verified against its roots, SNI is the URL's host, and a client certificate is
+    /// presented if the configuration has one. Build it with [`crate::tls::client_config`].
+    Tls(std::sync::Arc<rustls::ClientConfig>),
 }
 
 /// One place to dial: the parsed relay URL.
@@ -55,21 +56,23 @@ pub struct Target {
     pub authority: HeaderValue,
     /// Request target of the upgrade request (path and query).
     pub path: String,
+    /// Whether the URL is `https://`.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parse an `http://` relay URL.
+    /// Parse an `http://` or `https://` relay URL.
     pub fn parse(url: &str) -> Result<Target, AgentError> {
         let bad = |reason: &'static str| AgentError::BadRelayUrl {
             url: url.to_string(),
             reason,
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a valid URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => return Err(bad("https relays need TLS, which is not built yet")),
-            _ => return Err(bad("the scheme must be http://")),
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http:// or https://")),
+        };
         let auth = uri.authority().ok_or(bad("no host"))?.clone();
         if auth.as_str().contains('@') {
             return Err(bad("user info in the URL is not supported; use --token"));
@@ -85,7 +88,8 @@ impl Target {
             .unwrap_or_else(|| "/".to_string());
         Ok(Target {
             host: host.to_string(),
-            port: auth.port_u16().unwrap_or(80),
+            port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            tls,
             authority: HeaderValue::from_str(auth.as_str()).map_err(|_| bad("bad host"))?,
             path,
             url: uri,
@@ -96,7 +100,8 @@ impl Target {
     pub fn redirect(&self, location: &str) -> Result<Target, AgentError> {
         if location.starts_with('/') {
             let url = format!(
-                "http://{}{}",
+                "{}://{}{}",
+                if self.tls { "https" } else { "http" },
                 self.authority.to_str().unwrap_or(""),
                 location
             );
@@ -141,7 +146,6 @@ pub async fn dial(
     transport: &Transport,
     timeout: Duration,
 ) -> Result<BoxedIo, AgentError> {
-    let Transport::Plain = transport;
     let addr = resolve(target).await?;
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
@@ -157,7 +161,28 @@ pub async fn dial(
         addr: addr.to_string(),
         source,
     })?;
-    Ok(Box::new(stream))
+    match (target.tls, transport) {
+        (false, _) => Ok(Box::new(stream)),
+        (true, Transport::Tls(config)) => {
+            let tls = tokio::time::timeout(
+                timeout,
+                crate::tls::connect(stream, &target.host, config.clone()),
+            )
+            .await
+            .map_err(|_| AgentError::Tls {
+                addr: addr.to_string(),
+                message: "TLS handshake timed out".into(),
+            })?
+            .map_err(|e| AgentError::Tls {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(Box::new(tls))
+        }
+        (true, Transport::Plain) => Err(AgentError::BadConfig(
+            "an https:// relay needs a TLS transport".into(),
+        )),
+    }
 }
 
 fn set_socket_options(stream: &TcpStream) -> std::io::Result<()> {
@@ -229,8 +254,15 @@ mod tests {
     }
 
     #[test]
+    fn https_urls_default_to_443() {
+        let t = Target::parse("https://relay.example/demo").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.port, 443);
+        assert_eq!(t.redirect("/x").unwrap().url.scheme_str(), Some("https"));
+    }
+
+    #[test]
     fn bad_urls_are_refused() {
-        assert!(Target::parse("https://x/").is_err());
         assert!(Target::parse("ftp://x/").is_err());
         assert!(Target::parse("/relative").is_err());
     }

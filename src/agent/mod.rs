@@ -83,6 +83,15 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake with the relay failed: wrong name, unknown CA, expired certificate...
+    /// (retried with backoff while running).
+    #[error("TLS with the relay at {addr}: {message}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// What went wrong, in words.
+        message: String,
+    },
     /// The upgrade handshake failed (retried with backoff while running).
     #[error("upgrade handshake with the relay: {0}")]
     Handshake(#[source] crate::Error),
@@ -251,6 +260,7 @@ impl AgentBuilder {
                 .map_err(|_| AgentError::BadConfig(format!("invalid value for header {name}")))?;
             headers.append(n, v);
         }
+        let target_is_tls = target.tls;
         Ok(Agent {
             config: Arc::new(Config {
                 public_url: target.public_url(),
@@ -263,7 +273,13 @@ impl AgentBuilder {
                 headers,
                 limits: self.limits,
                 backoff: self.backoff,
-                transport: self.transport,
+                transport: match (target_is_tls, self.transport) {
+                    (true, Transport::Plain) => Transport::Tls(
+                        crate::tls::client_config(None, None)
+                            .map_err(|e| AgentError::BadConfig(e.to_string()))?,
+                    ),
+                    (_, t) => t,
+                },
                 connect_timeout: self.connect_timeout,
             }),
         })

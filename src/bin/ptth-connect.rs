@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ptth::Protocol;
 use ptth::agent::proxy::Proxy;
-use ptth::agent::{Agent, AgentError, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS};
+use ptth::agent::{Agent, AgentError, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, Transport};
 
 /// Exit status when the relay answers 401 or 403.
 const EXIT_UNAUTHORIZED: u8 = 3;
@@ -56,6 +56,29 @@ struct Args {
     /// Extra field for the upgrade request, as `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// For an https:// relay: trust this PEM CA instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// For an https:// relay that asks for one: PEM client certificate chain (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key for --client-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    client_key: Option<std::path::PathBuf>,
+}
+
+/// The TLS settings for an `https://` relay, when any flag asks for more than the defaults.
+fn transport(args: &Args) -> anyhow::Result<Option<Transport>> {
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => anyhow::bail!("--client-cert and --client-key go together"),
+    };
+    if args.ca_cert.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    let config = ptth::tls::client_config(args.ca_cert.as_deref(), identity)?;
+    Ok(Some(Transport::Tls(config)))
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -92,6 +115,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let proxy = Proxy::new(&args.to)?;
+    let transport = transport(&args)?;
     let mut builder = Agent::builder(args.relay)
         .connections(args.connections)
         .max_connections(args.max_connections)
@@ -99,6 +123,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .method(args.method.parse()?);
     if let Some(token) = args.token {
         builder = builder.token(token);
+    }
+    if let Some(t) = transport {
+        builder = builder.transport(t);
     }
     for (name, value) in args.headers {
         builder = builder.header(name, value);
