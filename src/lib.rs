@@ -33,6 +33,8 @@
 
 pub mod dialer;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod listener;
