@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 /// Every fuzz target and its entry point. A directory under `fuzz/seeds/` or
 /// `fuzz/regressions/` with a name not listed here fails the test.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz entry point.
+type EntryPoint = fn(&[u8]);
+
+const TARGETS: &[(&str, EntryPoint)] = &[
     ("upgrade_request_head", ptth::fuzzing::upgrade_request_head),
     (
         "switching_response_head",
@@ -22,7 +25,7 @@ fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
 }
 
-fn entry_point(target: &str) -> fn(&[u8]) {
+fn entry_point(target: &str) -> EntryPoint {
     TARGETS
         .iter()
         .find(|(name, _)| *name == target)
