@@ -34,6 +34,8 @@
 pub mod agent;
 pub mod dialer;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod listener;

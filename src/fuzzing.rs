@@ -1,0 +1,539 @@
+//! Fuzzing entry points: one function per parser that reads bytes from a peer.
+//!
+//! Each function takes arbitrary bytes and must never panic, hang or exhaust memory; the
+//! assertions inside are invariants (round trips, split-invariance), so a failed one is a bug.
+//! The targets in `fuzz/fuzz_targets/` are one-line calls into this module, and
+//! `tests/fuzz_replay.rs` replays the committed seeds and regressions through the same functions
+//! on stable, so every crash ever found stays covered by `cargo test`.
+//!
+//! Not part of the public API: hidden from the docs and free to change.
+//!
+//! # Stream targets
+//! [`dialer_stream`] and [`listener_stream`] run a whole connection over [`FuzzIo`], an
+//! in-memory stream that plays the input back as the peer's bytes, throws writes away and ends
+//! with EOF. The first input byte is the control byte (see [`FuzzIo::new`] and the targets);
+//! the rest is split into segments at [`SPLIT`], and no read crosses a segment boundary, so a
+//! seed can say "the handshake ends here" and have the next segment read only after it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::Refusal;
+use crate::limits::Limits;
+use crate::listener::{self, ListenerConfig, raw};
+use crate::proto::body::{BodyDecoder, Framing};
+use crate::proto::request::{self, OfferRules, UpgradeRequest};
+use crate::proto::{Protocol, response, tokens};
+
+/// Separates the segments of a stream target's input; reads never cross it.
+pub const SPLIT: &[u8] = b"~~~~";
+
+/// Most body bytes a stream target collects from one message.
+const BODY_CAP: usize = 64 * 1024;
+
+/// Longest a stream target may run. Nothing in it waits on a clock (the stream never blocks), so
+/// reaching this is a hang and fails the run.
+const RUN_GUARD: Duration = Duration::from_secs(10);
+
+/// The `Limits` of the stream targets: smaller caps than the defaults (so the fuzzer reaches
+/// them), and short deadlines so that a wait on a timer costs seconds, not minutes.
+fn stream_limits() -> Limits {
+    Limits {
+        max_head_bytes: 2048,
+        max_headers: 32,
+        max_upgrade_body: 1024,
+        max_refusal_body: 1024,
+        handshake_timeout: Duration::from_secs(2),
+        head_timeout: Duration::from_secs(2),
+        idle_timeout: Some(Duration::from_secs(2)),
+    }
+}
+
+/// The two `Limits` the head targets parse with: the defaults, and tiny caps.
+fn head_limits() -> [Limits; 2] {
+    let small = Limits {
+        max_head_bytes: 64,
+        max_headers: 4,
+        ..Limits::default()
+    };
+    [Limits::default(), small]
+}
+
+/// The listener rules the head targets judge with: the defaults and an AirPlay-friendly set.
+fn offer_rules() -> [OfferRules; 2] {
+    let airplay = OfferRules {
+        protocols: vec![Protocol::Ptth10],
+        methods: vec![Method::POST],
+        allow_missing_host: true,
+    };
+    [OfferRules::default(), airplay]
+}
+
+/// The protocol sets a dialer may offer.
+const OFFERS: [&[Protocol]; 4] = [
+    &[Protocol::Ptth09],
+    &[Protocol::Ptth10],
+    &[Protocol::Ptth09, Protocol::Ptth10],
+    &[Protocol::Ptth10, Protocol::Ptth09],
+];
+
+/// The upgrade request head, as the listener reads it: parse, framing, offer check.
+///
+/// Invariants: a complete head re-parses alone to the same length; an accepted offer's `101`
+/// passes the dialer's own check for the same protocol; every refusal the listener would send
+/// for an error parses back as a response with that status.
+pub fn upgrade_request_head(data: &[u8]) {
+    for limits in head_limits() {
+        match request::parse(data, &limits) {
+            Ok(Some((head, len))) => {
+                assert!(len <= data.len() && len <= limits.max_head_bytes);
+                match request::parse(&data[..len], &limits) {
+                    Ok(Some((_, again))) => assert_eq!(again, len),
+                    other => panic!("a complete head did not re-parse alone: {other:?}"),
+                }
+                let _ = request::framing(&head.headers);
+                let _ = request::expects_continue(&head.headers);
+                for rules in offer_rules() {
+                    match request::check_offer(&head, &rules) {
+                        Ok(offer) => {
+                            assert!(rules.protocols.contains(&offer.protocol));
+                            let raw = response::encode_switching(&offer.token);
+                            let (switch, n) = response::parse(&raw, &Limits::default())
+                                .expect("own 101 parses")
+                                .expect("own 101 is complete");
+                            assert_eq!(n, raw.len());
+                            assert_eq!(
+                                response::check_switch(&switch, &[offer.protocol]),
+                                Ok(offer.protocol)
+                            );
+                        }
+                        Err(e) => refusal_round_trip(e.status(), &e),
+                    }
+                }
+            }
+            Ok(None) => assert!(data.len() <= limits.max_head_bytes),
+            Err(e) => refusal_round_trip(e.status(), &e),
+        }
+    }
+}
+
+/// The listener's refusal for `reason` must be a complete response with `status`.
+fn refusal_round_trip(status: StatusCode, reason: &dyn std::fmt::Display) {
+    let body = response::refusal_body(reason);
+    let raw = response::encode_refusal(status, &HeaderMap::new(), &body);
+    let (head, len) = response::parse(&raw, &Limits::default())
+        .expect("own refusal parses")
+        .expect("own refusal is complete");
+    assert_eq!(head.status, status);
+    assert_eq!(
+        response::framing(&head),
+        Ok(Framing::Length(body.len() as u64))
+    );
+    assert_eq!(&raw[len..], &body[..]);
+}
+
+/// The answer to the upgrade request, as the dialer reads it: parse, switch check, and for a
+/// final answer its framing and (truncated) body, as [`crate::dialer::handshake`] does.
+pub fn switching_response_head(data: &[u8]) {
+    for limits in head_limits() {
+        match response::parse(data, &limits) {
+            Ok(Some((head, len))) => {
+                assert!(len <= data.len() && len <= limits.max_head_bytes);
+                for offered in OFFERS {
+                    if let Ok(p) = response::check_switch(&head, offered) {
+                        assert!(offered.contains(&p));
+                        assert!(tokens::connection_has_upgrade(&head.headers));
+                    }
+                }
+                let Ok(framing) = response::framing(&head) else {
+                    continue;
+                };
+                let mut body = BodyDecoder::new(framing, limits.max_refusal_body, true);
+                let mut rest = BytesMut::from(&data[len..]);
+                if let Ok(false) = body.decode(&mut rest) {
+                    body.eof();
+                }
+                let (body, body_truncated) = body.finish();
+                assert!(body.len() <= limits.max_refusal_body);
+                let refusal = Refusal {
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                    body_truncated,
+                };
+                let _ = (
+                    refusal.retry_after(),
+                    refusal.location(),
+                    refusal.www_authenticate(),
+                );
+                let _ = refusal.to_string();
+            }
+            Ok(None) => assert!(data.len() <= limits.max_head_bytes),
+            Err(e) => {
+                let _ = e.status();
+            }
+        }
+    }
+}
+
+/// List fields: build a `HeaderMap` from the input's lines and run every token function on it.
+///
+/// A line `name:value` adds that field (skipped when the name or value is invalid); a line with
+/// no colon is a value for `Upgrade`, `Connection`, `Transfer-Encoding` or `Content-Length`, in
+/// turn. Invariants: members are never empty nor padded, and the spelling of an offered
+/// protocol names that protocol.
+pub fn token_lists(data: &[u8]) {
+    const LISTS: [HeaderName; 4] = [
+        http::header::UPGRADE,
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONTENT_LENGTH,
+    ];
+    let mut headers = HeaderMap::new();
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => match HeaderName::from_bytes(&line[..colon]) {
+                Ok(name) => (name, &line[colon + 1..]),
+                Err(_) => continue,
+            },
+            None => (LISTS[i % LISTS.len()].clone(), line),
+        };
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(name, value);
+        }
+        if let Ok(text) = std::str::from_utf8(line) {
+            let _ = text.parse::<Protocol>();
+        }
+    }
+    for name in &LISTS {
+        for member in tokens::members(&headers, name) {
+            assert!(!member.is_empty());
+            assert!(!matches!(member.first(), Some(b' ' | b'\t')));
+            assert!(!matches!(member.last(), Some(b' ' | b'\t')));
+            assert!(!member.contains(&b','));
+            if let Some(p) = Protocol::from_member(member) {
+                assert!(p.matches(member));
+                assert!(member.eq_ignore_ascii_case(p.as_str().as_bytes()));
+            }
+        }
+        let _ = tokens::has_member(&headers, name, "upgrade");
+    }
+    let _ = tokens::connection_has_upgrade(&headers);
+    for accepted in OFFERS {
+        if let Some((p, spelling)) = tokens::offered_protocol(&headers, accepted) {
+            assert!(accepted.contains(&p));
+            assert_eq!(Protocol::from_member(spelling), Some(p));
+        }
+    }
+    let _ = request::framing(&headers);
+}
+
+/// A chunked body, fed to [`BodyDecoder`] in pieces whose sizes come from the first byte.
+///
+/// The first byte also picks the cap and whether the decoder truncates. Invariant: a body that
+/// completes when fed in pieces completes the same way when fed at once.
+pub fn chunked_body(data: &[u8]) {
+    let Some((&ctl, input)) = data.split_first() else {
+        return;
+    };
+    let limit = [0, 5, 100, 64 * 1024][usize::from(ctl >> 6)];
+    let truncate = ctl & 0x20 != 0;
+    let mut sizes = ReadSizes::new(ctl);
+
+    let mut pieces = BodyDecoder::new(Framing::Chunked, limit, truncate);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut outcome = Ok(false);
+    while fed < input.len() {
+        let n = sizes.next(input.len() - fed);
+        buf.extend_from_slice(&input[fed..fed + n]);
+        fed += n;
+        outcome = pieces.decode(&mut buf);
+        if !matches!(outcome, Ok(false)) {
+            break;
+        }
+    }
+    buf.extend_from_slice(&input[fed..]);
+
+    let mut whole = BodyDecoder::new(Framing::Chunked, limit, truncate);
+    let mut all = BytesMut::from(input);
+    let whole_outcome = whole.decode(&mut all);
+    if outcome == Ok(true) {
+        assert_eq!(whole_outcome, Ok(true), "piecewise done, at once not");
+        assert_eq!(buf, all, "piecewise and at once left different bytes");
+        let (a, b) = (pieces.finish(), whole.finish());
+        assert_eq!(a, b, "piecewise and at once decoded differently");
+        assert!(a.0.len() <= limit);
+    }
+}
+
+/// The dialer against an arbitrary relay: [`crate::dialer::handshake`], then, if it switched,
+/// [`crate::dialer::Flipped::serve`] with a service that reads each request body and answers
+/// `200`.
+///
+/// Control byte: bits 0-2 as in [`FuzzIo::new`]; bits 3-4 pick the protocols offered.
+pub fn dialer_stream(data: &[u8]) {
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let io = FuzzIo::new(ctl, rest);
+    let mut req = UpgradeRequest::new(HeaderValue::from_static("relay.example"));
+    req.target = "/device".to_string();
+    req.protocols = OFFERS[usize::from((ctl >> 3) & 3)].to_vec();
+    run(async move {
+        let limits = stream_limits();
+        if let Ok(flipped) = crate::dialer::handshake(io, &req, &limits).await {
+            let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                let _ = Limited::new(req.into_body(), BODY_CAP).collect().await;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"ok",
+                ))))
+            });
+            let _ = flipped.serve(service, &limits).await;
+        }
+    });
+}
+
+/// The listener against an arbitrary dialer: [`raw::read_offer`], `accept`, then
+/// [`listener::reverse`], one `GET /status` and its response read from the input.
+///
+/// Control byte: bits 0-2 as in [`FuzzIo::new`]; bit 3 allows a missing `Host` (AirPlay);
+/// bit 4 accepts `PTTH/1.0` only.
+pub fn listener_stream(data: &[u8]) {
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let io = FuzzIo::new(ctl, rest);
+    let mut config = ListenerConfig {
+        limits: stream_limits(),
+        ..ListenerConfig::default()
+    };
+    config.rules.allow_missing_host = ctl & 0x08 != 0;
+    if ctl & 0x10 != 0 {
+        config.rules.protocols = vec![Protocol::Ptth10];
+    }
+    run(async move {
+        let Ok(offer) = raw::read_offer(io, &config).await else {
+            return;
+        };
+        assert!(offer.body().len() <= config.limits.max_upgrade_body);
+        assert!(config.rules.protocols.contains(&offer.protocol()));
+        let Ok(io) = offer.accept().await else {
+            return;
+        };
+        let Ok((mut client, conn)) = listener::reverse::<_, Empty<Bytes>>(io, &config).await else {
+            return;
+        };
+        let exchange = async move {
+            let req = Request::get("/status")
+                .body(Empty::new())
+                .expect("static request");
+            if let Ok(res) = client.send(req).await {
+                let _ = Limited::new(res.into_body(), BODY_CAP).collect().await;
+            }
+            drop(client);
+        };
+        let _ = tokio::join!(exchange, conn);
+    });
+}
+
+// The relay's public request routing (`relay_route`: Host and path to a parked name) gets its
+// entry point here when `ptth::relay::route` exists; see fuzz/README.md.
+
+/// Run `fut` to completion on a fresh current-thread runtime; panic if it outlives [`RUN_GUARD`].
+fn run(fut: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    rt.block_on(async {
+        tokio::time::timeout(RUN_GUARD, fut)
+            .await
+            .expect("stream target hung");
+    });
+}
+
+/// Read sizes derived from a control byte, deterministic for a given byte.
+#[derive(Debug, Clone)]
+struct ReadSizes {
+    mode: u8,
+    state: u32,
+}
+
+impl ReadSizes {
+    /// Bits 0-1 pick the mode: 0 as much as asked, 1 one byte, 2 pseudo-random 1..=16, 3
+    /// pseudo-random 1..=512. Bits 5-7 seed the pseudo-random sizes.
+    fn new(ctl: u8) -> Self {
+        ReadSizes {
+            mode: ctl & 3,
+            state: 0x9E37_79B9 ^ u32::from(ctl >> 5),
+        }
+    }
+
+    /// The next size, at least 1 and at most `max` (`max` must be at least 1).
+    fn next(&mut self, max: usize) -> usize {
+        let want = match self.mode {
+            0 => max,
+            1 => 1,
+            m => {
+                // xorshift32
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 17;
+                self.state ^= self.state << 5;
+                let span = if m == 2 { 16 } else { 512 };
+                1 + (self.state % span) as usize
+            }
+        };
+        want.clamp(1, max.max(1))
+    }
+}
+
+/// An in-memory stream that plays back fuzz input as the peer's bytes.
+///
+/// Reads return the input in pieces sized by [`ReadSizes`], never across a [`SPLIT`] segment
+/// boundary, then EOF. Writes succeed and are discarded.
+///
+/// After each segment (and before EOF) the stream holds back: once a read finds the boundary,
+/// reads return `Pending` until the code under test writes something, or until it has polled
+/// [`GATE_POLLS`] times, as a peer answers only what it was asked while it waited. Without this, a reversed response would be readable before
+/// the request was sent, and EOF would arrive while the dialer is still writing its answer. It
+/// never blocks for good: every `Pending` wakes itself at once. When bit 2 of the control byte
+/// is set, every other read also yields once first, to vary how the state machines interleave.
+#[derive(Debug)]
+pub struct FuzzIo {
+    segments: Vec<Bytes>,
+    sizes: ReadSizes,
+    yield_reads: bool,
+    yielded: bool,
+    gate: u8,
+    waiting: bool,
+}
+
+/// How many reads a segment boundary holds back when nothing is written.
+pub const GATE_POLLS: u8 = 16;
+
+impl FuzzIo {
+    /// A stream over `input`, controlled by `ctl` (bits 0-1 and 5-7: read sizes, see
+    /// `ReadSizes`; bit 2: yield before every other read).
+    pub fn new(ctl: u8, input: &[u8]) -> Self {
+        let input = Bytes::copy_from_slice(input);
+        let mut segments = Vec::new();
+        let mut start = 0;
+        while let Some(at) = find(&input[start..], SPLIT) {
+            segments.push(input.slice(start..start + at));
+            start += at + SPLIT.len();
+        }
+        segments.push(input.slice(start..));
+        segments.retain(|s| !s.is_empty());
+        segments.reverse();
+        FuzzIo {
+            segments,
+            sizes: ReadSizes::new(ctl),
+            yield_reads: ctl & 4 != 0,
+            yielded: false,
+            gate: 0,
+            waiting: false,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl AsyncRead for FuzzIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if self.yield_reads && !self.yielded {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.gate > 0 {
+            self.gate -= 1;
+            self.waiting = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.yielded = false;
+        self.waiting = false;
+        let max = buf.remaining();
+        let this = &mut *self;
+        let Some(segment) = this.segments.last_mut() else {
+            return Poll::Ready(Ok(())); // EOF
+        };
+        let n = this.sizes.next(max.min(segment.len()));
+        buf.put_slice(&segment.split_to(n));
+        if segment.is_empty() {
+            this.segments.pop();
+            this.gate = GATE_POLLS;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for FuzzIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.waiting && !buf.is_empty() {
+            self.gate = 0;
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn fuzz_io_keeps_segments_apart_and_ends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for ctl in [0u8, 1, 2, 3, 4, 0xff] {
+            let mut io = FuzzIo::new(ctl, b"abc~~~~defg~~~~~~~~h");
+            let got = rt.block_on(async {
+                let mut reads = Vec::new();
+                let mut chunk = [0u8; 64];
+                loop {
+                    let n = io.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break reads;
+                    }
+                    reads.push(chunk[..n].to_vec());
+                }
+            });
+            assert_eq!(got.concat(), b"abcdefgh", "ctl {ctl}");
+            if ctl == 0 {
+                assert_eq!(got, vec![b"abc".to_vec(), b"defg".to_vec(), b"h".to_vec()]);
+            }
+        }
+    }
+}
