@@ -345,8 +345,38 @@ pub fn listener_stream(data: &[u8]) {
     });
 }
 
-// The relay's public request routing (`relay_route`: Host and path to a parked name) gets its
-// entry point here when `ptth::relay::route` exists; see fuzz/README.md.
+/// The relay's routing of a public request (Host and path to an agent name) and of a claim.
+///
+/// Input: the `Host` value, a newline, the request target, a newline, the domain. Checks that
+/// a routed name is a valid DNS label, that the forwarded path is origin-form, and that the
+/// name and path can be put back into the request the agent receives.
+pub fn relay_route(data: &[u8]) {
+    use crate::relay::route;
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let host = parts.next().filter(|h| !h.is_empty());
+    let target = parts.next().unwrap_or("/");
+    let domain = parts.next().unwrap_or("localhost");
+    if let Ok(r) = route::route(host, target, domain) {
+        assert!(
+            route::validate_name(&r.name).is_ok(),
+            "routed to an invalid name {:?}",
+            r.name
+        );
+        assert!(
+            r.path.starts_with('/'),
+            "forwarded path not origin-form: {:?}",
+            r.path
+        );
+        if let Some(prefix) = &r.prefix {
+            assert_eq!(prefix, &format!("/{}", r.name));
+        }
+        let _ = r.path.parse::<http::Uri>();
+    }
+    if let Ok(name) = route::claim(host, target, domain) {
+        assert!(route::validate_name(&name).is_ok());
+    }
+}
 
 /// Run `fut` to completion on a fresh current-thread runtime; panic if it outlives [`RUN_GUARD`].
 fn run(fut: impl std::future::Future<Output = ()>) {

@@ -16,6 +16,7 @@ const TARGETS: &[(&str, EntryPoint)] = &[
         ptth::fuzzing::switching_response_head,
     ),
     ("token_lists", ptth::fuzzing::token_lists),
+    ("relay_route", ptth::fuzzing::relay_route),
     ("chunked_body", ptth::fuzzing::chunked_body),
     ("dialer_stream", ptth::fuzzing::dialer_stream),
     ("listener_stream", ptth::fuzzing::listener_stream),

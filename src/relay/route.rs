@@ -69,8 +69,13 @@ pub fn host_name(host: &str, domain: &str) -> Result<Option<String>, RouteError>
     if host.len() <= domain.len() + 1 {
         return Ok(None);
     }
-    let (label, rest) = host.split_at(host.len() - domain.len() - 1);
-    if !rest[1..].eq_ignore_ascii_case(domain) || !rest.starts_with('.') {
+    let split = host.len() - domain.len() - 1;
+    // A non-ASCII host may put the split inside a character: then it is not NAME.<domain>.
+    if !host.is_char_boundary(split) {
+        return Ok(None);
+    }
+    let (label, rest) = host.split_at(split);
+    if !rest.starts_with('.') || !rest[1..].eq_ignore_ascii_case(domain) {
         return Ok(None);
     }
     let label = label.to_ascii_lowercase();
@@ -131,6 +136,13 @@ pub fn claim(host: Option<&str>, path: &str, domain: &str) -> Result<String, Rou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the relay_route fuzz target (fuzz/regressions/relay_route/non_ascii_host_split).
+    #[test]
+    fn non_ascii_host_does_not_panic() {
+        assert_eq!(host_name("127.0\u{4cf}\u{450}:8080", "localhost"), Ok(None));
+        assert!(host_name("d\u{e9}mo.localhost", "localhost").is_err());
+    }
 
     fn r(host: Option<&str>, path: &str) -> Result<Route, RouteError> {
         route(host, path, "localhost")
