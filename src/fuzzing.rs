@@ -428,7 +428,7 @@ impl ReadSizes {
 
 /// An in-memory stream that plays back fuzz input as the peer's bytes.
 ///
-/// Reads return the input in pieces sized by [`ReadSizes`], never across a [`SPLIT`] segment
+/// Reads return the input in pieces sized by `ReadSizes`, never across a [`SPLIT`] segment
 /// boundary, then EOF. Writes succeed and are discarded.
 ///
 /// After each segment (and before EOF) the stream holds back: once a read finds the boundary,

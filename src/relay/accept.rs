@@ -2,7 +2,7 @@
 //!
 //! Every accepted socket gets `TCP_NODELAY` (small responses must not wait for Nagle) and TCP
 //! keepalive (dead peers are found even when idle). A request carrying a PTTH offer is an agent
-//! claiming a name ([`claim`]); every other request is public and is forwarded
+//! claiming a name (`claim`); every other request is public and is forwarded
 //! ([`super::forward`]).
 
 use std::convert::Infallible;

@@ -1,15 +1,15 @@
 //! Agent names and their parked reversed connections.
 //!
-//! Each name has a [`Slot`] with its own mutex: the global map is locked only to find the slot
+//! Each name has a `Slot` with its own mutex: the global map is locked only to find the slot
 //! (and when agents arrive or leave), so public requests for different names never contend.
-//! A connection is counted from the moment its claim is accepted ([`Reservation`]) until it is
-//! dropped; the reservation travels inside the [`AgentConn`], so whoever owns the connection
+//! A connection is counted from the moment its claim is accepted (`Reservation`) until it is
+//! dropped; the reservation travels inside the `AgentConn`, so whoever owns the connection
 //! owns its place in the counts.
 //!
 //! A parked connection is only its stream: no HTTP client, no buffers. A small watcher task
 //! per parked connection waits for the stream to become readable; an agent that closes (or
 //! sends anything unasked) is dropped at once. A public request takes the stream with
-//! [`Registry::checkout`], runs one exchange on it and gives it back with [`Registry::park`].
+//! `Registry::checkout`, runs one exchange on it and gives it back with `Registry::park`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -419,7 +419,7 @@ impl Registry {
     }
 }
 
-/// A counted agent connection; dropping it (with its [`AgentConn`]) releases the count.
+/// A counted agent connection; dropping it (with its `AgentConn`) releases the count.
 pub(crate) struct Reservation {
     registry: Arc<Registry>,
     slot: Arc<Slot>,
