@@ -12,7 +12,7 @@ use ptth::relay::{self, AgentCerts, Config, Listeners, auth::Tokens};
 use serde::Deserialize;
 
 /// The public PTTH relay. Agents dial in and claim a name; public HTTP requests for
-/// http://NAME.<domain>:PORT/ or http://HOST:PORT/NAME/ are forwarded to them.
+/// http://NAME.DOMAIN:PORT/ or http://HOST:PORT/NAME/ are forwarded to them.
 #[derive(Debug, Parser, Default, Deserialize)]
 #[command(version, about)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -25,7 +25,7 @@ struct Args {
     #[arg(long = "listen")]
     #[serde(default)]
     listen: Vec<SocketAddr>,
-    /// Domain for host-mode names (NAME.<domain>). [default: localhost]
+    /// Domain for host-mode names (NAME.DOMAIN). [default: localhost]
     #[arg(long)]
     domain: Option<String>,
     /// Token file: lines `NAME TOKEN` or `* TOKEN`; `#` comments.
@@ -99,7 +99,7 @@ struct Args {
     /// PEM CA whose client certificates agents must present on the TLS listeners (mutual TLS).
     #[arg(long)]
     client_ca: Option<PathBuf>,
-    /// With --client-ca: the agent's certificate must also be valid for NAME.<domain>.
+    /// With --client-ca: the agent's certificate must also be valid for NAME.DOMAIN.
     #[arg(long)]
     #[serde(default)]
     client_cert_names: bool,
