@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -196,7 +196,14 @@ async fn forward_inner(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let (sent_tx, sent_rx) = oneshot::channel();
-    let body = Tracked::new(body, shared.metrics.bytes_in.clone(), Some(sent_tx)).boxed();
+    let request_ended = Arc::new(AtomicBool::new(false));
+    let body = Tracked::new(
+        body,
+        shared.metrics.bytes_in.clone(),
+        Some(sent_tx),
+        request_ended.clone(),
+    )
+    .boxed();
     let mut out = Request::from_parts(parts, body);
 
     let deadline = Instant::now() + cfg.queue_timeout;
@@ -228,7 +235,7 @@ async fn forward_inner(
         let attempt = if let Some(public) = public_upgrade.take() {
             return upgrade_exchange(shared, conn, out, sent, public).await;
         } else {
-            exchange(shared, conn, out, sent).await
+            exchange(shared, conn, out, sent, &request_ended).await
         };
         match attempt {
             Attempt::Done(res) => return res,
@@ -239,7 +246,7 @@ async fn forward_inner(
                 let (tx, rx) = oneshot::channel();
                 sent_rx = Some(rx);
                 out = again;
-                replace_done(out.body_mut(), tx);
+                replace_done(out.body_mut(), tx, request_ended.clone());
             }
             Attempt::Unsent(_) => return text(StatusCode::BAD_GATEWAY, "the agent went away"),
         }
@@ -273,6 +280,7 @@ async fn exchange(
     conn: AgentConn,
     out: Request<ForwardBody>,
     sent: oneshot::Receiver<()>,
+    request_ended: &AtomicBool,
 ) -> Attempt {
     let AgentConn { io, reservation } = conn;
     let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
@@ -286,7 +294,13 @@ async fn exchange(
     // With the sender gone, the connection finishes (and hands the stream back) as soon as
     // this one exchange is complete.
     drop(sender);
-    let mut client = Box::pin(client.without_shutdown());
+    let mut client: ClientFuture = Box::pin(async move {
+        client
+            .without_shutdown()
+            .await
+            .inspect_err(|e| tracing::debug!(%e, "reversed connection failed"))
+            .ok()
+    });
     let mut response = std::pin::pin!(response);
     let timeout = shared.config.response_timeout;
     let mut head_deadline = std::pin::pin!(async {
@@ -294,7 +308,7 @@ async fn exchange(
         let _ = sent.await;
         tokio::time::sleep(timeout).await;
     });
-    let mut client_done: Option<Result<Parts, hyper::Error>> = None;
+    let mut client_done: Option<Option<Parts>> = None;
     let result = loop {
         tokio::select! {
             r = &mut response => break r,
@@ -317,10 +331,21 @@ async fn exchange(
     let reusable = keeps_alive(&response);
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    // A finished client future must not be polled again. One still running while the request
+    // body is still on its way gets its own task: hyper polls this response body only while
+    // the public client reads, and an upload must not stall behind an unread download.
+    let client = match (client_done.is_some(), request_ended.load(Ordering::Acquire)) {
+        (true, _) => None,
+        (false, true) => Some(client),
+        (false, false) => {
+            let task = tokio::spawn(client);
+            let joined: ClientFuture = Box::pin(async move { task.await.ok().flatten() });
+            Some(joined)
+        }
+    };
     let body = ExchangeBody {
         inner: body,
-        // A finished client future must not be polled again.
-        client: client_done.is_none().then_some(client),
+        client,
         client_done,
         reservation: Some(reservation),
         reusable,
@@ -372,7 +397,7 @@ async fn upgrade_exchange(
         // reused (it may still be set up for the upgrade).
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None);
+        let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None, Arc::default());
         let keep = (task, reservation);
         return Response::from_parts(
             parts,
@@ -414,7 +439,7 @@ async fn upgrade_exchange(
 }
 
 /// The request body was handed back unsent: its completion signal must follow the new attempt.
-fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>) {
+fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>, ended: Arc<AtomicBool>) {
     // BoxBody hides the Tracked inside; wrap it again (the old signal fires harmlessly).
     let inner = std::mem::replace(
         body,
@@ -422,11 +447,13 @@ fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>) {
             .map_err(|never| match never {})
             .boxed(),
     );
-    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx)).boxed();
+    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx), ended).boxed();
 }
 
 type Parts = hyper::client::conn::http1::Parts<TokioIo<Box<dyn AgentStream>>>;
-type ClientFuture = Pin<Box<dyn Future<Output = Result<Parts, hyper::Error>> + Send>>;
+/// The reversed connection's client for one exchange; it yields the stream back (or `None`
+/// when the connection failed).
+type ClientFuture = Pin<Box<dyn Future<Output = Option<Parts>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// The agent's response body on its way to the public client. Polling it also drives the
@@ -439,7 +466,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         client: Option<ClientFuture>,
-        client_done: Option<Result<Parts, hyper::Error>>,
+        client_done: Option<Option<Parts>>,
         reservation: Option<Reservation>,
         reusable: bool,
         counter: Arc<AtomicU64>,
@@ -460,7 +487,7 @@ const HAND_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 
 fn drive(
     client: &mut Option<ClientFuture>,
-    done: &mut Option<Result<Parts, hyper::Error>>,
+    done: &mut Option<Option<Parts>>,
     cx: &mut Context<'_>,
 ) {
     if let Some(c) = client
@@ -475,7 +502,7 @@ fn drive(
 /// be finishing the request body, so that part runs as a short task).
 fn finish(
     client: Option<ClientFuture>,
-    done: Option<Result<Parts, hyper::Error>>,
+    done: Option<Option<Parts>>,
     reservation: Option<Reservation>,
 ) {
     let Some(reservation) = reservation else {
@@ -541,36 +568,43 @@ impl Body for ExchangeBody {
 }
 
 /// Park the stream of a completed exchange again, unless the agent left bytes nobody asked for.
-fn hand_back(done: Result<Parts, hyper::Error>, reservation: Reservation) {
+fn hand_back(done: Option<Parts>, reservation: Reservation) {
     match done {
-        Ok(parts) if parts.read_buf.is_empty() => {
+        Some(parts) if parts.read_buf.is_empty() => {
             let registry = reservation.registry().clone();
             registry.park(AgentConn {
                 io: parts.io.into_inner(),
                 reservation,
             });
         }
-        Ok(_) => tracing::debug!("agent sent bytes after its response; dropping the connection"),
-        Err(e) => tracing::debug!(%e, "reversed connection failed after the response"),
+        Some(_) => tracing::debug!("agent sent bytes after its response; dropping the connection"),
+        None => {}
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A body that counts its bytes and says when it ended.
+    /// A body that counts its bytes and says when it ended (`done` fires, `ended` is set).
     struct Tracked<B> {
         #[pin]
         inner: B,
         counter: Arc<AtomicU64>,
         done: Option<oneshot::Sender<()>>,
+        ended: Arc<AtomicBool>,
     }
 }
 
 impl<B> Tracked<B> {
-    fn new(inner: B, counter: Arc<AtomicU64>, done: Option<oneshot::Sender<()>>) -> Self {
+    fn new(
+        inner: B,
+        counter: Arc<AtomicU64>,
+        done: Option<oneshot::Sender<()>>,
+        ended: Arc<AtomicBool>,
+    ) -> Self {
         Tracked {
             inner,
             counter,
             done,
+            ended,
         }
     }
 }
@@ -596,6 +630,7 @@ where
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.done.take();
+                this.ended.store(true, Ordering::Release);
             }
             Poll::Pending => {}
         }
