@@ -192,23 +192,22 @@ impl Pool {
 }
 
 /// Run the pool until `shutdown` completes (then drain) or the relay rejects the credentials.
-pub(crate) async fn run<S, B>(
+pub(crate) async fn run<M, S, B, D>(
     config: Arc<Config>,
-    service: S,
+    make: M,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    M: Fn() -> (S, D) + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    D: std::future::Future<Output = ()> + Send + 'static,
 {
+    let make = Arc::new(make);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -238,7 +237,7 @@ where
                     id,
                     pool.target.clone(),
                     pool.config.clone(),
-                    service.clone(),
+                    make.clone(),
                     tx.clone(),
                     cancel.child_token(),
                 );
@@ -269,20 +268,22 @@ where
     result
 }
 
-async fn connection<S, B>(
+async fn connection<M, S, B, D>(
     id: u64,
     target: Target,
     config: Arc<Config>,
-    service: S,
+    make: Arc<M>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) where
+    M: Fn() -> (S, D),
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    D: std::future::Future<Output = ()>,
 {
     let outcome = tokio::select! {
         o = park(&target, &config) => o,
@@ -300,19 +301,27 @@ async fn connection<S, B>(
                 in_flight: AtomicUsize::new(0),
                 served: AtomicBool::new(false),
             });
+            let (service, driver) = make();
             let svc = Tracked {
                 inner: service,
                 track: track.clone(),
             };
-            let conn = flipped.serve(svc, &config.limits);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                () = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let serving = WithDriver {
+                conn: flipped.serve(svc, &config.limits),
+                driver,
             };
+            let mut serving = std::pin::pin!(serving);
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
+            let mut stopping = false;
+            let res = std::future::poll_fn(|cx| {
+                if !stopping && cancelled.as_mut().poll(cx).is_ready() {
+                    stopping = true;
+                    serving.as_mut().project().conn.graceful_shutdown();
+                }
+                serving.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = res {
                 debug!(error = %e, "reversed connection ended with an error");
             }
@@ -323,6 +332,30 @@ async fn connection<S, B>(
         }
     };
     let _ = events.send(Event::Ended { id, outcome });
+}
+
+pin_project_lite::pin_project! {
+    /// A reversed connection and its driver (the proxy's upstream connection), polled together
+    /// so that every wakeup of either lands in this one task. Done when the connection is.
+    struct WithDriver<C, D> {
+        #[pin]
+        conn: C,
+        #[pin]
+        driver: D,
+    }
+}
+
+impl<C: std::future::Future, D: std::future::Future<Output = ()>> std::future::Future
+    for WithDriver<C, D>
+{
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.project();
+        // The driver first: it delivers what the upstream sent to the service's futures.
+        let _ = this.driver.poll(cx);
+        this.conn.poll(cx)
+    }
 }
 
 async fn park(

@@ -105,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let agent = builder.build()?;
     tracing::info!(relay = %agent.config().target.url, upstream = %args.to, "starting");
-    agent.serve(proxy, shutdown_signal()).await?;
+    agent.serve_proxy(proxy, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
