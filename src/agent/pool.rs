@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::dial::{Target, dial};
 use super::{AgentError, BoxError, Config};
@@ -63,6 +63,9 @@ struct Pool {
     config: Arc<Config>,
     target: Target,
     conns: HashMap<u64, State>,
+    /// How many of `conns` are in each state (indexed by `State as usize`), kept in step by
+    /// [`Pool::set`] so that the per-request Busy/Idle events cost O(1).
+    counts: [usize; 3],
     next_id: u64,
     failures: u32,
     redirects: u32,
@@ -73,7 +76,21 @@ struct Pool {
 
 impl Pool {
     fn count(&self, s: State) -> usize {
-        self.conns.values().filter(|&&v| v == s).count()
+        self.counts[s as usize]
+    }
+
+    /// Put connection `id` in state `to` (`None`: gone). Unknown ids are only added by `Some`.
+    fn set(&mut self, id: u64, to: Option<State>) {
+        let old = match to {
+            Some(to) => self.conns.insert(id, to),
+            None => self.conns.remove(&id),
+        };
+        if let Some(old) = old {
+            self.counts[old as usize] -= 1;
+        }
+        if let Some(to) = to {
+            self.counts[to as usize] += 1;
+        }
     }
 
     /// Whether another connection is wanted now (ignoring the backoff clock).
@@ -115,7 +132,7 @@ impl Pool {
     fn on_event(&mut self, event: Event) -> Result<(), AgentError> {
         match event {
             Event::Parked { id } => {
-                self.conns.insert(id, State::Idle);
+                self.set(id, Some(State::Idle));
                 self.redirects = 0;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 if !self.announced {
@@ -128,17 +145,17 @@ impl Pool {
                 }
             }
             Event::Busy { id } => {
-                if let Some(s) = self.conns.get_mut(&id) {
-                    *s = State::Busy;
+                if self.conns.contains_key(&id) {
+                    self.set(id, Some(State::Busy));
                 }
             }
             Event::Idle { id } => {
-                if let Some(s) = self.conns.get_mut(&id) {
-                    *s = State::Idle;
+                if self.conns.contains_key(&id) {
+                    self.set(id, Some(State::Idle));
                 }
             }
             Event::Ended { id, outcome } => {
-                self.conns.remove(&id);
+                self.set(id, None);
                 self.on_outcome(outcome)?;
             }
         }
@@ -215,6 +232,7 @@ where
         target: config.target.clone(),
         config,
         conns: HashMap::new(),
+        counts: [0; 3],
         next_id: 0,
         failures: 0,
         redirects: 0,
@@ -232,7 +250,7 @@ where
             while pool.wants_dial() && now >= pool.not_before {
                 let id = pool.next_id;
                 pool.next_id += 1;
-                pool.conns.insert(id, State::Dialing);
+                pool.set(id, Some(State::Dialing));
                 let task = connection(
                     id,
                     pool.target.clone(),
@@ -241,7 +259,9 @@ where
                     tx.clone(),
                     cancel.child_token(),
                 );
-                tracker.spawn(task.instrument(info_span!("conn", id)));
+                // A debug span: at the default level, entering a span on every poll of a
+                // connection costs more than the rest of the pool's bookkeeping.
+                tracker.spawn(task.instrument(debug_span!("conn", id)));
             }
         } else if pool.conns.is_empty() {
             break;
