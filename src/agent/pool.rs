@@ -3,7 +3,9 @@
 //!
 //! One supervisor task owns all the state; each connection is a task that reports what happens
 //! to it ([`Event`]) over a channel. A connection counts as *busy* from the first byte of a
-//! request until its response body is done (or dropped), and as *idle* otherwise.
+//! request until its response body is done (or dropped), and as *idle* otherwise. Busy
+//! connections are counted in a shared [`Gauge`]; a request only wakes the supervisor when the
+//! idle count it leaves may call for another connection.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -34,10 +36,15 @@ pub const MAX_REDIRECTS: u32 = 5;
 
 #[derive(Debug)]
 enum Event {
-    Parked { id: u64 },
-    Busy { id: u64 },
-    Idle { id: u64 },
-    Ended { id: u64, outcome: Outcome },
+    Parked {
+        id: u64,
+    },
+    /// A connection became busy and the pool may be short of idle connections.
+    Busy,
+    Ended {
+        id: u64,
+        outcome: Outcome,
+    },
 }
 
 #[derive(Debug)]
@@ -55,8 +62,29 @@ enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Dialing,
-    Idle,
-    Busy,
+    Parked,
+}
+
+/// What the connections and the supervisor share, so that most requests do not have to wake
+/// the supervisor.
+#[derive(Debug)]
+struct Gauge {
+    /// Parked connections serving a request.
+    busy: AtomicUsize,
+    /// Parked connections (written by the supervisor).
+    parked: AtomicUsize,
+    /// Whether the pool may still grow (written by the supervisor).
+    room: AtomicBool,
+    /// Idle connections wanted.
+    connections: usize,
+}
+
+impl Gauge {
+    /// Whether the idle connections left might be fewer than wanted (the supervisor decides).
+    fn short(&self, busy: usize) -> bool {
+        self.room.load(Ordering::Relaxed)
+            && self.parked.load(Ordering::Relaxed).saturating_sub(busy) < self.connections
+    }
 }
 
 struct Pool {
@@ -64,8 +92,9 @@ struct Pool {
     target: Target,
     conns: HashMap<u64, State>,
     /// How many of `conns` are in each state (indexed by `State as usize`), kept in step by
-    /// [`Pool::set`] so that the per-request Busy/Idle events cost O(1).
-    counts: [usize; 3],
+    /// [`Pool::set`] so that evaluating the pool costs O(1).
+    counts: [usize; 2],
+    gauge: Arc<Gauge>,
     next_id: u64,
     failures: u32,
     redirects: u32,
@@ -91,6 +120,13 @@ impl Pool {
         if let Some(to) = to {
             self.counts[to as usize] += 1;
         }
+        self.gauge
+            .parked
+            .store(self.count(State::Parked), Ordering::Relaxed);
+        self.gauge.room.store(
+            self.conns.len() < self.config.max_connections,
+            Ordering::Relaxed,
+        );
     }
 
     /// Whether another connection is wanted now (ignoring the backoff clock).
@@ -101,8 +137,10 @@ impl Pool {
             // The relay is failing: probe with one connection at a time.
             return false;
         }
-        dialing + self.count(State::Idle) < self.config.connections
-            && self.conns.len() < self.config.max_connections
+        let idle = self
+            .count(State::Parked)
+            .saturating_sub(self.gauge.busy.load(Ordering::Relaxed));
+        dialing + idle < self.config.connections && self.conns.len() < self.config.max_connections
     }
 
     fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>) {
@@ -132,7 +170,7 @@ impl Pool {
     fn on_event(&mut self, event: Event) -> Result<(), AgentError> {
         match event {
             Event::Parked { id } => {
-                self.set(id, Some(State::Idle));
+                self.set(id, Some(State::Parked));
                 self.redirects = 0;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 if !self.announced {
@@ -144,16 +182,8 @@ impl Pool {
                     );
                 }
             }
-            Event::Busy { id } => {
-                if self.conns.contains_key(&id) {
-                    self.set(id, Some(State::Busy));
-                }
-            }
-            Event::Idle { id } => {
-                if self.conns.contains_key(&id) {
-                    self.set(id, Some(State::Idle));
-                }
-            }
+            // Only a wakeup: the loop looks at the gauge again.
+            Event::Busy => {}
             Event::Ended { id, outcome } => {
                 self.set(id, None);
                 self.on_outcome(outcome)?;
@@ -228,11 +258,18 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let gauge = Arc::new(Gauge {
+        busy: AtomicUsize::new(0),
+        parked: AtomicUsize::new(0),
+        room: AtomicBool::new(true),
+        connections: config.connections,
+    });
     let mut pool = Pool {
         target: config.target.clone(),
         config,
         conns: HashMap::new(),
-        counts: [0; 3],
+        counts: [0; 2],
+        gauge: gauge.clone(),
         next_id: 0,
         failures: 0,
         redirects: 0,
@@ -256,6 +293,7 @@ where
                     pool.target.clone(),
                     pool.config.clone(),
                     make.clone(),
+                    gauge.clone(),
                     tx.clone(),
                     cancel.child_token(),
                 );
@@ -293,6 +331,7 @@ async fn connection<M, S, B, D>(
     target: Target,
     config: Arc<Config>,
     make: Arc<M>,
+    gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) where
@@ -316,7 +355,7 @@ async fn connection<M, S, B, D>(
             let _ = events.send(Event::Parked { id });
             let parked_at = Instant::now();
             let track = Arc::new(Track {
-                id,
+                gauge,
                 events: events.clone(),
                 in_flight: AtomicUsize::new(0),
                 served: AtomicBool::new(false),
@@ -401,7 +440,7 @@ async fn park(
 
 /// Per-connection request accounting shared by the service wrapper and response bodies.
 struct Track {
-    id: u64,
+    gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     in_flight: AtomicUsize,
     served: AtomicBool,
@@ -414,7 +453,10 @@ impl InFlight {
     fn start(track: &Arc<Track>) -> InFlight {
         track.served.store(true, Ordering::Relaxed);
         if track.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            let _ = track.events.send(Event::Busy { id: track.id });
+            let busy = track.gauge.busy.fetch_add(1, Ordering::AcqRel) + 1;
+            if track.gauge.short(busy) {
+                let _ = track.events.send(Event::Busy);
+            }
         }
         InFlight(track.clone())
     }
@@ -423,7 +465,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _ = self.0.events.send(Event::Idle { id: self.0.id });
+            // Becoming idle never calls for a dial: no need to wake the supervisor.
+            self.0.gauge.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
