@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::limits::Limits;
-use crate::proto::body::BodyDecoder;
+use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request;
 
 /// Shared between the stream wrapper and the timer of one connection.
@@ -88,12 +88,83 @@ pub struct Activity<IO> {
 /// Where the request stream is, as far as the shadow framing can tell.
 #[derive(Debug)]
 enum Shadow {
-    /// Reading a head; holds its bytes so far (bounded by `Limits::max_head_bytes`).
-    Head(BytesMut),
-    /// Reading a request body.
-    Body(BodyDecoder),
+    /// Reading a head; holds its bytes so far when it spans reads (bounded by
+    /// `Limits::max_head_bytes`); empty when none of it has come yet.
+    Head(Vec<u8>),
+    /// Reading a `Content-Length` body: bytes left (counted, never copied).
+    Length(u64),
+    /// Reading a chunked body; `pending` holds an incomplete chunk line or trailer.
+    Chunked {
+        body: BodyDecoder,
+        pending: BytesMut,
+    },
     /// Not following the framing any more.
     Off,
+}
+
+/// Heads with at most this many fields are parsed into a stack array.
+const STACK_HEADERS: usize = 128;
+
+/// Find the end of the request head at the front of `buf` and how its body is framed, as
+/// [`request::parse`] and [`request::framing`] would, without building a request.
+///
+/// Only the framing fields are looked at; a head with `Transfer-Encoding`, or with a
+/// `Content-Length` that is not a plain number, takes the full path. `Err` means the shadow
+/// cannot follow (hyper rejects such a head too).
+fn head_framing(buf: &[u8], limits: &Limits) -> Result<Option<(Framing, usize)>, ()> {
+    if limits.max_headers > STACK_HEADERS {
+        return full_head_framing(buf, limits);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut req = httparse::Request::new(&mut slots[..limits.max_headers]);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= limits.max_head_bytes => return Ok(None),
+        _ => return Err(()),
+    };
+    if len > limits.max_head_bytes {
+        return Err(());
+    }
+    let mut length: Option<u64> = None;
+    for h in req.headers.iter() {
+        let simple = if h.name.eq_ignore_ascii_case("content-length") {
+            plain_number(h.value).filter(|n| length.is_none_or(|l| l == *n))
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            None
+        } else {
+            continue;
+        };
+        match simple {
+            Some(n) => length = Some(n),
+            None => return full_head_framing(buf, limits),
+        }
+    }
+    Ok(Some((
+        match length {
+            Some(0) | None => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        },
+        len,
+    )))
+}
+
+/// A `Content-Length` value that is one plain decimal number.
+fn plain_number(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The full parse, for the heads [`head_framing`] leaves to it.
+fn full_head_framing(buf: &[u8], limits: &Limits) -> Result<Option<(Framing, usize)>, ()> {
+    match request::parse(buf, limits) {
+        Ok(None) => Ok(None),
+        Ok(Some((parts, len))) => request::framing(&parts.headers)
+            .map(|f| Some((f, len)))
+            .map_err(|_| ()),
+        Err(_) => Err(()),
+    }
 }
 
 /// A clock and the stream wrapper that feeds it.
@@ -107,7 +178,7 @@ pub(crate) fn head_clock<IO>(io: IO, limits: &Limits) -> (Activity<IO>, HeadCloc
         Activity {
             inner: io,
             shared: shared.clone(),
-            shadow: Shadow::Head(BytesMut::new()),
+            shadow: Shadow::Head(Vec::new()),
             limits: limits.clone(),
         },
         HeadClock {
@@ -122,44 +193,93 @@ impl<IO> Activity<IO> {
     /// Follow the request framing over `data`, just read, and record when each head begins.
     fn follow(&mut self, data: &[u8]) {
         let now = Instant::now();
-        let mut input = BytesMut::from(data);
+        let mut carry = self.follow_slice(data, now);
+        while let Some(rest) = carry {
+            carry = self.follow_slice(&rest, now);
+        }
+    }
+
+    /// Follow over `input`. Returns the bytes left over after a chunked body ended (they were
+    /// copied for the chunk decoder; the caller goes on with them).
+    fn follow_slice(&mut self, mut input: &[u8], now: Instant) -> Option<BytesMut> {
         loop {
             match &mut self.shadow {
                 Shadow::Off => {
                     self.shared.mark_first_byte();
-                    return;
+                    return None;
                 }
                 Shadow::Head(head) => {
                     if input.is_empty() {
-                        return;
+                        return None;
                     }
-                    if head.is_empty() {
+                    let found = if head.is_empty() {
                         self.shared.set_first_byte(now);
-                    }
-                    head.extend_from_slice(&input);
-                    input.clear();
-                    let framing = match request::parse(head, &self.limits) {
-                        Ok(None) => return,
-                        Ok(Some((parts, len))) => {
-                            input = head.split_off(len);
-                            request::framing(&parts.headers)
+                        match head_framing(input, &self.limits) {
+                            Ok(Some((framing, len))) => {
+                                input = &input[len..];
+                                Ok(Some(framing))
+                            }
+                            Ok(None) => {
+                                head.extend_from_slice(input);
+                                Ok(None)
+                            }
+                            Err(()) => Err(()),
                         }
-                        Err(e) => Err(e),
+                    } else {
+                        let before = head.len();
+                        head.extend_from_slice(input);
+                        match head_framing(head, &self.limits) {
+                            Ok(Some((framing, len))) => {
+                                input = &input[len - before..];
+                                Ok(Some(framing))
+                            }
+                            Ok(None) => Ok(None),
+                            Err(()) => Err(()),
+                        }
                     };
-                    match framing {
-                        Ok(framing) => {
+                    match found {
+                        Ok(None) => return None,
+                        Ok(Some(framing)) => {
                             self.shared.first_byte.store(0, Ordering::Relaxed);
-                            // Keeps nothing: only the boundaries matter.
-                            self.shadow = Shadow::Body(BodyDecoder::new(framing, 0, true));
+                            self.shadow = match framing {
+                                Framing::Empty => Shadow::Head(Vec::new()),
+                                Framing::Length(n) => Shadow::Length(n),
+                                // Keeps nothing: only the boundaries matter.
+                                f => Shadow::Chunked {
+                                    body: BodyDecoder::new(f, 0, true),
+                                    pending: BytesMut::new(),
+                                },
+                            };
                         }
-                        Err(_) => self.stop_following(),
+                        Err(()) => self.stop_following(),
                     }
                 }
-                Shadow::Body(body) => match body.decode(&mut input) {
-                    Ok(true) => self.shadow = Shadow::Head(BytesMut::new()),
-                    Ok(false) => return,
-                    Err(_) => self.stop_following(),
-                },
+                Shadow::Length(left) => {
+                    let n = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
+                    *left -= n as u64;
+                    input = &input[n..];
+                    if *left > 0 {
+                        return None;
+                    }
+                    self.shadow = Shadow::Head(Vec::new());
+                }
+                Shadow::Chunked { body, pending } => {
+                    pending.extend_from_slice(input);
+                    match body.decode(pending) {
+                        Ok(true) => {
+                            let rest = std::mem::take(pending);
+                            self.shadow = Shadow::Head(Vec::new());
+                            return (!rest.is_empty()).then_some(rest);
+                        }
+                        Ok(false) => return None,
+                        Err(_) => {
+                            self.stop_following();
+                            return None;
+                        }
+                    }
+                }
             }
         }
     }
@@ -261,5 +381,55 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity() -> Activity<()> {
+        head_clock((), &Limits::default()).0
+    }
+
+    fn waiting_for_head(a: &Activity<()>) -> bool {
+        matches!(&a.shadow, Shadow::Head(h) if h.is_empty())
+    }
+
+    #[tokio::test]
+    async fn follows_length_and_chunked_bodies_over_any_split() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+            GET /c HTTP/1.1\r\nContent-Length: 0\r\n\r\n\
+            GET /d HTTP/1.1\r\n";
+        for split in 1..stream.len() {
+            let mut a = activity();
+            for piece in stream.chunks(split) {
+                a.follow(piece);
+            }
+            assert!(a.shared.tracking.load(Ordering::Relaxed), "split {split}");
+            // The last head is half read: it is being timed.
+            assert!(
+                matches!(&a.shadow, Shadow::Head(h) if h.len() == 17 || split >= stream.len() - 17),
+                "split {split}: {:?}",
+                a.shadow
+            );
+            assert!(a.shared.first_byte().is_some(), "split {split}");
+        }
+        let mut a = activity();
+        a.follow(&stream[..stream.len() - 17]);
+        assert!(waiting_for_head(&a));
+        assert!(a.shared.first_byte().is_none());
+    }
+
+    #[tokio::test]
+    async fn unframeable_heads_stop_the_shadow() {
+        let mut a = activity();
+        a.follow(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+        assert!(!a.shared.tracking.load(Ordering::Relaxed));
+        let mut a = activity();
+        a.follow(b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabcGET");
+        assert!(a.shared.tracking.load(Ordering::Relaxed));
+        assert!(!waiting_for_head(&a));
     }
 }

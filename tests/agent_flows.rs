@@ -280,3 +280,121 @@ async fn upgrades_pass_through_to_the_upstream() {
     })
     .await;
 }
+
+/// An upstream that counts the TCP connections it accepts. `/echo` streams the request body
+/// back; `/bye` answers and closes the connection; anything else answers `ok`.
+async fn counting_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let res = match req.uri().path() {
+                        "/echo" => http::Response::new(req.into_body().map_err(Into::into).boxed()),
+                        "/bye" => http::Response::builder()
+                            .header("connection", "close")
+                            .body(full("bye"))
+                            .unwrap(),
+                        _ => http::Response::new(full("ok")),
+                    };
+                    Ok::<_, std::convert::Infallible>(res)
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn one_upstream_connection_per_reversed_connection_redialed_after_close() {
+    use std::sync::atomic::Ordering;
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, accepted) = counting_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "dialed lazily");
+
+        for _ in 0..5 {
+            let res = a.send(get("/")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(body_string(res).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection reused");
+
+        // The upstream closes its connection after this answer: the next request redials.
+        let res = a.send(get("/bye")).await.unwrap();
+        assert_eq!(body_string(res).await, "bye");
+        for _ in 0..3 {
+            let res = a.send(get("/")).await.unwrap();
+            assert_eq!(body_string(res).await, "ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "redialed once after the close"
+        );
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn request_body_streams_in_while_the_response_streams_out() {
+    use std::sync::atomic::Ordering;
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, accepted) = counting_upstream().await;
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+
+        // 4 MiB in 16 KiB chunks; each must come back before the next goes out.
+        let chunk = Bytes::from(vec![b'y'; 16 * 1024]);
+        let rounds = 4 * 1024 * 1024 / chunk.len();
+        for _ in 0..2 {
+            let (tx, body) = channel_body();
+            let req = http::Request::post("/echo").body(body).unwrap();
+            tx.send(chunk.clone()).await.unwrap();
+            let res = a.send(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let mut res_body = res.into_body();
+            let mut total = 0usize;
+            for i in 0..rounds {
+                let mut got = 0;
+                while got < chunk.len() {
+                    let frame = res_body.frame().await.unwrap().unwrap();
+                    got += frame.into_data().unwrap().len();
+                }
+                assert_eq!(got, chunk.len(), "chunk {i}");
+                total += got;
+                if i + 1 < rounds {
+                    tx.send(chunk.clone()).await.unwrap();
+                }
+            }
+            drop(tx);
+            assert!(res_body.frame().await.is_none());
+            assert_eq!(total, 4 * 1024 * 1024);
+        }
+        let res = a.send(get("/")).await.unwrap();
+        assert_eq!(body_string(res).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused after streaming");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

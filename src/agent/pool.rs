@@ -3,7 +3,9 @@
 //!
 //! One supervisor task owns all the state; each connection is a task that reports what happens
 //! to it ([`Event`]) over a channel. A connection counts as *busy* from the first byte of a
-//! request until its response body is done (or dropped), and as *idle* otherwise.
+//! request until its response body is done (or dropped), and as *idle* otherwise. Busy
+//! connections are counted in a shared [`Gauge`]; a request only wakes the supervisor when the
+//! idle count it leaves may call for another connection.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::dial::{Target, dial};
 use super::{AgentError, BoxError, Config};
@@ -34,10 +36,15 @@ pub const MAX_REDIRECTS: u32 = 5;
 
 #[derive(Debug)]
 enum Event {
-    Parked { id: u64 },
-    Busy { id: u64 },
-    Idle { id: u64 },
-    Ended { id: u64, outcome: Outcome },
+    Parked {
+        id: u64,
+    },
+    /// A connection became busy and the pool may be short of idle connections.
+    Busy,
+    Ended {
+        id: u64,
+        outcome: Outcome,
+    },
 }
 
 #[derive(Debug)]
@@ -55,14 +62,39 @@ enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Dialing,
-    Idle,
-    Busy,
+    Parked,
+}
+
+/// What the connections and the supervisor share, so that most requests do not have to wake
+/// the supervisor.
+#[derive(Debug)]
+struct Gauge {
+    /// Parked connections serving a request.
+    busy: AtomicUsize,
+    /// Parked connections (written by the supervisor).
+    parked: AtomicUsize,
+    /// Whether the pool may still grow (written by the supervisor).
+    room: AtomicBool,
+    /// Idle connections wanted.
+    connections: usize,
+}
+
+impl Gauge {
+    /// Whether the idle connections left might be fewer than wanted (the supervisor decides).
+    fn short(&self, busy: usize) -> bool {
+        self.room.load(Ordering::Relaxed)
+            && self.parked.load(Ordering::Relaxed).saturating_sub(busy) < self.connections
+    }
 }
 
 struct Pool {
     config: Arc<Config>,
     target: Target,
     conns: HashMap<u64, State>,
+    /// How many of `conns` are in each state (indexed by `State as usize`), kept in step by
+    /// [`Pool::set`] so that evaluating the pool costs O(1).
+    counts: [usize; 2],
+    gauge: Arc<Gauge>,
     next_id: u64,
     failures: u32,
     redirects: u32,
@@ -73,7 +105,28 @@ struct Pool {
 
 impl Pool {
     fn count(&self, s: State) -> usize {
-        self.conns.values().filter(|&&v| v == s).count()
+        self.counts[s as usize]
+    }
+
+    /// Put connection `id` in state `to` (`None`: gone). Unknown ids are only added by `Some`.
+    fn set(&mut self, id: u64, to: Option<State>) {
+        let old = match to {
+            Some(to) => self.conns.insert(id, to),
+            None => self.conns.remove(&id),
+        };
+        if let Some(old) = old {
+            self.counts[old as usize] -= 1;
+        }
+        if let Some(to) = to {
+            self.counts[to as usize] += 1;
+        }
+        self.gauge
+            .parked
+            .store(self.count(State::Parked), Ordering::Relaxed);
+        self.gauge.room.store(
+            self.conns.len() < self.config.max_connections,
+            Ordering::Relaxed,
+        );
     }
 
     /// Whether another connection is wanted now (ignoring the backoff clock).
@@ -84,8 +137,10 @@ impl Pool {
             // The relay is failing: probe with one connection at a time.
             return false;
         }
-        dialing + self.count(State::Idle) < self.config.connections
-            && self.conns.len() < self.config.max_connections
+        let idle = self
+            .count(State::Parked)
+            .saturating_sub(self.gauge.busy.load(Ordering::Relaxed));
+        dialing + idle < self.config.connections && self.conns.len() < self.config.max_connections
     }
 
     fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>) {
@@ -115,7 +170,7 @@ impl Pool {
     fn on_event(&mut self, event: Event) -> Result<(), AgentError> {
         match event {
             Event::Parked { id } => {
-                self.conns.insert(id, State::Idle);
+                self.set(id, Some(State::Parked));
                 self.redirects = 0;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 if !self.announced {
@@ -127,18 +182,10 @@ impl Pool {
                     );
                 }
             }
-            Event::Busy { id } => {
-                if let Some(s) = self.conns.get_mut(&id) {
-                    *s = State::Busy;
-                }
-            }
-            Event::Idle { id } => {
-                if let Some(s) = self.conns.get_mut(&id) {
-                    *s = State::Idle;
-                }
-            }
+            // Only a wakeup: the loop looks at the gauge again.
+            Event::Busy => {}
             Event::Ended { id, outcome } => {
-                self.conns.remove(&id);
+                self.set(id, None);
                 self.on_outcome(outcome)?;
             }
         }
@@ -192,30 +239,37 @@ impl Pool {
 }
 
 /// Run the pool until `shutdown` completes (then drain) or the relay rejects the credentials.
-pub(crate) async fn run<S, B>(
+pub(crate) async fn run<M, S, B, D>(
     config: Arc<Config>,
-    service: S,
+    make: M,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), AgentError>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    M: Fn() -> (S, D) + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    D: std::future::Future<Output = ()> + Send + 'static,
 {
+    let make = Arc::new(make);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let gauge = Arc::new(Gauge {
+        busy: AtomicUsize::new(0),
+        parked: AtomicUsize::new(0),
+        room: AtomicBool::new(true),
+        connections: config.connections,
+    });
     let mut pool = Pool {
         target: config.target.clone(),
         config,
         conns: HashMap::new(),
+        counts: [0; 2],
+        gauge: gauge.clone(),
         next_id: 0,
         failures: 0,
         redirects: 0,
@@ -233,16 +287,19 @@ where
             while pool.wants_dial() && now >= pool.not_before {
                 let id = pool.next_id;
                 pool.next_id += 1;
-                pool.conns.insert(id, State::Dialing);
+                pool.set(id, Some(State::Dialing));
                 let task = connection(
                     id,
                     pool.target.clone(),
                     pool.config.clone(),
-                    service.clone(),
+                    make.clone(),
+                    gauge.clone(),
                     tx.clone(),
                     cancel.child_token(),
                 );
-                tracker.spawn(task.instrument(info_span!("conn", id)));
+                // A debug span: at the default level, entering a span on every poll of a
+                // connection costs more than the rest of the pool's bookkeeping.
+                tracker.spawn(task.instrument(debug_span!("conn", id)));
             }
         } else if pool.conns.is_empty() {
             break;
@@ -269,20 +326,23 @@ where
     result
 }
 
-async fn connection<S, B>(
+async fn connection<M, S, B, D>(
     id: u64,
     target: Target,
     config: Arc<Config>,
-    service: S,
+    make: Arc<M>,
+    gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) where
+    M: Fn() -> (S, D),
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    D: std::future::Future<Output = ()>,
 {
     let outcome = tokio::select! {
         o = park(&target, &config) => o,
@@ -295,24 +355,32 @@ async fn connection<S, B>(
             let _ = events.send(Event::Parked { id });
             let parked_at = Instant::now();
             let track = Arc::new(Track {
-                id,
+                gauge,
                 events: events.clone(),
                 in_flight: AtomicUsize::new(0),
                 served: AtomicBool::new(false),
             });
+            let (service, driver) = make();
             let svc = Tracked {
                 inner: service,
                 track: track.clone(),
             };
-            let conn = flipped.serve(svc, &config.limits);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                () = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let serving = WithDriver {
+                conn: flipped.serve(svc, &config.limits),
+                driver,
             };
+            let mut serving = std::pin::pin!(serving);
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
+            let mut stopping = false;
+            let res = std::future::poll_fn(|cx| {
+                if !stopping && cancelled.as_mut().poll(cx).is_ready() {
+                    stopping = true;
+                    serving.as_mut().project().conn.graceful_shutdown();
+                }
+                serving.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = res {
                 debug!(error = %e, "reversed connection ended with an error");
             }
@@ -323,6 +391,30 @@ async fn connection<S, B>(
         }
     };
     let _ = events.send(Event::Ended { id, outcome });
+}
+
+pin_project_lite::pin_project! {
+    /// A reversed connection and its driver (the proxy's upstream connection), polled together
+    /// so that every wakeup of either lands in this one task. Done when the connection is.
+    struct WithDriver<C, D> {
+        #[pin]
+        conn: C,
+        #[pin]
+        driver: D,
+    }
+}
+
+impl<C: std::future::Future, D: std::future::Future<Output = ()>> std::future::Future
+    for WithDriver<C, D>
+{
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.project();
+        // The driver first: it delivers what the upstream sent to the service's futures.
+        let _ = this.driver.poll(cx);
+        this.conn.poll(cx)
+    }
 }
 
 async fn park(
@@ -348,7 +440,7 @@ async fn park(
 
 /// Per-connection request accounting shared by the service wrapper and response bodies.
 struct Track {
-    id: u64,
+    gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     in_flight: AtomicUsize,
     served: AtomicBool,
@@ -361,7 +453,10 @@ impl InFlight {
     fn start(track: &Arc<Track>) -> InFlight {
         track.served.store(true, Ordering::Relaxed);
         if track.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            let _ = track.events.send(Event::Busy { id: track.id });
+            let busy = track.gauge.busy.fetch_add(1, Ordering::AcqRel) + 1;
+            if track.gauge.short(busy) {
+                let _ = track.events.send(Event::Busy);
+            }
         }
         InFlight(track.clone())
     }
@@ -370,7 +465,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _ = self.0.events.send(Event::Idle { id: self.0.id });
+            // Becoming idle never calls for a dial: no need to wake the supervisor.
+            self.0.gauge.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -9,17 +9,19 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{AgentError, BoxError};
@@ -27,14 +29,28 @@ use super::{AgentError, BoxError};
 /// Response body of the proxy.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Forwards requests to one upstream `http://` URL. Cheap to clone (the client pool is shared).
+/// The future that runs one upstream HTTP/1.1 connection (boxed so that plain TCP and, later,
+/// TLS upstreams have one type).
+type UpstreamConn = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// Forwards requests to one upstream `http://` URL. Cheap to clone.
+///
+/// Each reversed connection gets its own [`ProxyConn`] (the service) and [`UpstreamDriver`]
+/// from [`Proxy::connection`]: one keep-alive upstream connection per reversed connection,
+/// dialed on the first request and again whenever it has closed, and run by the driver inside
+/// the reversed connection's own task (no pool, no extra task per upstream connection).
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    scheme: Scheme,
+    cfg: Arc<ProxyConfig>,
+}
+
+#[derive(Debug)]
+struct ProxyConfig {
     authority: Authority,
+    /// Host and port to dial.
+    addr: (String, u16),
     prefix: String,
     host: HeaderValue,
-    client: Client<HttpConnector, Incoming>,
 }
 
 impl Proxy {
@@ -50,59 +66,211 @@ impl Proxy {
         }
         let authority = uri.authority().ok_or(bad("no host"))?.clone();
         let prefix = uri.path().trim_end_matches('/').to_string();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let host_name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addr = (host_name, authority.port_u16().unwrap_or(80));
         Ok(Proxy {
-            scheme: Scheme::HTTP,
-            host: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?,
-            authority,
-            prefix,
-            client,
+            cfg: Arc::new(ProxyConfig {
+                host: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?,
+                authority,
+                addr,
+                prefix,
+            }),
         })
     }
 
+    /// The service for one reversed connection, and the driver of its upstream connection.
+    /// Poll the driver in the same task as the connection that calls the service (it never
+    /// completes; drop it when the connection is done).
+    pub fn connection(&self) -> (ProxyConn, UpstreamDriver) {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        (
+            ProxyConn {
+                cfg: self.cfg.clone(),
+                slot: slot.clone(),
+            },
+            UpstreamDriver { slot },
+        )
+    }
+
+    /// The request target sent upstream: origin-form, with the upstream's path as a prefix.
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        if self.cfg.prefix.is_empty() && pq.starts_with('/') {
+            if uri.scheme().is_none() && uri.authority().is_none() {
+                // Already origin-form: keep it as it is (no copy).
+                return Ok(uri.clone());
+            }
+            return Ok(Uri::from(PathAndQuery::try_from(pq)?));
+        }
         let pq = if pq.starts_with('/') {
-            format!("{}{pq}", self.prefix)
+            format!("{}{pq}", self.cfg.prefix)
         } else {
             // `*` or an absolute form: keep only what a proxy can forward.
-            format!("{}/", self.prefix)
+            format!("{}/", self.cfg.prefix)
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        Ok(Uri::from(PathAndQuery::try_from(pq)?))
+    }
+}
+
+/// The upstream connection of one reversed connection, shared by its service and its driver.
+#[derive(Default)]
+struct Slot {
+    /// Idle between requests; taken out while a request is being sent.
+    sender: Option<SendRequest<Incoming>>,
+    /// The current upstream connection, polled by the driver; `None` once it has ended.
+    conn: Option<UpstreamConn>,
+    /// The driver's task, woken when a new connection is put in.
+    waker: Option<Waker>,
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs the upstream connection of one reversed connection. Never completes.
+pub struct UpstreamDriver {
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl std::fmt::Debug for UpstreamDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamDriver").finish_non_exhaustive()
+    }
+}
+
+impl Future for UpstreamDriver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = lock(&self.slot);
+        if let Some(conn) = slot.conn.as_mut()
+            && let Poll::Ready(res) = conn.as_mut().poll(cx)
+        {
+            if let Err(e) = res {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+            // The next request dials again.
+            slot.conn = None;
+            slot.sender = None;
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// Dial the upstream and start an HTTP/1.1 connection on it. The only place that knows the
+/// transport: an `https://` upstream would wrap the stream in TLS here.
+async fn connect_upstream(
+    addr: &(String, u16),
+) -> Result<(SendRequest<Incoming>, UpstreamConn), BoxError> {
+    let tcp = TcpStream::connect((addr.0.as_str(), addr.1)).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await?;
+    Ok((sender, Box::pin(conn.with_upgrades())))
+}
+
+/// The proxy service of one reversed connection (see [`Proxy::connection`]).
+#[derive(Clone)]
+pub struct ProxyConn {
+    cfg: Arc<ProxyConfig>,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl std::fmt::Debug for ProxyConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyConn")
+            .field("upstream", &self.cfg.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyConn {
+    /// A sender on a live upstream connection: the current one, or a new one.
+    async fn sender(&self, fresh: bool) -> Result<SendRequest<Incoming>, BoxError> {
+        if !fresh {
+            let current = lock(&self.slot).sender.take();
+            if let Some(mut sender) = current {
+                // Waits for the previous exchange to finish; fails if the connection closed.
+                if sender.ready().await.is_ok() {
+                    return Ok(sender);
+                }
+            }
+        }
+        let (sender, conn) = connect_upstream(&self.cfg.addr).await?;
+        let mut slot = lock(&self.slot);
+        slot.conn = Some(conn);
+        if let Some(w) = &slot.waker {
+            w.wake_by_ref();
+        }
+        drop(slot);
+        Ok(sender)
+    }
+
+    /// Send `req` upstream; if the connection turns out to be closed before the request went
+    /// out (keep-alive race), dial once more and send it there.
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+        let mut sender = self.sender(false).await?;
+        let err = match sender.try_send_request(req).await {
+            Ok(res) => {
+                lock(&self.slot).sender = Some(sender);
+                return Ok(res);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) => req,
+                None => return Err(e.into_error().into()),
+            },
+        };
+        debug!("upstream connection closed before the request went out: dialing again");
+        let mut sender = self.sender(true).await?;
+        sender.ready().await?;
+        let res = sender.send_request(err).await?;
+        lock(&self.slot).sender = Some(sender);
+        Ok(res)
     }
 
     async fn forward(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let uri = match self.upstream_uri(req.uri()) {
+        let proxy = Proxy {
+            cfg: self.cfg.clone(),
+        };
+        let uri = match proxy.upstream_uri(req.uri()) {
             Ok(uri) => uri,
             Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
-        let upgrade_value = req.headers().get(header::UPGRADE).cloned();
+        let upgrade_value = if upgrade {
+            req.headers().get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
         strip_hop_by_hop(req.headers_mut());
-        if let (true, Some(v)) = (upgrade, upgrade_value) {
+        if let Some(v) = upgrade_value {
             req.headers_mut().insert(header::UPGRADE, v);
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        req.headers_mut().insert(header::HOST, self.host.clone());
+        req.headers_mut()
+            .insert(header::HOST, self.cfg.host.clone());
 
-        let mut res = match self.client.request(req).await {
+        let mut res = match self.send(req).await {
             Ok(res) => res,
             Err(e) => {
-                warn!(upstream = %self.authority, error = %e, "upstream request failed");
+                warn!(upstream = %self.cfg.authority, error = %e, "upstream request failed");
                 let text = format!(
                     "502 Bad Gateway: the agent could not reach its upstream http://{}: {}\n",
-                    self.authority,
-                    error_chain(&e)
+                    self.cfg.authority,
+                    error_chain(&*e)
                 );
                 return plain(StatusCode::BAD_GATEWAY, text);
             }
@@ -111,9 +279,22 @@ impl Proxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut res);
-            tokio::spawn(
-                splice(client_upgrade, upstream_upgrade).instrument(info_span!("upgraded")),
-            );
+            // The upstream connection now belongs to the tunnel: it finishes in the tunnel's
+            // task (handing over its stream), and the next request dials a new one.
+            let conn = {
+                let mut slot = lock(&self.slot);
+                slot.sender = None;
+                slot.conn.take()
+            };
+            let upstream = async move {
+                if let Some(conn) = conn
+                    && let Err(e) = conn.await
+                {
+                    debug!(error = %e, "upstream connection failed during the upgrade");
+                }
+                upstream_upgrade.await
+            };
+            tokio::spawn(splice(client_upgrade, upstream).instrument(info_span!("upgraded")));
             // Keep Upgrade and Connection on the 101.
             return res.map(|b| b.map_err(Into::into).boxed());
         }
@@ -122,7 +303,7 @@ impl Proxy {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for Proxy {
+impl hyper::service::Service<Request<Incoming>> for ProxyConn {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -133,7 +314,10 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     }
 }
 
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: impl Future<Output = hyper::Result<hyper::upgrade::Upgraded>>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -157,25 +341,31 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1; `Proxy-Authorization` too, as it is meant for a proxy
 /// in front). Every field `Connection` names goes as well.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Remove hop-by-hop fields from `headers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_named(headers);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn strip_connection_named(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = crate::proto::tokens::members(headers, &header::CONNECTION)
         .filter_map(|m| HeaderName::from_bytes(m).ok())
         .collect();
     for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -209,10 +399,16 @@ mod tests {
     fn uris_are_rewritten_onto_the_upstream() {
         let p = Proxy::new("http://127.0.0.1:3000").unwrap();
         let u = p.upstream_uri(&"/a/b?c=d".parse().unwrap()).unwrap();
-        assert_eq!(u, "http://127.0.0.1:3000/a/b?c=d");
+        assert_eq!(u, "/a/b?c=d");
+        let u = p
+            .upstream_uri(&"http://elsewhere/a?b".parse().unwrap())
+            .unwrap();
+        assert_eq!(u, "/a?b");
         let p = Proxy::new("http://127.0.0.1:3000/base/").unwrap();
         let u = p.upstream_uri(&"/x".parse().unwrap()).unwrap();
-        assert_eq!(u, "http://127.0.0.1:3000/base/x");
+        assert_eq!(u, "/base/x");
+        let u = p.upstream_uri(&"*".parse().unwrap()).unwrap();
+        assert_eq!(u, "/base/");
         assert!(Proxy::new("https://x").is_err());
     }
 

@@ -65,6 +65,9 @@ struct Args {
     /// Private key for --client-cert (PEM).
     #[arg(long, value_name = "FILE")]
     client_key: Option<std::path::PathBuf>,
+    /// Runtime worker threads: 1 runs everything on one thread (a current-thread runtime).
+    #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
 }
 
 /// The TLS settings for an `https://` relay, when any flag asks for more than the defaults.
@@ -81,6 +84,9 @@ fn transport(args: &Args) -> anyhow::Result<Option<Transport>> {
     Ok(Some(Transport::Tls(config)))
 }
 
+/// Worker threads by default (see `--threads`).
+const DEFAULT_THREADS: u16 = 1;
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once(':')
@@ -88,15 +94,32 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(args).await {
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ptth-connect: starting the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ptth-connect: {e:#}");
@@ -132,7 +155,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let agent = builder.build()?;
     tracing::info!(relay = %agent.config().target.url, upstream = %args.to, "starting");
-    agent.serve(proxy, shutdown_signal()).await?;
+    agent.serve_proxy(proxy, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -108,7 +108,15 @@ where
 
 pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> RunningAgent {
     let proxy = ptth::agent::proxy::Proxy::new(&format!("http://{upstream}")).unwrap();
-    spawn_agent(builder, proxy)
+    let agent = builder.build().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.serve_proxy(proxy, async move {
+        let _ = rx.await;
+    }));
+    RunningAgent {
+        stop: Some(stop),
+        task,
+    }
 }
 
 /// Accept one TCP connection, take its upgrade offer and switch. Returns the upgrade request
