@@ -2,7 +2,6 @@
 //! are forwarded to them. Parses flags (and an optional TOML file), then runs
 //! [`ptth::relay::run`] until SIGINT or SIGTERM.
 
-
 /// mimalloc instead of glibc's malloc: after a burst of agent connections, glibc kept the freed
 /// handshake buffers in the heap, so idle parked connections looked several KiB larger in RSS
 /// than they are (see BENCHMARKS.md, "relay memory per parked connection").
