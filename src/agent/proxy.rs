@@ -33,7 +33,7 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// TLS upstreams have one type).
 type UpstreamConn = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
-/// Forwards requests to one upstream `http://` URL. Cheap to clone.
+/// Forwards requests to one upstream `http://` or `https://` URL. Cheap to clone.
 ///
 /// Each reversed connection gets its own [`ProxyConn`] (the service) and [`UpstreamDriver`]
 /// from [`Proxy::connection`]: one keep-alive upstream connection per reversed connection,
@@ -51,19 +51,41 @@ struct ProxyConfig {
     addr: (String, u16),
     prefix: String,
     host: HeaderValue,
+    /// TLS for an `https://` upstream: SNI and verification use the URL's host.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Proxy {
-    /// A proxy to `upstream` (`http://host:port` with an optional path prefix).
+    /// A proxy to `upstream` (`http://host:port` or `https://host:port`, with an optional path
+    /// prefix). An `https://` upstream is verified against the system's roots.
     pub fn new(upstream: &str) -> Result<Proxy, AgentError> {
+        Proxy::with_tls(upstream, None)
+    }
+
+    /// Like [`Proxy::new`], with the TLS configuration for an `https://` upstream (a private
+    /// CA, say; see [`crate::tls::client_config`]). `None` means the system's roots.
+    pub fn with_tls(
+        upstream: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Proxy, AgentError> {
         let bad = |reason| AgentError::BadUpstreamUrl {
             url: upstream.to_string(),
             reason,
         };
         let uri: Uri = upstream.parse().map_err(|_| bad("not a valid URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("the scheme must be http://"));
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http:// or https://")),
+        };
+        let tls = match (https, tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(
+                crate::tls::client_config(None, None)
+                    .map_err(|e| AgentError::BadConfig(e.to_string()))?,
+            ),
+        };
         let authority = uri.authority().ok_or(bad("no host"))?.clone();
         let prefix = uri.path().trim_end_matches('/').to_string();
         let host_name = authority
@@ -71,13 +93,17 @@ impl Proxy {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let addr = (host_name, authority.port_u16().unwrap_or(80));
+        let addr = (
+            host_name,
+            authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        );
         Ok(Proxy {
             cfg: Arc::new(ProxyConfig {
                 host: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?,
                 authority,
                 addr,
                 prefix,
+                tls,
             }),
         })
     }
@@ -165,15 +191,20 @@ impl Future for UpstreamDriver {
     }
 }
 
-/// Dial the upstream and start an HTTP/1.1 connection on it. The only place that knows the
-/// transport: an `https://` upstream would wrap the stream in TLS here.
+/// Dial the upstream and start an HTTP/1.1 connection on it; the only place that knows the
+/// transport (TLS for an `https://` upstream).
 async fn connect_upstream(
-    addr: &(String, u16),
+    cfg: &ProxyConfig,
 ) -> Result<(SendRequest<Incoming>, UpstreamConn), BoxError> {
-    let tcp = TcpStream::connect((addr.0.as_str(), addr.1)).await?;
+    let (host, port) = (&cfg.addr.0, cfg.addr.1);
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
+    let io: Box<dyn super::dial::AgentIo> = match &cfg.tls {
+        None => Box::new(tcp),
+        Some(tls) => Box::new(crate::tls::connect(tcp, host, tls.clone()).await?),
+    };
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await?;
     Ok((sender, Box::pin(conn.with_upgrades())))
 }
@@ -205,7 +236,7 @@ impl ProxyConn {
                 }
             }
         }
-        let (sender, conn) = connect_upstream(&self.cfg.addr).await?;
+        let (sender, conn) = connect_upstream(&self.cfg).await?;
         let mut slot = lock(&self.slot);
         slot.conn = Some(conn);
         if let Some(w) = &slot.waker {
@@ -409,7 +440,10 @@ mod tests {
         assert_eq!(u, "/base/x");
         let u = p.upstream_uri(&"*".parse().unwrap()).unwrap();
         assert_eq!(u, "/base/");
-        assert!(Proxy::new("https://x").is_err());
+        assert!(Proxy::new("ftp://x").is_err());
+        let p = Proxy::with_tls("https://up.example", None).unwrap();
+        assert_eq!(p.cfg.addr.1, 443);
+        assert!(p.cfg.tls.is_some());
     }
 
     #[test]

@@ -28,8 +28,8 @@ struct Args {
     /// `http://NAME.relay-domain:8080/` (host mode).
     relay: String,
 
-    /// Local upstream to forward requests to, e.g. `http://127.0.0.1:3000` (a path is used as a
-    /// prefix).
+    /// Local upstream to forward requests to, e.g. `http://127.0.0.1:3000` or
+    /// `https://127.0.0.1:3443` (a path is used as a prefix).
     #[arg(long)]
     to: String,
 
@@ -65,6 +65,9 @@ struct Args {
     /// Private key for --client-cert (PEM).
     #[arg(long, value_name = "FILE")]
     client_key: Option<std::path::PathBuf>,
+    /// For an https:// upstream (--to): trust this PEM CA instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca_cert: Option<std::path::PathBuf>,
     /// Runtime worker threads: 1 runs everything on one thread (a current-thread runtime).
     #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
@@ -137,7 +140,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let proxy = Proxy::new(&args.to)?;
+    let upstream_tls = match &args.upstream_ca_cert {
+        Some(ca) => Some(ptth::tls::client_config(Some(ca), None)?),
+        None => None,
+    };
+    let proxy = Proxy::with_tls(&args.to, upstream_tls)?;
     let transport = transport(&args)?;
     let mut builder = Agent::builder(args.relay)
         .connections(args.connections)
