@@ -21,6 +21,10 @@
 //! - [`dialer`]: [`dialer::handshake`] then [`dialer::Flipped::serve`].
 //! - [`listener`]: [`listener::raw`] or [`listener::hyper_upgrade`], then
 //!   [`listener::ReversedClient`].
+//! - [`timer`]: the dialer's head deadline that starts at a head's first byte (idle ≠ slow).
+//! - [`tls`]: rustls configs from PEM files, connect/accept, readable certificate errors.
+//! - [`relay`]: `ptth-serve`, the public relay built on the listener role.
+//! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
 //!
