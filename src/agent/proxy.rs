@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{AgentError, BoxError};
+use crate::proto::hop::{Keep, strip_hop_by_hop};
 
 /// Response body of the proxy.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -280,17 +281,7 @@ impl ProxyConn {
         };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
-        let upgrade_value = if upgrade {
-            req.headers().get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        strip_hop_by_hop(req.headers_mut());
-        if let Some(v) = upgrade_value {
-            req.headers_mut().insert(header::UPGRADE, v);
-            req.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+        strip_for_upstream(req.headers_mut(), upgrade);
         req.headers_mut()
             .insert(header::HOST, self.cfg.host.clone());
 
@@ -329,7 +320,7 @@ impl ProxyConn {
             // Keep Upgrade and Connection on the 101.
             return res.map(|b| b.map_err(Into::into).boxed());
         }
-        strip_hop_by_hop(res.headers_mut());
+        strip_hop_by_hop(res.headers_mut(), Keep::default());
         res.map(|b| b.map_err(Into::into).boxed())
     }
 }
@@ -370,35 +361,18 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|m| m.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1; `Proxy-Authorization` too, as it is meant for a proxy
-/// in front). Every field `Connection` names goes as well.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-/// Remove hop-by-hop fields from `headers`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        strip_connection_named(headers);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn strip_connection_named(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = crate::proto::tokens::members(headers, &header::CONNECTION)
-        .filter_map(|m| HeaderName::from_bytes(m).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
+/// Strip a reversed request for the upstream: every hop-by-hop field (the upgrade pair
+/// only for a pass-through upgrade) and `Proxy-Authorization`, which is meant for a proxy on
+/// the way and must not reach the origin.
+fn strip_for_upstream(headers: &mut HeaderMap, upgrade: bool) {
+    headers.remove(header::PROXY_AUTHORIZATION);
+    strip_hop_by_hop(
+        headers,
+        Keep {
+            upgrade,
+            te_trailers: false,
+        },
+    );
 }
 
 fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
@@ -453,8 +427,9 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
+        h.insert("proxy-authorization", "Basic eA==".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_for_upstream(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
     }

@@ -9,6 +9,7 @@
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's.
 
 pub mod body;
+pub mod hop;
 pub mod request;
 pub mod response;
 pub mod tokens;

@@ -28,6 +28,7 @@ use super::Shared;
 use super::accept::{ConnInfo, busy, text};
 use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reservation};
 use super::route::{RouteError, route};
+use crate::proto::hop::{Keep, strip_hop_by_hop};
 use crate::proto::tokens;
 
 /// Body type of responses the relay sends to public clients.
@@ -37,43 +38,12 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Remove the hop-by-hop fields of RFC 9110 §7.6.1: `Connection` and every field it names,
-/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`, which the agent needs to send
-/// trailers), `Transfer-Encoding` (hyper re-frames) and `Upgrade`. With `keep_upgrade`, the
-/// upgrade pair is kept for pass-through.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for n in named {
-        if n != header::TE {
-            headers.remove(n);
-        }
-    }
-    let te_trailers = tokens::has_member(headers, &header::TE, "trailers");
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(n);
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if keep_upgrade && let Some(u) = upgrade {
-        headers.insert(header::UPGRADE, u);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+/// What the relay passes on to the agent: `TE: trailers` (so the agent may send trailers),
+/// and the upgrade pair when the public request is an upgrade.
+fn keep_for_agent(upgrade: bool) -> Keep {
+    Keep {
+        upgrade,
+        te_trailers: true,
     }
 }
 
@@ -184,7 +154,7 @@ async fn forward_inner(
     let mut public_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_hop_by_hop(&mut parts.headers, keep_for_agent(upgrade));
     set_forwarded(
         &mut parts.headers,
         info.peer,
@@ -330,7 +300,7 @@ async fn exchange(
     };
     let reusable = keeps_alive(&response);
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
+    strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
     // A finished client future must not be polled again. One still running while the request
     // body is still on its way gets its own task: hyper polls this response body only while
     // the public client reads, and an upload must not stall behind an unread download.
@@ -396,7 +366,7 @@ async fn upgrade_exchange(
         // The agent declined the upgrade: an ordinary response, but the connection is not
         // reused (it may still be set up for the upgrade).
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
         let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None, Arc::default());
         let keep = (task, reservation);
         return Response::from_parts(
