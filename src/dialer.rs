@@ -112,13 +112,10 @@ fn server_builder(limits: &Limits, clock: crate::timer::HeadClock) -> http1::Bui
         // The clock decides the real deadline; hyper only needs the timeout switched on.
         .header_read_timeout(limits.head_timeout)
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_head_bytes.max(MIN_HYPER_BUF))
+        .max_buf_size(limits.hyper_buf_size())
         .keep_alive(true);
     b
 }
-
-/// hyper asserts a read buffer of at least 8 KiB.
-const MIN_HYPER_BUF: usize = 8192;
 
 /// Send the upgrade request on `io` and wait for the switch.
 ///

@@ -72,6 +72,16 @@ impl Default for Limits {
     }
 }
 
+/// hyper asserts a read buffer of at least 8 KiB.
+const MIN_HYPER_BUF: usize = 8192;
+
+impl Limits {
+    /// hyper's `max_buf_size` for these limits: the head cap, raised to hyper's minimum.
+    pub(crate) fn hyper_buf_size(&self) -> usize {
+        self.max_head_bytes.max(MIN_HYPER_BUF)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

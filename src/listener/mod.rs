@@ -159,7 +159,7 @@ where
 {
     let (sender, conn) = http1::Builder::new()
         .max_headers(config.limits.max_headers)
-        .max_buf_size(config.limits.max_head_bytes.max(8192))
+        .max_buf_size(config.limits.hyper_buf_size())
         .handshake(TokioIo::new(io))
         .await
         .map_err(Error::hyper("starting the reversed HTTP client"))?;

@@ -38,8 +38,6 @@ pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Unanswered keepalive probes before the kernel drops the connection.
 const KEEPALIVE_RETRIES: u32 = 3;
-/// hyper asserts a read buffer of at least 8 KiB.
-const MIN_HYPER_BUF: usize = 8192;
 
 /// What the handlers know about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -149,7 +147,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.head_timeout)
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_head_bytes.max(MIN_HYPER_BUF))
+        .max_buf_size(limits.hyper_buf_size())
         .title_case_headers(true)
         .keep_alive(true);
     let conn = builder
