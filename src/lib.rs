@@ -25,6 +25,7 @@
 //! - [`tls`]: rustls configs from PEM files, connect/accept, readable certificate errors.
 //! - [`relay`]: `ptth-serve`, the public relay built on the listener role.
 //! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
+//! - [`net`]: `TCP_NODELAY` and keepalive for every socket the relay and the agent proxy through.
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
 //!
@@ -43,6 +44,7 @@ pub mod fuzzing;
 pub mod io;
 pub mod limits;
 pub mod listener;
+pub mod net;
 pub mod proto;
 pub mod relay;
 pub mod timer;

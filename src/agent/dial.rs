@@ -19,9 +19,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// usual NAT mapping lifetimes).
 pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 
-/// Interval between TCP keepalive probes: 10 s.
-pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
 /// A stream the agent can run PTTH over: TCP now, TLS later.
 pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentIo for T {}
@@ -157,7 +154,7 @@ pub async fn dial(
             addr: addr.to_string(),
             source,
         })?;
-    set_socket_options(&stream).map_err(|source| AgentError::Connect {
+    crate::net::tune(&stream, TCP_KEEPALIVE_TIME).map_err(|source| AgentError::Connect {
         addr: addr.to_string(),
         source,
     })?;
@@ -183,14 +180,6 @@ pub async fn dial(
             "an https:// relay needs a TLS transport".into(),
         )),
     }
-}
-
-fn set_socket_options(stream: &TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE_TIME)
-        .with_interval(TCP_KEEPALIVE_INTERVAL);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// `*.localhost` always means the loopback address (RFC 6761 §6.3), whatever the resolver says.

@@ -3,6 +3,8 @@
 //! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad arguments (including
 //! unusable URLs), 3 when the relay refuses the credentials (401/403), 1 for anything else.
 
+mod common;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -99,13 +101,7 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    common::init_tracing();
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -162,29 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let agent = builder.build()?;
     tracing::info!(relay = %agent.config().target.url, upstream = %args.to, "starting");
-    agent.serve_proxy(proxy, shutdown_signal()).await?;
+    agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

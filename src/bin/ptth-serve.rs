@@ -8,6 +8,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -241,27 +243,6 @@ async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpLis
     Ok(out)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if let Some(path) = &args.config {
@@ -288,14 +269,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    common::init_tracing();
     let mut listen = std::mem::take(&mut args.listen);
     let listen_tls = std::mem::take(&mut args.listen_tls);
     if listen.is_empty() && listen_tls.is_empty() {
@@ -322,6 +296,6 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if let Some(a) = handle.admin_addr() {
         println!("admin:   http://{a}/metrics  http://{a}/agents");
     }
-    r.run(shutdown_signal()).await?;
+    r.run(common::shutdown_signal()).await?;
     Ok(())
 }

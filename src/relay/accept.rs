@@ -21,7 +21,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,10 +34,6 @@ use crate::listener::hyper_upgrade;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Interval between TCP keepalive probes once the idle time has passed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// Unanswered keepalive probes before the kernel drops the connection.
-const KEEPALIVE_RETRIES: u32 = 3;
 
 /// What the handlers know about the connection a request came on.
 #[derive(Debug, Clone)]
@@ -78,7 +74,9 @@ pub(crate) async fn serve(
                 }
             },
         };
-        configure_socket(&stream, shared.config.tcp_keepalive);
+        if let Err(e) = crate::net::tune(&stream, shared.config.tcp_keepalive) {
+            tracing::debug!(%e, "setting TCP_NODELAY and keepalive");
+        }
         let span = tracing::debug_span!("conn", %peer);
         let (shared, soft) = (shared.clone(), soft.clone());
         match &tls {
@@ -115,20 +113,6 @@ pub(crate) async fn serve(
                 );
             }
         }
-    }
-}
-
-/// `TCP_NODELAY` and keepalive; failures are logged, not fatal.
-pub(crate) fn configure_socket(stream: &TcpStream, keepalive: Duration) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%e, "setting TCP_NODELAY");
-    }
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
-        tracing::debug!(%e, "setting TCP keepalive");
     }
 }
 
