@@ -173,52 +173,90 @@ async fn large_upload_streams_through() {
     .await
 }
 
+/// An agent named `ws` whose service accepts any upgrade and echoes the tunnel's bytes.
+async fn echo_tunnel_agent(relay: &TestRelay) -> Agent {
+    let h = handler(|mut req: Request<Incoming>| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 64];
+            loop {
+                let n = io.read(&mut buf).await.unwrap_or(0);
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut().insert("upgrade", "echo".parse().unwrap());
+        res.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        res
+    });
+    start_agent(relay, "ws", 1, None, h).await
+}
+
+/// Open a public upgrade to `ws` and check that bytes come back through the tunnel.
+async fn open_tunnel(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert_echo(&mut s, b"ping").await;
+    s
+}
+
+async fn assert_echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, msg);
+}
+
 #[tokio::test]
 async fn upgrade_passes_through_as_a_tunnel() {
     deadline(async {
         let relay = start_relay(anonymous()).await;
-        let h = handler(|mut req: Request<Incoming>| async move {
-            let on = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
-                let mut buf = [0u8; 64];
-                loop {
-                    let n = io.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    io.write_all(&buf[..n]).await.unwrap();
-                }
-            });
-            let mut res = Response::new(full(""));
-            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            res.headers_mut().insert("upgrade", "echo".parse().unwrap());
-            res.headers_mut()
-                .insert("connection", "upgrade".parse().unwrap());
-            res
-        });
-        let _a = start_agent(&relay, "ws", 1, None, h).await;
-        let mut s = TcpStream::connect(relay.addr).await.unwrap();
-        s.write_all(
-            b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
+        let _a = echo_tunnel_agent(&relay).await;
+        let mut s = open_tunnel(relay.addr).await;
+        assert_echo(&mut s, b"pong").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn drain_lets_open_tunnels_run_until_the_drain_timeout() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.drain_timeout = Duration::from_millis(800);
+        let mut relay = start_relay(cfg).await;
+        let _a = echo_tunnel_agent(&relay).await;
+        let mut s = open_tunnel(relay.addr).await;
+        relay.shutdown();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Draining: the tunnel still carries bytes and the relay has not stopped.
+        assert_echo(&mut s, b"still here").await;
         assert!(
-            head.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&head)
+            !relay.task.is_finished(),
+            "the drain did not wait for the tunnel"
         );
-        s.write_all(b"ping").await.unwrap();
-        let mut back = [0u8; 4];
-        s.read_exact(&mut back).await.unwrap();
-        assert_eq!(&back, b"ping");
+        // At the drain timeout the relay stops and cuts the tunnel.
+        (&mut relay.task).await.unwrap();
+        let mut rest = Vec::new();
+        let cut = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(cut.is_ok(), "the tunnel outlived the relay");
     })
     .await
 }

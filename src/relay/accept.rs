@@ -24,7 +24,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::forward::{RelayBody, forward};
@@ -53,13 +52,12 @@ impl ConnInfo {
     }
 }
 
-/// Accept on `listener` until `soft` is cancelled; each connection runs in `tracker`. With
+/// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
 /// `tls`, each connection first completes a TLS handshake (within the head timeout).
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
     soft: CancellationToken,
 ) {
     loop {
@@ -78,6 +76,7 @@ pub(crate) async fn serve(
             tracing::debug!(%e, "setting TCP_NODELAY and keepalive");
         }
         let span = tracing::debug_span!("conn", %peer);
+        let tasks = shared.tasks.clone();
         let (shared, soft) = (shared.clone(), soft.clone());
         match &tls {
             None => {
@@ -86,11 +85,11 @@ pub(crate) async fn serve(
                     tls: false,
                     client_cert: None,
                 };
-                tracker.spawn(connection(stream, info, shared, soft).instrument(span));
+                tasks.spawn(connection(stream, info, shared, soft).instrument(span));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                tracker.spawn(
+                tasks.spawn(
                     async move {
                         let deadline = shared.config.head_timeout;
                         let stream = match tokio::time::timeout(deadline, acceptor.accept(stream))

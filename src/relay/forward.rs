@@ -381,7 +381,8 @@ async fn upgrade_exchange(
     let agent = hyper::upgrade::on(&mut response);
     let hard = shared.hard.clone();
     let metrics = shared.metrics.clone();
-    tokio::spawn(async move {
+    // Tracked, so a drain lets open tunnels run until the drain timeout instead of cutting them.
+    shared.tasks.spawn(async move {
         let _held = (reservation, task);
         let (a, p) = match tokio::try_join!(agent, public) {
             Ok(x) => x,

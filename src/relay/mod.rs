@@ -48,7 +48,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `--grace`: a name with no agent keeps holding requests this long before it is
 /// reported unknown (404): 30 s, enough for an agent restart.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-/// Default `--drain-timeout`: 30 s for in-flight requests after SIGINT/SIGTERM.
+/// Default `--drain-timeout`: 30 s for in-flight requests and open upgrade tunnels after
+/// SIGINT/SIGTERM; whatever is still open then is cut.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `--max-agents`: total agent connections: 4096.
 pub const DEFAULT_MAX_AGENTS: usize = 4096;
@@ -206,6 +207,8 @@ pub(crate) struct Shared {
     pub(crate) listener: ListenerConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Every connection and upgrade tunnel: the drain waits for these to end.
+    pub(crate) tasks: TaskTracker,
     /// Cancelled when in-flight work must stop (after the drain).
     pub(crate) hard: CancellationToken,
 }
@@ -298,6 +301,7 @@ impl Relay {
                 listener,
                 registry,
                 metrics: Arc::default(),
+                tasks: TaskTracker::new(),
                 hard: CancellationToken::new(),
             }),
         })
@@ -317,7 +321,6 @@ impl Relay {
     /// within [`Config::drain_timeout`], and close everything.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let soft = CancellationToken::new();
-        let tracker = TaskTracker::new();
         for (l, tls) in self.listeners {
             let acceptor = tls
                 .then(|| self.shared.config.tls.clone())
@@ -327,7 +330,6 @@ impl Relay {
                 l,
                 acceptor,
                 self.shared.clone(),
-                tracker.clone(),
                 soft.clone(),
             ));
         }
@@ -337,9 +339,10 @@ impl Relay {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         soft.cancel();
-        tracker.close();
+        let tasks = &self.shared.tasks;
+        tasks.close();
         let drain = self.shared.config.drain_timeout;
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
             tracing::warn!(
                 ?drain,
                 "drain timeout passed; closing the remaining connections"
