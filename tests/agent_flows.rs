@@ -201,6 +201,41 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
 }
 
 #[tokio::test]
+async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        // The upstream never answers `/hold` (its release is never sent).
+        let (up, mut arrivals, _release) = spawn_upstream().await;
+        let drain = Duration::from_millis(300);
+        let agent = spawn_proxy_agent(
+            builder(addr, "demo").connections(1).drain_timeout(drain),
+            up,
+        );
+        let (_, mut a) = accept_parked(&relay).await;
+        let in_flight = tokio::spawn(async move {
+            match a.send(get("/hold")).await {
+                Ok(res) => body_string(res).await,
+                Err(e) => format!("error: {e}"),
+            }
+        });
+        assert_eq!(arrivals.recv().await.unwrap(), "/hold");
+        let stopped_at = tokio::time::Instant::now();
+        agent.shutdown().await.unwrap();
+        let took = stopped_at.elapsed();
+        assert!(took >= drain, "stopped before the drain timeout: {took:?}");
+        assert!(
+            took < drain * 10,
+            "the drain timeout did not stop the agent: {took:?}"
+        );
+        // The relay side sees the connection close instead of an answer.
+        let outcome = in_flight.await.unwrap();
+        assert!(outcome.starts_with("error"), "{outcome}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn agent_comes_back_after_the_relay_restarts() {
     deadline(async {
         let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();

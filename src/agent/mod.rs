@@ -48,6 +48,10 @@ pub const DEFAULT_CONNECTIONS: usize = 4;
 /// Most connections (idle plus serving) by default: 64.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
+/// How long a stopping agent lets requests in flight finish by default: 30 s (as the relay).
+/// Past it, the connections still serving are closed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A boxed error, as hyper services use.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -141,6 +145,8 @@ pub struct Config {
     pub transport: Transport,
     /// TCP connect deadline.
     pub connect_timeout: Duration,
+    /// When stopping, how long requests in flight may take before their connections close.
+    pub drain_timeout: Duration,
 }
 
 /// An agent, ready to serve. Build with [`Agent::builder`].
@@ -163,6 +169,7 @@ pub struct AgentBuilder {
     backoff: Backoff,
     transport: Transport,
     connect_timeout: Duration,
+    drain_timeout: Duration,
 }
 
 impl AgentBuilder {
@@ -228,6 +235,13 @@ impl AgentBuilder {
         self
     }
 
+    /// When stopping, how long requests in flight may take before their connections are closed.
+    /// Default: [`DEFAULT_DRAIN_TIMEOUT`].
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<Agent, AgentError> {
         let target = Target::parse(&self.url)?;
@@ -281,6 +295,7 @@ impl AgentBuilder {
                     (_, t) => t,
                 },
                 connect_timeout: self.connect_timeout,
+                drain_timeout: self.drain_timeout,
             }),
         })
     }
@@ -302,6 +317,7 @@ impl Agent {
             backoff: Backoff::default(),
             transport: Transport::Plain,
             connect_timeout: dial::DEFAULT_CONNECT_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 

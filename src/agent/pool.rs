@@ -279,6 +279,9 @@ where
     };
     tokio::pin!(shutdown);
     let mut stopping = false;
+    // Set when stopping starts; past it, connections still serving are dropped.
+    let mut drain_until: Option<Instant> = None;
+    let hard = CancellationToken::new();
     let mut result = Ok(());
     loop {
         if !stopping {
@@ -295,7 +298,10 @@ where
                     make.clone(),
                     gauge.clone(),
                     tx.clone(),
-                    cancel.child_token(),
+                    Stop {
+                        graceful: cancel.child_token(),
+                        hard: hard.child_token(),
+                    },
                 );
                 // A debug span: at the default level, entering a span on every poll of a
                 // connection costs more than the rest of the pool's bookkeeping.
@@ -305,25 +311,43 @@ where
             break;
         }
         let wait_backoff = !stopping && pool.wants_dial();
+        let draining = drain_until.filter(|_| !hard.is_cancelled());
         tokio::select! {
             Some(event) = rx.recv() => {
                 if let Err(e) = pool.on_event(event) {
                     result = Err(e);
                     stopping = true;
-                    cancel.cancel();
                 }
             }
             () = tokio::time::sleep_until(pool.not_before), if wait_backoff => {}
             () = &mut shutdown, if !stopping => {
-                info!("shutting down: finishing requests in flight");
+                info!(drain_timeout = ?pool.config.drain_timeout, "shutting down: finishing requests in flight");
                 stopping = true;
-                cancel.cancel();
             }
+            () = tokio::time::sleep_until(draining.unwrap_or(pool.not_before)), if draining.is_some() => {
+                warn!(
+                    drain_timeout = ?pool.config.drain_timeout,
+                    "drain timeout passed; closing the connections still serving"
+                );
+                hard.cancel();
+            }
+        }
+        if stopping && drain_until.is_none() {
+            cancel.cancel();
+            drain_until = Some(Instant::now() + pool.config.drain_timeout);
         }
     }
     tracker.close();
     tracker.wait().await;
     result
+}
+
+/// How the pool tells a connection to stop.
+struct Stop {
+    /// Finish the exchange in flight, then close (or stop dialling).
+    graceful: CancellationToken,
+    /// The drain timeout passed: close now.
+    hard: CancellationToken,
 }
 
 async fn connection<M, S, B, D>(
@@ -333,7 +357,7 @@ async fn connection<M, S, B, D>(
     make: Arc<M>,
     gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
-    cancel: CancellationToken,
+    stop: Stop,
 ) where
     M: Fn() -> (S, D),
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -346,7 +370,7 @@ async fn connection<M, S, B, D>(
 {
     let outcome = tokio::select! {
         o = park(&target, &config) => o,
-        () = cancel.cancelled() => Err(Outcome::Cancelled),
+        () = stop.graceful.cancelled() => Err(Outcome::Cancelled),
     };
     let outcome = match outcome {
         Err(o) => o,
@@ -370,17 +394,21 @@ async fn connection<M, S, B, D>(
                 driver,
             };
             let mut serving = std::pin::pin!(serving);
-            let cancelled = cancel.cancelled();
+            let cancelled = stop.graceful.cancelled();
             tokio::pin!(cancelled);
             let mut stopping = false;
-            let res = std::future::poll_fn(|cx| {
+            let graceful = std::future::poll_fn(|cx| {
                 if !stopping && cancelled.as_mut().poll(cx).is_ready() {
                     stopping = true;
                     serving.as_mut().project().conn.graceful_shutdown();
                 }
                 serving.as_mut().poll(cx)
-            })
-            .await;
+            });
+            let res = tokio::select! {
+                r = graceful => r,
+                // The drain timeout passed: dropping the connection closes it mid-exchange.
+                () = stop.hard.cancelled() => Ok(()),
+            };
             if let Err(e) = res {
                 debug!(error = %e, "reversed connection ended with an error");
             }

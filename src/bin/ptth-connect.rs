@@ -70,6 +70,10 @@ struct Args {
     /// For an https:// upstream (--to): trust this PEM CA instead of the system's roots.
     #[arg(long, value_name = "FILE")]
     upstream_ca_cert: Option<std::path::PathBuf>,
+    /// On SIGINT/SIGTERM, time for requests in flight to finish before their connections close
+    /// (`30s`, `500ms`, `2m`).
+    #[arg(long, default_value = "30s", value_parser = common::parse_duration)]
+    drain_timeout: std::time::Duration,
     /// Runtime worker threads: 1 runs everything on one thread (a current-thread runtime).
     #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
@@ -146,7 +150,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .connections(args.connections)
         .max_connections(args.max_connections)
         .protocol(args.protocol)
-        .method(args.method.parse()?);
+        .method(args.method.parse()?)
+        .drain_timeout(args.drain_timeout);
     if let Some(token) = args.token {
         builder = builder.token(token);
     }

@@ -48,27 +48,27 @@ struct Args {
     #[serde(default)]
     trust_forwarded: bool,
     /// How long a request waits for an idle agent connection before 503. [default: 10s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     queue_timeout: Option<Duration>,
     /// Time from the end of the request body to the response head before 504. [default: 60s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     response_timeout: Option<Duration>,
     /// How long a name with no agent keeps holding requests before 404. [default: 30s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     grace: Option<Duration>,
     /// Time for in-flight requests after SIGINT/SIGTERM. [default: 30s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     drain_timeout: Option<Duration>,
     /// Deadline for a request head (slow-loris), also the public idle timeout. [default: 10s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     head_timeout: Option<Duration>,
     /// TCP keepalive idle time on every socket. [default: 10s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     tcp_keepalive: Option<Duration>,
     /// Total agent connections. [default: 4096]
@@ -113,21 +113,9 @@ struct Args {
     client_cert_names: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
-    }
-}
-
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s)
+    common::parse_duration(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }

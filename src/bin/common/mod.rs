@@ -1,7 +1,10 @@
-//! What both binaries do the same way around the library: log setup and the stop signal.
+//! What both binaries do the same way around the library: log setup, the stop signal and
+//! duration flags.
 //!
 //! Cargo builds only `src/bin/*.rs` and `src/bin/*/main.rs` as binaries, so this folder is a
 //! plain module that each binary includes with `mod common;`.
+
+use std::time::Duration;
 
 /// Log to stderr (stdout stays free for scripts), filtered by `RUST_LOG`, `info` by default;
 /// colours only on a terminal.
@@ -36,5 +39,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A duration flag: `30s`, `500ms`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long")),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
     }
 }
