@@ -127,7 +127,7 @@ pub fn upgrade_request_head(data: &[u8]) {
 /// The listener's refusal for `reason` must be a complete response with `status`.
 fn refusal_round_trip(status: StatusCode, reason: &dyn std::fmt::Display) {
     let body = response::refusal_body(reason);
-    let raw = response::encode_refusal(status, &HeaderMap::new(), &body);
+    let raw = response::encode_refusal(status, &Protocol::ALL, &HeaderMap::new(), &body);
     let (head, len) = response::parse(&raw, &Limits::default())
         .expect("own refusal parses")
         .expect("own refusal is complete");

@@ -182,11 +182,14 @@ fn cases() -> Vec<Case> {
             check: ok_empty,
         },
         Case {
-            name: "02b PTTH/0.9 refused when only 1.0 is enabled",
+            name: "02b PTTH/0.9 refused when only 1.0 is enabled; the 426 names only 1.0",
             input: offer_request("PTTH/0.9", "Upgrade"),
             config: only_10,
             decide: Decide::Accept,
-            out: Out::Refusal("HTTP/1.1 426 Upgrade Required", &["Connection: Upgrade, close"]),
+            out: Out::Refusal(
+                "HTTP/1.1 426 Upgrade Required",
+                &["Upgrade: PTTH/1.0", "Connection: Upgrade, close"],
+            ),
             check: |r| matches!(r, Err(Error::Offer(OfferError::NoProtocol))),
         },
         Case {

@@ -42,6 +42,8 @@ pub struct Rejection {
     pub status: StatusCode,
     /// A one-line reason for the body.
     pub reason: String,
+    /// The protocols a `426` names in `Upgrade`: the listener's accepted set.
+    pub accepted: Vec<Protocol>,
 }
 
 impl Rejection {
@@ -55,18 +57,21 @@ impl Rejection {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         if self.status == StatusCode::UPGRADE_REQUIRED {
-            h.insert(UPGRADE, HeaderValue::from_static("PTTH/0.9, PTTH/1.0"));
+            let list = HeaderValue::from_str(&Protocol::list(&self.accepted))
+                .expect("protocol names are valid header text");
+            h.insert(UPGRADE, list);
             h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         }
         res
     }
 }
 
-impl From<OfferError> for Rejection {
-    fn from(e: OfferError) -> Self {
+impl Rejection {
+    fn new(status: StatusCode, reason: impl Into<String>, config: &ListenerConfig) -> Self {
         Rejection {
-            status: e.status(),
-            reason: e.to_string(),
+            status,
+            reason: reason.into(),
+            accepted: config.rules.protocols.clone(),
         }
     }
 }
@@ -86,27 +91,31 @@ where
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (head, body) = req.into_parts();
-    let offer = req::check_offer(&head, &config.rules)?;
+    let offer = req::check_offer(&head, &config.rules)
+        .map_err(|e: OfferError| Rejection::new(e.status(), e.to_string(), config))?;
     let limit = config.limits.max_upgrade_body;
     let collect = Limited::new(body, limit).collect();
     let body = match tokio::time::timeout(config.limits.handshake_timeout, collect).await {
         Err(_) => {
-            return Err(Rejection {
-                status: StatusCode::REQUEST_TIMEOUT,
-                reason: "upgrade request body not received in time".into(),
-            });
+            return Err(Rejection::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upgrade request body not received in time",
+                config,
+            ));
         }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Rejection {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                reason: format!("upgrade request body larger than {limit} bytes"),
-            });
+            return Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("upgrade request body larger than {limit} bytes"),
+                config,
+            ));
         }
         Ok(Err(e)) => {
-            return Err(Rejection {
-                status: StatusCode::BAD_REQUEST,
-                reason: format!("reading the upgrade request body: {e}"),
-            });
+            return Err(Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the upgrade request body: {e}"),
+                config,
+            ));
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
@@ -169,5 +178,29 @@ impl HyperOffer {
             .await
             .map_err(Error::hyper("waiting for the switch"))?;
         reverse(TokioIo::new(upgraded), config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_426_names_only_the_accepted_protocols() {
+        let mut config = ListenerConfig::default();
+        config.rules.protocols = vec![Protocol::Ptth10];
+        let req = Request::post("/q")
+            .header("host", "r")
+            .header("upgrade", "PTTH/0.9")
+            .header("connection", "upgrade")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let Err(rej) = offer(req, &config).await else {
+            panic!("a PTTH/0.9 offer was accepted by a PTTH/1.0-only listener");
+        };
+        let res = rej.into_response();
+        assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(res.headers()[UPGRADE], "PTTH/1.0");
+        assert_eq!(res.headers()[CONNECTION], "Upgrade");
     }
 }

@@ -66,14 +66,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> PendingOffer<IO> {
     }
 
     /// Refuse with a final response and close the stream. `extra` carries fields such as
-    /// `WWW-Authenticate` or `Retry-After`.
+    /// `WWW-Authenticate` or `Retry-After`. A `426` names the protocol this offer chose.
     pub async fn refuse(
         mut self,
         status: StatusCode,
         extra: &HeaderMap,
         body: &[u8],
     ) -> Result<(), Error> {
-        let out = response::encode_refusal(status, extra, body);
+        let out = response::encode_refusal(status, &[self.offer.protocol], extra, body);
         write_flush(&mut self.io, &out, "writing a refusal").await?;
         let _ = self.io.shutdown().await;
         Ok(())
@@ -123,7 +123,8 @@ where
         Err(err) => {
             if let Some(status) = answer_for(&err) {
                 let body = response::refusal_body(&err);
-                let out = response::encode_refusal(status, &HeaderMap::new(), &body);
+                let accepted = &config.rules.protocols;
+                let out = response::encode_refusal(status, accepted, &HeaderMap::new(), &body);
                 // The peer may be gone already; its error is the one worth reporting.
                 let _ = write_flush(&mut io, &out, "writing a refusal").await;
                 let _ = io.shutdown().await;

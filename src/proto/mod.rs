@@ -39,6 +39,13 @@ impl Protocol {
     /// Both versions, in the order a listener prefers them when several are offered.
     pub const ALL: [Protocol; 2] = [Protocol::Ptth09, Protocol::Ptth10];
 
+    /// The `Upgrade` value naming `protocols` in canonical spelling, e.g. `PTTH/0.9, PTTH/1.0`:
+    /// what a `426` advertises (RFC 9110 §15.5.22).
+    pub fn list(protocols: &[Protocol]) -> String {
+        let names: Vec<&str> = protocols.iter().map(|p| p.as_str()).collect();
+        names.join(", ")
+    }
+
     /// The canonical spelling, as the dialer sends it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -144,8 +144,14 @@ pub fn encode_switching(token: &HeaderValue) -> Vec<u8> {
 /// A complete plain-text final response that refuses the upgrade, with `Connection: close`.
 ///
 /// `extra` carries fields such as `WWW-Authenticate` or `Retry-After`. A `426` gets the
-/// `Upgrade` (and so `Connection: Upgrade`) fields RFC 9110 §15.5.22 requires.
-pub fn encode_refusal(status: StatusCode, extra: &HeaderMap, body: &[u8]) -> Vec<u8> {
+/// `Upgrade` (and so `Connection: Upgrade`) fields RFC 9110 §15.5.22 requires, naming the
+/// `accepted` protocols.
+pub fn encode_refusal(
+    status: StatusCode,
+    accepted: &[Protocol],
+    extra: &HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -153,7 +159,9 @@ pub fn encode_refusal(status: StatusCode, extra: &HeaderMap, body: &[u8]) -> Vec
     out.extend_from_slice(status.canonical_reason().unwrap_or("Refused").as_bytes());
     out.extend_from_slice(b"\r\n");
     if status == StatusCode::UPGRADE_REQUIRED {
-        out.extend_from_slice(b"Upgrade: PTTH/0.9, PTTH/1.0\r\nConnection: Upgrade, close\r\n");
+        out.extend_from_slice(b"Upgrade: ");
+        out.extend_from_slice(Protocol::list(accepted).as_bytes());
+        out.extend_from_slice(b"\r\nConnection: Upgrade, close\r\n");
     } else {
         out.extend_from_slice(b"Connection: close\r\n");
     }
