@@ -433,3 +433,53 @@ async fn request_body_streams_in_while_the_response_streams_out() {
     })
     .await;
 }
+
+/// An upstream response with both Content-Length and Transfer-Encoding: framed by the chunked
+/// coding, passed on without the Content-Length (RFC 9112 §6.3), and the upstream connection is
+/// not reused.
+#[tokio::test]
+async fn upstream_response_with_content_length_and_chunked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = upstream.local_addr().unwrap();
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+        let first = tokio::spawn(async move {
+            let res = a.send(get("/x")).await.unwrap();
+            let has_length = res.headers().contains_key("content-length");
+            (has_length, body_string(res).await, a)
+        });
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            conn.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let (has_length, body, mut a) = first.await.unwrap();
+        assert!(!has_length);
+        assert_eq!(body, "hi");
+        // The next request goes out on a new upstream connection; the old one is closed.
+        let second = tokio::spawn(async move { body_string(a.send(get("/y")).await.unwrap()).await });
+        let (mut conn2, _) = upstream.accept().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest).await;
+        assert!(rest.is_empty());
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            conn2.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"GET /y HTTP/1.1\r\n"));
+        conn2.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        assert_eq!(second.await.unwrap(), "ok");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -128,3 +128,52 @@ async fn content_length_with_chunked_is_framed_by_chunked_and_closed() {
     })
     .await
 }
+
+/// An agent's response with both Content-Length and Transfer-Encoding: the relay frames it by
+/// the chunked coding, forwards it without the Content-Length (RFC 9112 §6.3, an intermediary
+/// MUST remove it), and closes that agent connection instead of parking it again.
+#[tokio::test]
+async fn agent_response_with_content_length_and_chunked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let mut agent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        agent
+            .write_all(b"POST /cte HTTP/1.1\r\nHost: relay\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            agent.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        while relay.handle.idle("cte") == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let addr = relay.addr;
+        let public = tokio::spawn(async move { raw_exchange(addr, b"GET /cte/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
+        let mut req = Vec::new();
+        while !req.ends_with(b"\r\n\r\n") {
+            agent.read_exact(&mut byte).await.unwrap();
+            req.push(byte[0]);
+        }
+        assert!(req.starts_with(b"GET /x HTTP/1.1\r\n"));
+        agent
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let out = public.await.unwrap();
+        let lower = out.to_ascii_lowercase();
+        assert_eq!(status_of(&out), 200, "{out}");
+        assert!(!lower.contains("content-length: 10"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhi") || out.ends_with("2\r\nhi\r\n0\r\n\r\n"), "{out}");
+        // The relay closes the agent connection rather than parking it again.
+        let mut rest = Vec::new();
+        let _ = agent.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+        assert_eq!(relay.handle.idle("cte"), 0);
+    })
+    .await
+}

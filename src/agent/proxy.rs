@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{AgentError, BoxError};
 use crate::proto::hop::{Keep, strip_hop_by_hop};
+use crate::proto::response::drop_length_beside_chunked;
 
 /// Response body of the proxy.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -319,6 +320,12 @@ impl ProxyConn {
             tokio::spawn(splice(client_upgrade, upstream).instrument(info_span!("upgraded")));
             // Keep Upgrade and Connection on the 101.
             return res.map(|b| b.map_err(Into::into).boxed());
+        }
+        if drop_length_beside_chunked(res.headers_mut()) {
+            // The upstream and this side may disagree about where its next response starts:
+            // finish this exchange, then dial a new connection for the next request.
+            warn!(upstream = %self.cfg.authority, "response with both Content-Length and Transfer-Encoding; not reusing the connection");
+            lock(&self.slot).sender = None;
         }
         strip_hop_by_hop(res.headers_mut(), Keep::default());
         res.map(|b| b.map_err(Into::into).boxed())

@@ -64,6 +64,9 @@ pub type ReversedConnection = Pin<Box<dyn Future<Output = Result<(), Error>> + S
 pub struct ReversedClient<B> {
     sender: http1::SendRequest<B>,
     host: HeaderValue,
+    /// Set when a response came with conflicting framing: no further request may use this
+    /// connection (see [`ReversedClient::send`]).
+    retired: bool,
 }
 
 impl<B> ReversedClient<B>
@@ -76,28 +79,40 @@ where
     ///
     /// The target is sent in origin form (path and query) and a missing `Host` is filled with
     /// [`ListenerConfig::reversed_host`]. Waits until the previous exchange is complete.
+    ///
+    /// A response with both `Transfer-Encoding` and `Content-Length` is framed by the former,
+    /// handed over without the latter, and retires the connection: every later request fails
+    /// (RFC 9112 §6.3; the dialer may disagree about where the next response starts).
     pub async fn send(&mut self, mut req: Request<B>) -> Result<Response<Incoming>, Error> {
         self.prepare(&mut req);
-        self.sender
-            .ready()
-            .await
-            .map_err(Error::hyper("reversed connection not ready"))?;
-        self.sender
+        self.ready().await?;
+        let res = self
+            .sender
             .send_request(req)
             .await
-            .map_err(Error::hyper("reversed request failed"))
+            .map_err(Error::hyper("reversed request failed"))?;
+        Ok(self.check(res))
     }
 
     /// Like [`ReversedClient::send`], but when the request could not be sent at all (the
     /// connection was already closed or busy) the error hands the request back
     /// ([`TrySendError::take_message`]), so a caller can retry it on another connection without
-    /// ever sending it twice. Call [`ReversedClient::ready`] first.
+    /// ever sending it twice. Call [`ReversedClient::ready`] first: it is what refuses a
+    /// retired connection.
     pub async fn try_send(
         &mut self,
         mut req: Request<B>,
     ) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
         self.prepare(&mut req);
-        self.sender.try_send_request(req).await
+        let res = self.sender.try_send_request(req).await?;
+        Ok(self.check(res))
+    }
+
+    fn check(&mut self, mut res: Response<Incoming>) -> Response<Incoming> {
+        if crate::proto::response::drop_length_beside_chunked(res.headers_mut()) {
+            self.retired = true;
+        }
+        res
     }
 
     /// Origin-form target and a `Host` for a reversed request.
@@ -119,23 +134,29 @@ where
 
     /// Whether a request can be sent now (the previous exchange is complete).
     pub fn is_ready(&self) -> bool {
-        self.sender.is_ready()
+        !self.retired && self.sender.is_ready()
     }
 
     /// Whether the connection is gone for good.
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.retired || self.sender.is_closed()
     }
 
     /// Wait until a request can be sent, or fail if the connection closed.
     pub async fn ready(&mut self) -> Result<(), Error> {
+        if self.retired {
+            return Err(Error::Closed {
+                phase: "reuse after a response with conflicting framing",
+            });
+        }
         self.sender
             .ready()
             .await
             .map_err(Error::hyper("reversed connection closed"))
     }
 
-    /// The underlying hyper sender, for callers that need its full API.
+    /// The underlying hyper sender, for callers that need its full API (it knows nothing of
+    /// retirement: check [`ReversedClient::is_closed`] first).
     pub fn into_sender(self) -> http1::SendRequest<B> {
         self.sender
     }
@@ -167,6 +188,7 @@ where
         ReversedClient {
             sender,
             host: config.reversed_host.clone(),
+            retired: false,
         },
         Box::pin(async move {
             conn.with_upgrades()

@@ -186,6 +186,22 @@ pub fn refusal_body(reason: &dyn std::fmt::Display) -> Bytes {
     Bytes::from(format!("{reason}\n"))
 }
 
+/// A response framed by `Transfer-Encoding` that also carries `Content-Length`: drop the
+/// `Content-Length` and return `true`.
+///
+/// RFC 9112 §6.3: the chunked coding wins, the message "ought to be handled as an error", and
+/// an intermediary that forwards it must remove the `Content-Length` first. The caller must not
+/// reuse the connection it came on: its peer and this side may disagree about where the next
+/// message starts.
+pub fn drop_length_beside_chunked(headers: &mut HeaderMap) -> bool {
+    let conflict = headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH);
+    if conflict {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    conflict
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,7 @@ use super::accept::{ConnInfo, busy, text};
 use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reservation};
 use super::route::{RouteError, route};
 use crate::proto::hop::{Keep, strip_hop_by_hop};
+use crate::proto::response::drop_length_beside_chunked;
 use crate::proto::tokens;
 
 /// Body type of responses the relay sends to public clients.
@@ -298,8 +299,14 @@ async fn exchange(
             };
         }
     };
-    let reusable = keeps_alive(&response);
     let (mut parts, body) = response.into_parts();
+    let conflicting = drop_length_beside_chunked(&mut parts.headers);
+    if conflicting {
+        tracing::info!(
+            "the agent sent Content-Length with Transfer-Encoding; its connection is closed after this response"
+        );
+    }
+    let reusable = !conflicting && keeps_alive(&parts);
     strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
     // A finished client future must not be polled again. One still running while the request
     // body is still on its way gets its own task: hyper polls this response body only while
@@ -326,9 +333,9 @@ async fn exchange(
 
 /// Whether the agent left the connection open after this response (HTTP/1.1 persistence,
 /// RFC 9112 §9.3).
-fn keeps_alive(res: &Response<Incoming>) -> bool {
-    res.version() == http::Version::HTTP_11
-        && !tokens::has_member(res.headers(), &header::CONNECTION, "close")
+fn keeps_alive(res: &http::response::Parts) -> bool {
+    res.version == http::Version::HTTP_11
+        && !tokens::has_member(&res.headers, &header::CONNECTION, "close")
 }
 
 /// A public upgrade (WebSocket and others): the agent's connection becomes a tunnel for this
