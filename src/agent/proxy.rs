@@ -193,6 +193,12 @@ impl Future for UpstreamDriver {
     }
 }
 
+/// Ceiling of hyper's read buffer on an upstream connection, and so also the largest upstream
+/// response head: 64 KiB. hyper's default (about 400 KiB) let each of the agent's upstream
+/// connections grow its buffer that far under large bodies: agent RSS 25–56 MiB after the
+/// benchmark's 10 MB echo, against 9–12 MiB with this cap (BENCHMARKS.md).
+const UPSTREAM_MAX_BUF: usize = 64 * 1024;
+
 /// Dial the upstream and start an HTTP/1.1 connection on it; the only place that knows the
 /// transport (TLS for an `https://` upstream).
 async fn connect_upstream(
@@ -206,6 +212,7 @@ async fn connect_upstream(
         Some(tls) => Box::new(crate::tls::connect(tcp, host, tls.clone()).await?),
     };
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(UPSTREAM_MAX_BUF)
         .handshake(TokioIo::new(io))
         .await?;
     Ok((sender, Box::pin(conn.with_upgrades())))
