@@ -453,12 +453,7 @@ async fn upstream_response_with_content_length_and_chunked() {
             (has_length, body_string(res).await, a)
         });
         let (mut conn, _) = upstream.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            conn.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
+        read_head(&mut conn).await;
         conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
             .await
             .unwrap();
@@ -471,12 +466,7 @@ async fn upstream_response_with_content_length_and_chunked() {
         let mut rest = Vec::new();
         let _ = conn.read_to_end(&mut rest).await;
         assert!(rest.is_empty());
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            conn2.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"GET /y HTTP/1.1\r\n"));
+        assert!(read_head(&mut conn2).await.starts_with("GET /y HTTP/1.1\r\n"));
         conn2.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
         assert_eq!(second.await.unwrap(), "ok");
         agent.shutdown().await.unwrap();

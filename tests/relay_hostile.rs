@@ -142,24 +142,13 @@ async fn agent_response_with_content_length_and_chunked() {
             .write_all(b"POST /cte HTTP/1.1\r\nHost: relay\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            agent.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101 "));
+        assert!(read_head(&mut agent).await.starts_with("HTTP/1.1 101 "));
         while relay.handle.idle("cte") == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let addr = relay.addr;
         let public = tokio::spawn(async move { raw_exchange(addr, b"GET /cte/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
-        let mut req = Vec::new();
-        while !req.ends_with(b"\r\n\r\n") {
-            agent.read_exact(&mut byte).await.unwrap();
-            req.push(byte[0]);
-        }
-        assert!(req.starts_with(b"GET /x HTTP/1.1\r\n"));
+        assert!(read_head(&mut agent).await.starts_with("GET /x HTTP/1.1\r\n"));
         agent
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
             .await
