@@ -56,9 +56,9 @@ async fn hostile_public_input() {
 async fn auth_accepts_refuses_and_blocks_takeover() {
     deadline(async {
         let mut cfg = anonymous();
-        cfg.tokens = Some(Tokens::parse("app good\nother rival\n* master\n").unwrap());
+        cfg.tokens = Some(Tokens::parse("app good\nother rival\n* master\n* master2\n").unwrap());
         let relay = start_relay(cfg).await;
-        for token in [None, Some("wrong"), Some("rival")] {
+        for token in [None, Some("wrong")] {
             let req = claim_request(relay.addr, "app", token);
             let err = connect_one(relay.addr, &req, echo_handler("x"))
                 .await
@@ -67,16 +67,98 @@ async fn auth_accepts_refuses_and_blocks_takeover() {
             assert_eq!(refusal.status, StatusCode::UNAUTHORIZED);
             assert_eq!(refusal.www_authenticate(), Some("Bearer"));
         }
+        // A valid token for another name: understood, and not enough (decisions D28).
+        let (status, body) = claim_refused(&relay, "app", "rival").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("may not claim the name \"app\""), "{body}");
         let _a = start_agent(&relay, "app", 1, Some("good"), echo_handler("a")).await;
-        // `master` may claim any name, but not one held by another token.
-        let req = claim_request(relay.addr, "app", Some("master"));
-        let err = connect_one(relay.addr, &req, echo_handler("x"))
-            .await
-            .unwrap_err();
-        assert_eq!(err.refusal().unwrap().status, StatusCode::CONFLICT);
+        // `master` may claim any name without a line of its own, but not one held by another
+        // token.
+        let _m = start_agent(&relay, "free", 1, Some("master"), echo_handler("m")).await;
+        let (status, body) = claim_refused(&relay, "free", "master2").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
         let (s, _, body) = get(relay.addr, "/app/", None).await;
         assert_eq!(s, 200);
         assert!(body.starts_with('a'));
+        let (s, _, body) = get(relay.addr, "/free/", None).await;
+        assert_eq!(s, 200);
+        assert!(body.starts_with('m'));
+    })
+    .await
+}
+
+/// Claim `name` with `token` and return the refusal's status (panics if the claim succeeds).
+async fn claim_refused(relay: &TestRelay, name: &str, token: &str) -> (StatusCode, String) {
+    let req = claim_request(relay.addr, name, Some(token));
+    let err = connect_one(relay.addr, &req, echo_handler("x"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{token} could claim {name}"));
+    let r = err.refusal().expect("a refusal, not a transport error");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+#[tokio::test]
+async fn a_name_with_its_own_line_is_never_taken_by_a_star_token() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.tokens = Some(Tokens::parse("alpha t1\n* t2\n").unwrap());
+        let relay = start_relay(cfg).await;
+        // Nobody holds alpha yet, and still the `*` token may not claim it.
+        let (status, body) = claim_refused(&relay, "alpha", "t2").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let a = start_agent(&relay, "alpha", 1, Some("t1"), echo_handler("a1")).await;
+        a.kill();
+        relay
+            .handle
+            .wait_until(|h| connections(h, "alpha") == 0)
+            .await;
+        // Its agent is gone (within the grace): still not for `*`.
+        let (status, body) = claim_refused(&relay, "alpha", "t2").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        // The owner comes back and gets its name.
+        let _a = start_agent(&relay, "alpha", 1, Some("t1"), echo_handler("a1")).await;
+        let (s, _, body) = get(relay.addr, "/alpha/", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("a1 "), "{body}");
+        // `*` still claims names that have no line of their own.
+        let _b = start_agent(&relay, "beta", 1, Some("t2"), echo_handler("b")).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_name_stays_its_tokens_through_the_grace() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.tokens = Some(Tokens::parse("* t2\n* t3\n").unwrap());
+        cfg.grace = Duration::from_secs(2);
+        cfg.reconnect_window = Duration::from_millis(100);
+        let relay = start_relay(cfg).await;
+        let a = start_agent(&relay, "beta", 1, Some("t2"), echo_handler("t2")).await;
+        a.kill();
+        relay
+            .handle
+            .wait_until(|h| connections(h, "beta") == 0)
+            .await;
+        // Within the grace another token is refused: the holder may be restarting.
+        let (status, body) = claim_refused(&relay, "beta", "t3").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        // The holder's token gets it back.
+        let a = start_agent(&relay, "beta", 1, Some("t2"), echo_handler("t2")).await;
+        let (s, _, body) = get(relay.addr, "/beta/", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("t2 "), "{body}");
+        a.kill();
+        // Once the grace has passed the name is free for anyone.
+        relay
+            .handle
+            .wait_until(|h| h.stats().iter().all(|s| s.name != "beta"))
+            .await;
+        let _b = start_agent(&relay, "beta", 1, Some("t3"), echo_handler("t3")).await;
+        let (s, _, body) = get(relay.addr, "/beta/", None).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("t3 "), "{body}");
     })
     .await
 }

@@ -203,3 +203,59 @@ async fn reconnect_storm_is_refused_quickly_without_leaks() {
     })
     .await
 }
+
+#[tokio::test]
+async fn names_are_forgotten_on_time_without_any_request() {
+    const ROUNDS: usize = 3;
+    const OFFERS: usize = 100;
+    const GRACE: Duration = Duration::from_millis(200);
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.grace = GRACE;
+        cfg.reconnect_window = GRACE / 2;
+        cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+        let relay = start_relay(cfg).await;
+        let admin = relay.handle.admin_addr().unwrap();
+        let _steady = start_agent(&relay, "steady", 1, None, echo_handler("steady")).await;
+        for round in 0..ROUNDS {
+            // One-shot offers: each agent claims its own name, parks, and goes away.
+            let mut flipped = Vec::new();
+            for i in 0..OFFERS {
+                let req = claim_request(relay.addr, &format!("oneshot-{round}-{i}"), None);
+                flipped.push(flip_one(relay.addr, &req).await.unwrap());
+            }
+            relay
+                .handle
+                .wait_until(|h| h.stats().len() == OFFERS + 1)
+                .await;
+            drop(flipped);
+            let t0 = Instant::now();
+            // No public request: the relay forgets them by itself once the grace has passed.
+            let forgotten = tokio::time::timeout(
+                Duration::from_secs(10),
+                relay.handle.wait_until(|h| h.stats().len() == 1),
+            )
+            .await;
+            assert!(
+                forgotten.is_ok(),
+                "round {round}: {} names still known",
+                relay.handle.stats().len()
+            );
+            assert!(
+                t0.elapsed() < GRACE + Duration::from_secs(3),
+                "{:?}",
+                t0.elapsed()
+            );
+            let (_, _, agents) = get(admin, "/agents", None).await;
+            assert!(!agents.contains("oneshot"), "{agents}");
+            assert!(agents.contains("\"steady\""), "{agents}");
+            let (_, _, metrics) = get(admin, "/metrics", None).await;
+            assert!(!metrics.contains("oneshot"), "{metrics}");
+            assert!(metrics.contains("name=\"steady\""), "{metrics}");
+        }
+        assert_eq!(relay.handle.agents(), 1);
+        let (s, _, body) = get(relay.addr, "/steady/x", None).await;
+        assert_eq!(s, 200, "{body}");
+    })
+    .await
+}

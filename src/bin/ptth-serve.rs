@@ -47,7 +47,8 @@ struct Args {
     #[arg(long)]
     #[serde(default)]
     trust_forwarded: bool,
-    /// How long a request waits for an idle agent connection before 503. [default: 10s]
+    /// How long a request waits for an idle connection of a busy agent before 503.
+    /// [default: 10s]
     #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     queue_timeout: Option<Duration>,
@@ -55,10 +56,16 @@ struct Args {
     #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     response_timeout: Option<Duration>,
-    /// How long a name with no agent keeps holding requests before 404. [default: 30s]
+    /// How long a name whose agent left stays known (503 offline, kept for its token) before
+    /// it is forgotten (404). [default: 30s]
     #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     grace: Option<Duration>,
+    /// How long requests for a name that lost its last connection are held for the agent to
+    /// come back, before 503 offline at once (at most --grace). [default: 5s]
+    #[arg(long, value_parser = common::parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    reconnect_window: Option<Duration>,
     /// Time for in-flight requests after SIGINT/SIGTERM. [default: 30s]
     #[arg(long, value_parser = common::parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -137,6 +144,7 @@ impl Args {
             queue_timeout: self.queue_timeout.or(file.queue_timeout),
             response_timeout: self.response_timeout.or(file.response_timeout),
             grace: self.grace.or(file.grace),
+            reconnect_window: self.reconnect_window.or(file.reconnect_window),
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
             head_timeout: self.head_timeout.or(file.head_timeout),
             tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
@@ -199,6 +207,7 @@ impl Args {
             queue_timeout: self.queue_timeout.unwrap_or(d.queue_timeout),
             response_timeout: self.response_timeout.unwrap_or(d.response_timeout),
             grace: self.grace.unwrap_or(d.grace),
+            reconnect_window: self.reconnect_window.unwrap_or(d.reconnect_window),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             head_timeout: self.head_timeout.unwrap_or(d.head_timeout),
             tcp_keepalive: self.tcp_keepalive.unwrap_or(d.tcp_keepalive),

@@ -212,15 +212,22 @@ async fn claim<S: AgentStream>(
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| auth::bearer(v.as_bytes()));
-            match presented.and_then(|t| tokens.authorize(&name, t)) {
-                Some(secret) => Some(secret),
-                None => {
+            let checked = presented.map_or(Err(auth::AuthError::Invalid), |t| {
+                tokens.authorize(&name, t)
+            });
+            match checked {
+                Ok(secret) => Some(secret),
+                Err(e @ auth::AuthError::Invalid) => {
                     tracing::info!(%peer, %name, "agent refused: missing or wrong token");
-                    let mut res =
-                        text(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                    let mut res = text(StatusCode::UNAUTHORIZED, e.to_string());
                     res.headers_mut()
                         .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                     return res;
+                }
+                Err(e @ auth::AuthError::WrongName(_)) => {
+                    // RFC 9110 §15.5.4: the credentials are understood, and not enough.
+                    tracing::info!(%peer, %name, "agent refused: {e}");
+                    return text(StatusCode::FORBIDDEN, e.to_string());
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! Agent authentication: the token file and bearer-token checks.
 //!
 //! File format, one entry a line: `NAME TOKEN` lets TOKEN claim NAME, `* TOKEN` lets it claim any
-//! name. `#` starts a comment; blank lines are ignored. Tokens are compared in constant time and
-//! never printed ([`Secret`]'s `Debug` masks them).
+//! name that has no line of its own (a name with its own line is only for the tokens on its
+//! lines). `#` starts a comment; blank lines are ignored. Tokens are compared in constant time
+//! and never printed ([`Secret`]'s `Debug` masks them).
 
 use std::path::Path;
 
@@ -37,8 +38,20 @@ impl std::fmt::Debug for Secret {
 pub enum Scope {
     /// Exactly this name.
     Name(String),
-    /// Any name (`*`).
+    /// Any name without a line of its own (`*`).
     Any,
+}
+
+/// Why a claim's token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token, or one that is on no line of the file (`401`).
+    #[error("a valid bearer token is required")]
+    Invalid,
+    /// The token is valid, but not for this name (`403`): a `NAME TOKEN` line for another
+    /// name, or a `*` token for a name with its own line.
+    #[error("this token may not claim the name {0:?}")]
+    WrongName(String),
 }
 
 /// The parsed token file.
@@ -101,20 +114,31 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// The secret that authorises `presented` for `name`, if any. Every entry is compared, so
-    /// timing does not reveal which one matched.
-    pub fn authorize(&self, name: &str, presented: &[u8]) -> Option<Secret> {
+    /// The secret that authorises `presented` for `name`. Every entry is compared, so timing
+    /// does not reveal which one matched.
+    pub fn authorize(&self, name: &str, presented: &[u8]) -> Result<Secret, AuthError> {
+        let dedicated = self
+            .entries
+            .iter()
+            .any(|(scope, _)| matches!(scope, Scope::Name(n) if n == name));
         let mut found = None;
+        let mut valid = false;
         for (scope, secret) in &self.entries {
             let in_scope = match scope {
-                Scope::Any => true,
+                Scope::Any => !dedicated,
                 Scope::Name(n) => n == name,
             };
-            if secret.matches(presented) && in_scope && found.is_none() {
+            let matched = secret.matches(presented);
+            valid |= matched;
+            if matched && in_scope && found.is_none() {
                 found = Some(secret.clone());
             }
         }
-        found
+        match found {
+            Some(secret) => Ok(secret),
+            None if valid => Err(AuthError::WrongName(name.to_string())),
+            None => Err(AuthError::Invalid),
+        }
     }
 }
 
@@ -134,10 +158,17 @@ mod tests {
     #[test]
     fn parses_and_authorizes() {
         let t = Tokens::parse("# comment\n\napp s3cret\n* master # any\n").unwrap();
-        assert!(t.authorize("app", b"s3cret").is_some());
-        assert!(t.authorize("other", b"s3cret").is_none());
-        assert!(t.authorize("other", b"master").is_some());
-        assert!(t.authorize("app", b"wrong").is_none());
+        assert!(t.authorize("app", b"s3cret").is_ok());
+        let wrong_name = Err(AuthError::WrongName("other".into()));
+        assert_eq!(t.authorize("other", b"s3cret"), wrong_name);
+        assert!(t.authorize("other", b"master").is_ok());
+        assert_eq!(t.authorize("app", b"wrong"), Err(AuthError::Invalid));
+        // `app` has its own line: `*` does not reach it.
+        let app = Err(AuthError::WrongName("app".into()));
+        assert_eq!(t.authorize("app", b"master"), app);
+        // Two lines for one name: either token.
+        let t = Tokens::parse("app one\napp two\n").unwrap();
+        assert!(t.authorize("app", b"one").is_ok() && t.authorize("app", b"two").is_ok());
         assert!(Tokens::parse("app").is_err());
         assert!(Tokens::parse("Bad_Name tok").is_err());
     }

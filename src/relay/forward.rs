@@ -2,9 +2,9 @@
 //!
 //! The request is rewritten (target, hop-by-hop fields, forwarding fields), sent over a leased
 //! connection, and the response streams back frame by frame; the connection is parked again
-//! when the response body has ended. Failures map to 404 (no such agent), 503 (no idle
-//! connection in time), 502 (agent gone) and 504 (no response head in time). A request is
-//! retried on another connection only when hyper hands it back unsent.
+//! when the response body has ended. Failures map to 404 (no such agent), 503 (the agent is
+//! offline, or no idle connection in time), 502 (agent gone) and 504 (no response head in
+//! time). A request is retried on another connection only when hyper hands it back unsent.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -187,6 +187,15 @@ async fn forward_inner(
                 return text(
                     StatusCode::NOT_FOUND,
                     format!("no agent is connected for the name {:?}", route.name),
+                );
+            }
+            Err(CheckoutError::Offline) => {
+                return busy(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the agent for {:?} is offline: it has no connection to the relay (it may be restarting)",
+                        route.name
+                    ),
                 );
             }
             Err(CheckoutError::QueueFull) => {

@@ -35,19 +35,30 @@ use admin::Metrics;
 use auth::Tokens;
 use registry::{PoolLimits, Registry};
 
-pub use registry::{NameStats, ReserveError};
+pub use registry::{NameState, NameStats, ReserveError};
 
 /// Default `--domain`: `http://NAME.localhost:8080/` works in browsers with no DNS set-up.
 pub const DEFAULT_DOMAIN: &str = "localhost";
-/// Default `--queue-timeout`: how long a public request waits for an idle connection: 10 s,
-/// long enough to ride out an agent reconnecting, short enough for a browser to still be there.
+/// Default `--queue-timeout`: how long a public request waits for an idle connection of a name
+/// whose agent is connected but busy: 10 s, long enough to ride out a burst, short enough for
+/// a browser to still be there.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--response-timeout`: from the end of the request body to the response head: 60 s
 /// (nginx's `proxy_read_timeout`).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `--grace`: a name with no agent keeps holding requests this long before it is
-/// reported unknown (404): 30 s, enough for an agent restart.
+/// Default `--grace`: a name whose agent left stays known (`503` offline, not `404`) and keeps
+/// belonging to its token this long: 30 s, enough for an agent restart or a short network
+/// outage. Past it the relay forgets the name by itself.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default `--reconnect-window`: once a name has no connection, public requests are held this
+/// long for an agent to come back, then answered `503` (offline) at once until the grace ends:
+/// 5 s. A restarted agent dials as soon as it starts (well under a second after a crash under
+/// a supervisor), and an agent that lost its connection retries with its backoff (250 ms
+/// doubling: four tries within about 4 s), so a restart is served without an error. A longer
+/// hold makes every visitor of a name that is really down wait; the window counts from when
+/// the last connection left, so no request waits longer. Shorter than `--queue-timeout`
+/// (10 s), which is for a name whose agent is there but busy; capped by `--grace` (30 s).
+pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Default `--drain-timeout`: 30 s for in-flight requests and open upgrade tunnels after
 /// SIGINT/SIGTERM; whatever is still open then is cut.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,6 +96,8 @@ pub struct Config {
     pub response_timeout: Duration,
     /// Default [`DEFAULT_GRACE`].
     pub grace: Duration,
+    /// Default [`DEFAULT_RECONNECT_WINDOW`]; a value past `grace` acts as `grace`.
+    pub reconnect_window: Duration,
     /// Default [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
     /// Default [`DEFAULT_MAX_AGENTS`].
@@ -157,6 +170,7 @@ impl Default for Config {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             grace: DEFAULT_GRACE,
+            reconnect_window: DEFAULT_RECONNECT_WINDOW,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_agents: DEFAULT_MAX_AGENTS,
             max_per_name: DEFAULT_MAX_PER_NAME,
@@ -290,6 +304,7 @@ impl Relay {
             max_per_ip: config.max_per_ip,
             max_waiters_per_name: config.max_waiting,
             grace: config.grace,
+            reconnect_window: config.reconnect_window,
         });
         Ok(Relay {
             listeners,
@@ -336,6 +351,11 @@ impl Relay {
         if let Some(a) = self.admin {
             tokio::spawn(admin::serve(a, self.shared.clone(), soft.clone()));
         }
+        // Names expire during the drain too; the sweeper stops when `run` ends, however it
+        // ends (the guard cancels on drop).
+        let sweeper = self.shared.hard.child_token();
+        let _stop_sweeper = sweeper.clone().drop_guard();
+        tokio::spawn(self.shared.registry.clone().sweep(sweeper));
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         soft.cancel();

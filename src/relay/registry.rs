@@ -10,21 +10,31 @@
 //! per parked connection waits for the stream to become readable; an agent that closes (or
 //! sends anything unasked) is dropped at once. A public request takes the stream with
 //! `Registry::checkout`, runs one exchange on it and gives it back with `Registry::park`.
+//!
+//! A name whose last connection left goes through timed states (`Phase`): *reconnecting*
+//! for the reconnect window (requests are held, an agent that comes back serves them),
+//! *offline* until the grace ends (503 at once; the name still belongs to its token), then it
+//! is forgotten. One sweeper task per relay (`Registry::sweep`) makes these changes on time,
+//! from a queue ordered by deadline: nothing waits for a request to arrive, and no task or
+//! timer exists per name.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Secret;
 
@@ -63,6 +73,15 @@ pub(crate) struct PoolLimits {
     pub max_per_ip: usize,
     pub max_waiters_per_name: usize,
     pub grace: Duration,
+    pub reconnect_window: Duration,
+}
+
+impl PoolLimits {
+    /// How long a name without connections holds requests: the reconnect window, but never
+    /// past the grace.
+    fn window(&self) -> Duration {
+        self.reconnect_window.min(self.grace)
+    }
 }
 
 /// Where a parked connection waits; its watcher and a checkout race to take it.
@@ -89,9 +108,48 @@ struct SlotState {
     conns: HashMap<u64, SocketAddr>,
     idle: VecDeque<Parked>,
     waiters: VecDeque<oneshot::Sender<AgentConn>>,
-    /// The token that holds the name while any of its connections is alive.
+    /// The token that holds the name: while any of its connections is alive, and through the
+    /// grace after the last one left.
     owner: Option<Secret>,
+    /// When the last connection left; `None` while one is alive (and for a slot being
+    /// created).
     empty_since: Option<Instant>,
+    /// The deadline of this slot's live entry in the sweeper's queue, if it has one. Other
+    /// entries for the slot are stale and skipped.
+    queued: Option<Instant>,
+}
+
+/// Where a name stands, from its connections and the time since the last one left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// At least one connection is alive.
+    Connected,
+    /// No connection, until the given end of the reconnect window: requests are held.
+    Reconnecting(Instant),
+    /// No connection past the window, until the given end of the grace: 503 at once.
+    Offline(Instant),
+    /// The grace has passed (or the slot has never had a connection): forget it.
+    Gone,
+}
+
+impl SlotState {
+    fn phase(&self, limits: &PoolLimits, now: Instant) -> Phase {
+        if !self.conns.is_empty() {
+            return Phase::Connected;
+        }
+        let Some(since) = self.empty_since else {
+            return Phase::Gone;
+        };
+        let window_end = since + limits.window();
+        let grace_end = since + limits.grace;
+        if now < window_end {
+            Phase::Reconnecting(window_end)
+        } else if now < grace_end {
+            Phase::Offline(grace_end)
+        } else {
+            Phase::Gone
+        }
+    }
 }
 
 /// One agent name.
@@ -119,8 +177,10 @@ pub enum ReserveError {
     /// This name holds its maximum.
     #[error("this name has reached its limit of {0} agent connections")]
     PerName(usize),
-    /// Another token holds the name.
-    #[error("the name is held by another agent")]
+    /// Another token holds the name: its agent is connected, or left less than the grace ago.
+    #[error(
+        "the name is held by another token (its agent is connected or left less than the grace period ago)"
+    )]
     Taken,
 }
 
@@ -129,10 +189,26 @@ pub enum ReserveError {
 pub(crate) enum CheckoutError {
     /// No agent holds the name (and none did within the grace period).
     Unknown,
+    /// The name has had no connection for longer than the reconnect window (or lost its last
+    /// one while the request waited, and none came back within the window).
+    Offline,
     /// Too many requests are already waiting for this name.
     QueueFull,
-    /// No connection became idle before the deadline.
+    /// The name has connections, but none became idle before the deadline.
     Timeout,
+}
+
+/// What `/agents` says about a name's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NameState {
+    /// At least one agent connection is alive (idle or busy).
+    Connected,
+    /// No connection, for less than the reconnect window: requests are held.
+    Reconnecting,
+    /// No connection for longer than the reconnect window: requests get 503 at once until the
+    /// grace ends.
+    Offline,
 }
 
 /// What `/agents` shows for one name.
@@ -150,6 +226,31 @@ pub struct NameStats {
     pub waiting: usize,
     /// Distinct agent addresses.
     pub peers: Vec<String>,
+    /// Connected, reconnecting or offline.
+    pub state: NameState,
+}
+
+/// An entry in the sweeper's queue: look at `slot` again at `at`.
+struct Expiry {
+    at: Instant,
+    slot: Arc<Slot>,
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Expiry {}
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.at.cmp(&other.at)
+    }
 }
 
 /// Names, connections and limits.
@@ -161,6 +262,14 @@ pub(crate) struct Registry {
     limits: PoolLimits,
     /// Bumped on every pool change, so tests and admin can wait for a state.
     changed: watch::Sender<u64>,
+    /// When names without connections next change phase, earliest first (a min-heap). Each
+    /// slot has at most one live entry (`SlotState::queued`); a stale one is left behind only
+    /// when a slot needs an earlier look than it had queued, which takes a reconnect after at
+    /// least a reconnect window offline, so there are at most about grace / window of them per
+    /// name, each gone by its deadline.
+    expiries: Mutex<BinaryHeap<Reverse<Expiry>>>,
+    /// Wakes the sweeper when an entry earlier than all others is queued.
+    expiry_added: Notify,
 }
 
 impl Registry {
@@ -172,7 +281,13 @@ impl Registry {
             next_id: AtomicU64::new(1),
             limits,
             changed: watch::Sender::new(0),
+            expiries: Mutex::default(),
+            expiry_added: Notify::new(),
         })
+    }
+
+    fn expiries(&self) -> MutexGuard<'_, BinaryHeap<Reverse<Expiry>>> {
+        self.expiries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn names(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -230,7 +345,8 @@ impl Registry {
             .clone();
         let refused = {
             let mut st = slot.lock();
-            if !st.conns.is_empty() && st.owner != owner {
+            let phase = st.phase(l, Instant::now());
+            let refused = if phase != Phase::Gone && st.owner != owner {
                 Some(ReserveError::Taken)
             } else if st.conns.len() >= l.max_per_name {
                 Some(ReserveError::PerName(l.max_per_name))
@@ -239,7 +355,14 @@ impl Registry {
                 st.owner = owner;
                 st.empty_since = None;
                 None
+            };
+            // A slot created for a refused claim has never had a connection: nothing would
+            // ever expire it.
+            if refused.is_some() && st.conns.is_empty() && st.empty_since.is_none() {
+                drop(st);
+                names.remove(name);
             }
+            refused
         };
         drop(names);
         if let Some(e) = refused {
@@ -270,7 +393,7 @@ impl Registry {
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         name: &str,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
     ) -> Result<AgentConn, CheckoutError> {
         let slot = self
             .names()
@@ -293,15 +416,17 @@ impl Registry {
                 self.bump();
                 return Ok(conn);
             }
-            let gone = st.conns.is_empty()
-                && st
-                    .empty_since
-                    .is_none_or(|t| t.elapsed() >= self.limits.grace);
-            if gone {
+            // Connected or reconnecting: wait. The sweeper lets go of the waiters when the
+            // reconnect window ends without a connection; forgetting a name is its job too.
+            let refused = match st.phase(&self.limits, Instant::now()) {
+                Phase::Connected | Phase::Reconnecting(_) => None,
+                Phase::Offline(_) => Some(CheckoutError::Offline),
+                Phase::Gone => Some(CheckoutError::Unknown),
+            };
+            if let Some(e) = refused {
                 drop(st);
                 drop(dead);
-                self.collect(name);
-                return Err(CheckoutError::Unknown);
+                return Err(e);
             }
             if st.waiters.len() >= self.limits.max_waiters_per_name {
                 st.waiters.retain(|w| !w.is_closed());
@@ -317,28 +442,126 @@ impl Registry {
         };
         drop(dead);
         self.bump();
+        // Not served: the name is offline if it has no connection now (the sweeper dropped
+        // the waiters at the end of the reconnect window, or the deadline came first), busy
+        // otherwise.
+        let unserved = || {
+            if slot.lock().conns.is_empty() {
+                CheckoutError::Offline
+            } else {
+                CheckoutError::Timeout
+            }
+        };
         let got = match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(_)) => Err(CheckoutError::Timeout),
+            Ok(Err(_)) => Err(unserved()),
             Err(_) => {
                 // A connection handed over just as the deadline passed must not be lost.
                 rx.close();
-                rx.try_recv().map_err(|_| CheckoutError::Timeout)
+                rx.try_recv().map_err(|_| unserved())
             }
         };
         self.bump();
         got
     }
 
-    /// Forget `name` if it has had no agent for the grace period.
-    fn collect(&self, name: &str) {
+    /// Queue a look at `slot` at `at`, unless one at or before `at` is queued already.
+    fn schedule(&self, slot: &Arc<Slot>, st: &mut SlotState, at: Instant) {
+        if st.queued.is_some_and(|q| q <= at) {
+            return;
+        }
+        st.queued = Some(at);
+        let earliest = {
+            let mut q = self.expiries();
+            let earliest = q.peek().is_none_or(|e| at < e.0.at);
+            q.push(Reverse(Expiry {
+                at,
+                slot: slot.clone(),
+            }));
+            earliest
+        };
+        if earliest {
+            // `notify_one` keeps the wakeup if the sweeper is not waiting yet.
+            self.expiry_added.notify_one();
+        }
+    }
+
+    /// Move names without connections through their phases on time, until `stop`: the
+    /// relay's one timer for every name.
+    pub(crate) async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let next = self.expiries().peek().map(|e| e.0.at);
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.expiry_added.notified() => continue,
+                () = due => {}
+            }
+            self.expire_due(Instant::now());
+        }
+    }
+
+    /// Handle every queued entry due at `now`.
+    fn expire_due(&self, now: Instant) {
+        let mut changed = false;
+        loop {
+            let entry = {
+                let mut q = self.expiries();
+                match q.peek() {
+                    Some(e) if e.0.at <= now => q.pop().map(|e| e.0),
+                    _ => None,
+                }
+            };
+            let Some(entry) = entry else { break };
+            changed |= self.expire(entry, now);
+        }
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// One entry of the sweeper's queue: end the reconnect window (the held requests are let
+    /// go and answered "offline"), or forget the name at the end of its grace. Whether
+    /// anything changed.
+    fn expire(&self, Expiry { at, slot }: Expiry, now: Instant) -> bool {
+        let gone = {
+            let mut st = slot.lock();
+            if st.queued != Some(at) {
+                return false;
+            }
+            st.queued = None;
+            match st.phase(&self.limits, now) {
+                Phase::Connected => return false,
+                Phase::Reconnecting(end) => {
+                    self.schedule(&slot, &mut st, end);
+                    return false;
+                }
+                Phase::Offline(end) => {
+                    // Dropping a waiter's sender wakes its request, which answers offline.
+                    st.waiters.clear();
+                    self.schedule(&slot, &mut st, end);
+                    false
+                }
+                Phase::Gone => true,
+            }
+        };
+        if gone {
+            self.collect(&slot, now);
+        }
+        true
+    }
+
+    /// Forget `slot` if its grace is over (and it is still the slot of its name).
+    fn collect(&self, slot: &Arc<Slot>, now: Instant) {
         let mut names = self.names();
-        let empty = names.get(name).is_some_and(|slot| {
-            let st = slot.lock();
-            st.conns.is_empty() && st.waiters.iter().all(|w| w.is_closed())
-        });
-        if empty {
-            names.remove(name);
+        let ours = names.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if ours && slot.lock().phase(&self.limits, now) == Phase::Gone {
+            names.remove(&slot.name);
         }
     }
 
@@ -395,6 +618,7 @@ impl Registry {
     /// Per-name numbers for admin and tests.
     pub(crate) fn stats(&self) -> Vec<NameStats> {
         let slots: Vec<Arc<Slot>> = self.names().values().cloned().collect();
+        let now = Instant::now();
         let mut out: Vec<NameStats> = slots
             .iter()
             .map(|slot| {
@@ -403,6 +627,12 @@ impl Registry {
                     st.conns.values().map(|a| a.ip().to_string()).collect();
                 peers.sort();
                 peers.dedup();
+                let state = match st.phase(&self.limits, now) {
+                    Phase::Connected => NameState::Connected,
+                    Phase::Reconnecting(_) => NameState::Reconnecting,
+                    // A name past its grace is only shown until the sweeper gets to it.
+                    Phase::Offline(_) | Phase::Gone => NameState::Offline,
+                };
                 NameStats {
                     name: slot.name.clone(),
                     connections: st.conns.len(),
@@ -410,6 +640,7 @@ impl Registry {
                     busy: st.conns.len().saturating_sub(st.idle.len()),
                     waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
                     peers,
+                    state,
                 }
             })
             .collect();
@@ -445,8 +676,13 @@ impl Drop for Reservation {
             st.conns.remove(&self.id);
             st.idle.retain(|p| p.id != self.id);
             if st.conns.is_empty() {
-                st.owner = None;
-                st.empty_since = Some(Instant::now());
+                // The owner keeps the name through the grace; the sweeper takes it from here.
+                // Its first look is at the end of the window, even when that is now: the
+                // requests waiting for a connection are let go then.
+                let now = Instant::now();
+                st.empty_since = Some(now);
+                let end = now + self.registry.limits.window();
+                self.registry.schedule(&self.slot, &mut st, end);
             }
         }
         self.registry.release_ip(self.ip);
@@ -477,5 +713,106 @@ async fn watch_parked(registry: Arc<Registry>, slot: Arc<Slot>, id: u64, cell: C
         slot.lock().idle.retain(|p| p.id != id);
         drop(dead);
         registry.bump();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
+    const WINDOW: Duration = Duration::from_secs(5);
+
+    fn registry(max_per_name: usize) -> Arc<Registry> {
+        Registry::new(PoolLimits {
+            max_agents: usize::MAX,
+            max_per_name,
+            max_per_ip: usize::MAX,
+            max_waiters_per_name: 16,
+            grace: GRACE,
+            reconnect_window: WINDOW,
+        })
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    /// The sweeper's queue holds about one entry per name without connections, however often
+    /// agents come and go, and is empty once their grace has passed.
+    #[tokio::test(start_paused = true)]
+    async fn expiry_queue_stays_bounded() {
+        let r = registry(16);
+        // A name whose agent reconnects at once, over and over: one entry.
+        for _ in 0..100 {
+            drop(r.reserve("flap", None, peer()).unwrap());
+        }
+        assert_eq!(r.expiries().len(), 1);
+        // Reconnecting each time after the window: a stale entry per cycle, each gone by its
+        // deadline, so never more than about grace / window.
+        for _ in 0..100 {
+            tokio::time::advance(WINDOW + Duration::from_secs(1)).await;
+            r.expire_due(Instant::now());
+            drop(r.reserve("flap", None, peer()).unwrap());
+        }
+        let bound = (GRACE.as_secs() / WINDOW.as_secs()) as usize + 2;
+        assert!(r.expiries().len() <= bound, "{}", r.expiries().len());
+        // One-shot names: all forgotten after the grace, nothing left behind.
+        for i in 0..1000 {
+            drop(r.reserve(&format!("n{i}"), None, peer()).unwrap());
+        }
+        assert_eq!(r.stats().len(), 1001);
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        r.expire_due(Instant::now());
+        assert_eq!(r.stats().len(), 0);
+        assert_eq!(r.expiries().len(), 0);
+        assert_eq!(r.total(), 0);
+    }
+
+    /// A refused claim on a new name leaves no name behind (nothing would expire it).
+    #[tokio::test]
+    async fn a_refused_claim_leaves_no_name() {
+        let r = registry(0);
+        assert_eq!(
+            r.reserve("app", None, peer()).err(),
+            Some(ReserveError::PerName(0))
+        );
+        assert!(r.stats().is_empty());
+        assert_eq!(r.expiries().len(), 0);
+    }
+
+    /// The phases of a name after its last connection left, and who may claim it.
+    #[tokio::test(start_paused = true)]
+    async fn phases_and_the_owner_after_the_last_connection_left() {
+        let r = registry(16);
+        let (t1, t2) = (Secret::new("t1"), Secret::new("t2"));
+        drop(r.reserve("app", Some(t1.clone()), peer()).unwrap());
+        let state = |r: &Registry| r.stats()[0].state;
+        assert_eq!(state(&r), NameState::Reconnecting);
+        assert_eq!(
+            r.reserve("app", Some(t2.clone()), peer()).err(),
+            Some(ReserveError::Taken)
+        );
+        tokio::time::advance(WINDOW).await;
+        r.expire_due(Instant::now());
+        assert_eq!(state(&r), NameState::Offline);
+        let far = Instant::now() + GRACE;
+        assert_eq!(
+            r.checkout("app", far).await.err(),
+            Some(CheckoutError::Offline)
+        );
+        assert_eq!(
+            r.reserve("app", Some(t2.clone()), peer()).err(),
+            Some(ReserveError::Taken)
+        );
+        tokio::time::advance(GRACE - WINDOW).await;
+        r.expire_due(Instant::now());
+        assert!(r.stats().is_empty());
+        assert_eq!(
+            r.checkout("app", far).await.err(),
+            Some(CheckoutError::Unknown)
+        );
+        // Past the grace the name is free for another token.
+        assert!(r.reserve("app", Some(t2), peer()).is_ok());
     }
 }

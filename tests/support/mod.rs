@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use ptth::relay::{Config, Relay, RelayHandle};
+use ptth::relay::{Config, NameState, Relay, RelayHandle};
 use ptth::{Limits, UpgradeRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -279,6 +279,15 @@ pub fn connections(handle: &RelayHandle, name: &str) -> usize {
         .iter()
         .find(|s| s.name == name)
         .map_or(0, |s| s.connections)
+}
+
+/// Where `name` stands (`None` once the relay has forgotten it).
+pub fn state(handle: &RelayHandle, name: &str) -> Option<NameState> {
+    handle
+        .stats()
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.state)
 }
 
 /// Handshake one agent connection and hand back the flipped stream unserved, so a test can
