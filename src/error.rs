@@ -101,9 +101,13 @@ pub enum OfferError {
     /// `Upgrade` is there but `Connection` lacks `upgrade` (RFC 9110 §7.8, draft §3.2).
     #[error("Connection does not list upgrade")]
     NoConnectionUpgrade,
-    /// An HTTP/1.1 request with no `Host`, or several (RFC 9112 §3.2).
-    #[error("missing or repeated Host")]
-    BadHost,
+    /// The body framing cannot be trusted (RFC 9112 §6.1, §6.3): an offer framed ambiguously is
+    /// never switched (protocol-notes §10 #13).
+    #[error("upgrade request framing: {0}")]
+    Framing(#[source] HeadError),
+    /// No `Host` on an HTTP/1.1 request, several, or an invalid one (RFC 9112 §3.2).
+    #[error("upgrade request Host: {0}")]
+    BadHost(#[source] HostError),
     /// The method is not one the listener accepts for an upgrade.
     #[error("method not accepted for an upgrade")]
     Method,
@@ -120,9 +124,35 @@ impl OfferError {
                 StatusCode::UPGRADE_REQUIRED
             }
             OfferError::Method => StatusCode::METHOD_NOT_ALLOWED,
-            OfferError::BadHost | OfferError::EarlyData => StatusCode::BAD_REQUEST,
+            OfferError::Framing(e) => e.status(),
+            OfferError::BadHost(_) | OfferError::EarlyData => StatusCode::BAD_REQUEST,
         }
     }
+
+    /// Whether the connection must be closed after the refusal: after a framing error the end
+    /// of the request is unknown (RFC 9112 §6.3), and a bad `Host` is a malformed request
+    /// another hop may have read differently. Other refusals leave the connection usable.
+    pub fn must_close(&self) -> bool {
+        matches!(
+            self,
+            OfferError::Framing(_) | OfferError::BadHost(_) | OfferError::EarlyData
+        )
+    }
+}
+
+/// A request whose `Host` breaks RFC 9112 §3.2: a server answers `400`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// More than one `Host` field line.
+    #[error("more than one Host field")]
+    Repeated,
+    /// An HTTP/1.1 request without `Host`.
+    #[error("an HTTP/1.1 request needs a Host field")]
+    Missing,
+    /// A `Host` value that is not `host[:port]`.
+    #[error("invalid Host value")]
+    Invalid,
 }
 
 /// A `101 Switching Protocols` the dialer must reject (RFC 9110 §7.8, §15.2.2).

@@ -30,7 +30,7 @@ use crate::limits::Limits;
 use crate::listener::{self, ListenerConfig, raw};
 use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self, OfferRules, UpgradeRequest};
-use crate::proto::{Protocol, response, tokens};
+use crate::proto::{Protocol, path, response, tokens};
 
 /// Separates the segments of a stream target's input; reads never cross it.
 pub const SPLIT: &[u8] = b"~~~~";
@@ -348,8 +348,9 @@ pub fn listener_stream(data: &[u8]) {
 /// The relay's routing of a public request (Host and path to an agent name) and of a claim.
 ///
 /// Input: the `Host` value, a newline, the request target, a newline, the domain. Checks that
-/// a routed name is a valid DNS label, that the forwarded path is origin-form, and that the
-/// name and path can be put back into the request the agent receives.
+/// a routed name is a valid DNS label, that the forwarded path is origin-form with no dot
+/// segment left, that the name and path can be put back into the request the agent receives,
+/// and that dot-segment removal ([`path::normalize`]) is idempotent.
 pub fn relay_route(data: &[u8]) {
     use crate::relay::route;
     let text = String::from_utf8_lossy(data);
@@ -371,7 +372,32 @@ pub fn relay_route(data: &[u8]) {
         if let Some(prefix) = &r.prefix {
             assert_eq!(prefix, &format!("/{}", r.name));
         }
+        // No dot segment is forwarded: the path is already normal, even under a prefix.
+        if r.path.starts_with('/') {
+            assert!(
+                matches!(
+                    path::normalize(&r.path, path::AboveRoot::Refuse),
+                    Ok(std::borrow::Cow::Borrowed(_))
+                ),
+                "forwarded path has dot segments: {:?}",
+                r.path
+            );
+        }
         let _ = r.path.parse::<http::Uri>();
+    }
+    if target.starts_with('/') {
+        let p = target;
+        // Normalising twice changes nothing; refusing in `Stay` mode implies refusing in both.
+        match path::normalize(p, path::AboveRoot::Stay) {
+            Ok(once) => assert!(
+                matches!(
+                    path::normalize(&once, path::AboveRoot::Refuse),
+                    Ok(std::borrow::Cow::Borrowed(_))
+                ),
+                "normalising {p:?} twice changed {once:?}"
+            ),
+            Err(e) => assert_eq!(path::normalize(p, path::AboveRoot::Refuse), Err(e)),
+        }
     }
     if let Ok(name) = route::claim(host, target, domain) {
         assert!(route::validate_name(&name).is_ok());

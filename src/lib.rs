@@ -50,7 +50,7 @@ pub mod relay;
 pub mod timer;
 pub mod tls;
 
-pub use error::{BodyError, Error, HeadError, OfferError, Refusal, SwitchError};
+pub use error::{BodyError, Error, HeadError, HostError, OfferError, Refusal, SwitchError};
 pub use limits::Limits;
 pub use proto::Protocol;
 pub use proto::request::UpgradeRequest;

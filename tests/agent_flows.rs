@@ -473,3 +473,46 @@ async fn upstream_response_with_content_length_and_chunked() {
     })
     .await;
 }
+
+/// Issue 11 item 1, the agent's half: whatever path a relay sends (this one is not ours and
+/// does not normalise), nothing climbs above the `--to` prefix at the upstream.
+#[tokio::test]
+async fn reversed_paths_never_climb_above_the_upstream_prefix() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let (up, mut arrivals, _release) = spawn_upstream().await;
+        let agent = spawn_proxy_agent_to(builder(addr, "demo"), &format!("http://{up}/sub"));
+        let (_, mut client) = accept_parked(&relay).await;
+        for (target, seen) in [
+            ("/index.txt", Some("/sub/index.txt")),
+            ("/../index.txt", Some("/sub/index.txt")),
+            ("/../../../etc/passwd", Some("/sub/etc/passwd")),
+            ("/%2e%2e/%2E%2E/etc/passwd", Some("/sub/etc/passwd")),
+            ("/a/.%2E/../x?q=/../y", Some("/sub/x")),
+            ("/./x/.", Some("/sub/x/")),
+            ("/..%2f..%2fetc/passwd", None),
+            ("/a/%2e%2e%5C%2e%2e%5Cetc", None),
+            ("/..;/x", None),
+        ] {
+            let res = client.send(get(target)).await.unwrap();
+            let status = res.status();
+            let body = body_string(res).await;
+            match seen {
+                Some(path) => {
+                    assert_eq!(status, StatusCode::OK, "{target}: {body}");
+                    assert_eq!(arrivals.recv().await.unwrap(), path, "{target}");
+                }
+                None => {
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{target}: {body}");
+                    assert!(
+                        arrivals.try_recv().is_err(),
+                        "{target} reached the upstream"
+                    );
+                }
+            }
+        }
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -341,7 +341,7 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
-            check: |r| matches!(r, Err(Error::Head(HeadError::Invalid(_)))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::Invalid(_))))),
         },
         Case {
             name: "13b smuggling two different Content-Length -> 400",
@@ -349,7 +349,7 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
-            check: |r| matches!(r, Err(Error::Head(HeadError::Invalid(_)))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::Invalid(_))))),
         },
         Case {
             name: "13c Transfer-Encoding: gzip (chunked not last) -> 400",
@@ -357,7 +357,7 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
-            check: |r| matches!(r, Err(Error::Head(HeadError::Invalid(_)))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::Invalid(_))))),
         },
         Case {
             name: "13d Transfer-Encoding: gzip, chunked -> 501, no 101",
@@ -365,7 +365,7 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 501 Not Implemented", &["Connection: close"]),
-            check: |r| matches!(r, Err(Error::Head(HeadError::UnsupportedCoding))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::UnsupportedCoding)))),
         },
         Case {
             name: "13e Content-Length: -1 -> 400",
@@ -373,7 +373,15 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &[]),
-            check: |r| matches!(r, Err(Error::Head(HeadError::Invalid(_)))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::Invalid(_))))),
+        },
+        Case {
+            name: "13f smuggling TE before CL -> 400",
+            input: b("POST /q HTTP/1.1\r\nHost: r\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+            config: strict(),
+            decide: Decide::Accept,
+            out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::Framing(HeadError::Invalid(_))))),
         },
         Case {
             name: "14a 100 KiB of headers -> 431",
@@ -465,7 +473,7 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
-            check: |r| matches!(r, Err(Error::Offer(OfferError::BadHost))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::BadHost(_)))),
         },
         Case {
             name: "17b missing Host, allow_missing_host (AirPlay) -> 101",
@@ -481,7 +489,15 @@ fn cases() -> Vec<Case> {
             config: strict(),
             decide: Decide::Accept,
             out: Out::Refusal("HTTP/1.1 400 Bad Request", &[]),
-            check: |r| matches!(r, Err(Error::Offer(OfferError::BadHost))),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::BadHost(_)))),
+        },
+        Case {
+            name: "17d invalid Host value -> 400",
+            input: b("POST /q HTTP/1.1\r\nHost: a b\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n"),
+            config: strict(),
+            decide: Decide::Accept,
+            out: Out::Refusal("HTTP/1.1 400 Bad Request", &["Connection: close"]),
+            check: |r| matches!(r, Err(Error::Offer(OfferError::BadHost(ptth::HostError::Invalid)))),
         },
         Case {
             name: "18a missing credentials -> 401 WWW-Authenticate: Bearer, no switch",
@@ -667,6 +683,108 @@ async fn loopback_tcp_exact_101_and_first_round_trip() {
             .await
             .unwrap();
         assert_eq!(&listener.await.unwrap()[..], b"Good");
+    })
+    .await
+    .expect("deadline");
+}
+
+/// A TCP listener answering every connection with the library's hyper entry point
+/// (`hyper_upgrade::offer`): `101` for an accepted offer, the rejection otherwise.
+async fn hyper_entry_listener() -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use ptth::listener::hyper_upgrade;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tcp.accept().await.unwrap();
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let cfg = ListenerConfig::default();
+                    Ok::<_, std::convert::Infallible>(match hyper_upgrade::offer(req, &cfg).await {
+                        Ok(offer) => offer.switching_response::<Full<Bytes>>(),
+                        Err(rej) => rej.into_response(),
+                    })
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .title_case_headers(true)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
+/// A TCP listener answering every connection with the raw entry point (`raw::read_offer`,
+/// then `accept`).
+async fn raw_entry_listener() -> std::net::SocketAddr {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tcp.accept().await.unwrap();
+            tokio::spawn(async move {
+                if let Ok(offer) = raw::read_offer(stream, &ListenerConfig::default()).await {
+                    let _ = offer.accept().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Write `bytes` on a fresh connection to `addr`, then read until the peer closes.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 11 item 2, #13 at both entry points over TCP: an offer whose framing is ambiguous or
+/// invalid gets a 400 (501 for an unknown coding) and a close, never a `101`. hyper removes a
+/// Content-Length beside Transfer-Encoding before the handler sees it, so its entry point
+/// refuses every chunked offer; the raw one still decodes a plain chunked offer (#10).
+#[tokio::test]
+async fn ambiguous_offer_framing_is_refused_by_both_entry_points() {
+    tokio::time::timeout(DEADLINE, async {
+        let offer = |framing: &str, body: &str| {
+            format!("POST /q HTTP/1.1\r\nHost: r\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\n{framing}\r\n{body}")
+        };
+        // (what, request, raw status, hyper status)
+        let cases = [
+            ("CL + TE", offer("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), 400, 400),
+            ("TE + CL", offer("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "0\r\n\r\n"), 400, 400),
+            ("CL + TE, CL invalid", offer("Content-Length: abc\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), 400, 400),
+            ("two differing CL", offer("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), 400, 400),
+            ("CL list 5, 6", offer("Content-Length: 5, 6\r\n", "hello!"), 400, 400),
+            ("invalid CL", offer("Content-Length: +5\r\n", "hello"), 400, 400),
+            ("TE chunked, gzip", offer("Transfer-Encoding: chunked, gzip\r\n", "0\r\n\r\n"), 400, 400),
+            ("TE gzip", offer("Transfer-Encoding: gzip\r\n", ""), 400, 400),
+            ("TE gzip, chunked", offer("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"), 501, 501),
+            ("TE chunked alone", offer("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"), 101, 400),
+        ];
+        let raw_addr = raw_entry_listener().await;
+        let hyper_addr = hyper_entry_listener().await;
+        for (what, req, raw_want, hyper_want) in cases {
+            for (entry, addr, want) in [("raw", raw_addr, raw_want), ("hyper", hyper_addr, hyper_want)] {
+                let out = exchange(addr, req.as_bytes()).await;
+                let status: u16 = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+                assert_eq!(status, want, "{entry} {what}: {out:?}");
+                if want != 101 {
+                    assert!(!out.contains(" 101 "), "{entry} {what}: {out:?}");
+                    let head = out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+                    assert!(
+                        head.lines().any(|l| l.starts_with("connection:") && l.contains("close")),
+                        "{entry} {what}: no Connection: close in {out:?}"
+                    );
+                }
+            }
+        }
     })
     .await
     .expect("deadline");

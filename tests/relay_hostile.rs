@@ -72,7 +72,34 @@ fn table() -> Vec<(&'static str, Vec<u8>, u16)> {
                 .to_vec(),
             400,
         ),
+        // RFC 9112 §3.2 (issue 11 item 4): one Host, and HTTP/1.1 needs one.
+        ("two Host fields", head("Host: y\r\n"), 400),
+        ("HTTP/1.1 without Host", b"GET /app/x HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("invalid Host value", b"GET /app/x HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), 400),
+        // Agent offers framed ambiguously (issue 11 item 2, protocol-notes §10 #13): 400 and a
+        // close, never a 101.
+        ("offer CL + TE", offer("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"), 400),
+        ("offer TE + CL", offer("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "0\r\n\r\n"), 400),
+        ("offer two differing CL", offer("Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"), 400),
+        ("offer invalid CL", offer("Content-Length: 0x5\r\n", "hello"), 400),
+        ("offer TE chunked, gzip", offer("Transfer-Encoding: chunked, gzip\r\n", "0\r\n\r\n"), 400),
+        ("offer TE gzip, chunked", offer("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"), 501),
+        ("offer TE chunked (CL invisible through hyper)", offer("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"), 400),
+        ("offer two Host fields", offer("Host: y\r\nContent-Length: 0\r\n", ""), 400),
+        (
+            "offer without Host",
+            b"POST /smug HTTP/1.1\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            400,
+        ),
     ]
+}
+
+/// An agent's upgrade request for the name `smug`, with `fields` (ending in CRLF) and `body`.
+fn offer(fields: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /smug HTTP/1.1\r\nHost: x\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\n{fields}\r\n{body}"
+    )
+    .into_bytes()
 }
 
 #[tokio::test]
@@ -84,8 +111,11 @@ async fn hostile_input_table() {
         for (what, bytes, want) in table() {
             let out = raw_exchange(relay.addr, &bytes).await;
             assert_eq!(status_of(&out), want, "{what}: {:?}", out.lines().next());
+            assert!(!out.contains(" 101 "), "{what}: {out:?}");
             // Answered and closed: the raw exchange read to the end.
         }
+        // No offer was switched.
+        assert_eq!(connections(&relay.handle, "smug"), 0);
         // None of them reached the agent: the next thing it sees is this request.
         let (s, _, _) = get(relay.addr, "/app/sentinel", None).await;
         assert_eq!(s, 200);
@@ -137,15 +167,7 @@ async fn agent_response_with_content_length_and_chunked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
         let relay = start_relay(anonymous()).await;
-        let mut agent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-        agent
-            .write_all(b"POST /cte HTTP/1.1\r\nHost: relay\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_head(&mut agent).await.starts_with("HTTP/1.1 101 "));
-        while relay.handle.idle("cte") == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let mut agent = raw_agent(&relay, "cte").await;
         let addr = relay.addr;
         let public = tokio::spawn(async move { raw_exchange(addr, b"GET /cte/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await });
         assert!(read_head(&mut agent).await.starts_with("GET /x HTTP/1.1\r\n"));
@@ -163,6 +185,109 @@ async fn agent_response_with_content_length_and_chunked() {
         let _ = agent.read_to_end(&mut rest).await;
         assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
         assert_eq!(relay.handle.idle("cte"), 0);
+    })
+    .await
+}
+
+/// A hand-written agent: one raw TCP connection that claims `name` and is parked.
+async fn raw_agent(relay: &TestRelay, name: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let before = relay.handle.idle(name);
+    let mut agent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    agent
+        .write_all(format!("POST /{name} HTTP/1.1\r\nHost: relay\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut agent).await.starts_with("HTTP/1.1 101 "));
+    relay.handle.wait_idle(name, before + 1).await;
+    agent
+}
+
+/// Issue 11 item 5: a `101` to a request that did not ask to upgrade is a 502, never passed
+/// on, and that agent connection is closed.
+#[tokio::test]
+async fn agent_answering_101_unasked_is_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        for answer in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ] {
+            let mut agent = raw_agent(&relay, "sw").await;
+            let addr = relay.addr;
+            let public = tokio::spawn(async move {
+                raw_exchange(
+                    addr,
+                    b"GET /sw/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await
+            });
+            assert!(
+                read_head(&mut agent)
+                    .await
+                    .starts_with("GET /x HTTP/1.1\r\n")
+            );
+            agent.write_all(answer.as_bytes()).await.unwrap();
+            let out = public.await.unwrap();
+            assert_eq!(status_of(&out), 502, "{answer:?}: {out}");
+            assert!(!out.contains(" 101 "), "{answer:?}: {out}");
+            let mut rest = Vec::new();
+            let _ = agent.read_to_end(&mut rest).await;
+            assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+            relay.handle.wait_until(|h| connections(h, "sw") == 0).await;
+        }
+    })
+    .await
+}
+
+/// Issue 11 item 6: a public client's own bad body (a malformed chunk; a body shorter than its
+/// Content-Length, then a half-close) is a 400, counted as a client error, never
+/// a 502 "the agent went away"; the agent keeps serving.
+#[tokio::test]
+async fn clients_bad_body_is_a_client_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.admin = Some("127.0.0.1:0".parse().unwrap());
+        let relay = start_relay(cfg).await;
+        let (tx, mut body_errors) = mpsc::unbounded_channel();
+        let h = handler(move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                match req.into_body().collect().await {
+                    Ok(b) => Response::new(full(b.to_bytes())),
+                    Err(e) => {
+                        tx.send(e.to_string()).unwrap();
+                        Response::new(full("unreachable"))
+                    }
+                }
+            }
+        });
+        // Each bad body costs the agent connection it was on (cut mid-request): three connections.
+        let _a = start_agent(&relay, "app", 3, None, h).await;
+        let bad_chunk = b"POST /app/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n";
+        let out = raw_exchange(relay.addr, bad_chunk).await;
+        assert_eq!(status_of(&out), 400, "{out}");
+        body_errors.recv().await.unwrap();
+
+        let mut s = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(b"POST /app/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&out), 400, "{out}");
+        body_errors.recv().await.unwrap();
+
+        let (s, _, body) = get(relay.addr, "/app/echo", None).await;
+        assert_eq!((s, body.as_str()), (200, ""));
+        let (_, _, metrics) = get(relay.handle.admin_addr().unwrap(), "/metrics", None).await;
+        assert!(metrics.contains("ptth_requests_total{code=\"5xx\"} 0"), "{metrics}");
+        assert!(metrics.contains("ptth_requests_total{code=\"4xx\"} 2"), "{metrics}");
+        assert!(metrics.contains("ptth_requests_total{code=\"2xx\"} 1"), "{metrics}");
     })
     .await
 }

@@ -176,3 +176,47 @@ async fn admin_reports_agents_and_metrics() {
     })
     .await
 }
+
+/// Issue 11 item 4: with an absolute-form target the target's authority routes, not `Host`
+/// (RFC 9112 §3.2.2), for public requests and for claims; an HTTP/1.0 request without `Host`
+/// is routed by its path. (Two Hosts, or none in HTTP/1.1: `relay_hostile::hostile_input_table`.)
+#[tokio::test]
+async fn absolute_form_authority_wins_over_host() {
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let _a = start_agent(&relay, "app", 1, None, echo_handler("a")).await;
+        let body = |out: &str| out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        // Host mode by the target's authority; Host names nothing.
+        let out = raw_exchange(
+            relay.addr,
+            b"GET http://app.localhost:8080/x HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&out), 200, "{out}");
+        assert!(body(&out).starts_with("a /x prefix= "), "{out}");
+        // Path mode by the target's authority, although Host would be host mode.
+        let out = raw_exchange(
+            relay.addr,
+            b"GET http://127.0.0.1/app/y HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&out), 200, "{out}");
+        assert!(body(&out).starts_with("a /y prefix=/app "), "{out}");
+        // HTTP/1.0 needs no Host.
+        let out = raw_exchange(relay.addr, b"GET /app/z HTTP/1.0\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(body(&out).starts_with("a /z prefix=/app "), "{out}");
+
+        // A claim in absolute form claims the target's name.
+        use tokio::io::AsyncWriteExt;
+        let mut agent = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        agent
+            .write_all(b"POST http://claimed.localhost/ HTTP/1.1\r\nHost: relay\r\nUpgrade: PTTH/0.9\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut agent).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        relay.handle.wait_idle("claimed", 1).await;
+    })
+    .await
+}

@@ -6,6 +6,7 @@
 //! with its upgrade fields; if the upstream answers `101`, the two upgraded streams are spliced.
 //! An unreachable upstream gets `502` with a plain-text reason.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{AgentError, BoxError};
 use crate::proto::hop::{Keep, strip_hop_by_hop};
+use crate::proto::path::{self, AboveRoot, PathError};
 use crate::proto::response::drop_length_beside_chunked;
 
 /// Response body of the proxy.
@@ -125,23 +127,38 @@ impl Proxy {
     }
 
     /// The request target sent upstream: origin-form, with the upstream's path as a prefix.
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, http::Error> {
+    ///
+    /// The path is normalised first, whatever the relay sent (it may not be ours): dot
+    /// segments are removed, a `..` at the root stays at the root, so nothing climbs above the
+    /// prefix, and a dot segment hidden behind `%2F`, `\` or `;` is refused (decisions D22).
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, BadTarget> {
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        if self.cfg.prefix.is_empty() && pq.starts_with('/') {
-            if uri.scheme().is_none() && uri.authority().is_none() {
-                // Already origin-form: keep it as it is (no copy).
+        if !pq.starts_with('/') {
+            // `*` or an absolute form: keep only what a proxy can forward.
+            let root = format!("{}/", self.cfg.prefix);
+            return Ok(Uri::from(PathAndQuery::try_from(root)?));
+        }
+        let pq = path::normalize(pq, AboveRoot::Stay)?;
+        if self.cfg.prefix.is_empty() {
+            if uri.scheme().is_none() && uri.authority().is_none() && matches!(pq, Cow::Borrowed(_))
+            {
+                // Already origin-form and clean: keep it as it is (no copy).
                 return Ok(uri.clone());
             }
-            return Ok(Uri::from(PathAndQuery::try_from(pq)?));
+            return Ok(Uri::from(PathAndQuery::try_from(&*pq)?));
         }
-        let pq = if pq.starts_with('/') {
-            format!("{}{pq}", self.cfg.prefix)
-        } else {
-            // `*` or an absolute form: keep only what a proxy can forward.
-            format!("{}/", self.cfg.prefix)
-        };
+        let pq = format!("{}{pq}", self.cfg.prefix);
         Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
+}
+
+/// Why a reversed request's target cannot be sent upstream.
+#[derive(Debug, thiserror::Error)]
+enum BadTarget {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("invalid request target")]
+    Uri(#[from] http::uri::InvalidUri),
 }
 
 /// The upstream connection of one reversed connection, shared by its service and its driver.
@@ -285,7 +302,12 @@ impl ProxyConn {
         };
         let uri = match proxy.upstream_uri(req.uri()) {
             Ok(uri) => uri,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad request target: {e}\n"),
+                );
+            }
         };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
@@ -295,6 +317,15 @@ impl ProxyConn {
 
         let mut res = match self.send(req).await {
             Ok(res) => res,
+            Err(e) if request_body_failed(&*e) => {
+                // Not the upstream's fault: the request body coming over the reversed
+                // connection was cut or malformed (on the relay's side, or by its client).
+                debug!(upstream = %self.cfg.authority, error = %error_chain(&*e), "request body cut off before it reached the upstream in full");
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: the request body ended early or was malformed\n",
+                );
+            }
             Err(e) => {
                 warn!(upstream = %self.cfg.authority, error = %e, "upstream request failed");
                 let text = format!(
@@ -399,6 +430,15 @@ fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<ProxyBody> {
     res
 }
 
+/// Whether an upstream request failed because its own body (the reversed request's, read
+/// from the relay) failed: hyper reports that as a user error whose cause is the body's
+/// `hyper::Error`.
+fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>().is_some_and(|h| {
+        h.is_user() && std::error::Error::source(h).is_some_and(|cause| cause.is::<hyper::Error>())
+    })
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -428,6 +468,24 @@ mod tests {
         assert_eq!(u, "/base/x");
         let u = p.upstream_uri(&"*".parse().unwrap()).unwrap();
         assert_eq!(u, "/base/");
+        // Nothing climbs above the prefix (issue 11 item 1).
+        for (target, want) in [
+            ("/../etc/passwd", "/base/etc/passwd"),
+            ("/%2e%2e/%2E%2E/x?q=..", "/base/x?q=.."),
+            ("/a/.%2E/../x", "/base/x"),
+            ("/./x/.", "/base/x/"),
+            ("http://elsewhere/../x", "/base/x"),
+        ] {
+            let u = p.upstream_uri(&target.parse().unwrap()).unwrap();
+            assert_eq!(u, want, "{target}");
+        }
+        assert!(p.upstream_uri(&"/..%2fx".parse().unwrap()).is_err());
+        let p = Proxy::new("http://127.0.0.1:3000").unwrap();
+        assert_eq!(
+            p.upstream_uri(&"/a/../../b".parse().unwrap()).unwrap(),
+            "/b"
+        );
+        assert_eq!(p.upstream_uri(&"*".parse().unwrap()).unwrap(), "/");
         assert!(Proxy::new("ftp://x").is_err());
         let p = Proxy::with_tls("https://up.example", None).unwrap();
         assert_eq!(p.cfg.addr.1, 443);

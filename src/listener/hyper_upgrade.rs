@@ -13,6 +13,12 @@
 //! `auto_date_header(false)` if a peer needs the bare three lines. hyper reads the whole
 //! request head itself, frames the body, and answers `Expect: 100-continue` when the body is
 //! first read (before the `101`).
+//!
+//! One difference from [`super::raw`]: hyper removes a `Content-Length` that came with
+//! `Transfer-Encoding` before the handler sees the request, so a smuggling attempt looks like a
+//! plain chunked request here. An offer with `Transfer-Encoding` is therefore refused (`400`,
+//! `Connection: close`): dialers send `Content-Length` (this crate's, AirPlay, Yaler, npm
+//! reverse-http), and a chunked offer is welcome at the raw listener (decisions D23).
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
@@ -22,8 +28,9 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
-use crate::error::{Error, OfferError};
+use crate::error::{Error, HeadError, OfferError};
 use crate::proto::Protocol;
+use crate::proto::body::Framing;
 use crate::proto::request::{self as req, Offer};
 
 /// An upgrade request that hyper has read and this crate has judged to be a PTTH offer.
@@ -44,6 +51,9 @@ pub struct Rejection {
     pub reason: String,
     /// The protocols a `426` names in `Upgrade`: the listener's accepted set.
     pub accepted: Vec<Protocol>,
+    /// Whether the response says `Connection: close`, so that hyper closes the connection
+    /// after it ([`OfferError::must_close`]).
+    pub close: bool,
 }
 
 impl Rejection {
@@ -62,6 +72,9 @@ impl Rejection {
             h.insert(UPGRADE, list);
             h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         }
+        if self.close {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }
@@ -72,6 +85,14 @@ impl Rejection {
             status,
             reason: reason.into(),
             accepted: config.rules.protocols.clone(),
+            close: false,
+        }
+    }
+
+    fn offer(e: &OfferError, config: &ListenerConfig) -> Self {
+        Rejection {
+            close: e.must_close(),
+            ..Rejection::new(e.status(), e.to_string(), config)
         }
     }
 }
@@ -82,8 +103,33 @@ pub fn is_ptth_upgrade<B>(req: &Request<B>) -> bool {
     crate::proto::tokens::offered_protocol(req.headers(), &Protocol::ALL).is_some()
 }
 
-/// Judge `req` as a PTTH offer and read its whole body (capped), as RFC 9110 §7.8 requires
-/// before a switch.
+/// Judge `req` as a PTTH offer, without reading its body: the first thing [`offer`] does. A
+/// server with more to check before it reads the body (credentials, limits) calls this first,
+/// so that a malformed offer is refused before that work.
+pub fn check<B>(req: &Request<B>, config: &ListenerConfig) -> Result<Offer, Rejection> {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
+    check_head(&head, config)
+}
+
+fn check_head(head: &request::Parts, config: &ListenerConfig) -> Result<Offer, Rejection> {
+    let offer = req::check_offer(head, &config.rules).map_err(|e| Rejection::offer(&e, config))?;
+    if offer.framing == Framing::Chunked {
+        // hyper has removed any Content-Length beside it: the request may be a smuggling
+        // attempt that this handler cannot tell from a plain chunked one.
+        let e = OfferError::Framing(HeadError::Invalid(
+            "Transfer-Encoding on an upgrade request read by hyper (send Content-Length)",
+        ));
+        return Err(Rejection::offer(&e, config));
+    }
+    Ok(offer)
+}
+
+/// Judge `req` as a PTTH offer ([`check`]) and read its whole body (capped), as RFC 9110 §7.8
+/// requires before a switch.
 pub async fn offer<B>(mut req: Request<B>, config: &ListenerConfig) -> Result<HyperOffer, Rejection>
 where
     B: http_body::Body,
@@ -91,8 +137,7 @@ where
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (head, body) = req.into_parts();
-    let offer = req::check_offer(&head, &config.rules)
-        .map_err(|e: OfferError| Rejection::new(e.status(), e.to_string(), config))?;
+    let offer = check_head(&head, config)?;
     let limit = config.limits.max_upgrade_body;
     let collect = Limited::new(body, limit).collect();
     let body = match tokio::time::timeout(config.limits.handshake_timeout, collect).await {

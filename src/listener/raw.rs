@@ -160,8 +160,8 @@ where
     })
     .await?;
     let _ = buf.split_to(len);
-    let framing = req::framing(&head.headers)?;
     let offer = req::check_offer(&head, &config.rules)?;
+    let framing = offer.framing;
     if let Framing::Length(n) = framing
         && n > limits.max_upgrade_body as u64
     {

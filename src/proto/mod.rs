@@ -6,10 +6,13 @@
 //! decodes the bounded bodies of the handshake. Because nothing here touches a socket, all of it
 //! is unit-tested with raw bytes and fuzzed (see `fuzz/`).
 //!
-//! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's.
+//! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
+//! one exception is [`path`]: the dot-segment rules that the relay and the agent both apply to
+//! the requests they forward.
 
 pub mod body;
 pub mod hop;
+pub mod path;
 pub mod request;
 pub mod response;
 pub mod tokens;

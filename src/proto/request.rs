@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Uri, Version, request};
 use super::Protocol;
 use super::body::Framing;
 use super::tokens;
-use crate::error::{HeadError, OfferError};
+use crate::error::{HeadError, HostError, OfferError};
 use crate::limits::Limits;
 
 /// Parse one request head from the front of `buf`.
@@ -185,14 +185,20 @@ pub struct Offer {
     pub protocol: Protocol,
     /// The dialer's exact spelling of it, echoed byte for byte in the `101`.
     pub token: HeaderValue,
+    /// How the offer's body is delimited; it is read in full before the switch.
+    pub framing: Framing,
 }
 
-/// Judge whether a parsed request is a PTTH upgrade offer this listener accepts.
+/// Judge whether a parsed request is a PTTH offer this listener accepts.
 ///
-/// Checks, in order: HTTP/1.1 (RFC 9110 §7.8: ignore Upgrade in 1.0), a PTTH token in `Upgrade`,
-/// `upgrade` in `Connection` (draft §3.2), exactly one `Host` (RFC 9112 §3.2), an accepted
-/// method.
+/// Checks, in order: the body framing ([`framing`]: `Content-Length` with
+/// `Transfer-Encoding`, differing or invalid lengths, chunked not last; protocol-notes §10
+/// #13: never a `101`), HTTP/1.1 (RFC 9110 §7.8: ignore Upgrade in 1.0), a PTTH token in
+/// `Upgrade`, `upgrade` in `Connection` (draft §3.2), the `Host` rules of [`authority`]
+/// (RFC 9112 §3.2; a missing one only with [`OfferRules::allow_missing_host`]), an accepted
+/// method. Every entry point (the raw listener, the hyper one, the relay) judges with this.
 pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<Offer, OfferError> {
+    let framing = framing(&head.headers).map_err(OfferError::Framing)?;
     if head.version < Version::HTTP_11 {
         return Err(OfferError::Http10);
     }
@@ -201,15 +207,55 @@ pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<Offer, O
     if !tokens::connection_has_upgrade(&head.headers) {
         return Err(OfferError::NoConnectionUpgrade);
     }
-    let hosts = head.headers.get_all(HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && !rules.allow_missing_host) {
-        return Err(OfferError::BadHost);
+    match authority(head.version, &head.uri, &head.headers) {
+        Ok(_) => {}
+        Err(HostError::Missing) if rules.allow_missing_host => {}
+        Err(e) => return Err(OfferError::BadHost(e)),
     }
     if !rules.methods.contains(&head.method) {
         return Err(OfferError::Method);
     }
     let token = HeaderValue::from_bytes(spelling).expect("a slice of a valid header value");
-    Ok(Offer { protocol, token })
+    Ok(Offer {
+        protocol,
+        token,
+        framing,
+    })
+}
+
+/// The authority a request is for, by the `Host` rules of RFC 9112 §3.2: exactly one `Host`
+/// on an HTTP/1.1 request (none is fine in HTTP/1.0), never two, with a `host[:port]` value
+/// (empty is valid: a target without an authority). With an absolute-form target the target's
+/// authority wins over `Host` (§3.2.2). `Ok(None)`: an HTTP/1.0 request with neither.
+///
+/// For requests a server receives by name (a relay's public requests and agent claims, a
+/// listener's upgrade requests); never for reversed requests, which a PTTH dialer serves
+/// whatever their `Host` (draft §3.1, decisions D7).
+pub fn authority<'a>(
+    version: Version,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, HostError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(HostError::Repeated),
+        (Some(h), None) => Some(h),
+        (None, _) if version >= Version::HTTP_11 => return Err(HostError::Missing),
+        (None, _) => None,
+    };
+    let host = match host {
+        Some(h) if h.as_bytes().iter().all(|&b| is_authority_byte(b)) => {
+            Some(h.to_str().map_err(|_| HostError::Invalid)?)
+        }
+        Some(_) => return Err(HostError::Invalid),
+        None => None,
+    };
+    Ok(uri.authority().map(|a| a.as_str()).or(host))
+}
+
+/// The bytes of `uri-host [ ":" port ]` (RFC 3986 §3.2.2: reg-name, IP literal, port).
+fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
 }
 
 /// Whether the request asks for `100 Continue` before it sends its body (RFC 9110 §10.1.1).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -30,6 +30,7 @@ use super::forward::{RelayBody, forward};
 use super::registry::{AgentConn, AgentStream, ReserveError};
 use super::{AgentCerts, Config, RETRY_AFTER_SECS, Shared, auth, route};
 use crate::listener::hyper_upgrade;
+use crate::proto::request;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -196,12 +197,14 @@ async fn claim<S: AgentStream>(
 ) -> Response<RelayBody> {
     let peer = info.peer;
     let cfg = &shared.config;
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string);
-    let name = match route::claim(host.as_deref(), req.uri().path(), &cfg.domain) {
+    // Framing and Host first: a malformed offer gets its 400 before credentials are looked at.
+    if let Err(rej) = hyper_upgrade::check(&req, &shared.listener) {
+        return rejection(rej);
+    }
+    let host = request::authority(req.version(), req.uri(), req.headers())
+        .ok()
+        .flatten();
+    let name = match route::claim(host, req.uri().path(), &cfg.domain) {
         Ok(n) => n,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -246,16 +249,7 @@ async fn claim<S: AgentStream>(
     };
     let offer = match hyper_upgrade::offer(req, &shared.listener).await {
         Ok(o) => o,
-        Err(rej) => {
-            let status = rej.status;
-            let res = rej.into_response();
-            let (mut parts, body) = res.into_parts();
-            parts.status = status;
-            return Response::from_parts(
-                parts,
-                body.map_err(|never| match never {}).boxed_unsync(),
-            );
-        }
+        Err(rej) => return rejection(rej),
     };
     let res = offer.switching_response::<RelayBody>();
     let span = tracing::info_span!("agent", %name, %peer);
@@ -277,6 +271,12 @@ async fn claim<S: AgentStream>(
         .instrument(span),
     );
     res
+}
+
+/// A refused offer, as the relay's response.
+fn rejection(rej: hyper_upgrade::Rejection) -> Response<RelayBody> {
+    let (parts, body) = rej.into_response().into_parts();
+    Response::from_parts(parts, body.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// The switched stream without hyper's wrapper, so that a parked connection holds no buffer.

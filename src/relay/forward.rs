@@ -3,8 +3,11 @@
 //! The request is rewritten (target, hop-by-hop fields, forwarding fields), sent over a leased
 //! connection, and the response streams back frame by frame; the connection is parked again
 //! when the response body has ended. Failures map to 404 (no such agent), 503 (the agent is
-//! offline, or no idle connection in time), 502 (agent gone) and 504 (no response head in
-//! time). A request is retried on another connection only when hyper hands it back unsent.
+//! offline, or no idle connection in time), 502 (agent gone, or a `101` to a request that did not ask to upgrade)
+//! and 504 (no response head in time). A public request body that fails on its way (a bad
+//! chunk, a connection closed early) is the client's fault: 400 if no response has started.
+//! A bad `Host` (RFC 9112 §3.2) is 400 before anything else. A request is retried on another
+//! connection only when hyper hands it back unsent.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ use super::accept::{ConnInfo, busy, text};
 use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reservation};
 use super::route::{RouteError, route};
 use crate::proto::hop::{Keep, strip_hop_by_hop};
+use crate::proto::request;
 use crate::proto::response::drop_length_beside_chunked;
 use crate::proto::tokens;
 
@@ -129,11 +133,13 @@ async fn forward_inner(
     mut req: Request<Incoming>,
 ) -> Response<RelayBody> {
     let cfg = &shared.config;
-    let host = req.headers().get(HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // RFC 9112 §3.2: one Host (none only in HTTP/1.0); an absolute-form target's authority
+    // wins over it (§3.2.2).
+    let host = match request::authority(req.version(), req.uri(), req.headers()) {
+        Ok(h) => h.and_then(|h| HeaderValue::from_str(h).ok()),
+        Err(e) => return closing(text(StatusCode::BAD_REQUEST, e.to_string())),
+    };
+    let absolute = req.uri().authority().is_some();
     let pq = req
         .uri()
         .path_and_query()
@@ -164,15 +170,19 @@ async fn forward_inner(
         route.prefix.as_deref(),
         cfg.trust_forwarded,
     );
+    if absolute && let Some(h) = &host {
+        // The agent sees the authority the request was routed by, not a Host it overrode.
+        parts.headers.insert(HOST, h.clone());
+    }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let (sent_tx, sent_rx) = oneshot::channel();
-    let request_ended = Arc::new(AtomicBool::new(false));
+    let request_body = Arc::new(BodyState::default());
     let body = Tracked::new(
         body,
         shared.metrics.bytes_in.clone(),
         Some(sent_tx),
-        request_ended.clone(),
+        request_body.clone(),
     )
     .boxed();
     let mut out = Request::from_parts(parts, body);
@@ -213,9 +223,9 @@ async fn forward_inner(
         };
         let sent = sent_rx.take().expect("one attempt in flight");
         let attempt = if let Some(public) = public_upgrade.take() {
-            return upgrade_exchange(shared, conn, out, sent, public).await;
+            return upgrade_exchange(shared, conn, out, sent, public, &request_body).await;
         } else {
-            exchange(shared, conn, out, sent, &request_ended).await
+            exchange(shared, conn, out, sent, &request_body).await
         };
         match attempt {
             Attempt::Done(res) => return res,
@@ -226,7 +236,7 @@ async fn forward_inner(
                 let (tx, rx) = oneshot::channel();
                 sent_rx = Some(rx);
                 out = again;
-                replace_done(out.body_mut(), tx, request_ended.clone());
+                replace_done(out.body_mut(), tx, request_body.clone());
             }
             Attempt::Unsent(_) => return text(StatusCode::BAD_GATEWAY, "the agent went away"),
         }
@@ -265,7 +275,7 @@ async fn exchange(
     conn: AgentConn,
     out: Request<ForwardBody>,
     sent: oneshot::Receiver<()>,
-    request_ended: &AtomicBool,
+    request_body: &BodyState,
 ) -> Attempt {
     let AgentConn { io, reservation } = conn;
     let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
@@ -306,6 +316,10 @@ async fn exchange(
     let response = match result {
         Ok(r) => r,
         Err(mut e) => {
+            if request_body.failed() {
+                tracing::debug!(error = %e.error(), "the public request body failed");
+                return Attempt::Done(client_body_error());
+            }
             tracing::debug!(error = %e.error(), "forwarding failed");
             return match e.take_message() {
                 Some(again) => Attempt::Unsent(again),
@@ -313,6 +327,15 @@ async fn exchange(
             };
         }
     };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Only an upgrade may be answered with 101 (RFC 9110 §15.2.2); the stream is in an
+        // unknown state now, so it is dropped with the response.
+        tracing::info!("the agent answered 101 to a request that did not ask to upgrade");
+        return Attempt::Done(text(
+            StatusCode::BAD_GATEWAY,
+            "the agent switched protocols on a request that did not ask to upgrade",
+        ));
+    }
     let (mut parts, body) = response.into_parts();
     let conflicting = drop_length_beside_chunked(&mut parts.headers);
     if conflicting {
@@ -325,7 +348,7 @@ async fn exchange(
     // A finished client future must not be polled again. One still running while the request
     // body is still on its way gets its own task: hyper polls this response body only while
     // the public client reads, and an upload must not stall behind an unread download.
-    let client = match (client_done.is_some(), request_ended.load(Ordering::Acquire)) {
+    let client = match (client_done.is_some(), request_body.ended()) {
         (true, _) => None,
         (false, true) => Some(client),
         (false, false) => {
@@ -361,6 +384,7 @@ async fn upgrade_exchange(
     out: Request<ForwardBody>,
     sent: oneshot::Receiver<()>,
     public: hyper::upgrade::OnUpgrade,
+    request_body: &BodyState,
 ) -> Response<RelayBody> {
     let AgentConn { io, reservation } = conn;
     let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
@@ -378,6 +402,10 @@ async fn upgrade_exchange(
     };
     let mut response = match response {
         Ok(r) => r,
+        Err(e) if request_body.failed() => {
+            tracing::debug!(%e, "the public request body failed");
+            return client_body_error();
+        }
         Err(e) => {
             tracing::debug!(%e, "forwarding an upgrade failed");
             return text(StatusCode::BAD_GATEWAY, "the agent went away");
@@ -431,7 +459,7 @@ async fn upgrade_exchange(
 }
 
 /// The request body was handed back unsent: its completion signal must follow the new attempt.
-fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>, ended: Arc<AtomicBool>) {
+fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>, state: Arc<BodyState>) {
     // BoxBody hides the Tracked inside; wrap it again (the old signal fires harmlessly).
     let inner = std::mem::replace(
         body,
@@ -439,7 +467,7 @@ fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>, ended: Arc<Atom
             .map_err(|never| match never {})
             .boxed(),
     );
-    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx), ended).boxed();
+    *body = Tracked::new(inner, Arc::new(AtomicU64::new(0)), Some(tx), state).boxed();
 }
 
 type Parts = hyper::client::conn::http1::Parts<TokioIo<Box<dyn AgentStream>>>;
@@ -574,14 +602,51 @@ fn hand_back(done: Option<Parts>, reservation: Reservation) {
     }
 }
 
+/// What became of a body on its way through the relay, for the exchange that sent it.
+#[derive(Debug, Default)]
+struct BodyState {
+    ended: AtomicBool,
+    failed: AtomicBool,
+}
+
+impl BodyState {
+    /// The body has ended, completely or with an error.
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The body ended with an error: for the public request body, a malformed chunk or a
+    /// connection that closed early, which is the public client's fault, not the agent's.
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// The answer when the public client's own request body failed before any response started:
+/// `400`, counted as a client error, and the connection closed (where its request ended is
+/// unknown).
+fn client_body_error() -> Response<RelayBody> {
+    closing(text(
+        StatusCode::BAD_REQUEST,
+        "the request body was malformed or ended early",
+    ))
+}
+
+/// `res` with `Connection: close`, so that hyper closes the public connection after it.
+fn closing(mut res: Response<RelayBody>) -> Response<RelayBody> {
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 pin_project_lite::pin_project! {
-    /// A body that counts its bytes and says when it ended (`done` fires, `ended` is set).
+    /// A body that counts its bytes and says when it ended (`done` fires, `state` is set).
     struct Tracked<B> {
         #[pin]
         inner: B,
         counter: Arc<AtomicU64>,
         done: Option<oneshot::Sender<()>>,
-        ended: Arc<AtomicBool>,
+        state: Arc<BodyState>,
     }
 }
 
@@ -590,13 +655,13 @@ impl<B> Tracked<B> {
         inner: B,
         counter: Arc<AtomicU64>,
         done: Option<oneshot::Sender<()>>,
-        ended: Arc<AtomicBool>,
+        state: Arc<BodyState>,
     ) -> Self {
         Tracked {
             inner,
             counter,
             done,
-            ended,
+            state,
         }
     }
 }
@@ -620,9 +685,14 @@ where
                     this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
+                this.state.ended.store(true, Ordering::Release);
                 this.done.take();
-                this.ended.store(true, Ordering::Release);
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.state.failed.store(true, Ordering::Release);
+                this.state.ended.store(true, Ordering::Release);
+                this.done.take();
             }
             Poll::Pending => {}
         }

@@ -5,6 +5,13 @@
 //! - **host mode**: `Host: NAME.<domain>` (any port) names the agent; the path is unchanged;
 //! - **path mode**: the first path segment is the name; it is stripped before forwarding and
 //!   reported as the prefix (`X-Forwarded-Prefix: /NAME`).
+//!
+//! The path the agent gets has no dot segments ([`crate::proto::path`], decisions D22): in host
+//! mode a `..` at the root stays there (RFC 3986 §5.2.4); in path mode the name is the first
+//! segment as sent, and a `..` that would climb out of `/NAME` is refused, so `/a/../b/x` never
+//! reaches `b`.
+
+use crate::proto::path::{self, AboveRoot, PathError};
 
 /// Longest agent name: one DNS label (RFC 1035 §2.3.4).
 pub const MAX_NAME_LEN: usize = 63;
@@ -34,6 +41,9 @@ pub enum RouteError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The path climbs out of the name's space, or hides a dot segment.
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
 }
 
 /// Check that `name` is a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
@@ -98,9 +108,9 @@ fn strip_port(host: &str) -> &str {
 pub fn route(host: Option<&str>, path_and_query: &str, domain: &str) -> Result<Route, RouteError> {
     if let Some(name) = host.map(|h| host_name(h, domain)).transpose()?.flatten() {
         let path = if path_and_query.starts_with('/') {
-            path_and_query.to_string()
+            path::normalize(path_and_query, AboveRoot::Stay)?.into_owned()
         } else {
-            format!("/{path_and_query}")
+            path::normalize(&format!("/{path_and_query}"), AboveRoot::Stay)?.into_owned()
         };
         return Ok(Route {
             name,
@@ -116,7 +126,7 @@ pub fn route(host: Option<&str>, path_and_query: &str, domain: &str) -> Result<R
     }
     validate_name(name)?;
     let path = if tail.starts_with('/') {
-        tail.to_string()
+        path::normalize(tail, AboveRoot::Refuse)?.into_owned()
     } else {
         format!("/{tail}")
     };
@@ -184,5 +194,35 @@ mod tests {
         assert!(r(None, &format!("/{}/", "a".repeat(63))).is_ok());
         assert!(r(None, "/a_b").is_err());
         assert!(r(Some("[::1]:80"), "/ok").is_ok());
+    }
+
+    /// Issue 11 item 1: nothing climbs out of `/NAME`, and no dot segment is forwarded.
+    #[test]
+    fn dot_segments_never_leave_the_name() {
+        let path = |host, target| r(host, target).map(|x| (x.name, x.path));
+        let climbs = Err(RouteError::Path(PathError::Climbs));
+        assert_eq!(path(None, "/a/../b/x"), climbs);
+        assert_eq!(path(None, "/a/%2e%2e/b/x"), climbs);
+        assert_eq!(path(None, "/a/.%2E"), climbs);
+        assert_eq!(path(None, "/a/x/../../b"), climbs);
+        assert!(path(None, "/../a/x").is_err());
+        assert!(path(None, "/%2e%2e/a/x").is_err());
+        assert_eq!(
+            path(None, "/a/..%2fb"),
+            Err(RouteError::Path(PathError::Hidden))
+        );
+        let ok = |n: &str, p: &str| Ok((n.to_string(), p.to_string()));
+        assert_eq!(path(None, "/a/x/../y?q=/../z"), ok("a", "/y?q=/../z"));
+        assert_eq!(path(None, "/a/./x/%2e/"), ok("a", "/x/"));
+        assert_eq!(path(None, "/a/x/.."), ok("a", "/"));
+        assert_eq!(path(None, "/a/a%2Fb"), ok("a", "/a%2Fb"));
+        // Host mode: the whole path is the agent's; `..` at its root stays there.
+        let host = Some("a.localhost");
+        assert_eq!(path(host, "/../index.txt"), ok("a", "/index.txt"));
+        assert_eq!(path(host, "/%2e%2e/%2E./x"), ok("a", "/x"));
+        assert_eq!(path(host, "/b/../x"), ok("a", "/x"));
+        assert!(path(host, "/..%5cx").is_err());
+        // A claim is routed the same way.
+        assert!(claim(None, "/a/../b", "localhost").is_err());
     }
 }

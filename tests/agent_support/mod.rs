@@ -107,7 +107,12 @@ where
 }
 
 pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> RunningAgent {
-    let proxy = ptth::agent::proxy::Proxy::new(&format!("http://{upstream}")).unwrap();
+    spawn_proxy_agent_to(builder, &format!("http://{upstream}"))
+}
+
+/// An agent proxying to `url` (`http://host:port/optional/prefix`).
+pub fn spawn_proxy_agent_to(builder: AgentBuilder, url: &str) -> RunningAgent {
+    let proxy = ptth::agent::proxy::Proxy::new(url).unwrap();
     let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(agent.serve_proxy(proxy, async move {
