@@ -335,6 +335,10 @@ impl ProxyConn {
             lock(&self.slot).sender = None;
         }
         strip_hop_by_hop(res.headers_mut(), Keep::default());
+        // The agent speaks its own version to the relay whatever the upstream spoke (RFC 9110
+        // §6.2): an HTTP/1.0 answer goes on as HTTP/1.1, framed by hyper (by its length, or
+        // chunked when the upstream delimited it by closing), and the reversed connection stays.
+        *res.version_mut() = http::Version::HTTP_11;
         res.map(|b| b.map_err(Into::into).boxed())
     }
 }

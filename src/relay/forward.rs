@@ -313,6 +313,8 @@ async fn exchange(
     }
     let reusable = !conflicting && keeps_alive(&parts);
     strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
+    // The relay answers in its own version (RFC 9110 §6.2), whatever the agent spoke.
+    parts.version = http::Version::HTTP_11;
     // A finished client future must not be polled again. One still running while the request
     // body is still on its way gets its own task: hyper polls this response body only while
     // the public client reads, and an upload must not stall behind an unread download.
@@ -379,6 +381,7 @@ async fn upgrade_exchange(
         // reused (it may still be set up for the upgrade).
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
+        parts.version = http::Version::HTTP_11;
         let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None, Arc::default());
         let keep = (task, reservation);
         return Response::from_parts(
