@@ -326,8 +326,10 @@ where
                 pool.next_id += 1;
                 pool.set(id, Some(State::Dialing));
                 let task = connection(
-                    id,
-                    pool.epoch,
+                    Dialled {
+                        id,
+                        epoch: pool.epoch,
+                    },
                     pool.target.clone(),
                     pool.config.clone(),
                     make.clone(),
@@ -385,9 +387,15 @@ struct Stop {
     hard: CancellationToken,
 }
 
-async fn connection<M, S, B, D>(
+/// Which connection a task is, and the pool's epoch when it was dialled.
+#[derive(Debug, Clone, Copy)]
+struct Dialled {
     id: u64,
     epoch: u64,
+}
+
+async fn connection<M, S, B, D>(
+    Dialled { id, epoch }: Dialled,
     target: Target,
     config: Arc<Config>,
     make: Arc<M>,
