@@ -25,6 +25,8 @@
 //! - [`tls`]: rustls configs from PEM files, connect/accept, readable certificate errors.
 //! - [`relay`]: `ptth-serve`, the public relay built on the listener role.
 //! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
+//! - `expect` (private): `Expect: 100-continue` passed hop by hop through the relay and the
+//!   agent, so that a refusal costs no upload.
 //! - [`net`]: `TCP_NODELAY` and keepalive for every socket the relay and the agent proxy through.
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
@@ -39,6 +41,7 @@
 pub mod agent;
 pub mod dialer;
 pub mod error;
+mod expect;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

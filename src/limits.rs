@@ -29,6 +29,15 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for a reversed request head once its first byte has arrived: 10 s (slow-loris cap).
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a forwarding hop (the relay, the agent's proxy) waits for the next hop's
+/// `100 Continue` before it sends a request body anyway: 1 s.
+///
+/// RFC 9110 §10.1.1 lets a client send the content without the `100` and says not to wait
+/// indefinitely (a next hop may ignore the expectation, as HTTP/1.0 servers do). 1 s is curl's
+/// own wait, so a client behind the relay sees the same delay it would see direct; a refusal
+/// that takes longer than that costs the upload, as it would direct.
+pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
 /// Caps and deadlines for one PTTH connection, in either role.
 ///
 /// Build with [`Limits::default`] and change fields as needed.
@@ -96,5 +105,6 @@ mod tests {
         assert_eq!(l.handshake_timeout, Duration::from_secs(10));
         assert_eq!(l.head_timeout, Duration::from_secs(10));
         assert_eq!(l.idle_timeout, None);
+        assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
     }
 }

@@ -516,3 +516,49 @@ async fn reversed_paths_never_climb_above_the_upstream_prefix() {
     })
     .await;
 }
+
+/// An HTTP/1.0 upstream, close-delimited or with a length and no keep-alive: the agent answers
+/// the relay in HTTP/1.1, frames the body itself (chunked or by length), drops the upstream's
+/// `Connection: close` (hop-by-hop), and keeps the reversed connection for the next request.
+#[tokio::test]
+async fn http_1_0_upstream_keeps_the_reversed_connection() {
+    use tokio::io::AsyncWriteExt;
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = upstream.local_addr().unwrap();
+        const ANSWERS: [&[u8]; 2] = [
+            b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nuntil close",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nlength",
+        ];
+        tokio::spawn(async move {
+            // Each answer closes its connection: one upstream connection per request.
+            for answer in ANSWERS.iter().cycle().take(4) {
+                let (mut conn, _) = upstream.accept().await.unwrap();
+                read_head(&mut conn).await;
+                conn.write_all(answer).await.unwrap();
+            }
+        });
+        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
+        let (_, mut a) = accept_parked(&relay).await;
+        let wanted = [
+            ("until close", "transfer-encoding"),
+            ("length", "content-length"),
+        ];
+        for (i, (want, framing)) in wanted.iter().cycle().take(4).enumerate() {
+            // The same reversed connection every time: it fails if the agent closed it.
+            let res = a.send(get("/old")).await.unwrap();
+            assert_eq!(res.version(), http::Version::HTTP_11, "request {i}");
+            assert!(
+                res.headers().get("connection").is_none(),
+                "{:?}",
+                res.headers()
+            );
+            assert!(res.headers().contains_key(*framing), "{:?}", res.headers());
+            assert_eq!(body_string(res).await, *want);
+        }
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -152,6 +152,7 @@ async fn a_relay_that_closes_at_once_meets_growing_backoff() {
             base: Duration::from_millis(40),
             cap: Duration::from_secs(1),
             healthy_period: Duration::from_secs(30),
+            ..Backoff::default()
         };
         let agent = spawn_agent(
             builder(addr, "demo").connections(1).backoff(backoff),
@@ -191,6 +192,37 @@ async fn a_request_in_the_same_write_as_the_101_is_served() {
         let mut res = String::new();
         tcp.read_to_string(&mut res).await.unwrap();
         assert!(res.starts_with("HTTP/1.1 404 Not Found\r\n"), "{res}");
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A relay restart closes every parked connection at once: that is one failure for the pool, not
+/// one per connection, so the redial waits one backoff step, not four (paused time: exact).
+#[tokio::test(start_paused = true)]
+async fn connections_closed_together_are_one_failure() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = relay.local_addr().unwrap();
+        let backoff = Backoff::default();
+        let agent = spawn_agent(
+            builder(addr, "demo").connections(4).backoff(backoff),
+            not_found(),
+        );
+        let mut parked = Vec::new();
+        for _ in 0..4 {
+            parked.push(accept_parked(&relay).await);
+        }
+        // Closed young and unserved: each would count as a failure on its own (QUICK_CLOSE).
+        drop(parked);
+        let closed_at = tokio::time::Instant::now();
+        let (_, _again) = accept_parked(&relay).await;
+        let waited = closed_at.elapsed();
+        let one = backoff.step(1);
+        assert!(
+            waited <= one,
+            "redialled {waited:?} after the close: more than one failure's step ({one:?})"
+        );
         agent.shutdown().await.unwrap();
     })
     .await;

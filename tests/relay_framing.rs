@@ -189,3 +189,44 @@ async fn expect_100_continue_end_to_end() {
     })
     .await
 }
+
+/// Refusals the relay makes itself (here: no agent for the name) never send `100 Continue`:
+/// the client that waits for it gets the final status instead, and keeps its body.
+#[tokio::test]
+async fn relay_made_refusals_send_no_100() {
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let raw = raw_exchange(
+            relay.addr,
+            b"POST /nobody/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&raw), 404, "{raw}");
+        assert!(!raw.contains("100 Continue"), "{raw}");
+    })
+    .await
+}
+
+/// A dialer that answers in HTTP/1.0: the relay answers the public client in its own version,
+/// HTTP/1.1 (RFC 9110 §6.2), framing the body itself.
+#[tokio::test]
+async fn an_http_1_0_answer_reaches_the_public_as_http_1_1() {
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let old = handler(|_req: Request<Incoming>| async move {
+            let mut res = Response::new(full("from 1.0"));
+            *res.version_mut() = http::Version::HTTP_10;
+            res
+        });
+        let _a = start_agent(&relay, "app", 1, None, old).await;
+        let raw = raw_exchange(
+            relay.addr,
+            b"GET /app/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\n\r\nfrom 1.0"), "{raw}");
+    })
+    .await
+}

@@ -217,7 +217,8 @@ impl AgentBuilder {
         self
     }
 
-    /// Reconnect policy. Default: [`Backoff::default`] (250 ms doubling to 30 s, with jitter).
+    /// Reconnect policy. Default: [`Backoff::default`] (250 ms doubling to 30 s, with jitter;
+    /// an outage after a healthy period is probed every second for its first minute).
     pub fn backoff(mut self, b: Backoff) -> Self {
         self.backoff = b;
         self

@@ -1,6 +1,12 @@
 //! The elastic pool: keeps `connections` idle parked connections ready, grows up to
 //! `max_connections` while requests are in flight, and redials with backoff after failures.
 //!
+//! Failures are counted per outage, not per connection: every connection remembers the
+//! *epoch* it was dialled in (the number of failures counted so far), and a failure of a
+//! connection dialled before the last counted failure belongs to that same failure. So a relay
+//! restart that closes four parked connections, or refuses four redials, is one failure, and
+//! while failing the pool probes with one connection at a time, each probe its own epoch.
+//!
 //! One supervisor task owns all the state; each connection is a task that reports what happens
 //! to it ([`Event`]) over a channel. A connection counts as *busy* from the first byte of a
 //! request until its response body is done (or dropped), and as *idle* otherwise. Busy
@@ -43,6 +49,8 @@ enum Event {
     Busy,
     Ended {
         id: u64,
+        /// The pool's epoch when this connection was dialled.
+        epoch: u64,
         outcome: Outcome,
     },
 }
@@ -97,9 +105,15 @@ struct Pool {
     gauge: Arc<Gauge>,
     next_id: u64,
     failures: u32,
+    /// How many failures have been counted: a connection's failure counts only if none was
+    /// counted since it was dialled.
+    epoch: u64,
     redirects: u32,
     not_before: Instant,
     healthy_since: Option<Instant>,
+    /// When the current outage began, if it began while the pool was healthy (then it is
+    /// probed at the backoff's outage step); cleared when a connection parks.
+    outage_since: Option<Instant>,
     announced: bool,
 }
 
@@ -143,16 +157,30 @@ impl Pool {
         dialing + idle < self.config.connections && self.conns.len() < self.config.max_connections
     }
 
-    fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>) {
+    /// A connection dialled in `epoch` failed: count it, unless a failure was counted since it
+    /// was dialled (the same outage). A `Retry-After` (`at_least`) is honoured either way.
+    fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>, epoch: u64) {
         let now = Instant::now();
+        let at_least = at_least.unwrap_or_default();
+        if epoch != self.epoch {
+            self.not_before = self.not_before.max(now + at_least);
+            debug!(
+                failures = self.failures,
+                "{why} (the same outage: not counted again)"
+            );
+            return;
+        }
         self.reset_if_healthy(now);
+        if self.failures == 0 && self.announced {
+            // Connected and healthy until now: an outage, probed at the outage step.
+            self.outage_since = Some(now);
+        }
         self.healthy_since = None;
-        self.failures = self.failures.saturating_add(1);
-        let delay = self
-            .config
-            .backoff
-            .delay_random(self.failures)
-            .max(at_least.unwrap_or_default());
+        self.epoch += 1;
+        let backoff = &self.config.backoff;
+        let outage = self.outage_since.map(|t| now.duration_since(t));
+        self.failures = backoff.next_failures(self.failures, outage);
+        let delay = backoff.delay_random(self.failures).max(at_least);
         self.not_before = self.not_before.max(now + delay);
         warn!(failures = self.failures, retry_in = ?delay, "{why}");
     }
@@ -172,6 +200,7 @@ impl Pool {
             Event::Parked { id } => {
                 self.set(id, Some(State::Parked));
                 self.redirects = 0;
+                self.outage_since = None;
                 self.healthy_since.get_or_insert_with(Instant::now);
                 if !self.announced {
                     self.announced = true;
@@ -184,27 +213,28 @@ impl Pool {
             }
             // Only a wakeup: the loop looks at the gauge again.
             Event::Busy => {}
-            Event::Ended { id, outcome } => {
+            Event::Ended { id, epoch, outcome } => {
                 self.set(id, None);
-                self.on_outcome(outcome)?;
+                self.on_outcome(outcome, epoch)?;
             }
         }
         Ok(())
     }
 
-    fn on_outcome(&mut self, outcome: Outcome) -> Result<(), AgentError> {
+    fn on_outcome(&mut self, outcome: Outcome, epoch: u64) -> Result<(), AgentError> {
         match outcome {
             Outcome::Closed { served, lived } => {
                 if !served && lived < QUICK_CLOSE {
                     self.fail(
                         &format_args!("relay closed a parked connection after {lived:?}"),
                         None,
+                        epoch,
                     );
                 } else {
                     debug!(served, ?lived, "parked connection closed");
                 }
             }
-            Outcome::Failed(e) => self.fail(&e, None),
+            Outcome::Failed(e) => self.fail(&e, None, epoch),
             Outcome::Cancelled => {}
             Outcome::Refused(r) => match r.status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -220,18 +250,20 @@ impl Pool {
                             self.target = next;
                             self.redirects += 1;
                             if self.redirects > MAX_REDIRECTS {
-                                self.fail(&"too many redirects in a row", None);
+                                self.fail(&"too many redirects in a row", None, epoch);
                             }
                         }
-                        Some(Err(e)) => self.fail(&e, None),
-                        None => self.fail(&format_args!("{r} without a usable Location"), None),
+                        Some(Err(e)) => self.fail(&e, None, epoch),
+                        None => {
+                            self.fail(&format_args!("{r} without a usable Location"), None, epoch)
+                        }
                     }
                 }
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                     let after = r.retry_after();
-                    self.fail(&r, after);
+                    self.fail(&r, after, epoch);
                 }
-                _ => self.fail(&r, None),
+                _ => self.fail(&r, None, epoch),
             },
         }
         Ok(())
@@ -272,9 +304,11 @@ where
         gauge: gauge.clone(),
         next_id: 0,
         failures: 0,
+        epoch: 0,
         redirects: 0,
         not_before: Instant::now(),
         healthy_since: None,
+        outage_since: None,
         announced: false,
     };
     tokio::pin!(shutdown);
@@ -292,7 +326,10 @@ where
                 pool.next_id += 1;
                 pool.set(id, Some(State::Dialing));
                 let task = connection(
-                    id,
+                    Dialled {
+                        id,
+                        epoch: pool.epoch,
+                    },
                     pool.target.clone(),
                     pool.config.clone(),
                     make.clone(),
@@ -350,8 +387,15 @@ struct Stop {
     hard: CancellationToken,
 }
 
-async fn connection<M, S, B, D>(
+/// Which connection a task is, and the pool's epoch when it was dialled.
+#[derive(Debug, Clone, Copy)]
+struct Dialled {
     id: u64,
+    epoch: u64,
+}
+
+async fn connection<M, S, B, D>(
+    Dialled { id, epoch }: Dialled,
     target: Target,
     config: Arc<Config>,
     make: Arc<M>,
@@ -418,7 +462,7 @@ async fn connection<M, S, B, D>(
             }
         }
     };
-    let _ = events.send(Event::Ended { id, outcome });
+    let _ = events.send(Event::Ended { id, epoch, outcome });
 }
 
 pin_project_lite::pin_project! {

@@ -4,7 +4,10 @@
 //! §7.6.1 says, the request URI is rewritten onto the upstream (with its path as a prefix) and
 //! `Host` is set to the upstream's authority. A request with `Upgrade` (WebSocket) is forwarded
 //! with its upgrade fields; if the upstream answers `101`, the two upgraded streams are spliced.
-//! An unreachable upstream gets `502` with a plain-text reason.
+//! An unreachable upstream gets `502` with a plain-text reason. A body that expects
+//! `100 Continue` is held back until the upstream answers `100` or [`CONTINUE_WAIT`] passes
+//! (`crate::expect`), so the relay's `100` comes from the upstream and a refusal costs no
+//! upload; an HTTP/1.0 upstream is answered for in HTTP/1.1.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -26,12 +29,17 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::{AgentError, BoxError};
+use crate::expect::{Gate, Gated, gate};
+use crate::limits::CONTINUE_WAIT;
 use crate::proto::hop::{Keep, strip_hop_by_hop};
 use crate::proto::path::{self, AboveRoot, PathError};
 use crate::proto::response::drop_length_beside_chunked;
 
 /// Response body of the proxy.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A reversed request's body on its way upstream (held back while it waits for a `100`).
+type UpstreamBody = Gated<Incoming>;
 
 /// The future that runs one upstream HTTP/1.1 connection (boxed so that plain TCP and, later,
 /// TLS upstreams have one type).
@@ -165,7 +173,7 @@ enum BadTarget {
 #[derive(Default)]
 struct Slot {
     /// Idle between requests; taken out while a request is being sent.
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<UpstreamBody>>,
     /// The current upstream connection, polled by the driver; `None` once it has ended.
     conn: Option<UpstreamConn>,
     /// The driver's task, woken when a new connection is put in.
@@ -220,7 +228,7 @@ const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 /// transport (TLS for an `https://` upstream).
 async fn connect_upstream(
     cfg: &ProxyConfig,
-) -> Result<(SendRequest<Incoming>, UpstreamConn), BoxError> {
+) -> Result<(SendRequest<UpstreamBody>, UpstreamConn), BoxError> {
     let (host, port) = (&cfg.addr.0, cfg.addr.1);
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
@@ -252,7 +260,7 @@ impl std::fmt::Debug for ProxyConn {
 
 impl ProxyConn {
     /// A sender on a live upstream connection: the current one, or a new one.
-    async fn sender(&self, fresh: bool) -> Result<SendRequest<Incoming>, BoxError> {
+    async fn sender(&self, fresh: bool) -> Result<SendRequest<UpstreamBody>, BoxError> {
         if !fresh {
             let current = lock(&self.slot).sender.take();
             if let Some(mut sender) = current {
@@ -274,7 +282,7 @@ impl ProxyConn {
 
     /// Send `req` upstream; if the connection turns out to be closed before the request went
     /// out (keep-alive race), dial once more and send it there.
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, BoxError> {
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, BoxError> {
         let mut sender = self.sender(false).await?;
         let err = match sender.try_send_request(req).await {
             Ok(res) => {
@@ -314,6 +322,17 @@ impl ProxyConn {
         strip_for_upstream(req.headers_mut(), upgrade);
         req.headers_mut()
             .insert(header::HOST, self.cfg.host.clone());
+        let (parts, body) = req.into_parts();
+        // An upgrade's body (rare) goes as it comes: its connection becomes a tunnel.
+        let (body, continue_gate) = if upgrade {
+            (Gated::open(body), None)
+        } else {
+            gate(&parts.headers, body, CONTINUE_WAIT)
+        };
+        let mut req = Request::from_parts(parts, body);
+        if let Some(g) = &continue_gate {
+            g.watch(&mut req);
+        }
 
         let mut res = match self.send(req).await {
             Ok(res) => res,
@@ -359,13 +378,28 @@ impl ProxyConn {
             // Keep Upgrade and Connection on the 101.
             return res.map(|b| b.map_err(Into::into).boxed());
         }
-        if drop_length_beside_chunked(res.headers_mut()) {
+        let conflicting = drop_length_beside_chunked(res.headers_mut());
+        if conflicting {
             // The upstream and this side may disagree about where its next response starts:
             // finish this exchange, then dial a new connection for the next request.
             warn!(upstream = %self.cfg.authority, "response with both Content-Length and Transfer-Encoding; not reusing the connection");
+        }
+        // The upstream answered before it asked for the body: the body is never sent. That
+        // upstream connection was told a body follows, and so was this reversed connection (the
+        // relay does not send it either): neither is reused.
+        let refused = continue_gate.as_ref().is_some_and(Gate::refuse);
+        if conflicting || refused {
             lock(&self.slot).sender = None;
         }
         strip_hop_by_hop(res.headers_mut(), Keep::default());
+        if refused {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        // The agent speaks its own version to the relay whatever the upstream spoke (RFC 9110
+        // §6.2): an HTTP/1.0 answer goes on as HTTP/1.1, framed by hyper (by its length, or
+        // chunked when the upstream delimited it by closing), and the reversed connection stays.
+        *res.version_mut() = http::Version::HTTP_11;
         res.map(|b| b.map_err(Into::into).boxed())
     }
 }

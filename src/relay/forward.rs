@@ -3,11 +3,13 @@
 //! The request is rewritten (target, hop-by-hop fields, forwarding fields), sent over a leased
 //! connection, and the response streams back frame by frame; the connection is parked again
 //! when the response body has ended. Failures map to 404 (no such agent), 503 (the agent is
-//! offline, or no idle connection in time), 502 (agent gone, or a `101` to a request that did not ask to upgrade)
-//! and 504 (no response head in time). A public request body that fails on its way (a bad
-//! chunk, a connection closed early) is the client's fault: 400 if no response has started.
-//! A bad `Host` (RFC 9112 §3.2) is 400 before anything else. A request is retried on another
-//! connection only when hyper hands it back unsent.
+//! offline, or no idle connection in time), 502 (agent gone, or a `101` to a request that did
+//! not ask to upgrade) and 504 (no response head in time). A public request body that fails on
+//! its way (a bad chunk, a connection closed early) is the client's fault: 400 if no response
+//! has started. A bad `Host` (RFC 9112 §3.2) is 400 before anything else. A request is retried
+//! on another connection only when hyper hands it back unsent. A body that expects
+//! `100 Continue` is held back until the agent answers `100` (`crate::expect`): the public
+//! client's `100` comes from the agent side, and a refusal from there costs no upload.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,10 +29,11 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Shared;
 use super::accept::{ConnInfo, busy, text};
 use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reservation};
 use super::route::{RouteError, route};
+use super::{RELAY_CONTINUE_WAIT, Shared};
+use crate::expect::{Gate, Gated, gate};
 use crate::proto::hop::{Keep, strip_hop_by_hop};
 use crate::proto::request;
 use crate::proto::response::drop_length_beside_chunked;
@@ -161,6 +164,11 @@ async fn forward_inner(
     let mut public_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
+    if parts.version == http::Version::HTTP_10 {
+        // RFC 9110 §10.1.1: an expectation in an HTTP/1.0 request is ignored (hyper sends no
+        // `100` to it, and the body is on its way).
+        parts.headers.remove(header::EXPECT);
+    }
     strip_hop_by_hop(&mut parts.headers, keep_for_agent(upgrade));
     set_forwarded(
         &mut parts.headers,
@@ -178,6 +186,12 @@ async fn forward_inner(
     parts.version = http::Version::HTTP_11;
     let (sent_tx, sent_rx) = oneshot::channel();
     let request_body = Arc::new(BodyState::default());
+    // An upgrade's body (rare) goes as it comes: its exchange is a tunnel, not parked again.
+    let (body, continue_gate) = if upgrade {
+        (Gated::open(body), None)
+    } else {
+        gate(&parts.headers, body, RELAY_CONTINUE_WAIT)
+    };
     let body = Tracked::new(
         body,
         shared.metrics.bytes_in.clone(),
@@ -186,6 +200,9 @@ async fn forward_inner(
     )
     .boxed();
     let mut out = Request::from_parts(parts, body);
+    if let Some(g) = &continue_gate {
+        g.watch(&mut out);
+    }
 
     let deadline = Instant::now() + cfg.queue_timeout;
     let mut retried = false;
@@ -225,7 +242,15 @@ async fn forward_inner(
         let attempt = if let Some(public) = public_upgrade.take() {
             return upgrade_exchange(shared, conn, out, sent, public, &request_body).await;
         } else {
-            exchange(shared, conn, out, sent, &request_body).await
+            exchange(
+                shared,
+                conn,
+                out,
+                sent,
+                &request_body,
+                continue_gate.as_ref(),
+            )
+            .await
         };
         match attempt {
             Attempt::Done(res) => return res,
@@ -270,12 +295,17 @@ const AGENT_READ_BUF: usize = 64 * 1024;
 /// One request and response on `conn`, driving the client connection in this task (no
 /// extra task, no cross-task wakeups). The response body keeps driving it; when the body
 /// has ended the stream goes back to the pool.
+///
+/// A final response that comes while `continue_gate` still holds the body back is a refusal
+/// before the upload: the body is never sent, the public connection closes after the answer,
+/// and the agent's connection (told a body would follow) is dropped, not parked.
 async fn exchange(
     shared: &Arc<Shared>,
     conn: AgentConn,
     out: Request<ForwardBody>,
     sent: oneshot::Receiver<()>,
     request_body: &BodyState,
+    continue_gate: Option<&Gate>,
 ) -> Attempt {
     let AgentConn { io, reservation } = conn;
     let (mut sender, client) = match client_builder().handshake(TokioIo::new(io)).await {
@@ -343,12 +373,23 @@ async fn exchange(
             "the agent sent Content-Length with Transfer-Encoding; its connection is closed after this response"
         );
     }
-    let reusable = !conflicting && keeps_alive(&parts);
+    let refused = continue_gate.is_some_and(Gate::refuse);
+    let reusable = !refused && !conflicting && keeps_alive(&parts);
     strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
+    // The relay answers in its own version (RFC 9110 §6.2), whatever the agent spoke.
+    parts.version = http::Version::HTTP_11;
+    if refused {
+        // The public client announced a body the relay will not read: say the connection
+        // closes (RFC 9110 §10.1.1), rather than leave the client guessing.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     // A finished client future must not be polled again. One still running while the request
     // body is still on its way gets its own task: hyper polls this response body only while
-    // the public client reads, and an upload must not stall behind an unread download.
-    let client = match (client_done.is_some(), request_body.ended()) {
+    // the public client reads, and an upload must not stall behind an unread download. A
+    // refused body is never sent: nothing to run for.
+    let client = match (client_done.is_some(), refused || request_body.ended()) {
         (true, _) => None,
         (false, true) => Some(client),
         (false, false) => {
@@ -416,6 +457,7 @@ async fn upgrade_exchange(
         // reused (it may still be set up for the upgrade).
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, keep_for_agent(false));
+        parts.version = http::Version::HTTP_11;
         let body = Tracked::new(body, shared.metrics.bytes_out.clone(), None, Arc::default());
         let keep = (task, reservation);
         return Response::from_parts(

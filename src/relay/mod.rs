@@ -76,6 +76,11 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
 /// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long the relay holds a public request body that expects `100 Continue` before it lets it
+/// go without the agent's `100`: 2 s, twice [`crate::limits::CONTINUE_WAIT`]. Behind a ptth
+/// agent the agent's own (shorter) wait, or its upstream, decides when the `100` comes; this
+/// one only covers dialers that never answer the expectation.
+pub const RELAY_CONTINUE_WAIT: Duration = Duration::from_secs(2);
 /// `Retry-After` seconds sent with 503/429.
 pub const RETRY_AFTER_SECS: u64 = 1;
 

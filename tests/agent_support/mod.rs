@@ -62,6 +62,7 @@ pub fn fast_backoff() -> Backoff {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(200),
         healthy_period: Duration::from_secs(30),
+        ..Backoff::default()
     }
 }
 
