@@ -268,12 +268,10 @@ pub enum Error {
     /// The listener refused the upgrade.
     #[error("{0}")]
     Refused(Box<Refusal>),
-    /// The TLS handshake failed; the message says why in plain words.
-    #[error("{message}")]
-    Tls {
-        /// What went wrong.
-        message: String,
-    },
+    /// The TLS handshake failed; it says why in plain words, and [`crate::tls::TlsError::kind`]
+    /// says what kind of failure it was.
+    #[error("{0}")]
+    Tls(#[source] Box<crate::tls::TlsError>),
     /// hyper failed on the reversed connection.
     #[error("{context}: {source}")]
     Hyper {
@@ -283,6 +281,12 @@ pub enum Error {
         #[source]
         source: hyper::Error,
     },
+}
+
+impl From<crate::tls::TlsError> for Error {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Error::Tls(Box::new(e))
+    }
 }
 
 impl Error {

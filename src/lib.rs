@@ -27,6 +27,7 @@
 //! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
 //! - `expect` (private): `Expect: 100-continue` passed hop by hop through the relay and the
 //!   agent, so that a refusal costs no upload.
+//! - [`shutdown`]: the drain timeout both roles stop within.
 //! - [`net`]: `TCP_NODELAY` and keepalive for every socket the relay and the agent proxy through.
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
@@ -50,6 +51,7 @@ pub mod listener;
 pub mod net;
 pub mod proto;
 pub mod relay;
+pub mod shutdown;
 pub mod timer;
 pub mod tls;
 

@@ -6,8 +6,9 @@
 //! functions of [`crate::dialer`] and [`crate::listener`] then run on the TLS stream unchanged.
 //!
 //! This module builds the rustls configs from PEM files (with errors that name the file and the
-//! problem), wraps streams, turns rustls's certificate errors into sentences a user understands,
-//! and checks a client certificate against a claimed name for mutual TLS.
+//! problem), wraps streams, turns rustls's certificate errors into sentences a user understands
+//! ([`TlsError`], with a [`TlsFailure`] kind a tool can turn into advice of its own), and checks a
+//! client certificate against a claimed name for mutual TLS.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ pub enum TlsConfigError {
         #[source]
         source: rustls::Error,
     },
-    /// No trusted roots were found (no system store and no `--ca-cert`).
+    /// No trusted roots were found (no system store, and no CA file given).
     #[error("no trusted root certificates: the system store is empty; pass a CA file")]
     NoRoots,
     /// The client-certificate verifier could not be built from the CA file.
@@ -203,14 +204,29 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let name = ServerName::try_from(server_name.to_string()).map_err(|_| crate::Error::Tls {
-        message: format!("{server_name:?} is not a valid TLS server name"),
-    })?;
+    Ok(connect_typed(io, server_name, config).await?)
+}
+
+/// [`connect`], with the TLS error itself (the agent files it under the address it dialled).
+pub(crate) async fn connect_typed<IO>(
+    io: IO,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> Result<client::TlsStream<IO>, TlsError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let name =
+        ServerName::try_from(server_name.to_string()).map_err(|source| TlsError::ServerName {
+            name: server_name.to_string(),
+            source,
+        })?;
     TlsConnector::from(config)
         .connect(name, io)
         .await
-        .map_err(|e| crate::Error::Tls {
-            message: describe(&e, server_name),
+        .map_err(|source| TlsError::Handshake {
+            peer: server_name.to_string(),
+            source,
         })
 }
 
@@ -225,9 +241,106 @@ where
     TlsAcceptor::from(config)
         .accept(io)
         .await
-        .map_err(|e| crate::Error::Tls {
-            message: describe(&e, "client"),
+        .map_err(|source| {
+            crate::Error::from(TlsError::Handshake {
+                peer: "client".to_string(),
+                source,
+            })
         })
+}
+
+/// A TLS handshake that failed. It reads as a sentence a user can act on ([`describe`]), and
+/// [`TlsError::kind`] says what went wrong for a caller that wants to advise its own user (a
+/// command-line tool naming the flag that fixes it, say).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The name to verify the peer against cannot be a TLS server name.
+    #[error("{name:?} is not a valid TLS server name")]
+    ServerName {
+        /// The name given.
+        name: String,
+        /// What rustls said.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The handshake itself failed (the peer's certificate, or the peer).
+    #[error("{}", describe(source, peer))]
+    Handshake {
+        /// Who the handshake was with: the server name, or `client` on the server side.
+        peer: String,
+        /// The I/O error of the handshake; a [`rustls::Error`] inside it when rustls refused.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What kind of TLS failure a [`TlsError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The peer's certificate is signed by a CA not among the trusted roots.
+    UnknownIssuer,
+    /// The peer's certificate has expired.
+    Expired,
+    /// The peer's certificate is not valid yet (often: a clock that is wrong).
+    NotValidYet,
+    /// The peer's certificate is not valid for the name dialled.
+    WrongName,
+    /// The peer's certificate has been revoked.
+    Revoked,
+    /// The peer's certificate was rejected for another reason.
+    BadCertificate,
+    /// The peer presented no certificate.
+    NoCertificate,
+    /// The peer does not speak TLS (plain HTTP on a TLS port, say).
+    NotTls,
+    /// The name to verify against is not a valid server name.
+    BadServerName,
+    /// Anything else (the connection broke, no common protocol version, ...).
+    Other,
+}
+
+impl TlsError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TlsFailure {
+        let TlsError::Handshake { source, .. } = self else {
+            return TlsFailure::BadServerName;
+        };
+        match rustls_error(source) {
+            Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+                CertificateError::UnknownIssuer => TlsFailure::UnknownIssuer,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    TlsFailure::Expired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    TlsFailure::NotValidYet
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => TlsFailure::WrongName,
+                CertificateError::Revoked => TlsFailure::Revoked,
+                _ => TlsFailure::BadCertificate,
+            },
+            Some(rustls::Error::NoCertificatesPresented) => TlsFailure::NoCertificate,
+            Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. }) => {
+                TlsFailure::NotTls
+            }
+            _ => TlsFailure::Other,
+        }
+    }
+
+    /// The rustls error behind the failure, when rustls refused the handshake.
+    pub fn rustls(&self) -> Option<&rustls::Error> {
+        match self {
+            TlsError::Handshake { source, .. } => rustls_error(source),
+            TlsError::ServerName { .. } => None,
+        }
+    }
+}
+
+fn rustls_error(err: &io::Error) -> Option<&rustls::Error> {
+    err.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// The verified client certificate of an accepted TLS stream, if the client sent one.
@@ -252,12 +365,10 @@ pub fn certificate_matches_name(cert: &CertificateDer<'_>, name: &str) -> bool {
         .is_ok()
 }
 
-/// A TLS failure in words a user can act on.
+/// A TLS failure in words a user can act on. It says what failed, not how to fix it: the fix
+/// (which file to trust, which flag to pass) is the caller's to tell ([`TlsError::kind`]).
 pub fn describe(err: &io::Error, peer: &str) -> String {
-    let Some(tls) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls) = rustls_error(err) else {
         return format!("TLS handshake with {peer} failed: {err}");
     };
     match tls {
@@ -269,9 +380,7 @@ pub fn describe(err: &io::Error, peer: &str) -> String {
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     "it is not valid yet (check the clock)".to_string()
                 }
-                CertificateError::UnknownIssuer => {
-                    "it is signed by an unknown CA (pass the CA with --ca-cert)".to_string()
-                }
+                CertificateError::UnknownIssuer => "it is signed by an unknown CA".to_string(),
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => {
                     format!("it is not valid for the name {peer:?}")

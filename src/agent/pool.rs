@@ -7,21 +7,22 @@
 //! restart that closes four parked connections, or refuses four redials, is one failure, and
 //! while failing the pool probes with one connection at a time, each probe its own epoch.
 //!
-//! One supervisor task owns all the state; each connection is a task that reports what happens
-//! to it ([`Event`]) over a channel. A connection counts as *busy* from the first byte of a
-//! request until its response body is done (or dropped), and as *idle* otherwise. Busy
-//! connections are counted in a shared [`Gauge`]; a request only wakes the supervisor when the
-//! idle count it leaves may call for another connection.
+//! One supervisor task owns all the state; each connection is a task ([`super::conn`]) that
+//! reports what happens to it ([`Event`]) over a channel. A connection counts as *busy* from the
+//! first byte of a request until its response body is done (or dropped), and as *idle*
+//! otherwise. Busy connections are counted in a shared [`Gauge`]; a request only wakes the
+//! supervisor when the idle count it leaves may call for another connection.
+//!
+//! When stopping, the pool stops dialling, asks every connection to finish its exchange, and
+//! after the drain timeout closes the ones still serving.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -29,70 +30,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use super::dial::{Target, dial};
+use super::config::{MAX_REDIRECTS, QUICK_CLOSE};
+use super::conn::{Dialled, Event, Gauge, Outcome, Stop, connection};
+use super::target::Target;
 use super::{AgentError, BoxError, Config};
-use crate::error::{Error, Refusal};
 
-/// A connection that closes within this time of parking without having served a request counts
-/// as a failure, so a relay that drops every connection at once meets the backoff: 5 s.
-pub const QUICK_CLOSE: Duration = Duration::from_secs(5);
-
-/// Consecutive `307`/`308` answers followed before they count as failures: 5.
-pub const MAX_REDIRECTS: u32 = 5;
-
-#[derive(Debug)]
-enum Event {
-    Parked {
-        id: u64,
-    },
-    /// A connection became busy and the pool may be short of idle connections.
-    Busy,
-    Ended {
-        id: u64,
-        /// The pool's epoch when this connection was dialled.
-        epoch: u64,
-        outcome: Outcome,
-    },
-}
-
-#[derive(Debug)]
-enum Outcome {
-    /// The connection parked, then closed.
-    Closed { served: bool, lived: Duration },
-    /// Connect or handshake failed.
-    Failed(AgentError),
-    /// The relay answered the upgrade request with something other than `101`.
-    Refused(Box<Refusal>),
-    /// Shut down before it parked.
-    Cancelled,
-}
-
+/// Where a connection is in its life, as the supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Dialing,
     Parked,
-}
-
-/// What the connections and the supervisor share, so that most requests do not have to wake
-/// the supervisor.
-#[derive(Debug)]
-struct Gauge {
-    /// Parked connections serving a request.
-    busy: AtomicUsize,
-    /// Parked connections (written by the supervisor).
-    parked: AtomicUsize,
-    /// Whether the pool may still grow (written by the supervisor).
-    room: AtomicBool,
-    /// Idle connections wanted.
-    connections: usize,
-}
-
-impl Gauge {
-    /// Whether the idle connections left might be fewer than wanted (the supervisor decides).
-    fn short(&self, busy: usize) -> bool {
-        self.room.load(Ordering::Relaxed)
-            && self.parked.load(Ordering::Relaxed).saturating_sub(busy) < self.connections
-    }
 }
 
 struct Pool {
@@ -159,7 +106,13 @@ impl Pool {
 
     /// A connection dialled in `epoch` failed: count it, unless a failure was counted since it
     /// was dialled (the same outage). A `Retry-After` (`at_least`) is honoured either way.
-    fn fail(&mut self, why: &dyn std::fmt::Display, at_least: Option<Duration>, epoch: u64) {
+    /// Returns whether it was counted.
+    fn fail(
+        &mut self,
+        why: &dyn std::fmt::Display,
+        at_least: Option<Duration>,
+        epoch: u64,
+    ) -> bool {
         let now = Instant::now();
         let at_least = at_least.unwrap_or_default();
         if epoch != self.epoch {
@@ -168,7 +121,7 @@ impl Pool {
                 failures = self.failures,
                 "{why} (the same outage: not counted again)"
             );
-            return;
+            return false;
         }
         self.reset_if_healthy(now);
         if self.failures == 0 && self.announced {
@@ -183,6 +136,7 @@ impl Pool {
         let delay = backoff.delay_random(self.failures).max(at_least);
         self.not_before = self.not_before.max(now + delay);
         warn!(failures = self.failures, retry_in = ?delay, "{why}");
+        true
     }
 
     fn reset_if_healthy(&mut self, now: Instant) {
@@ -234,7 +188,13 @@ impl Pool {
                     debug!(served, ?lived, "parked connection closed");
                 }
             }
-            Outcome::Failed(e) => self.fail(&e, None, epoch),
+            Outcome::Failed(e) => {
+                if self.fail(&e, None, epoch)
+                    && let Some(hook) = &self.config.on_failure
+                {
+                    hook.call(&e);
+                }
+            }
             Outcome::Cancelled => {}
             Outcome::Refused(r) => match r.status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -246,16 +206,18 @@ impl Pool {
                 StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => {
                     match r.location().map(|l| self.target.redirect(l)) {
                         Some(Ok(next)) => {
-                            info!(location = %next.url, "relay redirected the agent");
+                            info!(location = %next.url(), "relay redirected the agent");
                             self.target = next;
                             self.redirects += 1;
                             if self.redirects > MAX_REDIRECTS {
                                 self.fail(&"too many redirects in a row", None, epoch);
                             }
                         }
-                        Some(Err(e)) => self.fail(&e, None, epoch),
+                        Some(Err(e)) => {
+                            self.fail(&e, None, epoch);
+                        }
                         None => {
-                            self.fail(&format_args!("{r} without a usable Location"), None, epoch)
+                            self.fail(&format_args!("{r} without a usable Location"), None, epoch);
                         }
                     }
                 }
@@ -263,7 +225,9 @@ impl Pool {
                     let after = r.retry_after();
                     self.fail(&r, after, epoch);
                 }
-                _ => self.fail(&r, None, epoch),
+                _ => {
+                    self.fail(&r, None, epoch);
+                }
             },
         }
         Ok(())
@@ -377,226 +341,4 @@ where
     tracker.close();
     tracker.wait().await;
     result
-}
-
-/// How the pool tells a connection to stop.
-struct Stop {
-    /// Finish the exchange in flight, then close (or stop dialling).
-    graceful: CancellationToken,
-    /// The drain timeout passed: close now.
-    hard: CancellationToken,
-}
-
-/// Which connection a task is, and the pool's epoch when it was dialled.
-#[derive(Debug, Clone, Copy)]
-struct Dialled {
-    id: u64,
-    epoch: u64,
-}
-
-async fn connection<M, S, B, D>(
-    Dialled { id, epoch }: Dialled,
-    target: Target,
-    config: Arc<Config>,
-    make: Arc<M>,
-    gauge: Arc<Gauge>,
-    events: mpsc::UnboundedSender<Event>,
-    stop: Stop,
-) where
-    M: Fn() -> (S, D),
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    D: std::future::Future<Output = ()>,
-{
-    let outcome = tokio::select! {
-        o = park(&target, &config) => o,
-        () = stop.graceful.cancelled() => Err(Outcome::Cancelled),
-    };
-    let outcome = match outcome {
-        Err(o) => o,
-        Ok(flipped) => {
-            debug!(relay = %target.url, "parked");
-            let _ = events.send(Event::Parked { id });
-            let parked_at = Instant::now();
-            let track = Arc::new(Track {
-                gauge,
-                events: events.clone(),
-                in_flight: AtomicUsize::new(0),
-                served: AtomicBool::new(false),
-            });
-            let (service, driver) = make();
-            let svc = Tracked {
-                inner: service,
-                track: track.clone(),
-            };
-            let serving = WithDriver {
-                conn: flipped.serve(svc, &config.limits),
-                driver,
-            };
-            let mut serving = std::pin::pin!(serving);
-            let cancelled = stop.graceful.cancelled();
-            tokio::pin!(cancelled);
-            let mut stopping = false;
-            let graceful = std::future::poll_fn(|cx| {
-                if !stopping && cancelled.as_mut().poll(cx).is_ready() {
-                    stopping = true;
-                    serving.as_mut().project().conn.graceful_shutdown();
-                }
-                serving.as_mut().poll(cx)
-            });
-            let res = tokio::select! {
-                r = graceful => r,
-                // The drain timeout passed: dropping the connection closes it mid-exchange.
-                () = stop.hard.cancelled() => Ok(()),
-            };
-            if let Err(e) = res {
-                debug!(error = %e, "reversed connection ended with an error");
-            }
-            Outcome::Closed {
-                served: track.served.load(Ordering::Relaxed),
-                lived: parked_at.elapsed(),
-            }
-        }
-    };
-    let _ = events.send(Event::Ended { id, epoch, outcome });
-}
-
-pin_project_lite::pin_project! {
-    /// A reversed connection and its driver (the proxy's upstream connection), polled together
-    /// so that every wakeup of either lands in this one task. Done when the connection is.
-    struct WithDriver<C, D> {
-        #[pin]
-        conn: C,
-        #[pin]
-        driver: D,
-    }
-}
-
-impl<C: std::future::Future, D: std::future::Future<Output = ()>> std::future::Future
-    for WithDriver<C, D>
-{
-    type Output = C::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = self.project();
-        // The driver first: it delivers what the upstream sent to the service's futures.
-        let _ = this.driver.poll(cx);
-        this.conn.poll(cx)
-    }
-}
-
-async fn park(
-    target: &Target,
-    config: &Config,
-) -> Result<crate::dialer::Flipped<super::dial::BoxedIo>, Outcome> {
-    let io = dial(target, &config.transport, config.connect_timeout)
-        .await
-        .map_err(Outcome::Failed)?;
-    let request = target.upgrade_request(
-        &config.method,
-        config.protocol,
-        config.token.as_ref(),
-        &config.headers,
-    );
-    crate::dialer::handshake(io, &request, &config.limits)
-        .await
-        .map_err(|e| match e {
-            Error::Refused(r) => Outcome::Refused(r),
-            e => Outcome::Failed(AgentError::Handshake(e)),
-        })
-}
-
-/// Per-connection request accounting shared by the service wrapper and response bodies.
-struct Track {
-    gauge: Arc<Gauge>,
-    events: mpsc::UnboundedSender<Event>,
-    in_flight: AtomicUsize,
-    served: AtomicBool,
-}
-
-/// Held from the start of a request until its response body is finished or dropped.
-struct InFlight(Arc<Track>);
-
-impl InFlight {
-    fn start(track: &Arc<Track>) -> InFlight {
-        track.served.store(true, Ordering::Relaxed);
-        if track.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            let busy = track.gauge.busy.fetch_add(1, Ordering::AcqRel) + 1;
-            if track.gauge.short(busy) {
-                let _ = track.events.send(Event::Busy);
-            }
-        }
-        InFlight(track.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Becoming idle never calls for a dial: no need to wake the supervisor.
-            self.0.gauge.busy.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// The user's service, reporting busy/idle to the pool.
-struct Tracked<S> {
-    inner: S,
-    track: Arc<Track>,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<TrackedBody<B>>;
-    type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = InFlight::start(&self.track);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            Ok(res.map(|inner| TrackedBody {
-                inner,
-                _guard: guard,
-            }))
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its connection counted as busy until it is done.
-    pub struct TrackedBody<B> {
-        #[pin]
-        inner: B,
-        _guard: InFlight,
-    }
-}
-
-impl<B: Body> Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -15,19 +15,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::config::{DEFAULT_UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_MAX_BUF, default_tls};
+use super::target::Upstream;
 use super::{AgentError, BoxError};
 use crate::expect::{Gate, Gated, gate};
 use crate::limits::CONTINUE_WAIT;
@@ -56,15 +58,13 @@ pub struct Proxy {
     cfg: Arc<ProxyConfig>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ProxyConfig {
-    authority: Authority,
-    /// Host and port to dial.
-    addr: (String, u16),
-    prefix: String,
-    host: HeaderValue,
+    upstream: Upstream,
     /// TLS for an `https://` upstream: SNI and verification use the URL's host.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Deadline of the TCP connect, and again of the TLS handshake.
+    connect_timeout: Duration,
 }
 
 impl Proxy {
@@ -80,44 +80,26 @@ impl Proxy {
         upstream: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Proxy, AgentError> {
-        let bad = |reason| AgentError::BadUpstreamUrl {
-            url: upstream.to_string(),
-            reason,
-        };
-        let uri: Uri = upstream.parse().map_err(|_| bad("not a valid URL"))?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(bad("the scheme must be http:// or https://")),
-        };
-        let tls = match (https, tls) {
+        let upstream = Upstream::parse(upstream)?;
+        let tls = match (upstream.endpoint.tls, tls) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
-            (true, None) => Some(
-                crate::tls::client_config(None, None)
-                    .map_err(|e| AgentError::BadConfig(e.to_string()))?,
-            ),
+            (true, None) => Some(default_tls()?),
         };
-        let authority = uri.authority().ok_or(bad("no host"))?.clone();
-        let prefix = uri.path().trim_end_matches('/').to_string();
-        let host_name = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let addr = (
-            host_name,
-            authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        );
         Ok(Proxy {
             cfg: Arc::new(ProxyConfig {
-                host: HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?,
-                authority,
-                addr,
-                prefix,
+                upstream,
                 tls,
+                connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
             }),
         })
+    }
+
+    /// Deadline for the TCP connect to the upstream, and again for its TLS handshake; past it
+    /// the request gets `502`. Default: [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, d: Duration) -> Proxy {
+        Arc::make_mut(&mut self.cfg).connect_timeout = d;
+        self
     }
 
     /// The service for one reversed connection, and the driver of its upstream connection.
@@ -143,11 +125,11 @@ impl Proxy {
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         if !pq.starts_with('/') {
             // `*` or an absolute form: keep only what a proxy can forward.
-            let root = format!("{}/", self.cfg.prefix);
+            let root = format!("{}/", self.cfg.upstream.prefix);
             return Ok(Uri::from(PathAndQuery::try_from(root)?));
         }
         let pq = path::normalize(pq, AboveRoot::Stay)?;
-        if self.cfg.prefix.is_empty() {
+        if self.cfg.upstream.prefix.is_empty() {
             if uri.scheme().is_none() && uri.authority().is_none() && matches!(pq, Cow::Borrowed(_))
             {
                 // Already origin-form and clean: keep it as it is (no copy).
@@ -155,7 +137,7 @@ impl Proxy {
             }
             return Ok(Uri::from(PathAndQuery::try_from(&*pq)?));
         }
-        let pq = format!("{}{pq}", self.cfg.prefix);
+        let pq = format!("{}{pq}", self.cfg.upstream.prefix);
         Ok(Uri::from(PathAndQuery::try_from(pq)?))
     }
 }
@@ -218,24 +200,23 @@ impl Future for UpstreamDriver {
     }
 }
 
-/// Ceiling of hyper's read buffer on an upstream connection, and so also the largest upstream
-/// response head: 64 KiB. hyper's default (about 400 KiB) let each of the agent's upstream
-/// connections grow its buffer that far under large bodies: agent RSS 25–56 MiB after the
-/// benchmark's 10 MB echo, against 9–12 MiB with this cap (BENCHMARKS.md).
-const UPSTREAM_MAX_BUF: usize = 64 * 1024;
-
 /// Dial the upstream and start an HTTP/1.1 connection on it; the only place that knows the
 /// transport (TLS for an `https://` upstream).
 async fn connect_upstream(
     cfg: &ProxyConfig,
 ) -> Result<(SendRequest<UpstreamBody>, UpstreamConn), BoxError> {
-    let (host, port) = (&cfg.addr.0, cfg.addr.1);
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
-    let io: Box<dyn super::dial::AgentIo> = match &cfg.tls {
-        None => Box::new(tcp),
-        Some(tls) => Box::new(crate::tls::connect(tcp, host, tls.clone()).await?),
-    };
+    let endpoint = &cfg.upstream.endpoint;
+    // The system resolver, every address in turn (a `localhost` upstream may listen on `::1`).
+    let addrs = (endpoint.host.as_str(), endpoint.port);
+    let shown = endpoint.authority_str();
+    let io = super::dial::open(
+        endpoint,
+        addrs,
+        &shown,
+        cfg.tls.as_ref(),
+        cfg.connect_timeout,
+    )
+    .await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(UPSTREAM_MAX_BUF)
         .handshake(TokioIo::new(io))
@@ -253,7 +234,7 @@ pub struct ProxyConn {
 impl std::fmt::Debug for ProxyConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyConn")
-            .field("upstream", &self.cfg.authority)
+            .field("upstream", &self.cfg.upstream.endpoint.url)
             .finish_non_exhaustive()
     }
 }
@@ -321,7 +302,7 @@ impl ProxyConn {
         *req.version_mut() = http::Version::HTTP_11;
         strip_for_upstream(req.headers_mut(), upgrade);
         req.headers_mut()
-            .insert(header::HOST, self.cfg.host.clone());
+            .insert(header::HOST, self.cfg.upstream.endpoint.authority.clone());
         let (parts, body) = req.into_parts();
         // An upgrade's body (rare) goes as it comes: its connection becomes a tunnel.
         let (body, continue_gate) = if upgrade {
@@ -339,17 +320,17 @@ impl ProxyConn {
             Err(e) if request_body_failed(&*e) => {
                 // Not the upstream's fault: the request body coming over the reversed
                 // connection was cut or malformed (on the relay's side, or by its client).
-                debug!(upstream = %self.cfg.authority, error = %error_chain(&*e), "request body cut off before it reached the upstream in full");
+                debug!(upstream = %self.cfg.upstream.endpoint.authority_str(), error = %error_chain(&*e), "request body cut off before it reached the upstream in full");
                 return plain(
                     StatusCode::BAD_REQUEST,
                     "400 Bad Request: the request body ended early or was malformed\n",
                 );
             }
             Err(e) => {
-                warn!(upstream = %self.cfg.authority, error = %e, "upstream request failed");
+                warn!(upstream = %self.cfg.upstream.endpoint.authority_str(), error = %e, "upstream request failed");
                 let text = format!(
                     "502 Bad Gateway: the agent could not reach its upstream http://{}: {}\n",
-                    self.cfg.authority,
+                    self.cfg.upstream.endpoint.authority_str(),
                     error_chain(&*e)
                 );
                 return plain(StatusCode::BAD_GATEWAY, text);
@@ -382,7 +363,7 @@ impl ProxyConn {
         if conflicting {
             // The upstream and this side may disagree about where its next response starts:
             // finish this exchange, then dial a new connection for the next request.
-            warn!(upstream = %self.cfg.authority, "response with both Content-Length and Transfer-Encoding; not reusing the connection");
+            warn!(upstream = %self.cfg.upstream.endpoint.authority_str(), "response with both Content-Length and Transfer-Encoding; not reusing the connection");
         }
         // The upstream answered before it asked for the body: the body is never sent. That
         // upstream connection was told a body follows, and so was this reversed connection (the
@@ -473,12 +454,17 @@ fn request_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
+/// An error and its sources, each once: a source whose words its parent already quotes (most
+/// errors here end with their source's message) is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = inner.source();
     }
     s
@@ -522,7 +508,7 @@ mod tests {
         assert_eq!(p.upstream_uri(&"*".parse().unwrap()).unwrap(), "/");
         assert!(Proxy::new("ftp://x").is_err());
         let p = Proxy::with_tls("https://up.example", None).unwrap();
-        assert_eq!(p.cfg.addr.1, 443);
+        assert_eq!(p.cfg.upstream.endpoint.port, 443);
         assert!(p.cfg.tls.is_some());
     }
 

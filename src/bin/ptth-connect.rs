@@ -162,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         builder = builder.header(name, value);
     }
     let agent = builder.build()?;
-    tracing::info!(relay = %agent.config().target.url, upstream = %args.to, "starting");
+    tracing::info!(relay = %agent.config().target.url(), upstream = %args.to, "starting");
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -60,8 +60,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// (10 s), which is for a name whose agent is there but busy; capped by `--grace` (30 s).
 pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Default `--drain-timeout`: 30 s for in-flight requests and open upgrade tunnels after
-/// SIGINT/SIGTERM; whatever is still open then is cut.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGINT/SIGTERM; whatever is still open then is cut. Shared with the agent.
+pub use crate::shutdown::DEFAULT_DRAIN_TIMEOUT;
 /// Default `--max-agents`: total agent connections: 4096.
 pub const DEFAULT_MAX_AGENTS: usize = 4096;
 /// Default `--max-per-name`: agent connections per name: 256.
