@@ -131,6 +131,63 @@ async fn unknown_ca_is_refused() {
     .expect("deadline");
 }
 
+/// The library says what failed and of which kind; which flag fixes it is for the program to
+/// say (`ptth-connect` does: tests/cli.rs).
+#[tokio::test]
+async fn tls_failures_have_a_kind_and_name_no_flag() {
+    tokio::time::timeout(DEADLINE, async {
+        let (good, other) = (Pki::new("good"), Pki::new("other"));
+        let cases = [
+            (
+                &other,
+                &["localhost"][..],
+                false,
+                "localhost",
+                tls::TlsFailure::UnknownIssuer,
+            ),
+            (
+                &good,
+                &["localhost"][..],
+                false,
+                "relay.example",
+                tls::TlsFailure::WrongName,
+            ),
+            (
+                &good,
+                &["localhost"][..],
+                true,
+                "localhost",
+                tls::TlsFailure::Expired,
+            ),
+        ];
+        for (trusted, names, expired, sni, kind) in cases {
+            let (listener, addr) = bind().await;
+            let server = tokio::spawn(listen_once(listener, server(&good, names, expired, None)));
+            let client = tls::client_config(Some(&trusted.ca_file()), None).unwrap();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let err = tls::connect(tcp, sni, client).await.unwrap_err();
+            let _ = server.await;
+            let ptth::Error::Tls(tls_err) = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(tls_err.kind(), kind, "{err}");
+            assert!(tls_err.rustls().is_some(), "{err}");
+            assert!(std::error::Error::source(&err).is_some(), "{err}");
+            assert!(!err.to_string().contains("--"), "{err}");
+        }
+        let (_listener, addr) = bind().await;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let client = tls::client_config(Some(&good.ca_file()), None).unwrap();
+        let err = tls::connect(tcp, "not a name", client).await.unwrap_err();
+        let ptth::Error::Tls(tls_err) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(tls_err.kind(), tls::TlsFailure::BadServerName);
+    })
+    .await
+    .expect("deadline");
+}
+
 #[tokio::test]
 async fn wrong_server_name_is_refused() {
     tokio::time::timeout(DEADLINE, async {

@@ -473,6 +473,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn uris_are_rewritten_onto_the_upstream() {
@@ -510,6 +511,57 @@ mod tests {
         let p = Proxy::with_tls("https://up.example", None).unwrap();
         assert_eq!(p.cfg.upstream.endpoint.port, 443);
         assert!(p.cfg.tls.is_some());
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+    /// hangs (as to a black-holed upstream) instead of being refused. Returns it with the
+    /// connections that fill it, to keep them open.
+    async fn black_hole() -> (std::net::SocketAddr, Vec<impl Sized>) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut held = vec![Box::new(socket) as Box<dyn Send>];
+        // Fill the queue: each connect that completes at once takes a slot; the first one that
+        // does not finish within a moment is hanging, which is what the test needs.
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => held.push(Box::new(tcp)),
+                _ => return (addr, held),
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+
+    #[tokio::test]
+    async fn the_upstream_connect_has_a_deadline() {
+        let (addr, _held) = black_hole().await;
+        let proxy = Proxy::new(&format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), connect_upstream(&proxy.cfg))
+            .await
+            .expect("the upstream connect must give up at its deadline")
+            .err()
+            .expect("a black hole never answers");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            error_chain(&*err).contains("timed out"),
+            "{}",
+            error_chain(&*err)
+        );
     }
 
     #[test]

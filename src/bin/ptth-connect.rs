@@ -2,15 +2,22 @@
 //!
 //! Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad arguments (including
 //! unusable URLs), 3 when the relay refuses the credentials (401/403), 1 for anything else.
+//!
+//! The library's errors say what failed; this binary adds which of its flags fixes it
+//! ([`hint`]), next to the error when it exits and next to the log line of a failure the agent
+//! retries.
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use common::duration::Dur;
 use ptth::Protocol;
 use ptth::agent::proxy::Proxy;
-use ptth::agent::{Agent, AgentError, DEFAULT_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, Transport};
+use ptth::agent::{self, Agent, AgentError, Transport, UrlError};
+use ptth::tls::TlsFailure;
 
 /// Exit status when the relay answers 401 or 403.
 const EXIT_UNAUTHORIZED: u8 = 3;
@@ -25,34 +32,35 @@ const EXIT_USAGE: u8 = 2;
 /// token (401/403), 1 otherwise.
 #[derive(Debug, Parser)]
 #[command(name = "ptth-connect", version, about)]
-struct Args {
+struct Settings {
     /// Relay URL naming the service: `http://relay:8080/NAME` (path mode) or
     /// `http://NAME.relay-domain:8080/` (host mode).
     relay: String,
 
     /// Local upstream to forward requests to, e.g. `http://127.0.0.1:3000` or
     /// `https://127.0.0.1:3443` (a path is used as a prefix).
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     to: String,
 
-    /// Bearer token sent to the relay as `Authorization: Bearer <token>`.
+    /// Bearer token sent to the relay as `Authorization: Bearer <token>`. Best given in the
+    /// environment, which `ps` does not show.
     #[arg(long, env = "PTTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
     /// Idle parked connections to keep ready.
-    #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
+    #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_CONNECTIONS)]
     connections: usize,
 
     /// Most connections in total (idle plus serving).
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, value_name = "M", default_value_t = agent::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 
     /// Upgrade protocol token: PTTH/0.9 or PTTH/1.0 (Yaler, AirPlay and the 2009 draft use 1.0).
-    #[arg(long, default_value = "PTTH/0.9")]
+    #[arg(long, default_value_t = agent::DEFAULT_PROTOCOL)]
     protocol: Protocol,
 
     /// Method of the upgrade request.
-    #[arg(long, default_value = "POST", value_parser = ["POST", "GET"])]
+    #[arg(long, default_value_t = agent::DEFAULT_METHOD.to_string(), value_parser = ["POST", "GET"])]
     method: String,
 
     /// Extra field for the upgrade request, as `Name: value` (repeatable).
@@ -60,41 +68,39 @@ struct Args {
     headers: Vec<(String, String)>,
     /// For an https:// relay: trust this PEM CA instead of the system's roots.
     #[arg(long, value_name = "FILE")]
-    ca_cert: Option<std::path::PathBuf>,
+    ca_cert: Option<PathBuf>,
     /// For an https:// relay that asks for one: PEM client certificate chain (mutual TLS).
     #[arg(long, value_name = "FILE")]
-    client_cert: Option<std::path::PathBuf>,
+    client_cert: Option<PathBuf>,
     /// Private key for --client-cert (PEM).
     #[arg(long, value_name = "FILE")]
-    client_key: Option<std::path::PathBuf>,
+    client_key: Option<PathBuf>,
     /// For an https:// upstream (--to): trust this PEM CA instead of the system's roots.
     #[arg(long, value_name = "FILE")]
-    upstream_ca_cert: Option<std::path::PathBuf>,
+    upstream_ca_cert: Option<PathBuf>,
     /// On SIGINT/SIGTERM, time for requests in flight to finish before their connections close
-    /// (`30s`, `500ms`, `2m`).
-    #[arg(long, default_value = "30s", value_parser = common::parse_duration)]
-    drain_timeout: std::time::Duration,
+    /// (`30s`, `500ms`, `2m`, `1h`).
+    #[arg(long, default_value_t = Dur(agent::DEFAULT_DRAIN_TIMEOUT))]
+    drain_timeout: Dur,
     /// Runtime worker threads: 1 runs everything on one thread (a current-thread runtime).
-    #[arg(long, default_value_t = DEFAULT_THREADS, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = common::DEFAULT_THREADS,
+          value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
 }
 
 /// The TLS settings for an `https://` relay, when any flag asks for more than the defaults.
-fn transport(args: &Args) -> anyhow::Result<Option<Transport>> {
-    let identity = match (&args.client_cert, &args.client_key) {
+fn transport(settings: &Settings) -> anyhow::Result<Option<Transport>> {
+    let identity = match (&settings.client_cert, &settings.client_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         (None, None) => None,
         _ => anyhow::bail!("--client-cert and --client-key go together"),
     };
-    if args.ca_cert.is_none() && identity.is_none() {
+    if settings.ca_cert.is_none() && identity.is_none() {
         return Ok(None);
     }
-    let config = ptth::tls::client_config(args.ca_cert.as_deref(), identity)?;
+    let config = ptth::tls::client_config(settings.ca_cert.as_deref(), identity)?;
     Ok(Some(Transport::Tls(config)))
 }
-
-/// Worker threads by default (see `--threads`).
-const DEFAULT_THREADS: u16 = 1;
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
@@ -103,30 +109,46 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
+/// Which flag fixes an agent error, when one does.
+fn hint(e: &AgentError) -> Option<&'static str> {
+    match e {
+        AgentError::Tls { source, .. } => match source.kind() {
+            TlsFailure::UnknownIssuer => {
+                Some("pass the CA that signed the relay's certificate with --ca-cert FILE")
+            }
+            TlsFailure::NoCertificate => {
+                Some("the relay wants a client certificate: --client-cert FILE --client-key FILE")
+            }
+            _ => None,
+        },
+        AgentError::Unauthorized { .. } => Some("check --token / PTTH_TOKEN"),
+        AgentError::BadRelayUrl {
+            reason: UrlError::UserInfo,
+            ..
+        } => Some("give the token with --token or PTTH_TOKEN, not in the URL"),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let settings: Settings = common::settings::parse();
     common::init_tracing();
-    let runtime = match args.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(n))
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match common::runtime(usize::from(settings.threads)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ptth-connect: starting the runtime: {e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ptth-connect: {e:#}");
-            ExitCode::from(match e.downcast_ref::<AgentError>() {
+            eprintln!("ptth-connect: {}", common::report(e.as_ref()));
+            let agent_error = e.downcast_ref::<AgentError>();
+            if let Some(h) = agent_error.and_then(hint) {
+                eprintln!("ptth-connect: hint: {h}");
+            }
+            ExitCode::from(match agent_error {
                 Some(AgentError::Unauthorized { .. }) => EXIT_UNAUTHORIZED,
                 Some(
                     AgentError::BadRelayUrl { .. }
@@ -139,31 +161,83 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let upstream_tls = match &args.upstream_ca_cert {
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let upstream_tls = match &settings.upstream_ca_cert {
         Some(ca) => Some(ptth::tls::client_config(Some(ca), None)?),
         None => None,
     };
-    let proxy = Proxy::with_tls(&args.to, upstream_tls)?;
-    let transport = transport(&args)?;
-    let mut builder = Agent::builder(args.relay)
-        .connections(args.connections)
-        .max_connections(args.max_connections)
-        .protocol(args.protocol)
-        .method(args.method.parse()?)
-        .drain_timeout(args.drain_timeout);
-    if let Some(token) = args.token {
+    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?;
+    let transport = transport(&settings)?;
+    let mut builder = Agent::builder(settings.relay)
+        .connections(settings.connections)
+        .max_connections(settings.max_connections)
+        .protocol(settings.protocol)
+        .method(settings.method.parse()?)
+        .drain_timeout(settings.drain_timeout.into())
+        .on_failure(|e| {
+            if let Some(h) = hint(e) {
+                tracing::warn!("hint: {h}");
+            }
+        });
+    if let Some(token) = settings.token {
         builder = builder.token(token);
     }
     if let Some(t) = transport {
         builder = builder.transport(t);
     }
-    for (name, value) in args.headers {
+    for (name, value) in settings.headers {
         builder = builder.header(name, value);
     }
     let agent = builder.build()?;
-    tracing::info!(relay = %agent.config().target.url(), upstream = %args.to, "starting");
+    tracing::info!(relay = %agent.config().target.url(), upstream = %settings.to, "starting");
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_shows_the_constants() {
+        let help = Settings::command().render_help().to_string();
+        for want in [
+            format!("[default: {}]", agent::DEFAULT_CONNECTIONS),
+            format!("[default: {}]", agent::DEFAULT_MAX_CONNECTIONS),
+            format!("[default: {}]", agent::DEFAULT_PROTOCOL),
+            format!("[default: {}]", agent::DEFAULT_METHOD),
+            format!("[default: {}]", Dur(agent::DEFAULT_DRAIN_TIMEOUT)),
+            format!("[default: {}]", common::DEFAULT_THREADS),
+            "[env: PTTH_TOKEN]".to_string(),
+        ] {
+            assert!(help.contains(&want), "{want} not in\n{help}");
+        }
+    }
+
+    #[test]
+    fn methods_are_post_or_get() {
+        let parse = |m: &str| {
+            common::settings::parse_from::<Settings>([
+                "ptth-connect",
+                "http://127.0.0.1:1/x",
+                "--to",
+                "http://127.0.0.1:2",
+                "--method",
+                m,
+            ])
+        };
+        assert_eq!(parse("GET").unwrap().method, "GET");
+        assert!(parse("PUT").is_err());
+        let s = common::settings::parse_from::<Settings>([
+            "ptth-connect",
+            "http://127.0.0.1:1/x",
+            "--to",
+            "http://127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.drain_timeout, Dur(std::time::Duration::from_secs(30)));
+    }
 }

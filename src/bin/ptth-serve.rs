@@ -1,6 +1,6 @@
 //! `ptth-serve`: the public relay. Agents claim a name over PTTH; public requests for that name
-//! are forwarded to them. Parses flags (and an optional TOML file), then runs
-//! [`ptth::relay::run`] until SIGINT or SIGTERM.
+//! are forwarded to them. Reads its settings (defaults, an optional TOML file, flags), then
+//! runs [`ptth::relay::run`] until SIGINT or SIGTERM.
 
 /// mimalloc instead of glibc's malloc: after a burst of agent connections, glibc kept the freed
 /// handshake buffers in the heap, so idle parked connections looked several KiB larger in RSS
@@ -12,167 +12,126 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use common::duration::Dur;
 use ptth::relay::{self, AgentCerts, Config, Listeners, auth::Tokens};
-use serde::Deserialize;
+
+/// Where the relay listens when no address is given: loopback only, so a first run exposes
+/// nothing to the network.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// The public PTTH relay. Agents dial in and claim a name; public HTTP requests for
 /// http://NAME.DOMAIN:PORT/ or http://HOST:PORT/NAME/ are forwarded to them.
-#[derive(Debug, Parser, Default, Deserialize)]
+#[derive(Debug, Parser)]
 #[command(version, about)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Args {
-    /// TOML file with the same settings as the flags (flags win).
-    #[arg(long)]
-    #[serde(skip)]
+struct Settings {
+    /// TOML file with the same settings as the flags, by their long names (`max-agents = 10`,
+    /// `listen = ["0.0.0.0:80"]`): it replaces the defaults shown, and flags win over it.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on for agents and public clients; repeatable. [default: 127.0.0.1:8080]
-    #[arg(long = "listen")]
-    #[serde(default)]
+    // No clap default: the default address is used only when --listen-tls is not given either.
+    #[arg(long = "listen", value_name = "ADDR", help = format!(
+        "Address to listen on for agents and public clients; repeatable. \
+         [default: {DEFAULT_LISTEN}, unless --listen-tls is given]"
+    ))]
     listen: Vec<SocketAddr>,
-    /// Domain for host-mode names (NAME.DOMAIN). [default: localhost]
-    #[arg(long)]
-    domain: Option<String>,
-    /// Token file: lines `NAME TOKEN` or `* TOKEN`; `#` comments.
-    #[arg(long)]
+    /// Domain for host-mode names (NAME.DOMAIN).
+    #[arg(long, default_value = relay::DEFAULT_DOMAIN)]
+    domain: String,
+    /// Token file: lines `NAME TOKEN` or `* TOKEN`; `#` comments. [default: none]
+    #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
     /// Accept anonymous agents on non-loopback addresses.
     #[arg(long)]
-    #[serde(default)]
     allow_anonymous: bool,
     /// Keep client-sent Forwarded / X-Forwarded-* headers (append to them).
     #[arg(long)]
-    #[serde(default)]
     trust_forwarded: bool,
     /// How long a request waits for an idle connection of a busy agent before 503.
-    /// [default: 10s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    queue_timeout: Option<Duration>,
-    /// Time from the end of the request body to the response head before 504. [default: 60s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    response_timeout: Option<Duration>,
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_QUEUE_TIMEOUT))]
+    queue_timeout: Dur,
+    /// Time from the end of the request body to the response head before 504.
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_RESPONSE_TIMEOUT))]
+    response_timeout: Dur,
     /// How long a name whose agent left stays known (503 offline, kept for its token) before
-    /// it is forgotten (404). [default: 30s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    grace: Option<Duration>,
+    /// it is forgotten (404).
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_GRACE))]
+    grace: Dur,
     /// How long requests for a name that lost its last connection are held for the agent to
-    /// come back, before 503 offline at once (at most --grace). [default: 5s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    reconnect_window: Option<Duration>,
-    /// Time for in-flight requests after SIGINT/SIGTERM. [default: 30s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    drain_timeout: Option<Duration>,
-    /// Deadline for a request head (slow-loris), also the public idle timeout. [default: 10s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    head_timeout: Option<Duration>,
-    /// TCP keepalive idle time on every socket. [default: 10s]
-    #[arg(long, value_parser = common::parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    tcp_keepalive: Option<Duration>,
-    /// Total agent connections. [default: 4096]
-    #[arg(long)]
-    max_agents: Option<usize>,
-    /// Agent connections per name. [default: 256]
-    #[arg(long)]
-    max_per_name: Option<usize>,
-    /// Agent connections per peer address. [default: 256]
-    #[arg(long)]
-    max_per_ip: Option<usize>,
-    /// Public requests held per name while no connection is idle. [default: 1024]
-    #[arg(long)]
-    max_waiting: Option<usize>,
-    /// Largest request head in bytes (431 past it). [default: 16384]
-    #[arg(long)]
-    max_head_bytes: Option<usize>,
+    /// come back, before 503 offline at once (at most --grace).
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_RECONNECT_WINDOW))]
+    reconnect_window: Dur,
+    /// Time for in-flight requests after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_DRAIN_TIMEOUT))]
+    drain_timeout: Dur,
+    /// Deadline for a request head (slow-loris), also the public idle timeout.
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_HEAD_TIMEOUT))]
+    head_timeout: Dur,
+    /// TCP keepalive idle time on every socket.
+    #[arg(long, default_value_t = Dur(relay::DEFAULT_TCP_KEEPALIVE))]
+    tcp_keepalive: Dur,
+    /// Total agent connections.
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_AGENTS)]
+    max_agents: usize,
+    /// Agent connections per name.
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_PER_NAME)]
+    max_per_name: usize,
+    /// Agent connections per peer address.
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_PER_IP)]
+    max_per_ip: usize,
+    /// Public requests held per name while no connection is idle.
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_WAITING)]
+    max_waiting: usize,
+    /// Largest request head in bytes (431 past it).
+    #[arg(long, default_value_t = ptth::limits::DEFAULT_MAX_HEAD_BYTES)]
+    max_head_bytes: usize,
     /// Worker threads: 1 runs everything on one thread (fewest wakeups), 0 one per CPU.
-    /// [default: 1]
-    #[arg(long)]
-    threads: Option<usize>,
+    #[arg(long, default_value_t = usize::from(common::DEFAULT_THREADS))]
+    threads: usize,
     /// Admin address for /metrics and /agents. [default: off]
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// Address to serve HTTPS on (agents and public clients); repeatable; needs --tls-cert
-    /// and --tls-key. Runs beside --listen.
-    #[arg(long = "listen-tls")]
-    #[serde(default)]
+    /// and --tls-key. Runs beside --listen. [default: off]
+    #[arg(long = "listen-tls", value_name = "ADDR")]
     listen_tls: Vec<SocketAddr>,
     /// PEM certificate chain for the TLS listeners (leaf first).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert (PKCS#8, RSA or EC).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
     /// PEM CA whose client certificates agents must present on the TLS listeners (mutual TLS).
-    #[arg(long)]
+    /// [default: off]
+    #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
     /// With --client-ca: the agent's certificate must also be valid for NAME.DOMAIN.
     #[arg(long)]
-    #[serde(default)]
     client_cert_names: bool,
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    common::parse_duration(&s)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-impl Args {
-    /// Flags override the file.
-    fn merge(self, file: Args) -> Args {
-        Args {
-            config: self.config,
-            listen: if self.listen.is_empty() {
-                file.listen
-            } else {
-                self.listen
-            },
-            domain: self.domain.or(file.domain),
-            tokens: self.tokens.or(file.tokens),
-            allow_anonymous: self.allow_anonymous || file.allow_anonymous,
-            trust_forwarded: self.trust_forwarded || file.trust_forwarded,
-            queue_timeout: self.queue_timeout.or(file.queue_timeout),
-            response_timeout: self.response_timeout.or(file.response_timeout),
-            grace: self.grace.or(file.grace),
-            reconnect_window: self.reconnect_window.or(file.reconnect_window),
-            drain_timeout: self.drain_timeout.or(file.drain_timeout),
-            head_timeout: self.head_timeout.or(file.head_timeout),
-            tcp_keepalive: self.tcp_keepalive.or(file.tcp_keepalive),
-            max_agents: self.max_agents.or(file.max_agents),
-            max_per_name: self.max_per_name.or(file.max_per_name),
-            max_per_ip: self.max_per_ip.or(file.max_per_ip),
-            max_waiting: self.max_waiting.or(file.max_waiting),
-            max_head_bytes: self.max_head_bytes.or(file.max_head_bytes),
-            admin: self.admin.or(file.admin),
-            threads: self.threads.or(file.threads),
-            listen_tls: if self.listen_tls.is_empty() {
-                file.listen_tls
-            } else {
-                self.listen_tls
-            },
-            tls_cert: self.tls_cert.or(file.tls_cert),
-            tls_key: self.tls_key.or(file.tls_key),
-            client_ca: self.client_ca.or(file.client_ca),
-            client_cert_names: self.client_cert_names || file.client_cert_names,
+impl Settings {
+    /// The addresses to listen on, plain and TLS: the default plain address when none is given.
+    fn listeners(&self) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let mut listen = self.listen.clone();
+        if listen.is_empty() && self.listen_tls.is_empty() {
+            listen.push(
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("DEFAULT_LISTEN is an address"),
+            );
         }
+        if !self.listen_tls.is_empty() && self.tls_cert.is_none() {
+            anyhow::bail!("--listen-tls needs --tls-cert and --tls-key");
+        }
+        Ok((listen, self.listen_tls.clone()))
     }
 
-    fn into_config(self) -> anyhow::Result<Config> {
-        let d = Config::default();
-        let mut limits = d.limits.clone();
-        if let Some(n) = self.max_head_bytes {
-            limits.max_head_bytes = n;
-        }
+    /// The relay's configuration: the one place it is built.
+    fn relay_config(&self) -> anyhow::Result<Config> {
         let tokens = match &self.tokens {
             Some(p) => Some(Tokens::load(p).with_context(|| format!("loading {}", p.display()))?),
             None => None,
@@ -197,36 +156,33 @@ impl Args {
             (Some(_), false) => AgentCerts::Required,
             (Some(_), true) => AgentCerts::MatchName,
         };
+        let limits = ptth::Limits {
+            max_head_bytes: self.max_head_bytes,
+            ..Config::default().limits
+        };
         Ok(Config {
             tls,
             agent_certs,
-            domain: self.domain.unwrap_or(d.domain).to_ascii_lowercase(),
+            domain: self.domain.to_ascii_lowercase(),
             tokens,
             allow_anonymous: self.allow_anonymous,
             trust_forwarded: self.trust_forwarded,
-            queue_timeout: self.queue_timeout.unwrap_or(d.queue_timeout),
-            response_timeout: self.response_timeout.unwrap_or(d.response_timeout),
-            grace: self.grace.unwrap_or(d.grace),
-            reconnect_window: self.reconnect_window.unwrap_or(d.reconnect_window),
-            drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
-            head_timeout: self.head_timeout.unwrap_or(d.head_timeout),
-            tcp_keepalive: self.tcp_keepalive.unwrap_or(d.tcp_keepalive),
-            max_agents: self.max_agents.unwrap_or(d.max_agents),
-            max_per_name: self.max_per_name.unwrap_or(d.max_per_name),
-            max_per_ip: self.max_per_ip.unwrap_or(d.max_per_ip),
-            max_waiting: self.max_waiting.unwrap_or(d.max_waiting),
+            queue_timeout: self.queue_timeout.into(),
+            response_timeout: self.response_timeout.into(),
+            grace: self.grace.into(),
+            reconnect_window: self.reconnect_window.into(),
+            drain_timeout: self.drain_timeout.into(),
+            head_timeout: self.head_timeout.into(),
+            tcp_keepalive: self.tcp_keepalive.into(),
+            max_agents: self.max_agents,
+            max_per_name: self.max_per_name,
+            max_per_ip: self.max_per_ip,
+            max_waiting: self.max_waiting,
             limits,
             admin: self.admin,
         })
     }
 }
-
-/// Worker threads when `--threads` is not given (see `bench/` for the measurement behind it).
-const DEFAULT_THREADS: usize = 1;
-
-/// Where the relay listens when no address is given: loopback only, so a first run exposes
-/// nothing to the network.
-const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8080);
 
 async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     let mut out = Vec::new();
@@ -240,42 +196,24 @@ async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpLis
     Ok(out)
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
-    if let Some(path) = &args.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: Args =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        args = args.merge(file);
-    }
-    let threads = args.threads.unwrap_or(DEFAULT_THREADS);
-    let mut rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if threads > 1 {
-            b.worker_threads(threads);
+fn main() -> ExitCode {
+    let settings: Settings = common::settings::parse();
+    let result = common::runtime(settings.threads)
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(run(settings)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ptth-serve: {}", common::report(e.as_ref()));
+            ExitCode::FAILURE
         }
-        b
-    };
-    rt.enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(run(args))
+    }
 }
 
-async fn run(mut args: Args) -> anyhow::Result<()> {
+async fn run(settings: Settings) -> anyhow::Result<()> {
     common::init_tracing();
-    let mut listen = std::mem::take(&mut args.listen);
-    let listen_tls = std::mem::take(&mut args.listen_tls);
-    if listen.is_empty() && listen_tls.is_empty() {
-        listen.push(SocketAddr::from(DEFAULT_LISTEN));
-    }
-    if !listen_tls.is_empty() && args.tls_cert.is_none() {
-        anyhow::bail!("--listen-tls needs --tls-cert and --tls-key");
-    }
-    let config = args.into_config()?;
+    let (listen, listen_tls) = settings.listeners()?;
+    let config = settings.relay_config()?;
     let listeners = Listeners {
         plain: bind_all(&listen).await?,
         tls: bind_all(&listen_tls).await?,
@@ -295,4 +233,67 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     }
     r.run(common::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every setting left alone gives the library's own default configuration.
+    #[test]
+    fn no_flags_is_the_library_default() {
+        let s: Settings = common::settings::parse_from(["ptth-serve"]).unwrap();
+        let (c, d) = (s.relay_config().unwrap(), Config::default());
+        assert_eq!(
+            (
+                c.queue_timeout,
+                c.response_timeout,
+                c.grace,
+                c.reconnect_window
+            ),
+            (
+                d.queue_timeout,
+                d.response_timeout,
+                d.grace,
+                d.reconnect_window
+            )
+        );
+        assert_eq!(
+            (c.drain_timeout, c.head_timeout, c.tcp_keepalive),
+            (d.drain_timeout, d.head_timeout, d.tcp_keepalive)
+        );
+        assert_eq!(
+            (c.max_agents, c.max_per_name, c.max_per_ip, c.max_waiting),
+            (d.max_agents, d.max_per_name, d.max_per_ip, d.max_waiting)
+        );
+        assert_eq!(
+            (&c.domain, &c.limits, c.admin),
+            (&d.domain, &d.limits, d.admin)
+        );
+        assert_eq!(
+            (c.allow_anonymous, c.trust_forwarded, c.agent_certs),
+            (d.allow_anonymous, d.trust_forwarded, d.agent_certs)
+        );
+        assert!(c.tokens.is_none() && c.tls.is_none());
+        assert_eq!(s.threads, 1);
+        let (plain, tls) = s.listeners().unwrap();
+        assert_eq!(plain, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert!(tls.is_empty());
+    }
+
+    /// The help prints each default from the constant the relay uses.
+    #[test]
+    fn help_shows_the_constants() {
+        let help = Settings::command().render_help().to_string();
+        for want in [
+            format!("[default: {}]", Dur(relay::DEFAULT_QUEUE_TIMEOUT)),
+            format!("[default: {}]", relay::DEFAULT_MAX_AGENTS),
+            format!("[default: {}]", ptth::limits::DEFAULT_MAX_HEAD_BYTES),
+            format!("[default: {}]", relay::DEFAULT_DOMAIN),
+            format!("[default: {DEFAULT_LISTEN}, unless --listen-tls is given]"),
+        ] {
+            assert!(help.contains(&want), "{want} not in\n{help}");
+        }
+    }
 }

@@ -1,10 +1,16 @@
-//! What both binaries do the same way around the library: log setup, the stop signal and
-//! duration flags.
+//! What both binaries do the same way around the library: log setup, the stop signal, the
+//! runtime, error reports, duration values ([`duration`]) and layered settings ([`settings`]).
 //!
 //! Cargo builds only `src/bin/*.rs` and `src/bin/*/main.rs` as binaries, so this folder is a
 //! plain module that each binary includes with `mod common;`.
 
-use std::time::Duration;
+pub mod duration;
+pub mod settings;
+
+/// Worker threads by default (`--threads`): 1, a current-thread runtime. Both binaries mostly
+/// wait on sockets; one thread has the fewest wakeups and cross-thread hand-offs (see `bench/`
+/// for the measurement behind it).
+pub const DEFAULT_THREADS: u16 = 1;
 
 /// Log to stderr (stdout stays free for scripts), filtered by `RUST_LOG`, `info` by default;
 /// colours only on a terminal.
@@ -17,6 +23,21 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// The async runtime for `threads` workers: 1 is a current-thread runtime, 0 one worker per
+/// CPU, any other number that many workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all().build()
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM (what `kill`, systemd and container runtimes send).
@@ -42,18 +63,38 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A duration flag: `30s`, `500ms`, `2m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("duration {s:?} is too long")),
-        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+/// An error and its sources on one line, each once: the library's errors end with their
+/// source's words already, and repeating them would only make the line longer.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = inner.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn reports_name_each_source_once() {
+        let io = || std::io::Error::other("inner");
+        assert_eq!(report(&Quoting(io())), "outer: inner");
+        assert_eq!(report(&Terse(io())), "outer: inner");
     }
 }
