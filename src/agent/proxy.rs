@@ -329,7 +329,8 @@ impl ProxyConn {
             Err(e) => {
                 warn!(upstream = %self.cfg.upstream.endpoint.authority_str(), error = %e, "upstream request failed");
                 let text = format!(
-                    "502 Bad Gateway: the agent could not reach its upstream http://{}: {}\n",
+                    "502 Bad Gateway: the agent could not reach its upstream {}://{}: {}\n",
+                    self.cfg.upstream.endpoint.scheme(),
                     self.cfg.upstream.endpoint.authority_str(),
                     error_chain(&*e)
                 );
