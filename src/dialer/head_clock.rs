@@ -85,7 +85,7 @@ pub struct Activity<IO> {
     shared: Arc<Shared>,
     shadow: Shadow,
     /// The start of a head or chunk line that the last read cut off: the next read continues
-    /// it. Bounded by `Limits::max_head_bytes` (heads) and the chunk-line and trailer caps.
+    /// it. Bounded by the caps on heads, chunk lines and trailers, plus one read.
     partial: Vec<u8>,
     limits: Limits,
 }
@@ -342,6 +342,70 @@ mod tests {
         a.follow(&stream[..stream.len() - 17]);
         assert!(waiting_for_head(&a));
         assert!(a.shared.first_byte().is_none());
+    }
+
+    #[tokio::test]
+    async fn chunk_lines_and_trailers_cut_anywhere_are_followed() {
+        let stream: &[u8] = b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;name=\"v\"\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n\
+            POST /v HTTP/1.1\r\nContent-Length: 2\r\n\r\nok";
+        for split in 1..stream.len() {
+            let mut a = activity();
+            for piece in stream.chunks(split) {
+                a.follow(piece);
+            }
+            assert!(a.shared.tracking.load(Ordering::Relaxed), "split {split}");
+            assert!(waiting_for_head(&a), "split {split}: {:?}", a.shadow);
+            assert!(a.shared.first_byte().is_none(), "split {split}");
+        }
+    }
+
+    /// Not a check: what `follow` costs per request stream, printed. Run it with
+    /// `cargo test --profile profiling --lib head_clock::tests::follow_cost -- --ignored
+    /// --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn follow_cost() {
+        const ROUNDS: u32 = 20_000;
+        let get: &[u8] = b"GET /api/items?id=17 HTTP/1.1\r\nHost: \r\nUser-Agent: curl/8.5.0\r\n\
+            Accept: */*\r\nX-Forwarded-For: 127.0.0.1\r\nForwarded: for=127.0.0.1;proto=http\r\n\
+            X-Forwarded-Host: demo.localhost:8080\r\nX-Forwarded-Proto: http\r\n\r\n";
+        let mut post = b"POST /upload HTTP/1.1\r\nHost: \r\nContent-Length: 65536\r\n\r\n".to_vec();
+        post.resize(post.len() + 65536, b'x');
+        let mut chunked =
+            b"POST /upload HTTP/1.1\r\nHost: \r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..16 {
+            chunked.extend_from_slice(b"1000\r\n");
+            chunked.resize(chunked.len() + 4096, b'x');
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let cases: [(&str, &[u8], usize); 4] = [
+            ("GET head, one read", get, usize::MAX),
+            ("GET head, cut in two reads", get, get.len() / 2 + 1),
+            (
+                "POST 64 KiB Content-Length body, 16 KiB reads",
+                &post,
+                16 * 1024,
+            ),
+            (
+                "POST 64 KiB chunked body (4 KiB chunks), 16 KiB reads",
+                &chunked,
+                16 * 1024,
+            ),
+        ];
+        for (name, stream, read) in cases {
+            let mut a = activity();
+            let start = std::time::Instant::now();
+            for _ in 0..ROUNDS {
+                for piece in stream.chunks(read) {
+                    a.follow(std::hint::black_box(piece));
+                }
+            }
+            let per = start.elapsed().as_nanos() / u128::from(ROUNDS);
+            assert!(a.shared.tracking.load(Ordering::Relaxed), "{name}");
+            println!("{name}: {per} ns/request");
+        }
     }
 
     #[tokio::test]

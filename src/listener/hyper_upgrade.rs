@@ -220,4 +220,32 @@ mod tests {
         assert_eq!(res.headers()[UPGRADE], "PTTH/1.0");
         assert_eq!(res.headers()[CONNECTION], "Upgrade");
     }
+
+    #[test]
+    fn refusals_carry_the_raw_listeners_fields() {
+        // The raw listener's bytes for the same refusal: its fields are the reference.
+        let field = |raw: &[u8], name: &str| -> Option<String> {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        };
+        for status in [StatusCode::UPGRADE_REQUIRED, StatusCode::FORBIDDEN] {
+            let accepted = vec![Protocol::Ptth09, Protocol::Ptth10];
+            let raw = response::encode_refusal(status, &accepted, &Default::default(), b"no\n");
+            let res = Rejection {
+                status,
+                reason: "no".into(),
+                accepted,
+                close: true,
+            }
+            .into_response();
+            for name in ["Upgrade", "Connection", "Content-Type"] {
+                let hyper = res
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string());
+                assert_eq!(hyper, field(&raw, name), "{status} {name}");
+            }
+        }
+    }
 }

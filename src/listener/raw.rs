@@ -16,6 +16,7 @@ use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self as req, OfferTerms};
 use crate::proto::response;
 
+/// An offer at the raw listener: the stream is here, and the listener writes the answer.
 impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
     /// Answer `101 Switching Protocols` (in one write) and return the switched stream.
     pub async fn accept(mut self) -> Result<IO, Error> {
