@@ -25,12 +25,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::Refusal;
+use crate::error::{HeadError, Refusal};
 use crate::limits::Limits;
 use crate::listener::{self, ListenerConfig, raw};
 use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self, OfferRules, UpgradeRequest};
-use crate::proto::{Protocol, path, response, tokens};
+use crate::proto::{Protocol, head, path, response, tokens};
 
 /// Separates the segments of a stream target's input; reads never cross it.
 pub const SPLIT: &[u8] = b"~~~~";
@@ -86,12 +86,18 @@ const OFFERS: [&[Protocol]; 4] = [
 
 /// The upgrade request head, as the listener reads it: parse, framing, offer check.
 ///
-/// Invariants: a complete head re-parses alone to the same length; an accepted offer's `101`
-/// passes the dialer's own check for the same protocol; every refusal the listener would send
-/// for an error parses back as a response with that status.
+/// Invariants: a complete head re-parses alone to the same length; the borrowed scan
+/// (`head::Request`, what the dialer's head clock uses) frames it as the `HeaderMap` does; an
+/// accepted offer's `101` passes the dialer's own check for the same protocol; every refusal
+/// the listener would send for an error parses back as a response with that status.
 pub fn upgrade_request_head(data: &[u8]) {
     for limits in head_limits() {
-        match request::parse(data, &limits) {
+        let mut slots = head::Slots::new();
+        let scanned = head::Request::parse(data, &mut slots, &limits)
+            .map(|h| h.map(|h| (h.len, h.framing())));
+        let parsed = request::parse(data, &limits);
+        scan_agrees(scanned, &parsed, |head| request::framing(&head.headers));
+        match parsed {
             Ok(Some((head, len))) => {
                 assert!(len <= data.len() && len <= limits.max_head_bytes);
                 match request::parse(&data[..len], &limits) {
@@ -124,6 +130,34 @@ pub fn upgrade_request_head(data: &[u8]) {
     }
 }
 
+/// What a borrowed head scan found: the head's length and its framing, or why not.
+type Scanned = Result<Option<(usize, Result<Framing, HeadError>)>, HeadError>;
+
+/// The borrowed scan of a head (its length and framing) must agree with the owned parse of the
+/// same bytes: the parse is the scan plus the conversion to `http` types, which alone may fail.
+fn scan_agrees<T>(
+    scanned: Scanned,
+    parsed: &Result<Option<(T, usize)>, HeadError>,
+    framing: impl Fn(&T) -> Result<Framing, HeadError>,
+) {
+    match (scanned, parsed) {
+        (Ok(Some((len, scan_framing))), Ok(Some((head, parsed_len)))) => {
+            assert_eq!(
+                len, *parsed_len,
+                "the scan and the parse end the head apart"
+            );
+            assert_eq!(
+                scan_framing,
+                framing(head),
+                "the scan and the HeaderMap frame apart"
+            );
+        }
+        (Ok(None), Ok(None)) | (Ok(Some(_)), Err(_)) => {}
+        (Err(scan), Err(parse)) => assert_eq!(&scan, parse),
+        (scanned, _) => panic!("the scan ({scanned:?}) and the parse disagree"),
+    }
+}
+
 /// The listener's refusal for `reason` must be a complete response with `status`.
 fn refusal_round_trip(status: StatusCode, reason: &dyn std::fmt::Display) {
     let body = response::refusal_body(reason);
@@ -140,10 +174,16 @@ fn refusal_round_trip(status: StatusCode, reason: &dyn std::fmt::Display) {
 }
 
 /// The answer to the upgrade request, as the dialer reads it: parse, switch check, and for a
-/// final answer its framing and (truncated) body, as [`crate::dialer::handshake`] does.
+/// final answer its framing and (truncated) body, as [`crate::dialer::handshake()`] does.
+/// Invariant: the borrowed scan (`head::Response`) frames a head as the `HeaderMap` does.
 pub fn switching_response_head(data: &[u8]) {
     for limits in head_limits() {
-        match response::parse(data, &limits) {
+        let mut slots = head::Slots::new();
+        let scanned = head::Response::parse(data, &mut slots, &limits)
+            .map(|h| h.map(|h| (h.len, h.framing())));
+        let parsed = response::parse(data, &limits);
+        scan_agrees(scanned, &parsed, response::framing);
+        match parsed {
             Ok(Some((head, len))) => {
                 assert!(len <= data.len() && len <= limits.max_head_bytes);
                 for offered in OFFERS {
@@ -275,7 +315,7 @@ pub fn chunked_body(data: &[u8]) {
     }
 }
 
-/// The dialer against an arbitrary relay: [`crate::dialer::handshake`], then, if it switched,
+/// The dialer against an arbitrary relay: [`crate::dialer::handshake()`], then, if it switched,
 /// [`crate::dialer::Flipped::serve`] with a service that reads each request body and answers
 /// `200`.
 ///

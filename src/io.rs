@@ -1,5 +1,9 @@
-//! Stream helpers shared by both roles: replaying bytes read past a head, and reading a head
-//! with a cap.
+//! The streams PTTH runs on, and the handshake's I/O, shared by both roles.
+//!
+//! [`ByteStream`] is the one bound for "a byte stream we can run PTTH on". The handshake helpers
+//! (`read_head`, `read_body`, `write_flush`) are the one read loop and write of the dialer's
+//! and the raw listener's handshakes: read a head with its cap, read a bounded body, write an
+//! answer in one piece.
 //!
 //! A handshake reads in chunks, so the read that completes a head often also holds the start of
 //! what follows (the first reversed request behind a `101`, or a body behind a request head).
@@ -10,12 +14,60 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, HeadError};
+use crate::limits::HANDSHAKE_READ_CHUNK;
+use crate::proto::body::BodyDecoder;
 
-/// How many bytes one read asks for during the handshake.
-const READ_CHUNK: usize = 4096;
+/// A byte stream PTTH can run on: TCP, TLS, an in-memory pipe, hyper's `Upgraded`. The dialer
+/// serves reversed HTTP on one, the relay parks them (`relay::registry::AgentStream` is this
+/// trait).
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// `impl AsyncWrite` for a wrapper `$ty<IO>` that only watches or replays reads: every write
+/// call goes straight to its field `$inner` ([`Rewind`], the dialer's head clock).
+macro_rules! write_through {
+    ($ty:ident, $inner:ident) => {
+        impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<IO> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.$inner.is_write_vectored()
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use write_through;
 
 /// A stream that first yields `prefix`, then reads from `inner`. Writes go straight through.
 #[derive(Debug)]
@@ -57,35 +109,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+write_through!(Rewind, inner);
 
 /// Read into `buf` until `parse` finds a complete head, and return it with the head's length.
 ///
@@ -113,12 +137,47 @@ where
     }
 }
 
-/// One read of up to [`READ_CHUNK`] bytes appended to `buf`; returns the count (0 at EOF).
+/// Read the body `body` frames: from `buf` first, then from `io`, until it is complete. The
+/// bytes after it stay in `buf`. EOF ends an until-close body and is [`Error::Closed`] for any
+/// other. Returns the body kept and whether any of it was dropped (see [`BodyDecoder::new`]).
+pub(crate) async fn read_body<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    mut body: BodyDecoder,
+    phase: &'static str,
+) -> Result<(Bytes, bool), Error>
+where
+    IO: AsyncRead + Unpin,
+{
+    while !body.decode(buf)? {
+        if read_some(io, buf).await.map_err(Error::io(phase))? == 0 {
+            if body.eof() {
+                break;
+            }
+            return Err(Error::Closed { phase });
+        }
+    }
+    Ok(body.finish())
+}
+
+/// Write `bytes` (a whole head, or head and body) and flush: each handshake message goes in one
+/// piece.
+pub(crate) async fn write_flush<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    bytes: &[u8],
+    context: &'static str,
+) -> Result<(), Error> {
+    io.write_all(bytes).await.map_err(Error::io(context))?;
+    io.flush().await.map_err(Error::io(context))
+}
+
+/// One read of up to [`HANDSHAKE_READ_CHUNK`] bytes appended to `buf`; returns the count (0 at
+/// EOF).
 pub(crate) async fn read_some<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
-    buf.reserve(READ_CHUNK);
+    buf.reserve(HANDSHAKE_READ_CHUNK);
     io.read_buf(buf).await
 }
 

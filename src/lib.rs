@@ -18,10 +18,10 @@
 //!
 //! # Layout
 //! - [`proto`]: the sans-IO wire vocabulary (heads, tokens, bodies); fuzzed.
-//! - [`dialer`]: [`dialer::handshake`] then [`dialer::Flipped::serve`].
+//! - [`dialer`]: [`dialer::handshake()`] then [`dialer::Flipped::serve`], timed by
+//!   [`dialer::head_clock`] (the head deadline starts at a head's first byte: idle ≠ slow).
 //! - [`listener`]: [`listener::raw`] or [`listener::hyper_upgrade`], then
 //!   [`listener::ReversedClient`].
-//! - [`timer`]: the dialer's head deadline that starts at a head's first byte (idle ≠ slow).
 //! - [`tls`]: rustls configs from PEM files, connect/accept, readable certificate errors.
 //! - [`relay`]: `ptth-serve`, the public relay built on the listener role.
 //! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
@@ -52,7 +52,6 @@ pub mod net;
 pub mod proto;
 pub mod relay;
 pub mod shutdown;
-pub mod timer;
 pub mod tls;
 
 pub use error::{BodyError, Error, HeadError, HostError, OfferError, Refusal, SwitchError};

@@ -1,8 +1,12 @@
-//! Size caps and deadlines for everything a peer can make this crate read or wait for.
+//! The protocol's size caps and deadlines: everything a PTTH peer can make the dialer or the
+//! listener read or wait for.
 //!
 //! One struct for both roles, so that the dialer and the listener agree on what "too large" and
-//! "too slow" mean. Every default is a named constant with its reason next to it; the test at the
-//! bottom pins them, so changing one is a deliberate act (update `spec-notes/decisions.md` too).
+//! "too slow" mean, and the fixed caps of the handshake beside it. Every default is a named
+//! constant with its reason next to it; the test at the bottom pins them, so changing one is a
+//! deliberate act (update `spec-notes/decisions.md` too). The relay's and the agent's own
+//! settings (queues, pools, buffers, their deadlines) live with their roles: the top of
+//! `src/relay/mod.rs` and `src/agent/`.
 
 use std::time::Duration;
 
@@ -26,8 +30,25 @@ pub const DEFAULT_MAX_REFUSAL_BODY: usize = 64 * 1024;
 /// Deadline for a whole handshake (upgrade request, body, and the 101): 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Deadline for a reversed request head once its first byte has arrived: 10 s (slow-loris cap).
-pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for a reversed request head at the dialer once its first byte has arrived: 10 s
+/// (slow-loris cap). Not the relay's deadline for public request heads
+/// (`relay::DEFAULT_HEAD_TIMEOUT`), which is its own setting.
+pub const DEFAULT_REVERSED_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many `204 No Content` answers in a row the dialer re-sends its upgrade request for,
+/// before it reports the refusal: 100 (Yaler sends `204` when no public client came within its
+/// renewal period; each round has its own [`Limits::handshake_timeout`]).
+pub const MAX_NO_CONTENT_ROUNDS: usize = 100;
+
+/// Longest chunk-size line (size plus extensions) accepted in a handshake body: 1 KiB.
+pub const MAX_CHUNK_LINE: usize = 1024;
+
+/// Most trailer-section bytes accepted after the last chunk of a handshake body: 8 KiB.
+pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+
+/// How many bytes one read asks for during the handshake: 4 KiB (a whole upgrade request or
+/// `101` in one read, without reserving the head cap up front).
+pub const HANDSHAKE_READ_CHUNK: usize = 4096;
 
 /// How long a forwarding hop (the relay, the agent's proxy) waits for the next hop's
 /// `100 Continue` before it sends a request body anyway: 1 s.
@@ -58,7 +79,7 @@ pub struct Limits {
     /// (listener) to the flip. Default: [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
     /// After the flip, on the dialer: deadline for a reversed request head, counted from its
-    /// first byte. This is what stops a slow-loris peer. Default: [`DEFAULT_HEAD_TIMEOUT`].
+    /// first byte. This is what stops a slow-loris peer. Default: [`DEFAULT_REVERSED_HEAD_TIMEOUT`].
     pub head_timeout: Duration,
     /// After the flip, on the dialer: how long a reversed connection may sit with no request
     /// started before the dialer closes it. `None` (the default) never closes an idle
@@ -75,7 +96,7 @@ impl Default for Limits {
             max_upgrade_body: DEFAULT_MAX_UPGRADE_BODY,
             max_refusal_body: DEFAULT_MAX_REFUSAL_BODY,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            head_timeout: DEFAULT_REVERSED_HEAD_TIMEOUT,
             idle_timeout: None,
         }
     }
@@ -106,5 +127,9 @@ mod tests {
         assert_eq!(l.head_timeout, Duration::from_secs(10));
         assert_eq!(l.idle_timeout, None);
         assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
+        assert_eq!(MAX_NO_CONTENT_ROUNDS, 100);
+        assert_eq!(MAX_CHUNK_LINE, 1024);
+        assert_eq!(MAX_TRAILER_BYTES, 8192);
+        assert_eq!(HANDSHAKE_READ_CHUNK, 4096);
     }
 }

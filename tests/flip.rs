@@ -1,6 +1,6 @@
 //! Role-flip tests: the library dialer against the library listener (raw and hyper_upgrade entry
 //! points), over in-memory pipes and real loopback sockets, plus the head-timer behaviour of
-//! the flipped server (src/timer.rs).
+//! the flipped server (src/dialer/head_clock.rs).
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -7,7 +7,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use super::AgentError;
@@ -15,9 +14,8 @@ use super::config::{ConfigError, TCP_KEEPALIVE_TIME};
 use super::target::{Endpoint, Target};
 use crate::tls::TlsError;
 
-/// A stream the agent can run HTTP over: TCP or TLS.
-pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentIo for T {}
+/// A stream the agent can run HTTP over: TCP or TLS (the crate's one stream trait).
+pub use crate::io::ByteStream as AgentIo;
 
 /// A connected stream, to the relay or to the upstream.
 pub type BoxedIo = Box<dyn AgentIo>;

@@ -1,9 +1,10 @@
 //! The listener from inside a hyper (or axum) server.
 //!
 //! In a handler: call [`offer`] with the request. On success, return
-//! [`HyperOffer::switching_response`] from the handler and spawn [`HyperOffer::reverse`], which
-//! waits for hyper to hand over the stream and starts the reversed client on it. On failure,
-//! return [`Rejection::into_response`].
+//! [`Offer::switching_response`] from the handler and spawn [`Offer::reverse`], which waits for
+//! hyper to hand over the stream and starts the reversed client on it. On failure, return
+//! [`Rejection::into_response`]. The `101` and the refusals carry the fields the raw listener
+//! writes ([`response::switching_fields`], [`response::refusal_fields`]).
 //!
 //! The server must be built with `.with_upgrades()`. Strict dialers compare header *names* in
 //! the `101` too, so set `title_case_headers(true)` on the server builder: hyper then writes
@@ -21,26 +22,17 @@
 //! reverse-http), and a chunked offer is welcome at the raw listener (decisions D23).
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request};
+use http::header::CONTENT_TYPE;
+use http::{Request, Response, StatusCode, request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
-use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
+use super::{ListenerConfig, Offer, ReversedClient, ReversedConnection, reverse};
 use crate::error::{Error, HeadError, OfferError};
-use crate::proto::Protocol;
 use crate::proto::body::Framing;
-use crate::proto::request::{self as req, Offer};
-
-/// An upgrade request that hyper has read and this crate has judged to be a PTTH offer.
-#[derive(Debug)]
-pub struct HyperOffer {
-    head: request::Parts,
-    body: Bytes,
-    offer: Offer,
-    on_upgrade: OnUpgrade,
-}
+use crate::proto::request::{self as req, OfferTerms};
+use crate::proto::{Protocol, response};
 
 /// Why a request was not taken as an upgrade, as a response ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,23 +49,16 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// A plain-text response; a `426` carries the `Upgrade` RFC 9110 §15.5.22 requires.
+    /// A plain-text response with the refusal fields of the raw listener: a `426` carries the
+    /// `Upgrade` RFC 9110 §15.5.22 requires (and `upgrade` in `Connection`), `close` adds
+    /// `Connection: close`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::from(format!("{}\n", self.reason)));
+        let mut res = Response::new(Full::new(response::refusal_body(&self.reason)));
         *res.status_mut() = self.status;
         let h = res.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if self.status == StatusCode::UPGRADE_REQUIRED {
-            let list = HeaderValue::from_str(&Protocol::list(&self.accepted))
-                .expect("protocol names are valid header text");
-            h.insert(UPGRADE, list);
-            h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        }
-        if self.close {
-            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        h.insert(CONTENT_TYPE, response::REFUSAL_CONTENT_TYPE);
+        for (name, value) in response::refusal_fields(self.status, &self.accepted, self.close) {
+            h.insert(name, value);
         }
         res
     }
@@ -106,7 +91,7 @@ pub fn is_ptth_upgrade<B>(req: &Request<B>) -> bool {
 /// Judge `req` as a PTTH offer, without reading its body: the first thing [`offer`] does. A
 /// server with more to check before it reads the body (credentials, limits) calls this first,
 /// so that a malformed offer is refused before that work.
-pub fn check<B>(req: &Request<B>, config: &ListenerConfig) -> Result<Offer, Rejection> {
+pub fn check<B>(req: &Request<B>, config: &ListenerConfig) -> Result<OfferTerms, Rejection> {
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = req.method().clone();
     head.uri = req.uri().clone();
@@ -115,9 +100,9 @@ pub fn check<B>(req: &Request<B>, config: &ListenerConfig) -> Result<Offer, Reje
     check_head(&head, config)
 }
 
-fn check_head(head: &request::Parts, config: &ListenerConfig) -> Result<Offer, Rejection> {
-    let offer = req::check_offer(head, &config.rules).map_err(|e| Rejection::offer(&e, config))?;
-    if offer.framing == Framing::Chunked {
+fn check_head(head: &request::Parts, config: &ListenerConfig) -> Result<OfferTerms, Rejection> {
+    let terms = req::check_offer(head, &config.rules).map_err(|e| Rejection::offer(&e, config))?;
+    if terms.framing == Framing::Chunked {
         // hyper has removed any Content-Length beside it: the request may be a smuggling
         // attempt that this handler cannot tell from a plain chunked one.
         let e = OfferError::Framing(HeadError::Invalid(
@@ -125,19 +110,22 @@ fn check_head(head: &request::Parts, config: &ListenerConfig) -> Result<Offer, R
         ));
         return Err(Rejection::offer(&e, config));
     }
-    Ok(offer)
+    Ok(terms)
 }
 
 /// Judge `req` as a PTTH offer ([`check`]) and read its whole body (capped), as RFC 9110 §7.8
 /// requires before a switch.
-pub async fn offer<B>(mut req: Request<B>, config: &ListenerConfig) -> Result<HyperOffer, Rejection>
+pub async fn offer<B>(
+    mut req: Request<B>,
+    config: &ListenerConfig,
+) -> Result<Offer<OnUpgrade>, Rejection>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (head, body) = req.into_parts();
-    let offer = check_head(&head, config)?;
+    let terms = check_head(&head, config)?;
     let limit = config.limits.max_upgrade_body;
     let collect = Limited::new(body, limit).collect();
     let body = match tokio::time::timeout(config.limits.handshake_timeout, collect).await {
@@ -164,37 +152,23 @@ where
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    Ok(HyperOffer {
+    Ok(Offer {
         head,
         body,
-        offer,
-        on_upgrade,
+        terms,
+        stream: on_upgrade,
     })
 }
 
-impl HyperOffer {
-    /// The request head (method, target, fields).
-    pub fn head(&self) -> &request::Parts {
-        &self.head
-    }
-
-    /// The request body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
-    /// The protocol that will be switched to.
-    pub fn protocol(&self) -> Protocol {
-        self.offer.protocol
-    }
-
+/// An offer inside a hyper server: the stream comes once hyper has written the `101`.
+impl Offer<OnUpgrade> {
     /// The `101 Switching Protocols` to return from the handler, echoing the dialer's token.
     pub fn switching_response<B: Default>(&self) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h: &mut HeaderMap = res.headers_mut();
-        h.insert(UPGRADE, self.offer.token.clone());
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        for (name, value) in response::switching_fields(&self.terms.token) {
+            res.headers_mut().insert(name, value);
+        }
         res
     }
 
@@ -202,7 +176,7 @@ impl HyperOffer {
     /// callers that run their own client on it (a relay parks it and starts a client per
     /// exchange). Bytes hyper read past the request are kept in the returned stream.
     pub async fn upgraded(self) -> Result<Upgraded, Error> {
-        self.on_upgrade
+        self.stream
             .await
             .map_err(Error::hyper("waiting for the switch"))
     }
@@ -218,10 +192,7 @@ impl HyperOffer {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let upgraded = self
-            .on_upgrade
-            .await
-            .map_err(Error::hyper("waiting for the switch"))?;
+        let upgraded = self.upgraded().await?;
         reverse(TokioIo::new(upgraded), config).await
     }
 }
@@ -229,6 +200,7 @@ impl HyperOffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONNECTION, UPGRADE};
 
     #[tokio::test]
     async fn a_426_names_only_the_accepted_protocols() {
@@ -247,5 +219,33 @@ mod tests {
         assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(res.headers()[UPGRADE], "PTTH/1.0");
         assert_eq!(res.headers()[CONNECTION], "Upgrade");
+    }
+
+    #[test]
+    fn refusals_carry_the_raw_listeners_fields() {
+        // The raw listener's bytes for the same refusal: its fields are the reference.
+        let field = |raw: &[u8], name: &str| -> Option<String> {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        };
+        for status in [StatusCode::UPGRADE_REQUIRED, StatusCode::FORBIDDEN] {
+            let accepted = vec![Protocol::Ptth09, Protocol::Ptth10];
+            let raw = response::encode_refusal(status, &accepted, &Default::default(), b"no\n");
+            let res = Rejection {
+                status,
+                reason: "no".into(),
+                accepted,
+                close: true,
+            }
+            .into_response();
+            for name in ["Upgrade", "Connection", "Content-Type"] {
+                let hyper = res
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string());
+                assert_eq!(hyper, field(&raw, name), "{status} {name}");
+            }
+        }
     }
 }

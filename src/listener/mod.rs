@@ -7,11 +7,15 @@
 //! accept -> offer (validate request, read its body) -> 101 -> reverse() -> ReversedClient
 //! ```
 //!
-//! Two ways in:
-//! - [`raw`]: on any byte stream, without a hyper server ([`raw::read_offer`]).
-//! - [`hyper_upgrade`]: from inside a hyper or axum handler ([`hyper_upgrade::offer`]).
+//! Two ways in, one [`Offer`] type:
+//! - [`raw`]: on any byte stream, without a hyper server ([`raw::read_offer`]); the listener
+//!   writes the `101` or the refusal itself.
+//! - [`hyper_upgrade`]: from inside a hyper or axum handler ([`hyper_upgrade::offer`]); the
+//!   handler returns the `101` or the refusal as its response.
 //!
-//! Both end in [`reverse`], which runs hyper's HTTP/1.1 *client* on the flipped stream.
+//! Both judge the request with `proto::request::check_offer`, answer with the fields of
+//! `proto::response`, and end in [`reverse`], which runs hyper's HTTP/1.1 *client* on the
+//! flipped stream.
 
 pub mod hyper_upgrade;
 pub mod raw;
@@ -19,8 +23,9 @@ pub mod raw;
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri, request};
 use hyper::body::Incoming;
 pub use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1;
@@ -29,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::Error;
 use crate::limits::Limits;
-use crate::proto::request::OfferRules;
+use crate::proto::Protocol;
+use crate::proto::request::{OfferRules, OfferTerms};
 
 /// What a listener accepts and how it talks after the flip.
 #[derive(Debug, Clone)]
@@ -50,6 +56,38 @@ impl Default for ListenerConfig {
             limits: Limits::default(),
             reversed_host: HeaderValue::from_static(""),
         }
+    }
+}
+
+/// An upgrade request judged to be a PTTH offer, its whole body read, waiting for the caller's
+/// decision (target, `Authorization`, body): the same type at both ways in.
+///
+/// `S` holds the stream until the switch. At the raw listener ([`raw::read_offer`]) it is the
+/// stream itself: `accept` writes the `101`, `refuse` a final response. Inside a hyper server
+/// ([`hyper_upgrade::offer`]) it is hyper's pending upgrade: the handler returns
+/// `switching_response` and `reverse` waits for the switched stream.
+#[derive(Debug)]
+pub struct Offer<S> {
+    head: request::Parts,
+    body: Bytes,
+    terms: OfferTerms,
+    stream: S,
+}
+
+impl<S> Offer<S> {
+    /// The request head (method, target, fields).
+    pub fn head(&self) -> &request::Parts {
+        &self.head
+    }
+
+    /// The request body (credentials may travel here, draft §2.1).
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The protocol that will be switched to.
+    pub fn protocol(&self) -> Protocol {
+        self.terms.protocol
     }
 }
 

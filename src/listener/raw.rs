@@ -1,53 +1,28 @@
 //! The listener on a raw byte stream, with no hyper server in front.
 //!
 //! [`read_offer`] reads and judges the upgrade request (head and whole body, with caps and a
-//! deadline) and answers bad requests itself. The caller then inspects the [`PendingOffer`]
-//! (path, `Authorization`, body) and either [`PendingOffer::accept`]s it (`101`, flip) or
-//! [`PendingOffer::refuse`]s it (a final response, then close).
+//! deadline) and answers bad requests itself. The caller then inspects the [`Offer`] (path,
+//! `Authorization`, body) and either [`Offer::accept`]s it (`101`, flip) or [`Offer::refuse`]s
+//! it (a final response, then close).
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{ListenerConfig, ReversedClient, ReversedConnection, reverse};
+use super::{ListenerConfig, Offer, ReversedClient, ReversedConnection, reverse};
 use crate::error::{BodyError, Error, OfferError};
-use crate::io::{read_head, read_some};
+use crate::io::{read_body, read_head, write_flush};
 use crate::proto::body::{BodyDecoder, Framing};
-use crate::proto::request::{self as req, Offer};
-use crate::proto::{Protocol, response};
+use crate::proto::request::{self as req, OfferTerms};
+use crate::proto::response;
 
-/// A valid PTTH upgrade request, read in full, waiting for the caller's decision.
-#[derive(Debug)]
-pub struct PendingOffer<IO> {
-    head: request::Parts,
-    body: Bytes,
-    offer: Offer,
-    io: IO,
-}
-
-impl<IO> PendingOffer<IO> {
-    /// The request head (method, target, fields).
-    pub fn head(&self) -> &request::Parts {
-        &self.head
-    }
-
-    /// The request body (credentials may travel here, draft §2.1).
-    pub fn body(&self) -> &Bytes {
-        &self.body
-    }
-
-    /// The protocol that will be switched to.
-    pub fn protocol(&self) -> Protocol {
-        self.offer.protocol
-    }
-}
-
-impl<IO: AsyncRead + AsyncWrite + Unpin> PendingOffer<IO> {
+/// An offer at the raw listener: the stream is here, and the listener writes the answer.
+impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
     /// Answer `101 Switching Protocols` (in one write) and return the switched stream.
     pub async fn accept(mut self) -> Result<IO, Error> {
-        let head = response::encode_switching(&self.offer.token);
-        write_flush(&mut self.io, &head, "writing the 101").await?;
-        Ok(self.io)
+        let head = response::encode_switching(&self.terms.token);
+        write_flush(&mut self.stream, &head, "writing the 101").await?;
+        Ok(self.stream)
     }
 
     /// Answer `101` and start the reversed HTTP client on the stream.
@@ -73,20 +48,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> PendingOffer<IO> {
         extra: &HeaderMap,
         body: &[u8],
     ) -> Result<(), Error> {
-        let out = response::encode_refusal(status, &[self.offer.protocol], extra, body);
-        write_flush(&mut self.io, &out, "writing a refusal").await?;
-        let _ = self.io.shutdown().await;
+        let out = response::encode_refusal(status, &[self.terms.protocol], extra, body);
+        write_flush(&mut self.stream, &out, "writing a refusal").await?;
+        let _ = self.stream.shutdown().await;
         Ok(())
     }
-}
-
-async fn write_flush<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    bytes: &[u8],
-    context: &'static str,
-) -> Result<(), Error> {
-    io.write_all(bytes).await.map_err(Error::io(context))?;
-    io.flush().await.map_err(Error::io(context))
 }
 
 /// Read one upgrade request from `io` and judge it.
@@ -97,7 +63,7 @@ async fn write_flush<IO: AsyncWrite + Unpin>(
 /// `400` for bytes sent after the request before the `101` (RFC 9931). A deadline miss or a
 /// closed stream gets no answer. The whole exchange must finish within
 /// [`crate::Limits::handshake_timeout`].
-pub async fn read_offer<IO>(io: IO, config: &ListenerConfig) -> Result<PendingOffer<IO>, Error>
+pub async fn read_offer<IO>(io: IO, config: &ListenerConfig) -> Result<Offer<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -114,11 +80,11 @@ where
         after: limits.handshake_timeout,
     }));
     match outcome {
-        Ok((head, body, offer)) => Ok(PendingOffer {
+        Ok((head, body, terms)) => Ok(Offer {
             head,
             body,
-            offer,
-            io,
+            terms,
+            stream: io,
         }),
         Err(err) => {
             if let Some(status) = answer_for(&err) {
@@ -150,7 +116,7 @@ async fn read_offer_inner<IO>(
     io: &mut IO,
     buf: &mut BytesMut,
     config: &ListenerConfig,
-) -> Result<(request::Parts, Bytes, Offer), Error>
+) -> Result<(request::Parts, Bytes, OfferTerms), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -160,8 +126,8 @@ where
     })
     .await?;
     let _ = buf.split_to(len);
-    let offer = req::check_offer(&head, &config.rules)?;
-    let framing = offer.framing;
+    let terms = req::check_offer(&head, &config.rules)?;
+    let framing = terms.framing;
     if let Framing::Length(n) = framing
         && n > limits.max_upgrade_body as u64
     {
@@ -175,22 +141,12 @@ where
     if req::expects_continue(&head.headers) {
         write_flush(io, response::CONTINUE, "writing 100 Continue").await?;
     }
-    let mut body = BodyDecoder::new(framing, limits.max_upgrade_body, false);
-    while !body.decode(buf)? {
-        if read_some(io, buf)
-            .await
-            .map_err(Error::io("reading the upgrade request body"))?
-            == 0
-        {
-            return Err(Error::Closed {
-                phase: "reading the upgrade request body",
-            });
-        }
-    }
+    let body = BodyDecoder::new(framing, limits.max_upgrade_body, false);
+    let (body, _) = read_body(io, buf, body, "reading the upgrade request body").await?;
     if !buf.is_empty() {
         // The dialer wrote past its request before seeing our answer. After a 101 those bytes
         // would be unsolicited responses; RFC 9931 says not to read them as anything.
         return Err(OfferError::EarlyData.into());
     }
-    Ok((head, body.finish().0, offer))
+    Ok((head, body, terms))
 }

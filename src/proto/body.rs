@@ -1,16 +1,12 @@
 //! Bounded decoding of the two bodies the handshake itself must read: the upgrade request's
 //! (listener, RFC 9110 §7.8: the switch happens only after the whole request) and a refusal's
-//! (dialer, to report it). Reversed traffic after the flip never comes here; hyper frames it.
+//! (dialer, to report it). Reversed traffic after the flip is hyper's; only the dialer's head
+//! clock follows its chunked bodies here, keeping nothing, to know where each head starts.
 
 use bytes::{Buf, BytesMut};
 
 use crate::error::BodyError;
-
-/// Longest chunk-size line (size plus extensions) accepted, in bytes.
-pub const MAX_CHUNK_LINE: usize = 1024;
-
-/// Most trailer-section bytes accepted after the last chunk.
-pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
+use crate::limits::{MAX_CHUNK_LINE, MAX_TRAILER_BYTES};
 
 /// How a body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +85,25 @@ impl BodyDecoder {
 
     /// Consume as much of `buf` as belongs to the body. Returns whether the body is complete.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<bool, BodyError> {
+        let (used, done) = self.decode_slice(buf)?;
+        buf.advance(used);
+        Ok(done)
+    }
+
+    /// Consume as much of `input` as belongs to the body, copying only what is kept. Returns
+    /// how many bytes belong to it and whether the body is complete. The bytes after those are
+    /// the caller's: what follows the body, or the start of a chunk line or trailer that the
+    /// next call must see again, with more bytes behind it.
+    pub fn decode_slice(&mut self, input: &[u8]) -> Result<(usize, bool), BodyError> {
+        let mut used = 0;
         loop {
+            let buf = &input[used..];
             match self.state {
-                State::Done => return Ok(true),
+                State::Done => return Ok((used, true)),
                 State::Length(left) => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    self.keep(buf, n)?;
+                    self.keep(&buf[..n])?;
+                    used += n;
                     let left = left - n as u64;
                     self.state = if left == 0 {
                         State::Done
@@ -102,17 +111,16 @@ impl BodyDecoder {
                         State::Length(left)
                     };
                     if left > 0 {
-                        return Ok(false);
+                        return Ok((used, false));
                     }
                 }
                 State::UntilClose => {
-                    let n = buf.len();
-                    self.keep(buf, n)?;
-                    return Ok(false);
+                    self.keep(buf)?;
+                    return Ok((input.len(), false));
                 }
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        used += n;
                         self.state = if size == 0 {
                             State::Trailers { seen: 0 }
                         } else {
@@ -123,28 +131,28 @@ impl BodyDecoder {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err(BodyError::BadChunk("chunk-size line too long"));
                         }
-                        return Ok(false);
+                        return Ok((used, false));
                     }
                     Err(_) => return Err(BodyError::BadChunk("invalid chunk size")),
                 },
                 State::ChunkData(left) => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    self.keep(buf, n)?;
+                    self.keep(&buf[..n])?;
+                    used += n;
                     let left = left - n as u64;
                     if left > 0 {
                         self.state = State::ChunkData(left);
-                        return Ok(false);
+                        return Ok((used, false));
                     }
                     self.state = State::ChunkDataEnd;
                 }
                 State::ChunkDataEnd => {
                     match line_end(buf) {
-                        None if buf.len() < 2 => return Ok(false),
+                        None if buf.len() < 2 => return Ok((used, false)),
                         Some(0) => {}
                         _ => return Err(BodyError::BadChunk("chunk data not followed by CRLF")),
                     }
-                    let eol = if buf[0] == b'\r' { 2 } else { 1 };
-                    buf.advance(eol);
+                    used += if buf[0] == b'\r' { 2 } else { 1 };
                     self.state = State::ChunkSize;
                 }
                 State::Trailers { seen } => {
@@ -153,10 +161,10 @@ impl BodyDecoder {
                         if seen + buf.len() > MAX_TRAILER_BYTES {
                             return Err(BodyError::BadChunk("trailer section too long"));
                         }
-                        return Ok(false);
+                        return Ok((used, false));
                     };
                     let eol = if buf.get(line) == Some(&b'\r') { 2 } else { 1 };
-                    buf.advance(line + eol);
+                    used += line + eol;
                     let seen = seen + line + eol;
                     if seen > MAX_TRAILER_BYTES {
                         return Err(BodyError::BadChunk("trailer section too long"));
@@ -171,16 +179,16 @@ impl BodyDecoder {
         }
     }
 
-    fn keep(&mut self, buf: &mut BytesMut, n: usize) -> Result<(), BodyError> {
+    /// Keep `data` as body, up to the limit.
+    fn keep(&mut self, data: &[u8]) -> Result<(), BodyError> {
         let room = self.limit.saturating_sub(self.out.len());
-        if n > room {
+        if data.len() > room {
             if !self.truncate {
                 return Err(BodyError::TooLarge { limit: self.limit });
             }
             self.truncated = true;
         }
-        self.out.extend_from_slice(&buf[..n.min(room)]);
-        buf.advance(n);
+        self.out.extend_from_slice(&data[..data.len().min(room)]);
         Ok(())
     }
 }

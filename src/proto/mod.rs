@@ -1,16 +1,22 @@
 //! The wire vocabulary of Reverse HTTP, with no I/O in it.
 //!
-//! Everything here works on byte slices and `http` types: it parses and builds the upgrade
-//! request (sent by the dialer, read by the listener) and the `101 Switching Protocols` answer
-//! (sent by the listener, read by the dialer), matches `Upgrade`/`Connection` token lists, and
-//! decodes the bounded bodies of the handshake. Because nothing here touches a socket, all of it
-//! is unit-tested with raw bytes and fuzzed (see `fuzz/`).
+//! Everything here works on byte slices and `http` types. [`head`] reads every HTTP/1.1 head
+//! (one scan for requests and responses, with the body framing); [`request`] builds and judges
+//! the upgrade request (sent by the dialer, read by the listener); [`response`] builds and
+//! judges the `101 Switching Protocols` and the refusals (sent by the listener, read by the
+//! dialer); [`tokens`] matches `Upgrade`/`Connection` lists; [`body`] decodes the bounded
+//! bodies of the handshake. Because nothing here touches a socket, all of it is unit-tested
+//! with raw bytes and fuzzed (see `fuzz/`).
 //!
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
-//! one exception is [`path`]: the dot-segment rules that the relay and the agent both apply to
-//! the requests they forward.
+//! exceptions are what the forwarding hops share: [`path`] (the dot-segment rules the relay and
+//! the agent apply to the requests they forward), [`hop`] (hop-by-hop fields) and
+//! [`forwarded`] (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
+//! reversed requests with [`head`] to time their heads.
 
 pub mod body;
+pub mod forwarded;
+pub mod head;
 pub mod hop;
 pub mod path;
 pub mod request;

@@ -1,10 +1,8 @@
 //! The upgrade request: built by the dialer, parsed and judged by the listener.
 //!
-//! Parsing is strict RFC 9112 (through httparse): bare CR, whitespace before a colon, obs-fold
-//! and NUL are syntax errors; `Content-Length` with `Transfer-Encoding`, differing
-//! `Content-Length` values, or a `Transfer-Encoding` that does not end in `chunked` are framing
-//! errors. Whether a valid request is a PTTH *offer* is a separate judgement ([`check_offer`]), so
-//! that a listener can answer a plain request as plain HTTP.
+//! The head is read by [`super::head`] (strict RFC 9112, with its framing rules). Whether a
+//! valid request is a PTTH *offer* is a separate judgement ([`check_offer`]), so that a
+//! listener can answer a plain request as plain HTTP.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
@@ -12,146 +10,30 @@ use http::{HeaderMap, Method, Uri, Version, request};
 
 use super::Protocol;
 use super::body::Framing;
+use super::head::{self, FramingFields, Slots};
 use super::tokens;
 use crate::error::{HeadError, HostError, OfferError};
 use crate::limits::Limits;
 
-/// Parse one request head from the front of `buf`.
+/// Parse one request head from the front of `buf` into `http` types: [`head::Request::parse`]
+/// then [`head::Request::to_parts`].
 ///
 /// Returns `Ok(None)` when more bytes are needed, and `Ok(Some((head, len)))` with the head's
 /// length in bytes when it is complete; the bytes after `len` are the body and whatever follows.
 /// A head that has not ended within [`Limits::max_head_bytes`] is [`HeadError::TooLarge`] (or
 /// [`HeadError::LineTooLong`] while still in the request line).
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(request::Parts, usize)>, HeadError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head_bytes {
-                Err(too_large(buf, limits))
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooManyHeaders {
-                limit: limits.max_headers,
-            });
-        }
-        Err(e) => return Err(e.into()),
+    let mut slots = Slots::new();
+    let Some(head) = head::Request::parse(buf, &mut slots, limits)? else {
+        return Ok(None);
     };
-    if len > limits.max_head_bytes {
-        return Err(too_large(buf, limits));
-    }
-
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let uri = req
-        .path
-        .unwrap_or_default()
-        .parse::<Uri>()
-        .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .version(version);
-    let headers = builder.headers_mut().expect("builder has no error yet");
-    copy_headers(req.headers, headers)?;
-    let (parts, ()) = builder
-        .body(())
-        .map_err(|_| HeadError::Malformed("invalid request head"))?
-        .into_parts();
-    Ok(Some((parts, len)))
+    Ok(Some((head.to_parts()?, head.len)))
 }
 
-fn too_large(buf: &[u8], limits: &Limits) -> HeadError {
-    if buf[..buf.len().min(limits.max_head_bytes)].contains(&b'\n') {
-        HeadError::TooLarge {
-            limit: limits.max_head_bytes,
-        }
-    } else {
-        HeadError::LineTooLong {
-            limit: limits.max_head_bytes,
-        }
-    }
-}
-
-/// Copy httparse's fields into a `HeaderMap`, keeping repeated fields as separate entries.
-pub(crate) fn copy_headers(
-    src: &[httparse::Header<'_>],
-    dst: &mut HeaderMap,
-) -> Result<(), HeadError> {
-    dst.reserve(src.len());
-    for h in src {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
-        dst.append(name, value);
-    }
-    Ok(())
-}
-
-/// How the body of a request is delimited (RFC 9112 §6.3), or why it cannot be trusted.
+/// How the body of a request is delimited (RFC 9112 §6.3), or why it cannot be trusted: the
+/// rules of [`head::Request::framing`], for fields already in a `HeaderMap`.
 pub fn framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
-    let has_te = headers.contains_key(TRANSFER_ENCODING);
-    let length = content_length(headers)?;
-    if has_te {
-        if length.is_some() {
-            // RFC 9112 §6.1: "ought to be handled as an error"; it is the classic smuggling
-            // vector, so it always is here.
-            return Err(HeadError::Invalid(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        return transfer_coding(headers);
-    }
-    Ok(match length {
-        Some(0) | None => Framing::Empty,
-        Some(n) => Framing::Length(n),
-    })
-}
-
-/// `chunked` must be the last coding; any other coding is not implemented here.
-pub(crate) fn transfer_coding(headers: &HeaderMap) -> Result<Framing, HeadError> {
-    let codings: Vec<&[u8]> = tokens::members(headers, &TRANSFER_ENCODING).collect();
-    match codings.as_slice() {
-        [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
-        [.., last] if last.eq_ignore_ascii_case(b"chunked") => Err(HeadError::UnsupportedCoding),
-        _ => Err(HeadError::Invalid(
-            "Transfer-Encoding does not end in chunked",
-        )),
-    }
-}
-
-/// The `Content-Length`, if any. Repeated equal values are one value (RFC 9112 §6.3 item 5);
-/// differing or non-numeric values are an error.
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut found: Option<u64> = None;
-    for member in tokens::members(headers, &CONTENT_LENGTH) {
-        if member.is_empty() || !member.iter().all(u8::is_ascii_digit) || member.len() > 19 {
-            return Err(HeadError::Invalid("invalid Content-Length"));
-        }
-        let n: u64 = std::str::from_utf8(member)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(HeadError::Invalid("invalid Content-Length"))?;
-        match found {
-            Some(prev) if prev != n => {
-                return Err(HeadError::Invalid("differing Content-Length values"));
-            }
-            _ => found = Some(n),
-        }
-    }
-    if found.is_none() && headers.contains_key(CONTENT_LENGTH) {
-        return Err(HeadError::Invalid("empty Content-Length"));
-    }
-    Ok(found)
+    FramingFields::of_map(headers).request()
 }
 
 /// What a listener requires of an upgrade request, beyond valid HTTP/1.1.
@@ -178,9 +60,10 @@ impl Default for OfferRules {
     }
 }
 
-/// A request that the listener has agreed is a PTTH offer.
+/// What a listener agreed to when it judged a request a PTTH offer ([`check_offer`]): the
+/// protocol, the dialer's spelling of it, and the framing of the offer's body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer {
+pub struct OfferTerms {
     /// The protocol chosen from the offer.
     pub protocol: Protocol,
     /// The dialer's exact spelling of it, echoed byte for byte in the `101`.
@@ -197,7 +80,7 @@ pub struct Offer {
 /// `Upgrade`, `upgrade` in `Connection` (draft §3.2), the `Host` rules of [`authority`]
 /// (RFC 9112 §3.2; a missing one only with [`OfferRules::allow_missing_host`]), an accepted
 /// method. Every entry point (the raw listener, the hyper one, the relay) judges with this.
-pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<Offer, OfferError> {
+pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<OfferTerms, OfferError> {
     let framing = framing(&head.headers).map_err(OfferError::Framing)?;
     if head.version < Version::HTTP_11 {
         return Err(OfferError::Http10);
@@ -216,7 +99,7 @@ pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<Offer, O
         return Err(OfferError::Method);
     }
     let token = HeaderValue::from_bytes(spelling).expect("a slice of a valid header value");
-    Ok(Offer {
+    Ok(OfferTerms {
         protocol,
         token,
         framing,
@@ -386,63 +269,5 @@ mod tests {
         let offer = check_offer(&head, &OfferRules::default()).unwrap();
         assert_eq!(offer.protocol, Protocol::Ptth09);
         assert_eq!(head.headers.get_all("upgrade").iter().count(), 1);
-    }
-
-    #[test]
-    fn partial_heads_need_more() {
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nHost: x\r\n", &limits()),
-            Ok(None)
-        ));
-        assert!(matches!(parse(b"", &limits()), Ok(None)));
-    }
-
-    #[test]
-    fn oversize_heads_are_refused() {
-        let mut l = limits();
-        l.max_head_bytes = 64;
-        let line = [b"GET /".as_slice(), &[b'a'; 100]].concat();
-        assert_eq!(
-            parse(&line, &l).unwrap_err(),
-            HeadError::LineTooLong { limit: 64 }
-        );
-        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
-        head.extend(std::iter::repeat_n(b"X: y\r\n".as_slice(), 20).flatten());
-        assert_eq!(
-            parse(&head, &l).unwrap_err(),
-            HeadError::TooLarge { limit: 64 }
-        );
-    }
-
-    #[test]
-    fn framing_rules() {
-        let f = |raw: &[u8]| framing(&parse_ok(raw).0.headers);
-        assert_eq!(f(b"GET / HTTP/1.1\r\n\r\n"), Ok(Framing::Empty));
-        assert_eq!(
-            f(b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
-            Ok(Framing::Length(3))
-        );
-        assert!(f(b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").is_err());
-        assert!(f(b"GET / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n").is_err());
-        assert!(f(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").is_err());
-        assert!(f(b"GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\n").is_err());
-        assert!(
-            f(b"GET / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .is_err()
-        );
-        assert_eq!(
-            f(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            Err(HeadError::Invalid(
-                "Transfer-Encoding does not end in chunked"
-            ))
-        );
-        assert_eq!(
-            f(b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
-            Err(HeadError::UnsupportedCoding)
-        );
-        assert_eq!(
-            f(b"GET / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
-            Ok(Framing::Chunked)
-        );
     }
 }

@@ -1,5 +1,9 @@
 //! The listener's answers: built by the listener, parsed and judged by the dialer.
 //!
+//! The head is read by [`super::head`]. The `101` and the refusals are built here once, for
+//! both listener entry points: [`switching_fields`] and [`refusal_fields`] are the fields, and
+//! [`encode_switching`] / [`encode_refusal`] the bytes the raw listener writes.
+//!
 //! The `101` is written byte for byte as strict deployed dialers expect it (npm reverse-http and
 //! Go reversehttp compare the status line, `Upgrade` and `Connection` exactly):
 //!
@@ -11,12 +15,12 @@
 //! ```
 
 use bytes::Bytes;
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, UPGRADE};
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 use super::Protocol;
 use super::body::Framing;
-use super::request::{content_length, copy_headers, transfer_coding};
+use super::head::{self, FramingFields, Slots};
 use super::tokens;
 use crate::error::{HeadError, SwitchError};
 use crate::limits::Limits;
@@ -35,49 +39,15 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-/// Parse one response head from the front of `buf`; `Ok(None)` means more bytes are needed.
+/// Parse one response head from the front of `buf` into a [`ResponseHead`]:
+/// [`head::Response::parse`] then [`head::Response::to_head`]. `Ok(None)` means more bytes are
+/// needed.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head_bytes {
-                Err(HeadError::TooLarge {
-                    limit: limits.max_head_bytes,
-                })
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooManyHeaders {
-                limit: limits.max_headers,
-            });
-        }
-        Err(e) => return Err(e.into()),
+    let mut slots = Slots::new();
+    let Some(head) = head::Response::parse(buf, &mut slots, limits)? else {
+        return Ok(None);
     };
-    if len > limits.max_head_bytes {
-        return Err(HeadError::TooLarge {
-            limit: limits.max_head_bytes,
-        });
-    }
-    let status = StatusCode::from_u16(res.code.unwrap_or_default())
-        .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    let version = match res.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::new();
-    copy_headers(res.headers, &mut headers)?;
-    Ok(Some((
-        ResponseHead {
-            version,
-            status,
-            headers,
-        },
-        len,
-    )))
+    Ok(Some((head.to_head()?, head.len)))
 }
 
 /// Judge a `101`: it must be HTTP/1.1, switch to exactly one protocol the dialer offered, and
@@ -108,44 +78,65 @@ pub fn check_switch(head: &ResponseHead, offered: &[Protocol]) -> Result<Protoco
     Ok(protocol)
 }
 
-/// How the body of a (non-101) response to the upgrade request is delimited (RFC 9112 §6.3).
-/// The request is never HEAD or CONNECT, so only the status decides the no-body cases.
+/// How the body of a (non-101) response to the upgrade request is delimited (RFC 9112 §6.3):
+/// the rules of [`head::Response::framing`], for a head already in a [`ResponseHead`].
 pub fn framing(head: &ResponseHead) -> Result<Framing, HeadError> {
-    let s = head.status;
-    if s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Empty);
-    }
-    let length = content_length(&head.headers)?;
-    if head.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        if length.is_some() {
-            return Err(HeadError::Invalid(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
-        // A response whose last coding is not chunked is delimited by close (RFC 9112 §6.3).
-        return Ok(transfer_coding(&head.headers).unwrap_or(Framing::UntilClose));
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+    FramingFields::of_map(&head.headers).response(head.status)
+}
+
+/// The fields of the `101`, in the order they are written: `Upgrade` echoing `token` (the
+/// dialer's own spelling), then `Connection: Upgrade`. Both listener entry points send exactly
+/// these: [`encode_switching`] writes them, the hyper listener puts them in its response.
+pub fn switching_fields(token: &HeaderValue) -> [(HeaderName, HeaderValue); 2] {
+    [
+        (UPGRADE, token.clone()),
+        (CONNECTION, HeaderValue::from_static("Upgrade")),
+    ]
 }
 
 /// The exact `101 Switching Protocols` head, echoing `token` (the dialer's spelling).
 pub fn encode_switching(token: &HeaderValue) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ");
-    out.extend_from_slice(token.as_bytes());
-    out.extend_from_slice(b"\r\nConnection: Upgrade\r\n\r\n");
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in switching_fields(token) {
+        put_own_field(&mut out, &name, &value);
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
-/// A complete plain-text final response that refuses the upgrade, with `Connection: close`.
+/// The `Content-Type` of a refusal: its body is [`refusal_body`] text.
+pub const REFUSAL_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// The handshake's own fields of a refusal with `status`, in the order they are written; both
+/// listener entry points send these. A `426` names the `accepted` protocols in `Upgrade` (RFC
+/// 9110 §15.5.22), and a sender of `Upgrade` lists `upgrade` in `Connection` (§7.8); `close`
+/// adds the `close` option, for a refusal after which the connection ends.
+pub fn refusal_fields(
+    status: StatusCode,
+    accepted: &[Protocol],
+    close: bool,
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    let upgrade = (status == StatusCode::UPGRADE_REQUIRED).then(|| {
+        HeaderValue::from_str(&Protocol::list(accepted))
+            .expect("protocol names are valid header text")
+    });
+    let connection = match (upgrade.is_some(), close) {
+        (true, true) => Some("Upgrade, close"),
+        (true, false) => Some("Upgrade"),
+        (false, true) => Some("close"),
+        (false, false) => None,
+    };
+    let upgrade = upgrade.map(|v| (UPGRADE, v));
+    let connection = connection.map(|c| (CONNECTION, HeaderValue::from_static(c)));
+    upgrade.into_iter().chain(connection)
+}
+
+/// A complete plain-text final response that refuses the upgrade, with `Connection: close`:
+/// the [`refusal_fields`], then `extra`, then the body's `Content-Type` and `Content-Length`.
 ///
-/// `extra` carries fields such as `WWW-Authenticate` or `Retry-After`. A `426` gets the
-/// `Upgrade` (and so `Connection: Upgrade`) fields RFC 9110 §15.5.22 requires, naming the
-/// `accepted` protocols.
+/// `extra` carries fields such as `WWW-Authenticate` or `Retry-After` (written as `http` spells
+/// them, in lower case); its `Connection`, `Upgrade` and `Content-Length` are ignored.
 pub fn encode_refusal(
     status: StatusCode,
     accepted: &[Protocol],
@@ -158,27 +149,41 @@ pub fn encode_refusal(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Refused").as_bytes());
     out.extend_from_slice(b"\r\n");
-    if status == StatusCode::UPGRADE_REQUIRED {
-        out.extend_from_slice(b"Upgrade: ");
-        out.extend_from_slice(Protocol::list(accepted).as_bytes());
-        out.extend_from_slice(b"\r\nConnection: Upgrade, close\r\n");
-    } else {
-        out.extend_from_slice(b"Connection: close\r\n");
+    for (name, value) in refusal_fields(status, accepted, true) {
+        put_own_field(&mut out, &name, &value);
     }
     for (name, value) in extra {
-        if name == CONNECTION || name == UPGRADE || name == http::header::CONTENT_LENGTH {
+        if name == CONNECTION || name == UPGRADE || name == CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, name.as_str(), value.as_bytes());
     }
-    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    put_own_field(&mut out, &CONTENT_TYPE, &REFUSAL_CONTENT_TYPE);
+    put_own_field(&mut out, &CONTENT_LENGTH, &HeaderValue::from(body.len()));
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// Write a field the handshake adds itself, its name in title case (`Upgrade`,
+/// `Content-Length`): strict dialers compare names too.
+fn put_own_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    let start = out.len();
+    put_field(out, name.as_str(), value.as_bytes());
+    let mut upper = true;
+    for b in &mut out[start..start + name.as_str().len()] {
+        if upper {
+            b.make_ascii_uppercase();
+        }
+        upper = *b == b'-';
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The body text for a refusal caused by `reason`, ending in a newline.

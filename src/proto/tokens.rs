@@ -2,8 +2,9 @@
 //!
 //! RFC 9110 §5.3 lets a list field be split over several field lines and §5.6.1 lets members be
 //! empty or padded with optional whitespace; a recipient must treat all of these the same as one
-//! line. Every list lookup in the crate goes through [`members`] so that no caller re-invents
-//! the splitting.
+//! line. Every list lookup in the crate goes through [`members`] (fields in a `HeaderMap`) or
+//! [`list_members`] (one field value, as the borrowed heads of [`super::head`] give them) so
+//! that no caller re-invents the splitting.
 
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, UPGRADE};
@@ -16,7 +17,13 @@ pub fn members<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
     headers
         .get_all(name)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .flat_map(|value| list_members(value.as_bytes()))
+}
+
+/// Every non-empty member of one field line's list value, trimmed of optional whitespace.
+pub fn list_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
         .map(trim_ows)
         .filter(|m| !m.is_empty())
 }

@@ -12,7 +12,6 @@
 //! client's `100` comes from the agent side, and a refusal from there costs no upload.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +19,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HOST};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -34,6 +33,7 @@ use super::registry::{AgentConn, AgentStream, CheckoutError, ForwardBody, Reserv
 use super::route::{RouteError, route};
 use super::{RELAY_CONTINUE_WAIT, Shared};
 use crate::expect::{Gate, Gated, gate};
+use crate::proto::forwarded;
 use crate::proto::hop::{Keep, strip_hop_by_hop};
 use crate::proto::request;
 use crate::proto::response::drop_length_beside_chunked;
@@ -42,10 +42,6 @@ use crate::proto::tokens;
 /// Body type of responses the relay sends to public clients.
 pub type RelayBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// What the relay passes on to the agent: `TE: trailers` (so the agent may send trailers),
 /// and the upgrade pair when the public request is an upgrade.
 fn keep_for_agent(upgrade: bool) -> Keep {
@@ -57,65 +53,6 @@ fn keep_for_agent(upgrade: bool) -> Keep {
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && tokens::connection_has_upgrade(headers)
-}
-
-/// Set `Forwarded` and `X-Forwarded-*`; client-sent ones are dropped unless trusted, else
-/// appended to.
-fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-    prefix: Option<&str>,
-    trust: bool,
-) {
-    let ip = peer.ip();
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host.and_then(|h| h.to_str().ok())
-        && !h.contains(['"', '\\'])
-    {
-        fwd.push_str(&format!(";host=\"{h}\""));
-    }
-    let append = |headers: &mut HeaderMap, name: HeaderName, value: String| {
-        let prev = if trust {
-            headers
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        } else {
-            None
-        };
-        let v = match prev {
-            Some(p) => format!("{p}, {value}"),
-            None => value,
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(name, v);
-        }
-    };
-    append(headers, header::FORWARDED, fwd);
-    append(headers, X_FORWARDED_FOR, ip.to_string());
-    if !trust {
-        headers.remove(X_FORWARDED_HOST);
-        headers.remove(X_FORWARDED_PROTO);
-        headers.remove(X_FORWARDED_PREFIX);
-    }
-    if let Some(h) = host
-        && (!trust || !headers.contains_key(X_FORWARDED_HOST))
-    {
-        headers.insert(X_FORWARDED_HOST, h.clone());
-    }
-    if !trust || !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
-        headers.insert(X_FORWARDED_PREFIX, p);
-    }
 }
 
 /// Forward one public request.
@@ -170,9 +107,9 @@ async fn forward_inner(
         parts.headers.remove(header::EXPECT);
     }
     strip_hop_by_hop(&mut parts.headers, keep_for_agent(upgrade));
-    set_forwarded(
+    forwarded::set(
         &mut parts.headers,
-        info.peer,
+        info.peer.ip(),
         info.proto(),
         host.as_ref(),
         route.prefix.as_deref(),

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -42,8 +42,7 @@ use super::auth::Secret;
 pub type ForwardBody = BoxBody<Bytes, hyper::Error>;
 
 /// A byte stream to an agent (plain TCP or TLS).
-pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+pub use crate::io::ByteStream as AgentStream;
 
 /// A flipped stream to an agent, and its place in the counts (released when dropped).
 pub(crate) struct AgentConn {

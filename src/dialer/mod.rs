@@ -1,0 +1,124 @@
+//! The dialer role ("A" in the draft): the host behind NAT.
+//!
+//! It opens the connection, sends the upgrade request, waits for a `101`, and then **serves**
+//! HTTP on the same stream. One file a step:
+//!
+//! ```text
+//! dial (the caller's stream) -> handshake() -> Flipped -> Flipped::serve(service)
+//!                               handshake.rs   mod.rs     mod.rs, timed by head_clock.rs
+//! ```
+//!
+//! [`handshake()`] works on any `AsyncRead + AsyncWrite` stream (TCP, TLS, in-memory), skips
+//! interim `1xx` answers, accepts only a valid `101` for a protocol it offered, and keeps every
+//! byte that arrived after the `101` head. Any other final answer is [`Error::Refused`].
+//! [`Flipped::serve`] runs hyper's HTTP/1.1 server on the flipped stream, with the
+//! [`head_clock`] deadline: a request head must complete soon after its first byte, while a
+//! parked connection may idle.
+//!
+//! [`Error::Refused`]: crate::Error::Refused
+
+mod handshake;
+pub mod head_clock;
+
+use std::convert::Infallible;
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::io::{ByteStream, Rewind};
+use crate::limits::Limits;
+use crate::proto::Protocol;
+pub use handshake::handshake;
+use head_clock::{Activity, HeadClock};
+
+/// A stream that has switched to reversed HTTP: the dialer now serves requests on it.
+#[derive(Debug)]
+pub struct Flipped<IO> {
+    io: Rewind<IO>,
+    protocol: Protocol,
+}
+
+impl<IO> Flipped<IO> {
+    /// The protocol the listener switched to.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The stream, which replays the bytes that came after the `101` head before reading more.
+    pub fn into_io(self) -> Rewind<IO> {
+        self.io
+    }
+}
+
+/// A reversed connection being served: a hyper connection future. Poll it to completion;
+/// call [`hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown`] to finish the
+/// request in flight and close.
+pub type Serving<IO, S> = http1::UpgradeableConnection<TokioIo<Activity<Rewind<IO>>>, S>;
+
+impl<IO: ByteStream> Flipped<IO> {
+    /// Serve HTTP/1.1 on the reversed connection with a hyper service.
+    ///
+    /// Reversed requests are accepted with an empty, missing or any `Host` (draft §3.1; AirPlay
+    /// sends none). A request head must complete within [`Limits::head_timeout`] of its first
+    /// byte; between requests the connection may idle for [`Limits::idle_timeout`] (forever by
+    /// default). Upgrades requested by the listener (WebSocket through a relay) are supported.
+    pub fn serve<S, B>(self, service: S, limits: &Limits) -> Serving<IO, S>
+    where
+        S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (io, clock) = head_clock::head_clock(self.io, limits);
+        server_builder(limits, clock)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+    }
+
+    /// Serve with a `tower::Service` (an axum `Router`, for example).
+    pub fn serve_tower<S, B>(
+        self,
+        service: S,
+        limits: &Limits,
+    ) -> Serving<IO, hyper_util::service::TowerToHyperService<S>>
+    where
+        S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.serve(
+            hyper_util::service::TowerToHyperService::new(service),
+            limits,
+        )
+    }
+}
+
+fn server_builder(limits: &Limits, clock: HeadClock) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(clock)
+        // The clock decides the real deadline; hyper only needs the timeout switched on.
+        .header_read_timeout(limits.head_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.hyper_buf_size())
+        .keep_alive(true);
+    b
+}
+
+/// A service that answers every reversed request with `404`: handy for tests and examples.
+pub async fn not_found(
+    _req: http::Request<Incoming>,
+) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, Infallible> {
+    let mut res = http::Response::new(http_body_util::Full::from("not found\n"));
+    *res.status_mut() = StatusCode::NOT_FOUND;
+    Ok(res)
+}

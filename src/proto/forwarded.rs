@@ -1,0 +1,191 @@
+//! The fields a forwarding hop adds about the client: `Forwarded` (RFC 7239) and the de facto
+//! `X-Forwarded-For`, `-Host`, `-Proto` and `-Prefix`.
+//!
+//! Pure functions of what the hop knows (the client's address, the scheme it came in on, the
+//! authority it asked for, the path prefix the hop removed), so the rules are unit-tested here
+//! and the relay only calls [`set`].
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`: the client's address.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Host`: the authority the client asked for.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Proto`: `http` or `https`, as the client came in.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Prefix`: the path prefix the hop removed (`/NAME` in the relay's path mode).
+pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
+/// This hop's `Forwarded` element (RFC 7239 §4): `for=<client>;proto=<proto>`, then
+/// `;host="<host>"` when there is one.
+///
+/// The node is the address alone, no port (§6: the port is optional). An IPv6 address is put in
+/// brackets and, because `[`, `:` and `]` are not token characters, in quotes (§6, §4:
+/// `for="[2001:db8::1]"`). `host` is always quoted; a host with a `"` or `\` would need
+/// escaping and is left out instead (`Host` values never hold them: RFC 9112 §3.2).
+pub fn element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
+    let node = if client.is_ipv6() {
+        format!("\"[{client}]\"")
+    } else {
+        client.to_string()
+    };
+    let mut fwd = format!("for={node};proto={proto}");
+    if let Some(h) = host.and_then(|h| h.to_str().ok())
+        && !h.contains(['"', '\\'])
+    {
+        fwd.push_str(&format!(";host=\"{h}\""));
+    }
+    fwd
+}
+
+/// Set `Forwarded` and `X-Forwarded-*` for a request from `client` that came in on `proto`
+/// (`http`/`https`) for `host`, with `prefix` removed from its path.
+///
+/// Fields the client sent are dropped, unless `trust` (the client is itself a trusted proxy):
+/// then this hop's `Forwarded` element and address are appended to the first `Forwarded` and
+/// `X-Forwarded-For` lines (`, `-separated), and its `X-Forwarded-Host` and `-Proto` are kept.
+/// `X-Forwarded-Prefix` is this hop's prefix when it removed one.
+pub fn set(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+    prefix: Option<&str>,
+    trust: bool,
+) {
+    let append = |headers: &mut HeaderMap, name: HeaderName, value: String| {
+        let prev = if trust {
+            headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        } else {
+            None
+        };
+        let v = match prev {
+            Some(p) => format!("{p}, {value}"),
+            None => value,
+        };
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(name, v);
+        }
+    };
+    append(headers, header::FORWARDED, element(client, proto, host));
+    append(headers, X_FORWARDED_FOR, client.to_string());
+    if !trust {
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(X_FORWARDED_PROTO);
+        headers.remove(X_FORWARDED_PREFIX);
+    }
+    if let Some(h) = host
+        && (!trust || !headers.contains_key(X_FORWARDED_HOST))
+    {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+    }
+    if !trust || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
+        headers.insert(X_FORWARDED_PREFIX, p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn host(h: &'static str) -> HeaderValue {
+        HeaderValue::from_static(h)
+    }
+
+    /// Headers a client sent, claiming to be forwarded already.
+    fn spoofed() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::FORWARDED, host("for=6.6.6.6"));
+        h.insert(X_FORWARDED_FOR, host("6.6.6.6"));
+        h.insert(X_FORWARDED_HOST, host("evil"));
+        h.insert(X_FORWARDED_PROTO, host("https"));
+        h.insert(X_FORWARDED_PREFIX, host("/evil"));
+        h
+    }
+
+    #[test]
+    fn elements_quote_ipv6_and_the_host_and_carry_no_port() {
+        let h = host("demo.localhost:8080");
+        assert_eq!(
+            element(ip("192.0.2.1"), "http", Some(&h)),
+            "for=192.0.2.1;proto=http;host=\"demo.localhost:8080\""
+        );
+        assert_eq!(
+            element(ip("2001:db8::1"), "https", None),
+            "for=\"[2001:db8::1]\";proto=https"
+        );
+        assert_eq!(
+            element(ip("::ffff:192.0.2.1"), "http", Some(&host("[::1]:80"))),
+            "for=\"[::ffff:192.0.2.1]\";proto=http;host=\"[::1]:80\""
+        );
+        let odd = HeaderValue::from_static("a\"b");
+        assert_eq!(
+            element(ip("192.0.2.1"), "http", Some(&odd)),
+            "for=192.0.2.1;proto=http"
+        );
+    }
+
+    #[test]
+    fn untrusted_client_fields_are_replaced() {
+        let mut h = spoofed();
+        let name = host("demo.localhost");
+        set(&mut h, ip("127.0.0.1"), "http", Some(&name), None, false);
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=127.0.0.1;proto=http;host=\"demo.localhost\""
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(X_FORWARDED_PREFIX));
+
+        let mut h = spoofed();
+        set(&mut h, ip("::1"), "https", None, Some("/demo"), false);
+        assert_eq!(h[header::FORWARDED], "for=\"[::1]\";proto=https");
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+        assert!(!h.contains_key(X_FORWARDED_HOST));
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_PREFIX], "/demo");
+    }
+
+    #[test]
+    fn trusted_client_fields_are_appended_to() {
+        let mut h = spoofed();
+        let name = host("demo.localhost");
+        set(
+            &mut h,
+            ip("10.0.0.2"),
+            "http",
+            Some(&name),
+            Some("/demo"),
+            true,
+        );
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=6.6.6.6, for=10.0.0.2;proto=http;host=\"demo.localhost\""
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 10.0.0.2");
+        assert_eq!(h[X_FORWARDED_HOST], "evil");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_PREFIX], "/demo");
+
+        // Nothing sent: a trusted hop sets the fields as an untrusted one would.
+        let mut h = HeaderMap::new();
+        set(&mut h, ip("10.0.0.2"), "http", Some(&name), None, true);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.2");
+        assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+}
