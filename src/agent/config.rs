@@ -14,6 +14,7 @@ use http::{HeaderMap, Method};
 
 use super::backoff::Backoff;
 use super::dial::Transport;
+use super::forward_proxy::{BadProxy, ProxySettings};
 use super::target::Target;
 use super::{Agent, AgentError};
 use crate::limits::Limits;
@@ -117,6 +118,9 @@ pub enum ConfigError {
     /// by hand: the builder picks TLS itself).
     #[error("an https:// relay needs a TLS transport")]
     PlainTransportForHttps,
+    /// The forward proxy for the relay URL's scheme cannot be used.
+    #[error("{0}")]
+    Proxy(#[source] BadProxy),
 }
 
 /// Called with the error of each failure the agent counts (see [`AgentBuilder::on_failure`]).
@@ -160,7 +164,9 @@ pub struct Config {
     pub backoff: Backoff,
     /// How to reach the relay.
     pub transport: Transport,
-    /// TCP connect deadline.
+    /// Which forward proxy, if any, connections to the relay go through.
+    pub proxy: ProxySettings,
+    /// TCP connect deadline (and TLS handshake deadline, to the relay or a forward proxy).
     pub connect_timeout: Duration,
     /// When stopping, how long requests in flight may take before their connections close.
     pub drain_timeout: Duration,
@@ -181,6 +187,7 @@ pub struct AgentBuilder {
     limits: Limits,
     backoff: Backoff,
     transport: Transport,
+    proxy: ProxySettings,
     connect_timeout: Duration,
     drain_timeout: Duration,
     on_failure: Option<FailureHook>,
@@ -200,6 +207,7 @@ impl AgentBuilder {
             limits: Limits::default(),
             backoff: Backoff::default(),
             transport: Transport::Plain,
+            proxy: ProxySettings::direct(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             on_failure: None,
@@ -264,7 +272,19 @@ impl AgentBuilder {
         self
     }
 
-    /// TCP connect deadline (and TLS handshake deadline). Default: [`DEFAULT_CONNECT_TIMEOUT`].
+    /// Reach the relay through a forward proxy (HTTP CONNECT), except for the relay hosts of the
+    /// settings' no-proxy list: [`ProxySettings::from_env`] for curl's environment variables,
+    /// [`ProxySettings::from_url`] for one proxy. Only connections to the relay use it.
+    /// Default: [`ProxySettings::direct`] (the library does not read the environment by
+    /// itself; `ptth-connect` does).
+    pub fn proxy(mut self, proxy: ProxySettings) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// Deadline for the TCP connect to the relay (or to its forward proxy), and again for the TLS
+    /// handshake; a proxy's answer to CONNECT has [`Limits::handshake_timeout`]. Default:
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
@@ -328,6 +348,9 @@ impl AgentBuilder {
                 })?;
             headers.append(n, v);
         }
+        self.proxy
+            .proxy_for(&target.endpoint)
+            .map_err(ConfigError::Proxy)?;
         let transport = match (target.endpoint.tls, self.transport) {
             (true, Transport::Plain) => Transport::Tls(default_tls()?),
             (_, t) => t,
@@ -344,6 +367,7 @@ impl AgentBuilder {
             limits: self.limits,
             backoff: self.backoff,
             transport,
+            proxy: self.proxy,
             connect_timeout: self.connect_timeout,
             drain_timeout: self.drain_timeout,
             on_failure: self.on_failure,

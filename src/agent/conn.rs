@@ -203,9 +203,7 @@ impl<C: std::future::Future, D: std::future::Future<Output = ()>> std::future::F
 
 /// Dial and upgrade: a parked (flipped) connection, or why there is none.
 async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outcome> {
-    let io = dial::relay(target, &config.transport, config.connect_timeout)
-        .await
-        .map_err(Outcome::Failed)?;
+    let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
     let request = upgrade_request(
         target,
         &config.method,

@@ -10,7 +10,10 @@
 //!
 //! - [`config`]: every default, the [`AgentBuilder`] and the validated [`Config`].
 //! - [`target`]: the relay URL and the upstream URL, parsed and checked.
-//! - [`dial`]: TCP (deadline, keepalive, nodelay) and TLS, to the relay and the upstream.
+//! - [`dial`]: TCP (deadline, keepalive, nodelay) and TLS, to the relay and the upstream; a
+//!   CONNECT tunnel through a forward proxy to the relay.
+//! - [`forward_proxy`]: which forward proxy the relay connections go through (curl's
+//!   environment variables, `NO_PROXY`), and its URL and credentials.
 //! - `pool` (private): the supervisor: counts, backoff, dial decisions, drain.
 //! - `conn` (private): one connection's life: dial -> handshake -> serve -> outcome.
 //! - [`backoff`]: the reconnect policy, as pure functions.
@@ -40,6 +43,7 @@ pub mod backoff;
 pub mod config;
 mod conn;
 pub mod dial;
+pub mod forward_proxy;
 mod pool;
 pub mod proxy;
 pub mod target;
@@ -51,6 +55,7 @@ pub use config::{
     DEFAULT_UPSTREAM_CONNECT_TIMEOUT, MAX_REDIRECTS, QUICK_CLOSE,
 };
 pub use dial::Transport;
+pub use forward_proxy::{ForwardProxy, NoProxy, ProxySettings};
 pub use target::{Target, Upstream, UrlError};
 
 /// A boxed error, as hyper services use.
@@ -103,6 +108,11 @@ pub enum AgentError {
         #[source]
         source: crate::tls::TlsError,
     },
+    /// The forward proxy could not be reached or did not open a tunnel to the relay: down, a
+    /// `407` (credentials missing or rejected), another refusal (retried with backoff while
+    /// running, as any other failure to reach the relay).
+    #[error("through the forward proxy: {0}")]
+    Proxy(#[from] forward_proxy::ProxyError),
     /// The upgrade handshake failed (retried with backoff while running).
     #[error("upgrade handshake with the relay: {0}")]
     Handshake(#[source] crate::Error),

@@ -71,11 +71,25 @@ impl Endpoint {
         if host.is_empty() {
             return Err(UrlError::NoHost);
         }
+        // `http` takes anything after the last colon as the port, and reports no port when it
+        // is not a number: only digits that fit 16 bits are a port; none is the default.
+        let after_host = &auth.as_str()[auth.as_str().rfind(']').map_or(0, |i| i + 1)..];
+        let port = match after_host.rsplit_once(':') {
+            None | Some((_, "")) => {
+                if tls {
+                    HTTPS_PORT
+                } else {
+                    HTTP_PORT
+                }
+            }
+            Some((_, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u16>().map_err(|_| UrlError::Invalid)?
+            }
+            Some(_) => return Err(UrlError::Invalid),
+        };
         Ok(Endpoint {
             host: host.to_string(),
-            port: auth
-                .port_u16()
-                .unwrap_or(if tls { HTTPS_PORT } else { HTTP_PORT }),
+            port,
             authority: HeaderValue::from_str(auth.as_str()).map_err(|_| UrlError::BadHost)?,
             tls,
             url: uri,
@@ -224,6 +238,11 @@ mod tests {
         assert_eq!(relay("/relative"), UrlError::Scheme);
         assert_eq!(relay("http://user:pw@x/"), UrlError::UserInfo);
         assert_eq!(relay("http:// x/"), UrlError::Invalid);
+        assert_eq!(relay("http://x:port/"), UrlError::Invalid);
+        assert_eq!(relay("http://x:65536/"), UrlError::Invalid);
+        assert_eq!(relay("http://x:+1/"), UrlError::Invalid);
+        assert_eq!(Target::parse("http://x:/").unwrap().endpoint.port, 80);
+        assert_eq!(Target::parse("http://[::1]:9/").unwrap().endpoint.port, 9);
         let upstream = |url| match Upstream::parse(url) {
             Err(AgentError::BadUpstreamUrl { reason, .. }) => reason,
             other => panic!("{url}: {other:?}"),

@@ -5,7 +5,8 @@
 //! the upgrade request (sent by the dialer, read by the listener); [`response`] builds and
 //! judges the `101 Switching Protocols` and the refusals (sent by the listener, read by the
 //! dialer); [`tokens`] matches `Upgrade`/`Connection` lists; [`body`] decodes the bounded
-//! bodies of the handshake. Because nothing here touches a socket, all of it is unit-tested
+//! bodies of the handshake; [`connect`] is the CONNECT request an agent sends to a forward
+//! proxy, and what its answer means. Because nothing here touches a socket, all of it is unit-tested
 //! with raw bytes and fuzzed (see `fuzz/`).
 //!
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
@@ -15,6 +16,7 @@
 //! reversed requests with [`head`] to time their heads.
 
 pub mod body;
+pub mod connect;
 pub mod forwarded;
 pub mod head;
 pub mod hop;
