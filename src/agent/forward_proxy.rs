@@ -315,7 +315,7 @@ pub enum ProxyOrigin {
 impl fmt::Display for ProxyOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyOrigin::Given => f.write_str("given"),
+            ProxyOrigin::Given => f.write_str("as given"),
             ProxyOrigin::Env(var) => write!(f, "from {var}"),
         }
     }

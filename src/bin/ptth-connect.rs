@@ -15,8 +15,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use common::duration::Dur;
 use ptth::Protocol;
+use ptth::agent::forward_proxy::{ProxyError, ProxyOrigin};
 use ptth::agent::proxy::Proxy;
-use ptth::agent::{self, Agent, AgentError, Transport, UrlError};
+use ptth::agent::{
+    self, Agent, AgentError, ConfigError, NoProxy, ProxySettings, Transport, UrlError,
+};
 use ptth::tls::TlsFailure;
 
 /// Exit status when the relay answers 401 or 403.
@@ -66,6 +69,17 @@ struct Settings {
     /// Extra field for the upgrade request, as `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// Forward proxy (HTTP CONNECT) for the connections to the relay, as
+    /// `http://[USER:PASSWORD@]HOST[:PORT]` (port 1080 by default; user and password
+    /// percent-encoded); `""` for none. Wins over https_proxy, http_proxy and ALL_PROXY, which
+    /// are read as curl reads them. The upstream (--to) is always reached directly.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Relay hosts reached without the proxy, as curl reads NO_PROXY: names (with the names
+    /// under them), IP addresses, CIDR networks, or `*`; `""` for none. Wins over
+    /// no_proxy/NO_PROXY.
+    #[arg(long, value_name = "LIST")]
+    no_proxy: Option<String>,
     /// For an https:// relay: trust this PEM CA instead of the system's roots.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -102,6 +116,22 @@ fn transport(settings: &Settings) -> anyhow::Result<Option<Transport>> {
     Ok(Some(Transport::Tls(config)))
 }
 
+/// The forward proxy settings: `--proxy` (with the environment's no-proxy list, as curl
+/// does) or the environment, then `--no-proxy` over either list.
+fn proxy_settings(settings: &Settings) -> Result<ProxySettings, AgentError> {
+    let proxy = match settings.proxy.as_deref() {
+        Some("") => ProxySettings::direct(),
+        Some(url) => ProxySettings::from_url(url)
+            .map_err(|e| AgentError::BadConfig(ConfigError::Proxy(e)))?
+            .no_proxy(NoProxy::from_env()),
+        None => ProxySettings::from_env(),
+    };
+    Ok(match settings.no_proxy.as_deref() {
+        Some(list) => proxy.no_proxy(NoProxy::parse(list)),
+        None => proxy,
+    })
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once(':')
@@ -122,12 +152,34 @@ fn hint(e: &AgentError) -> Option<&'static str> {
             _ => None,
         },
         AgentError::Unauthorized { .. } => Some("check --token / PTTH_TOKEN"),
+        AgentError::Proxy(ProxyError::Refused { user: None, .. }) if is_proxy_auth(e) => Some(
+            "the proxy wants a user and password: give them in its URL, \
+             http://USER:PASSWORD@HOST:PORT (--proxy, or https_proxy / http_proxy / ALL_PROXY)",
+        ),
+        AgentError::Proxy(ProxyError::Refused { .. }) if is_proxy_auth(e) => Some(
+            "the proxy rejected the user and password in its URL (--proxy, or https_proxy / \
+             http_proxy / ALL_PROXY); percent-encode any @ : % in them",
+        ),
+        AgentError::Proxy(ProxyError::Connect { .. }) => Some(
+            "check the proxy URL (--proxy, or https_proxy / http_proxy / ALL_PROXY), \
+             or reach the relay directly with --no-proxy HOST or --proxy \"\"",
+        ),
+        AgentError::BadConfig(ConfigError::Proxy(bad)) => Some(match bad.origin {
+            ProxyOrigin::Env(_) => {
+                "fix or unset that variable, or override it with --proxy URL (--proxy \"\" for none)"
+            }
+            _ => "--proxy takes http://[USER:PASSWORD@]HOST[:PORT]",
+        }),
         AgentError::BadRelayUrl {
             reason: UrlError::UserInfo,
             ..
         } => Some("give the token with --token or PTTH_TOKEN, not in the URL"),
         _ => None,
     }
+}
+
+fn is_proxy_auth(e: &AgentError) -> bool {
+    matches!(e, AgentError::Proxy(p) if p.is_proxy_auth())
 }
 
 fn main() -> ExitCode {
@@ -168,12 +220,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let proxy = Proxy::with_tls(&settings.to, upstream_tls)?;
     let transport = transport(&settings)?;
+    let forward_proxy = proxy_settings(&settings)?;
     let mut builder = Agent::builder(settings.relay)
         .connections(settings.connections)
         .max_connections(settings.max_connections)
         .protocol(settings.protocol)
         .method(settings.method.parse()?)
         .drain_timeout(settings.drain_timeout.into())
+        .proxy(forward_proxy)
         .on_failure(|e| {
             if let Some(h) = hint(e) {
                 tracing::warn!("hint: {h}");
@@ -190,9 +244,24 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let agent = builder.build()?;
     tracing::info!(relay = %agent.config().target.url(), upstream = %settings.to, "starting");
+    let config = agent.config();
+    if let Ok(Some((proxy, origin))) = config.proxy.proxy_for(&config.target.endpoint) {
+        tracing::info!(%proxy, "relay connections go through the forward proxy {proxy} ({origin})");
+    } else if settings.proxy.is_none() && !config.target.endpoint.tls && ignored_http_proxy() {
+        tracing::warn!(
+            "HTTP_PROXY is ignored for an http:// relay, as curl ignores it (a CGI request can \
+             set it); set http_proxy or --proxy to use a proxy"
+        );
+    }
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whether `HTTP_PROXY` is set where `http_proxy` is not: curl reads only the lower-case name.
+fn ignored_http_proxy() -> bool {
+    let set = |name| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    set("HTTP_PROXY") && !set("http_proxy")
 }
 
 #[cfg(test)]
