@@ -582,7 +582,7 @@ async fn ptth_connect_names_the_proxy_and_hints_on_a_407() {
             &[],
         );
         let mut err = BufReader::new(agent.stderr.take().unwrap());
-        let line = line_with(&mut err, "407").await;
+        let line = line_with(&mut err, "407 Proxy Authentication Required").await;
         assert!(
             line.contains(&format!(
                 "the proxy http://{addr} refused a tunnel to relay.example:443"
@@ -591,7 +591,7 @@ async fn ptth_connect_names_the_proxy_and_hints_on_a_407() {
         );
         let hint = line_with(&mut err, "hint:").await;
         assert!(hint.contains("http://USER:PASSWORD@HOST:PORT"), "{hint}");
-        line_with(&mut err, "407").await;
+        line_with(&mut err, "407 Proxy Authentication Required").await;
         assert!(agent.try_wait().unwrap().is_none(), "the agent stopped");
     })
     .await;

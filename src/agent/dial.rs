@@ -348,7 +348,10 @@ mod tests {
         );
         // "alice:s:cret"
         proxy
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Connection established\r\nContent-Length: 99\r\n\r\nfirst bytes")
+            .write_all(
+                b"HTTP/1.1 100 Continue\r\n\r\n\
+                  HTTP/1.1 200 Connection established\r\nContent-Length: 99\r\n\r\nfirst bytes",
+            )
             .await
             .unwrap();
         let mut tunnel = tunnel.await.unwrap().unwrap();

@@ -469,7 +469,10 @@ pub enum ProxyError {
         source: std::io::Error,
     },
     /// The proxy answered CONNECT with a status other than `2xx`.
-    #[error("the proxy {proxy} refused a tunnel to {target}: {status}{}", refusal_detail(*.status, .user.as_deref(), .challenge.as_deref()))]
+    #[error(
+        "the proxy {proxy} refused a tunnel to {target}: {status}{}",
+        refusal_detail(*.status, .user.as_deref(), .challenge.as_deref())
+    )]
     Refused {
         /// The proxy, without its password.
         proxy: String,
@@ -665,7 +668,8 @@ mod tests {
         assert_eq!(e.origin, ProxyOrigin::Env("all_proxy"));
         assert_eq!(
             e.to_string(),
-            "proxy URL \"socks5://p:1080\" (from all_proxy): socks5:// proxies are not supported; use an http:// proxy (one that answers CONNECT)"
+            "proxy URL \"socks5://p:1080\" (from all_proxy): socks5:// proxies are not \
+             supported; use an http:// proxy (one that answers CONNECT)"
         );
     }
 

@@ -166,7 +166,8 @@ fn hint(e: &AgentError) -> Option<&'static str> {
         ),
         AgentError::BadConfig(ConfigError::Proxy(bad)) => Some(match bad.origin {
             ProxyOrigin::Env(_) => {
-                "fix or unset that variable, or override it with --proxy URL (--proxy \"\" for none)"
+                "fix or unset that variable, or override it with --proxy URL \
+                 (--proxy \"\" for none)"
             }
             _ => "--proxy takes http://[USER:PASSWORD@]HOST[:PORT]",
         }),
@@ -308,5 +309,33 @@ mod tests {
         .unwrap();
         assert_eq!(s.method, "POST");
         assert_eq!(s.drain_timeout, Dur(std::time::Duration::from_secs(30)));
+    }
+
+    /// `--proxy` and `--no-proxy` over the environment: `""` turns each off.
+    #[test]
+    fn proxy_flags_win_over_the_environment() {
+        let settings = |extra: &[&str]| {
+            let mut args = vec![
+                "ptth-connect",
+                "http://relay.test:1/x",
+                "--to",
+                "http://127.0.0.1:2",
+            ];
+            args.extend_from_slice(extra);
+            let s = common::settings::parse_from::<Settings>(args).unwrap();
+            proxy_settings(&s)
+        };
+        let relay = ptth::agent::target::Endpoint::parse("http://relay.test:1/x").unwrap();
+        let chosen = |s: &ProxySettings| s.proxy_for(&relay).unwrap().map(|(p, _)| p.to_string());
+        let s = settings(&["--proxy", "http://p:3128"]).unwrap();
+        assert_eq!(chosen(&s).as_deref(), Some("http://p:3128"));
+        let s = settings(&["--proxy", "http://p:3128", "--no-proxy", "relay.test"]).unwrap();
+        assert_eq!(chosen(&s), None);
+        let s = settings(&["--proxy", ""]).unwrap();
+        assert_eq!(s, ProxySettings::direct());
+        assert!(matches!(
+            settings(&["--proxy", "socks5://p"]),
+            Err(AgentError::BadConfig(ConfigError::Proxy(_)))
+        ));
     }
 }

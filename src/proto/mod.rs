@@ -6,8 +6,8 @@
 //! judges the `101 Switching Protocols` and the refusals (sent by the listener, read by the
 //! dialer); [`tokens`] matches `Upgrade`/`Connection` lists; [`body`] decodes the bounded
 //! bodies of the handshake; [`connect`] is the CONNECT request an agent sends to a forward
-//! proxy, and what its answer means. Because nothing here touches a socket, all of it is unit-tested
-//! with raw bytes and fuzzed (see `fuzz/`).
+//! proxy, and what its answer means. Because nothing here touches a socket, all of it is
+//! unit-tested with raw bytes, and every parser of it fuzzed (see `fuzz/`).
 //!
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
 //! exceptions are what the forwarding hops share: [`path`] (the dot-segment rules the relay and
