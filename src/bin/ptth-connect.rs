@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::duration::Dur;
+use humantime::Duration as Dur;
 use ptth::Protocol;
 use ptth::agent::forward_proxy::{ProxyError, ProxyOrigin};
 use ptth::agent::proxy::Proxy;
@@ -94,7 +94,7 @@ struct Settings {
     upstream_ca_cert: Option<PathBuf>,
     /// On SIGINT/SIGTERM, time for requests in flight to finish before their connections close
     /// (`30s`, `500ms`, `2m`, `1h`).
-    #[arg(long, default_value_t = Dur(agent::DEFAULT_DRAIN_TIMEOUT))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(agent::DEFAULT_DRAIN_TIMEOUT))]
     drain_timeout: Dur,
     /// Runtime worker threads: 1 runs everything on one thread (a current-thread runtime).
     #[arg(long, value_name = "N", default_value_t = common::DEFAULT_THREADS,
@@ -278,7 +278,7 @@ mod tests {
             format!("[default: {}]", agent::DEFAULT_MAX_CONNECTIONS),
             format!("[default: {}]", agent::DEFAULT_PROTOCOL),
             format!("[default: {}]", agent::DEFAULT_METHOD),
-            format!("[default: {}]", Dur(agent::DEFAULT_DRAIN_TIMEOUT)),
+            format!("[default: {}]", Dur::from(agent::DEFAULT_DRAIN_TIMEOUT)),
             format!("[default: {}]", common::DEFAULT_THREADS),
             "[env: PTTH_TOKEN]".to_string(),
         ] {
@@ -308,7 +308,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.method, "POST");
-        assert_eq!(s.drain_timeout, Dur(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            s.drain_timeout,
+            Dur::from(std::time::Duration::from_secs(30))
+        );
     }
 
     /// `--proxy` and `--no-proxy` over the environment: `""` turns each off.

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use common::duration::Dur;
+use humantime::Duration as Dur;
 use ptth::relay::{self, AgentCerts, Config, Listeners, auth::Tokens};
 
 /// Where the relay listens when no address is given: loopback only, so a first run exposes
@@ -51,27 +51,27 @@ struct Settings {
     #[arg(long)]
     trust_forwarded: bool,
     /// How long a request waits for an idle connection of a busy agent before 503.
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_QUEUE_TIMEOUT))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_QUEUE_TIMEOUT))]
     queue_timeout: Dur,
     /// Time from the end of the request body to the response head before 504.
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_RESPONSE_TIMEOUT))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_RESPONSE_TIMEOUT))]
     response_timeout: Dur,
     /// How long a name whose agent left stays known (503 offline, kept for its token) before
     /// it is forgotten (404).
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_GRACE))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_GRACE))]
     grace: Dur,
     /// How long requests for a name that lost its last connection are held for the agent to
     /// come back, before 503 offline at once (at most --grace).
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_RECONNECT_WINDOW))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_RECONNECT_WINDOW))]
     reconnect_window: Dur,
     /// Time for in-flight requests after SIGINT/SIGTERM.
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_DRAIN_TIMEOUT))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_DRAIN_TIMEOUT))]
     drain_timeout: Dur,
     /// Deadline for a request head (slow-loris), also the public idle timeout.
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_HEAD_TIMEOUT))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_HEAD_TIMEOUT))]
     head_timeout: Dur,
     /// TCP keepalive idle time on every socket.
-    #[arg(long, default_value_t = Dur(relay::DEFAULT_TCP_KEEPALIVE))]
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_TCP_KEEPALIVE))]
     tcp_keepalive: Dur,
     /// Total agent connections.
     #[arg(long, default_value_t = relay::DEFAULT_MAX_AGENTS)]
@@ -287,7 +287,7 @@ mod tests {
     fn help_shows_the_constants() {
         let help = Settings::command().render_help().to_string();
         for want in [
-            format!("[default: {}]", Dur(relay::DEFAULT_QUEUE_TIMEOUT)),
+            format!("[default: {}]", Dur::from(relay::DEFAULT_QUEUE_TIMEOUT)),
             format!("[default: {}]", relay::DEFAULT_MAX_AGENTS),
             format!("[default: {}]", ptth::limits::DEFAULT_MAX_HEAD_BYTES),
             format!("[default: {}]", relay::DEFAULT_DOMAIN),

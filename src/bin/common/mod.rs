@@ -4,8 +4,22 @@
 //! Cargo builds only `src/bin/*.rs` and `src/bin/*/main.rs` as binaries, so this folder is a
 //! plain module that each binary includes with `mod common;`.
 
-pub mod duration;
 pub mod settings;
+
+/// A duration as the flags and the settings file take it: what `humantime` reads (`500ms`,
+/// `30s`, `2m`, `1h`, `1h 30m`, `2days`), or a bare number of seconds, which the flags always
+/// took. `--help` prints defaults in humantime's form (`30s`, `1m`, `15m`), which reads back.
+pub fn duration(s: &str) -> Result<humantime::Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = s
+            .parse()
+            .map_err(|_| format!("duration {s:?} is too long"))?;
+        return Ok(std::time::Duration::from_secs(secs).into());
+    }
+    s.parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
 
 /// Worker threads by default (`--threads`): 1, a current-thread runtime. Both binaries mostly
 /// wait on sockets; one thread has the fewest wakeups and cross-thread hand-offs (see `bench/`
@@ -90,6 +104,42 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Terse(#[source] std::io::Error);
+
+    #[test]
+    fn durations_read_humantime_and_bare_seconds_and_print_as_they_read() {
+        use std::time::Duration;
+        for (text, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("30", Duration::from_secs(30)),
+            (" 2m ", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1h 30m", Duration::from_secs(5400)),
+            ("2days", Duration::from_secs(2 * 86_400)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(duration(text).map(Duration::from), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "10x",
+            "99999999999999999999",
+            "99999999999999999999h",
+        ] {
+            let e = duration(bad).unwrap_err();
+            assert!(e.contains(&format!("{:?}", bad.trim())), "{bad}: {e}");
+        }
+        for d in [30, 60, 90, 900, 7200].map(Duration::from_secs) {
+            let text = humantime::Duration::from(d).to_string();
+            assert_eq!(duration(&text).map(Duration::from), Ok(d), "{text}");
+        }
+        assert_eq!(
+            humantime::Duration::from(Duration::from_secs(60)).to_string(),
+            "1m"
+        );
+    }
 
     #[test]
     fn reports_name_each_source_once() {

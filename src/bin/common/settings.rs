@@ -129,7 +129,7 @@ fn first_line(e: &clap::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::common::duration::Dur;
+    use humantime::Duration as Dur;
     use std::time::Duration;
 
     /// A variable every test process has, so that the environment layer is tested without
@@ -143,7 +143,7 @@ mod tests {
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 7)]
         count: usize,
-        #[arg(long, default_value_t = Dur(Duration::from_secs(30)))]
+        #[arg(long, value_parser = crate::common::duration, default_value_t = Dur::from(Duration::from_secs(30)))]
         wait: Dur,
         #[arg(long)]
         name: Option<String>,
@@ -169,7 +169,7 @@ mod tests {
     fn defaults_then_file_then_env_then_flags() {
         let env = std::env::var(ENV).expect("tests run with PATH set");
         let d = parse(&[]).unwrap();
-        assert_eq!((d.count, d.wait), (7, Dur(Duration::from_secs(30))));
+        assert_eq!((d.count, d.wait), (7, Dur::from(Duration::from_secs(30))));
         assert!(!d.on && d.name.is_none() && d.addrs.is_empty());
 
         let f = file(
@@ -177,7 +177,7 @@ mod tests {
         );
         let path = f.path().to_str().unwrap();
         let d = parse(&["--config", path]).unwrap();
-        assert_eq!((d.count, d.wait), (9, Dur(Duration::from_secs(120))));
+        assert_eq!((d.count, d.wait), (9, Dur::from(Duration::from_secs(120))));
         assert_eq!(d.name.as_deref(), Some("file"));
         assert!(d.on);
         assert_eq!(d.addrs.len(), 2);
@@ -196,7 +196,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((d.level.as_str(), d.count, d.addrs.len()), ("flag", 1, 1));
-        assert_eq!(d.wait, Dur(Duration::from_secs(120)));
+        assert_eq!(d.wait, Dur::from(Duration::from_secs(120)));
     }
 
     #[test]
