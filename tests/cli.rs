@@ -6,41 +6,17 @@ mod support;
 use std::process::Stdio;
 
 use support::deadline;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+
+#[path = "support/bins.rs"]
+mod bins;
+use bins::{line_with, serve};
 
 #[path = "support/pki.rs"]
 mod pki;
 use pki::Pki;
-
-/// The next line of `lines` that contains `want`, or every line read when the stream ended.
-async fn line_with(
-    lines: &mut (impl AsyncBufReadExt + Unpin),
-    want: &str,
-) -> Result<String, String> {
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        if lines.read_line(&mut line).await.unwrap() == 0 {
-            return Err(seen);
-        }
-        if line.contains(want) {
-            return Ok(line);
-        }
-        seen.push_str(&line);
-    }
-}
-
-fn serve(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ptth-serve"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 /// The host-mode line `ptth-serve` prints once it listens names the domain in force.
 async fn printed_domain(mut relay: Child) -> String {

@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,20 +26,21 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The public PTTH relay. Agents dial in and claim a name; public HTTP requests for
 /// http://NAME.DOMAIN:PORT/ or http://HOST:PORT/NAME/ are forwarded to them.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "ptth-serve", version, about)]
 struct Settings {
     /// TOML file with the same settings as the flags, by their long names (`max-agents = 10`,
     /// `listen = ["0.0.0.0:80"]`): it replaces the defaults shown, and flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     // No clap default: the default address is used only when --listen-tls is not given either.
-    #[arg(long = "listen", value_name = "ADDR", help = format!(
-        "Address to listen on for agents and public clients; repeatable. \
+    #[arg(long = "listen", value_name = "ADDR", value_parser = listen_addr, help = format!(
+        "Address to listen on for agents and public clients, IP:PORT or NAME:PORT (every \
+         address the name resolves to); repeatable. \
          [default: {DEFAULT_LISTEN}, unless --listen-tls is given]"
     ))]
-    listen: Vec<SocketAddr>,
-    /// Domain for host-mode names (NAME.DOMAIN).
-    #[arg(long, default_value = relay::DEFAULT_DOMAIN)]
+    listen: Vec<ListenAddr>,
+    /// Domain for host-mode names (NAME.DOMAIN), without a port: the port is the listener's.
+    #[arg(long, default_value = relay::DEFAULT_DOMAIN, value_parser = domain)]
     domain: String,
     /// Token file: lines `NAME TOKEN` or `* TOKEN`; `#` comments. [default: none]
     #[arg(long, value_name = "FILE")]
@@ -91,13 +92,18 @@ struct Settings {
     /// Worker threads: 1 runs everything on one thread (fewest wakeups), 0 one per CPU.
     #[arg(long, default_value_t = usize::from(common::DEFAULT_THREADS))]
     threads: usize,
-    /// Admin address for /metrics and /agents. [default: off]
-    #[arg(long, value_name = "ADDR")]
-    admin: Option<SocketAddr>,
-    /// Address to serve HTTPS on (agents and public clients); repeatable; needs --tls-cert
-    /// and --tls-key. Runs beside --listen. [default: off]
-    #[arg(long = "listen-tls", value_name = "ADDR")]
-    listen_tls: Vec<SocketAddr>,
+    /// Admin address for /metrics and /agents, IP:PORT or NAME:PORT (its first address); a
+    /// non-loopback one needs --allow-public-admin. [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
+    admin: Option<ListenAddr>,
+    /// Serve --admin on a non-loopback address (/metrics and /agents have no authentication).
+    #[arg(long)]
+    allow_public_admin: bool,
+    /// Address to serve HTTPS on (agents and public clients), as --listen; repeatable; needs
+    /// --tls-cert and --tls-key. Runs beside --listen; alone, no plain listener is opened.
+    /// [default: off]
+    #[arg(long = "listen-tls", value_name = "ADDR", value_parser = listen_addr)]
+    listen_tls: Vec<ListenAddr>,
     /// PEM certificate chain for the TLS listeners (leaf first).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -113,10 +119,68 @@ struct Settings {
     client_cert_names: bool,
 }
 
+/// A listen address as given (`IP:PORT` or `NAME:PORT`) and the addresses it resolved to.
+#[derive(Debug, Clone)]
+struct ListenAddr {
+    addrs: Vec<SocketAddr>,
+}
+
+/// Read a listen address: `IP:PORT`, `[IPv6]:PORT`, or `NAME:PORT`, resolved now (once, at
+/// start) so that a name that does not resolve is a usage error naming the flag.
+fn listen_addr(s: &str) -> Result<ListenAddr, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        addrs.push(a);
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} has no port: give HOST:PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{s:?} is not HOST:PORT"));
+        }
+        for a in s
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{s:?} resolves to no address"));
+    }
+    Ok(ListenAddr { addrs })
+}
+
+/// Read `--domain`: a host name, never with a port or a scheme (host mode matches
+/// `NAME.DOMAIN` and takes the port from the listener, so `relay.example:8080` would match
+/// nothing).
+fn domain(s: &str) -> Result<String, String> {
+    if s.contains("://") || s.contains('/') {
+        return Err(format!(
+            "{s:?} is not a domain: give the host name alone (relay.example), no scheme or path"
+        ));
+    }
+    if let Some((host, port)) = s.rsplit_once(':') {
+        return Err(format!(
+            "{s:?} has a port ({port}): give the domain alone ({host}); the port is the \
+             listener's (--listen), and host-mode URLs are http://NAME.{host}:PORT/"
+        ));
+    }
+    if s.is_empty() {
+        return Err("the domain is empty".into());
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
 impl Settings {
-    /// The addresses to listen on, plain and TLS: the default plain address when none is given.
+    /// The addresses to listen on, plain and TLS: the default plain address when neither is
+    /// given. `--listen-tls` alone opens no plain listener: a relay set up for TLS does not
+    /// also serve plain HTTP unless asked to.
     fn listeners(&self) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
-        let mut listen = self.listen.clone();
+        let all = |given: &[ListenAddr]| given.iter().flat_map(|l| l.addrs.clone()).collect();
+        let mut listen: Vec<SocketAddr> = all(&self.listen);
         if listen.is_empty() && self.listen_tls.is_empty() {
             listen.push(
                 DEFAULT_LISTEN
@@ -127,7 +191,23 @@ impl Settings {
         if !self.listen_tls.is_empty() && self.tls_cert.is_none() {
             anyhow::bail!("--listen-tls needs --tls-cert and --tls-key");
         }
-        Ok((listen, self.listen_tls.clone()))
+        Ok((listen, all(&self.listen_tls)))
+    }
+
+    /// The admin address, refused when it is not loopback unless that is asked for: the admin
+    /// endpoints have no authentication and list every name and peer.
+    fn admin(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(admin) = self.admin.as_ref().map(|a| a.addrs[0]) else {
+            return Ok(None);
+        };
+        if !admin.ip().is_loopback() && !self.allow_public_admin {
+            anyhow::bail!(
+                "--admin {admin} is not a loopback address: /metrics and /agents have no \
+                 authentication; add --allow-public-admin if they are meant to be reachable \
+                 from the network"
+            );
+        }
+        Ok(Some(admin))
     }
 
     /// The relay's configuration: the one place it is built.
@@ -163,7 +243,7 @@ impl Settings {
         Ok(Config {
             tls,
             agent_certs,
-            domain: self.domain.to_ascii_lowercase(),
+            domain: self.domain.clone(),
             tokens,
             allow_anonymous: self.allow_anonymous,
             trust_forwarded: self.trust_forwarded,
@@ -179,7 +259,7 @@ impl Settings {
             max_per_ip: self.max_per_ip,
             max_waiting: self.max_waiting,
             limits,
-            admin: self.admin,
+            admin: self.admin()?,
         })
     }
 }
@@ -222,17 +302,35 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let r = relay::Relay::new(listeners, config).await?;
     let handle = r.handle();
     let plain = handle.local_addrs().iter().map(|a| ("http", a));
-    for (scheme, a) in plain.chain(handle.tls_addrs().iter().map(|a| ("https", a))) {
-        let port = a.port();
-        tracing::info!("listening on {scheme}://{a}");
+    for (scheme, &bound) in plain.chain(handle.tls_addrs().iter().map(|a| ("https", a))) {
+        let (a, port) = (reachable(bound), bound.port());
+        tracing::info!("listening on {scheme}://{bound}");
+        if a != bound {
+            println!(
+                "note:    {bound} is every address of this host: from another machine, use \
+                 its name or address instead of {}",
+                a.ip()
+            );
+        }
         println!("agents:  dial {scheme}://{a}/NAME (Upgrade: PTTH/0.9 or PTTH/1.0)");
         println!("public:  {scheme}://{a}/NAME/...  or  {scheme}://NAME.{domain}:{port}/...");
     }
-    if let Some(a) = handle.admin_addr() {
+    if let Some(bound) = handle.admin_addr() {
+        let a = reachable(bound);
         println!("admin:   http://{a}/metrics  http://{a}/agents");
     }
     r.run(common::shutdown_signal()).await?;
     Ok(())
+}
+
+/// An address a client can dial to reach `bound`: the loopback address of the same family in
+/// place of the unspecified one (`0.0.0.0`, `[::]`), which is no destination.
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, bound.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, bound.port()).into(),
+        _ => bound,
+    }
 }
 
 #[cfg(test)]

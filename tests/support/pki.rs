@@ -1,5 +1,6 @@
 //! Test certificates: a CA made with rcgen and the PEM files of certificates it signed, in a
 //! temporary directory.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 

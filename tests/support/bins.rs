@@ -1,0 +1,90 @@
+//! Running the real binaries in tests: spawning them with their output piped, reading their
+//! output line by line, and a raw HTTP/1.1 exchange on loopback.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The next line of `lines` that contains `want`, or every line read when the stream ended.
+pub async fn line_with(
+    lines: &mut (impl AsyncBufReadExt + Unpin),
+    want: &str,
+) -> Result<String, String> {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if lines.read_line(&mut line).await.unwrap() == 0 {
+            return Err(seen);
+        }
+        if line.contains(want) {
+            return Ok(line);
+        }
+        seen.push_str(&line);
+    }
+}
+
+/// `ptth-serve` with `args`, stdout piped (the banner), stderr as given.
+pub fn serve_with(args: &[&str], stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ptth-serve"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// `ptth-serve` with `args`, stdout piped, stderr dropped.
+pub fn serve(args: &[&str]) -> Child {
+    serve_with(args, Stdio::null())
+}
+
+/// The banner `ptth-serve` prints once it listens, up to and including the line with `last`.
+pub async fn banner(relay: &mut Child, last: &str) -> (String, Lines<BufReader<ChildStdout>>) {
+    let mut out = BufReader::new(relay.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(out.read_line(&mut line).await.unwrap(), 0, "banner: {text}");
+        text.push_str(&line);
+        if line.contains(last) {
+            return (text, out.lines());
+        }
+    }
+}
+
+/// The address in the first `agents:  dial http://ADDR/NAME` line of a banner.
+pub fn agent_addr(banner: &str, scheme: &str) -> SocketAddr {
+    let prefix = format!("agents:  dial {scheme}://");
+    let line = banner
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} line in\n{banner}"));
+    line.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Run a binary to its end with `args`: (exit code, stdout, stderr).
+pub async fn run(bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .env_remove("PTTH_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// One `GET` with `Connection: close` to `addr`; the whole raw response.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
