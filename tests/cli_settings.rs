@@ -153,3 +153,70 @@ async fn the_banner_never_prints_an_unspecified_address() {
     })
     .await;
 }
+
+/// `ptth-connect --token-file`: the file's content, trimmed, is the token (it wins over
+/// `PTTH_TOKEN`); a file that is missing, empty or holds more than a token is a usage error
+/// naming the file.
+#[tokio::test]
+async fn ptth_connect_reads_its_token_from_a_file() {
+    deadline(async {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "demo s3cret\n").unwrap();
+        let mut relay = serve(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ]);
+        let (text, _out) = banner(&mut relay, "public:").await;
+        let url = format!("http://{}/demo", agent_addr(&text, "http"));
+        let agent = |file: &std::path::Path| {
+            let mut cmd = tokio::process::Command::new(CONNECT);
+            cmd.args([
+                url.as_str(),
+                "--to",
+                "http://127.0.0.1:9",
+                "--connections",
+                "1",
+            ])
+            .arg("--token-file")
+            .arg(file)
+            .env("PTTH_TOKEN", "not-the-token")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+            cmd
+        };
+
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  s3cret\n\n").unwrap();
+        let mut ok = agent(&good).spawn().unwrap();
+        let mut err = tokio::io::BufReader::new(ok.stderr.take().unwrap());
+        let line = bins::line_with(&mut err, "connected to the relay").await;
+        assert!(line.is_ok(), "{line:?}");
+
+        let wrong = dir.path().join("wrong");
+        std::fs::write(&wrong, "guess\n").unwrap();
+        let out = agent(&wrong).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+        let missing = dir.path().join("missing");
+        let (empty, two) = (dir.path().join("empty"), dir.path().join("two"));
+        std::fs::write(&empty, " \n").unwrap();
+        std::fs::write(&two, "s3cret\nother\n").unwrap();
+        for (file, want) in [
+            (&missing, "cannot read it"),
+            (&empty, "it is empty"),
+            (&two, "it holds more than one line"),
+        ] {
+            let out = agent(file).output().await.unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            let named = format!("--token-file {}: {want}", file.display());
+            assert!(stderr.contains(&named), "{named:?} not in {stderr}");
+        }
+    })
+    .await;
+}

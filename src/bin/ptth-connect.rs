@@ -46,9 +46,14 @@ struct Settings {
     to: String,
 
     /// Bearer token sent to the relay as `Authorization: Bearer <token>`. Best given in the
-    /// environment, which `ps` does not show.
+    /// environment or with --token-file: `ps` shows the command line.
     #[arg(long, env = "PTTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+
+    /// File holding the bearer token (its content, with surrounding white space trimmed);
+    /// wins over --token and PTTH_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     /// Idle parked connections to keep ready.
     #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_CONNECTIONS)]
@@ -102,6 +107,39 @@ struct Settings {
     threads: u16,
 }
 
+/// A `--token-file` that holds no usable token.
+#[derive(Debug, thiserror::Error)]
+enum TokenFileError {
+    #[error("--token-file {}: cannot read it", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--token-file {}: {what}; it should hold the token alone", path.display())]
+    Content { path: PathBuf, what: &'static str },
+}
+
+/// The token: the content of `--token-file`, trimmed, else `--token` / `PTTH_TOKEN`.
+fn token(settings: &Settings) -> Result<Option<String>, TokenFileError> {
+    let Some(path) = &settings.token_file else {
+        return Ok(settings.token.clone());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let content = |what| TokenFileError::Content {
+        path: path.clone(),
+        what,
+    };
+    match text.trim() {
+        "" => Err(content("it is empty")),
+        t if t.contains(['\r', '\n']) => Err(content("it holds more than one line")),
+        t => Ok(Some(t.to_string())),
+    }
+}
+
 /// The TLS settings for an `https://` relay, when any flag asks for more than the defaults.
 fn transport(settings: &Settings) -> anyhow::Result<Option<Transport>> {
     let identity = match (&settings.client_cert, &settings.client_key) {
@@ -151,7 +189,7 @@ fn hint(e: &AgentError) -> Option<&'static str> {
             }
             _ => None,
         },
-        AgentError::Unauthorized { .. } => Some("check --token / PTTH_TOKEN"),
+        AgentError::Unauthorized { .. } => Some("check --token-file / --token / PTTH_TOKEN"),
         AgentError::Proxy(ProxyError::Refused { user: None, .. }) if is_proxy_auth(e) => Some(
             "the proxy wants a user and password: give them in its URL, \
              http://USER:PASSWORD@HOST:PORT (--proxy, or https_proxy / http_proxy / ALL_PROXY)",
@@ -201,6 +239,9 @@ fn main() -> ExitCode {
             if let Some(h) = agent_error.and_then(hint) {
                 eprintln!("ptth-connect: hint: {h}");
             }
+            if e.downcast_ref::<TokenFileError>().is_some() {
+                return ExitCode::from(EXIT_USAGE);
+            }
             ExitCode::from(match agent_error {
                 Some(AgentError::Unauthorized { .. }) => EXIT_UNAUTHORIZED,
                 Some(
@@ -222,6 +263,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let proxy = Proxy::with_tls(&settings.to, upstream_tls)?;
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
+    let token = token(&settings)?;
     let mut builder = Agent::builder(settings.relay)
         .connections(settings.connections)
         .max_connections(settings.max_connections)
@@ -234,7 +276,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 tracing::warn!("hint: {h}");
             }
         });
-    if let Some(token) = settings.token {
+    if let Some(token) = token {
         builder = builder.token(token);
     }
     if let Some(t) = transport {
