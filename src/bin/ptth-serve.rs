@@ -301,6 +301,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let domain = config.domain.clone();
     let r = relay::Relay::new(listeners, config).await?;
     let handle = r.handle();
+    // Watched before the banner: a SIGHUP sent as soon as the relay says it listens must
+    // reload, not end the process (the default action of SIGHUP).
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("watching for SIGHUP (reloads)")?;
     let plain = handle.local_addrs().iter().map(|a| ("http", a));
     for (scheme, &bound) in plain.chain(handle.tls_addrs().iter().map(|a| ("https", a))) {
         let (a, port) = (reachable(bound), bound.port());
@@ -319,8 +324,53 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let a = reachable(bound);
         println!("admin:   http://{a}/metrics  http://{a}/agents");
     }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(hup, settings, handle));
     r.run(common::shutdown_signal()).await?;
     Ok(())
+}
+
+/// On each SIGHUP, read the token file and the TLS certificate and key again and give them to
+/// the running relay; connections stay as they are. A file that fails keeps the settings in
+/// force, and the log says why.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    settings: Settings,
+    relay: relay::RelayHandle,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the token file and the TLS certificate");
+        if let Some(path) = &settings.tokens {
+            match Tokens::load(path) {
+                Ok(tokens) => {
+                    relay.set_tokens(tokens);
+                    tracing::info!("reloaded the tokens from {}", path.display());
+                }
+                Err(e) => tracing::warn!(
+                    "keeping the tokens in force: reloading {} failed: {}",
+                    path.display(),
+                    common::report(&e)
+                ),
+            }
+        }
+        if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+            match ptth::tls::server_config(cert, key, settings.client_ca.as_deref()) {
+                Ok(tls) => {
+                    relay.set_tls(tls);
+                    tracing::info!(
+                        "reloaded the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    "keeping the TLS certificate in force: {}",
+                    common::report(&e)
+                ),
+            }
+        }
+    }
 }
 
 /// An address a client can dial to reach `bound`: the loopback address of the same family in

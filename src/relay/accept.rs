@@ -54,10 +54,11 @@ impl ConnInfo {
 }
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
-/// `tls`, each connection first completes a TLS handshake (within the head timeout).
+/// `tls`, each connection first completes a TLS handshake (within the head timeout) with the
+/// TLS configuration in force when it was accepted.
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
     shared: Arc<Shared>,
     soft: CancellationToken,
 ) {
@@ -79,7 +80,9 @@ pub(crate) async fn serve(
         let span = tracing::debug_span!("conn", %peer);
         let tasks = shared.tasks.clone();
         let (shared, soft) = (shared.clone(), soft.clone());
-        match &tls {
+        // `Relay::new` refuses TLS listeners without a TLS configuration and `set_tls` only
+        // replaces one, so a TLS listener always finds one here.
+        match tls.then(|| shared.tls()).flatten() {
             None => {
                 let info = ConnInfo {
                     peer,
@@ -88,8 +91,8 @@ pub(crate) async fn serve(
                 };
                 tasks.spawn(connection(stream, info, shared, soft).instrument(span));
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(config) => {
+                let acceptor = TlsAcceptor::from(config);
                 tasks.spawn(
                     async move {
                         let deadline = shared.config.head_timeout;
@@ -208,7 +211,7 @@ async fn claim<S: AgentStream>(
         Ok(n) => n,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let owner = match &cfg.tokens {
+    let owner = match shared.tokens() {
         None => None,
         Some(tokens) => {
             let presented = req

@@ -22,7 +22,7 @@ pub mod route;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -222,7 +222,9 @@ pub enum RelayError {
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
+    /// The configuration the relay started with; [`Shared::live`] holds what a reload replaces.
     pub(crate) config: Config,
+    pub(crate) live: RwLock<Live>,
     pub(crate) listener: ListenerConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
@@ -230,6 +232,35 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Cancelled when in-flight work must stop (after the drain).
     pub(crate) hard: CancellationToken,
+}
+
+/// The settings a running relay can replace ([`RelayHandle::set_tokens`],
+/// [`RelayHandle::set_tls`]). Each claim and each TLS handshake reads them when it starts, so a
+/// change applies to the next ones and leaves established connections as they are.
+pub(crate) struct Live {
+    pub(crate) tokens: Option<Arc<Tokens>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Shared {
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, Live> {
+        // A panic while writing two `Option<Arc>`s leaves nothing half-written.
+        self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The agent tokens in force: `None` for anonymous agents.
+    pub(crate) fn tokens(&self) -> Option<Arc<Tokens>> {
+        self.live().tokens.clone()
+    }
+
+    /// The TLS configuration in force for new handshakes.
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.live().tls.clone()
+    }
 }
 
 /// A relay bound to its listeners, not yet running. Use [`Relay::handle`] to observe it, then
@@ -317,6 +348,10 @@ impl Relay {
             addrs,
             tls_addrs,
             shared: Arc::new(Shared {
+                live: RwLock::new(Live {
+                    tokens: config.tokens.clone().map(Arc::new),
+                    tls: config.tls.clone(),
+                }),
                 config,
                 listener,
                 registry,
@@ -342,16 +377,7 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let soft = CancellationToken::new();
         for (l, tls) in self.listeners {
-            let acceptor = tls
-                .then(|| self.shared.config.tls.clone())
-                .flatten()
-                .map(tokio_rustls::TlsAcceptor::from);
-            tokio::spawn(accept::serve(
-                l,
-                acceptor,
-                self.shared.clone(),
-                soft.clone(),
-            ));
+            tokio::spawn(accept::serve(l, tls, self.shared.clone(), soft.clone()));
         }
         if let Some(a) = self.admin {
             tokio::spawn(admin::serve(a, self.shared.clone(), soft.clone()));
@@ -393,6 +419,19 @@ impl RelayHandle {
     /// The bound admin address, if any.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// Replace the agent tokens (a reloaded token file): later claims are checked against
+    /// `tokens`; parked and serving connections stay, whatever their token (a revoked token is
+    /// refused at the agent's next claim).
+    pub fn set_tokens(&self, tokens: Tokens) {
+        self.shared.live_mut().tokens = Some(Arc::new(tokens));
+    }
+
+    /// Replace the TLS configuration of the TLS listeners (a renewed certificate): later
+    /// handshakes use `tls`; established TLS connections keep theirs.
+    pub fn set_tls(&self, tls: Arc<rustls::ServerConfig>) {
+        self.shared.live_mut().tls = Some(tls);
     }
 
     /// Idle parked connections for `name`.
