@@ -54,6 +54,15 @@ pub mod relay;
 pub mod shutdown;
 pub mod tls;
 
+/// The `http` crate whose types (`Request`, `Response`, `HeaderValue`, ...) the API takes and
+/// returns, so that a program needs no version of its own to match.
+pub use http;
+
+/// The README's Rust snippets, compiled as doc tests (they use [`http`] through the re-export).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeSnippets;
+
 pub use error::{BodyError, Error, HeadError, HostError, OfferError, Refusal, SwitchError};
 pub use limits::Limits;
 pub use proto::Protocol;
