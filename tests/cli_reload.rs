@@ -8,39 +8,21 @@ use std::path::Path;
 use std::process::Stdio;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use support::deadline;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStderr, Command};
 
 #[path = "support/bins.rs"]
 mod bins;
-use bins::{agent_addr, banner};
+use bins::{agent_addr, banner, upstream};
 
 #[path = "support/pki.rs"]
 mod pki;
 use pki::Pki;
-
-/// A hello upstream on 127.0.0.1:0.
-async fn upstream() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
-            let svc = hyper::service::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::from("hello")))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
-    format!("http://{addr}")
-}
 
 /// `ptth-serve` with `args`: the process, its banner up to `last`, and its log lines.
 async fn relay(args: &[&str], last: &str) -> (Child, String, Lines<BufReader<ChildStderr>>) {

@@ -1,12 +1,12 @@
 //! Running the real binaries in tests: spawning them with their output piped, reading their
-//! output line by line, and a raw HTTP/1.1 exchange on loopback.
+//! output line by line, a raw HTTP/1.1 exchange on loopback, and an upstream for an agent.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout, Command};
 
 /// The next line of `lines` that contains `want`, or every line read when the stream ended.
@@ -87,4 +87,24 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> String {
     let mut raw = Vec::new();
     tcp.read_to_end(&mut raw).await.unwrap();
     String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// An upstream on 127.0.0.1:0 that answers every request `200 hello`; its `http://` URL.
+pub async fn upstream() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_req| async {
+                let hello = http_body_util::Full::<bytes::Bytes>::from("hello");
+                Ok::<_, std::convert::Infallible>(http::Response::new(hello))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    format!("http://{addr}")
 }
