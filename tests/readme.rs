@@ -1,7 +1,9 @@
-//! The README as a user reads it: the TLS recipe runs as written.
+//! The README as a user reads it: the TLS recipe runs as written, and the flag tables list
+//! exactly the flags each binary's `--help` shows.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -128,6 +130,96 @@ async fn the_tls_recipe_runs_as_written() {
             }
         }
         assert_eq!((running.len(), curls), (2, 2), "the recipe changed shape");
+    })
+    .await;
+}
+
+/// The flags a `--help` lists (`--name`), without `--help` and `--version`, each with the
+/// default it prints (`[default: X]`), if any.
+async fn help_flags(bin: &str) -> BTreeMap<String, Option<String>> {
+    let out = Command::new(bin).arg("--help").output().await.unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut flags = BTreeMap::new();
+    let mut current = None;
+    for line in help.lines() {
+        let l = line
+            .trim_start()
+            .trim_start_matches("-h, ")
+            .trim_start_matches("-V, ");
+        if let Some(flag) = l
+            .strip_prefix("--")
+            .and_then(|f| f.split([' ', '<']).next())
+        {
+            let flag = format!("--{flag}");
+            flags.insert(flag.clone(), None);
+            current = Some(flag);
+        }
+        if let (Some(flag), Some((_, default))) = (&current, line.split_once("[default: ")) {
+            let default = default.split(']').next().unwrap().to_string();
+            flags.insert(flag.clone(), Some(default));
+        }
+    }
+    flags.remove("--help");
+    flags.remove("--version");
+    flags
+}
+
+/// The flags in the first column of the first table after `heading`, each with its row's
+/// second column (the default), backticks removed.
+fn table_flags(heading: &str) -> BTreeMap<String, String> {
+    let (_, rest) = README.split_once(heading).expect("heading in README");
+    let rows = rest
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'));
+    let mut flags = BTreeMap::new();
+    for row in rows {
+        let mut columns = row.split('|').skip(1);
+        let (first, default) = (columns.next().unwrap(), columns.next().unwrap_or_default());
+        for part in first.split("`--").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            flags.insert(format!("--{name}"), default.replace('`', ""));
+        }
+    }
+    flags
+}
+
+/// Every flag of `--help` has a row in the README's table, every row is a flag, and a row's
+/// default column shows the default `--help` prints.
+#[tokio::test]
+async fn the_flag_tables_match_the_help() {
+    deadline(async {
+        for (bin, heading) in [
+            (
+                env!("CARGO_BIN_EXE_ptth-serve"),
+                "### The relay (`ptth-serve`)",
+            ),
+            (
+                env!("CARGO_BIN_EXE_ptth-connect"),
+                "### The agent (`ptth-connect`)",
+            ),
+        ] {
+            let (help, table) = (help_flags(bin).await, table_flags(heading));
+            assert!(help.len() > 10, "{bin}: {help:?}");
+            let missing: Vec<_> = help.keys().filter(|f| !table.contains_key(*f)).collect();
+            let extra: Vec<_> = table.keys().filter(|f| !help.contains_key(*f)).collect();
+            assert!(
+                missing.is_empty() && extra.is_empty(),
+                "{heading}: in --help, not in the README: {missing:?}; in the README, not in \
+                 --help: {extra:?}"
+            );
+            for (flag, default) in &help {
+                let Some(default) = default else { continue };
+                let row = &table[flag];
+                assert!(
+                    row.contains(default.as_str()),
+                    "{heading}: {flag}: --help says the default is {default:?}, the README {row:?}"
+                );
+            }
+        }
     })
     .await;
 }
