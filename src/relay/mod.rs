@@ -89,7 +89,8 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 pub struct Config {
     /// Domain for host mode (`NAME.<domain>`). Default [`DEFAULT_DOMAIN`].
     pub domain: String,
-    /// Agent tokens; `None` means anonymous agents. Default `None`.
+    /// Agent tokens; `None` means anonymous agents. Default `None`. A running relay takes new
+    /// ones with [`RelayHandle::set_tokens`].
     pub tokens: Option<Tokens>,
     /// Allow anonymous agents on non-loopback listeners. Default `false`.
     pub allow_anonymous: bool,
@@ -123,7 +124,8 @@ pub struct Config {
     /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
     pub admin: Option<SocketAddr>,
     /// TLS for the listeners given as [`Listeners::tls`] (certificate chain, key, optional
-    /// client CA). Build it with [`crate::tls::server_config`]. Default: none.
+    /// client CA). Build it with [`crate::tls::server_config`]. Default: none. A running relay
+    /// takes a new one with [`RelayHandle::set_tls`].
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
     pub agent_certs: AgentCerts,
