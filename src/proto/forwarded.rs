@@ -3,11 +3,14 @@
 //!
 //! Pure functions of what the hop knows (the client's address, the scheme it came in on, the
 //! authority it asked for, the path prefix the hop removed), so the rules are unit-tested here
-//! and the relay only calls [`set`].
+//! and the relay only calls [`request_head`].
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version, request};
+
+use super::hop::{Keep, strip_hop_by_hop};
 
 /// `X-Forwarded-For`: the client's address.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -90,6 +93,53 @@ pub fn set(
     if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
         headers.insert(X_FORWARDED_PREFIX, p);
     }
+}
+
+/// What a forwarding hop knows about a request it passes on.
+#[derive(Debug, Clone)]
+pub struct Hop<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// `http` or `https`, as the client came in.
+    pub proto: &'static str,
+    /// The authority the request was routed by (its `Host`, or its absolute-form target's).
+    pub host: Option<&'a HeaderValue>,
+    /// The path prefix this hop removed.
+    pub prefix: Option<&'a str>,
+    /// Keep (append to) the client's own forwarding fields: the client is a trusted proxy.
+    pub trust: bool,
+    /// The target to send, in origin form.
+    pub target: Uri,
+    /// The hop-by-hop fields passed on on purpose.
+    pub keep: Keep,
+}
+
+/// Rewrite a request head for the next hop: hop-by-hop fields stripped, `Forwarded` and
+/// `X-Forwarded-*` set ([`set`]), the target in origin form and HTTP/1.1.
+///
+/// A request that came in absolute form is sent with the authority it was routed by as its
+/// `Host` (RFC 9112 §3.2.2: that authority wins over any `Host` sent), so the next hop sees what
+/// this one saw. An expectation in an HTTP/1.0 request is dropped (RFC 9110 §10.1.1: it is
+/// ignored, and the body is on its way without a `100`).
+pub fn request_head(parts: &mut request::Parts, hop: Hop<'_>) {
+    let absolute = parts.uri.authority().is_some();
+    if parts.version == Version::HTTP_10 {
+        parts.headers.remove(header::EXPECT);
+    }
+    strip_hop_by_hop(&mut parts.headers, hop.keep);
+    set(
+        &mut parts.headers,
+        hop.client,
+        hop.proto,
+        hop.host,
+        hop.prefix,
+        hop.trust,
+    );
+    if absolute && let Some(h) = hop.host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = hop.target;
+    parts.version = Version::HTTP_11;
 }
 
 #[cfg(test)]
