@@ -6,7 +6,7 @@
 //! constant with its reason next to it; the test at the bottom pins them, so changing one is a
 //! deliberate act (update `spec-notes/decisions.md` too). The relay's and the agent's own
 //! settings (queues, pools, buffers, their deadlines) live with their roles: the top of
-//! `src/relay/mod.rs` and `src/agent/`.
+//! `src/relay/config.rs` and `src/agent/config.rs`.
 
 use std::time::Duration;
 
