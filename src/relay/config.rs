@@ -122,7 +122,7 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
     pub admin: Option<SocketAddr>,
-    /// TLS for the listeners given as [`Listeners::tls`] (certificate chain, key, optional
+    /// TLS for the listeners given as [`super::Listeners::tls`] (certificate chain, key, optional
     /// client CA). Build it with [`crate::tls::server_config`]. Default: none.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
