@@ -238,4 +238,70 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
+
+    /// The head the relay sends on: target and version replaced, hop-by-hop fields gone, the
+    /// routed authority as `Host` for an absolute-form request, no expectation from HTTP/1.0.
+    #[test]
+    fn request_heads_are_rewritten_for_the_next_hop() {
+        let req = http::Request::get("http://demo.localhost/app/x?q")
+            .version(Version::HTTP_10)
+            .header(header::HOST, "ignored")
+            .header(header::EXPECT, "100-continue")
+            .header(header::CONNECTION, "x-hop")
+            .header("x-hop", "1")
+            .header(header::TE, "trailers")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let name = host("demo.localhost");
+        request_head(
+            &mut parts,
+            Hop {
+                client: ip("192.0.2.7"),
+                proto: "https",
+                host: Some(&name),
+                prefix: None,
+                trust: false,
+                target: Uri::from_static("/x?q"),
+                keep: Keep {
+                    upgrade: false,
+                    te_trailers: true,
+                },
+            },
+        );
+        assert_eq!(parts.uri, "/x?q");
+        assert_eq!(parts.version, Version::HTTP_11);
+        let h = &parts.headers;
+        assert_eq!(h[header::HOST], "demo.localhost");
+        assert!(!h.contains_key(header::EXPECT));
+        assert!(!h.contains_key("x-hop") && !h.contains_key(header::CONNECTION));
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;proto=https;host=\"demo.localhost\""
+        );
+
+        // Origin form: the client's own Host stays; HTTP/1.1 keeps its expectation.
+        let req = http::Request::get("/x")
+            .header(header::HOST, "demo.localhost:8080")
+            .header(header::EXPECT, "100-continue")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let routed = host("demo.localhost:8080");
+        request_head(
+            &mut parts,
+            Hop {
+                client: ip("192.0.2.7"),
+                proto: "http",
+                host: Some(&routed),
+                prefix: None,
+                trust: false,
+                target: Uri::from_static("/x"),
+                keep: Keep::default(),
+            },
+        );
+        assert_eq!(parts.headers[header::HOST], "demo.localhost:8080");
+        assert_eq!(parts.headers[header::EXPECT], "100-continue");
+    }
 }

@@ -223,6 +223,15 @@ mod tests {
     }
 
     #[test]
+    fn keep_alive_is_http11_without_close() {
+        let mut h = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(Version::HTTP_10, &h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(!keeps_alive(Version::HTTP_11, &h));
+    }
+
+    #[test]
     fn switching_bytes_are_exact() {
         assert_eq!(
             encode_switching(&HeaderValue::from_static("ptth/1.0")),
