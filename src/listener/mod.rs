@@ -160,14 +160,35 @@ where
     }
 
     fn check(&mut self, mut res: Response<Incoming>) -> Response<Incoming> {
-        if crate::proto::response::drop_length_beside_chunked(res.headers_mut()) {
-            tracing::info!(
-                "the dialer sent Content-Length with Transfer-Encoding; its connection is retired after this response"
-            );
-            self.retired = true;
-        }
-        self.keep_alive = crate::proto::response::keeps_alive(res.version(), res.headers());
+        let (retired, keep_alive) = check_framing(&mut res);
+        self.retired |= retired;
+        self.keep_alive = keep_alive;
         res
+    }
+
+    /// Send one last request on this connection and let the client go at once, so that
+    /// hyper's connection finishes as soon as this exchange is complete (for a caller that
+    /// takes the stream back then, see `reverse_parts`). The request is prepared and the
+    /// response checked as in [`ReversedClient::try_send`]; the future yields the response and
+    /// whether the connection may be reused ([`ReversedClient::reusable`]).
+    ///
+    /// The client is dropped before the exchange starts, not after its response: dropping it
+    /// later would wake the connection's task once more for every exchange.
+    pub(crate) fn try_send_last(
+        mut self,
+        mut req: Request<B>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, bool), TrySendError<Request<B>>>>
+    + Send
+    + 'static {
+        self.prepare(&mut req);
+        let retired = self.retired;
+        let sent = self.sender.try_send_request(req);
+        drop(self);
+        async move {
+            let mut res = sent.await?;
+            let (conflicting, keep_alive) = check_framing(&mut res);
+            Ok((res, !retired && !conflicting && keep_alive))
+        }
     }
 
     /// Whether the connection may carry another request once the last response has been read
@@ -222,6 +243,20 @@ where
     pub fn into_sender(self) -> http1::SendRequest<B> {
         self.sender
     }
+}
+
+/// A response's framing as a reversed client sees it: whether it retires the connection
+/// (`Content-Length` beside `Transfer-Encoding`, the former dropped) and whether it leaves the
+/// connection open.
+fn check_framing(res: &mut Response<Incoming>) -> (bool, bool) {
+    let retired = crate::proto::response::drop_length_beside_chunked(res.headers_mut());
+    if retired {
+        tracing::info!(
+            "the dialer sent Content-Length with Transfer-Encoding; its connection is retired after this response"
+        );
+    }
+    let keep_alive = crate::proto::response::keeps_alive(res.version(), res.headers());
+    (retired, keep_alive)
 }
 
 /// The one builder of the reversed client: the header-count and head caps of

@@ -66,13 +66,16 @@ pub(super) async fn exchange(
     continue_gate: Option<&Gate>,
 ) -> Attempt {
     let AgentConn { io, reservation } = conn;
-    let (mut client, connection) = match client(shared, io).await {
+    let (client, connection) = match client(shared, io).await {
         Ok(x) => x,
         Err(e) => {
             tracing::debug!(%e, "starting the reversed client");
             return Attempt::Done(respond::agent_gone());
         }
     };
+    // One exchange per client: with the client gone, the connection finishes (and hands the
+    // stream back) as soon as this exchange is complete.
+    let mut response = std::pin::pin!(client.try_send_last(out));
     let mut driver: ClientFuture = Box::pin(async move {
         connection
             .without_shutdown()
@@ -87,23 +90,16 @@ pub(super) async fn exchange(
         tokio::time::sleep(timeout).await;
     });
     let mut client_done: Option<Option<Parts>> = None;
-    let result = {
-        let mut response = std::pin::pin!(client.try_send(out));
-        loop {
-            tokio::select! {
-                r = &mut response => break r,
-                r = &mut driver, if client_done.is_none() => client_done = Some(r),
-                () = &mut head_deadline => {
-                    return Attempt::Done(respond::agent_timeout());
-                }
+    let result = loop {
+        tokio::select! {
+            r = &mut response => break r,
+            r = &mut driver, if client_done.is_none() => client_done = Some(r),
+            () = &mut head_deadline => {
+                return Attempt::Done(respond::agent_timeout());
             }
         }
     };
-    // One exchange per client: with the client gone, the connection finishes (and hands the
-    // stream back) as soon as this exchange is complete.
-    let reusable = client.reusable();
-    drop(client);
-    let response = match result {
+    let (response, reusable) = match result {
         Ok(r) => r,
         Err(mut e) => {
             if request_body.failed() {
