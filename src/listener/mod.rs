@@ -263,7 +263,9 @@ fn check_framing(res: &mut Response<Incoming>) -> (bool, bool) {
 /// [`ListenerConfig::limits`], and its read buffer ([`ListenerConfig::read_buf`]).
 fn client_builder(config: &ListenerConfig) -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.max_headers(config.limits.max_headers);
+    if let Some(n) = config.limits.hyper_max_headers() {
+        b.max_headers(n);
+    }
     let head_cap = config.limits.hyper_buf_size();
     match config.read_buf {
         Some(n) => b.read_buf_exact_size(Some(n.max(head_cap))),

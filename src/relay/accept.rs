@@ -144,10 +144,12 @@ async fn connection<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.head_timeout)
-        .max_headers(limits.max_headers)
         .max_buf_size(limits.hyper_buf_size())
         .title_case_headers(true)
         .keep_alive(true);
+    if let Some(n) = limits.hyper_max_headers() {
+        builder.max_headers(n);
+    }
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
