@@ -6,7 +6,7 @@
 //! constant with its reason next to it; the test at the bottom pins them, so changing one is a
 //! deliberate act (update `spec-notes/decisions.md` too). The relay's and the agent's own
 //! settings (queues, pools, buffers, their deadlines) live with their roles: the top of
-//! `src/relay/mod.rs` and `src/agent/`.
+//! `src/relay/config.rs` and `src/agent/config.rs`.
 
 use std::time::Duration;
 
@@ -105,10 +105,22 @@ impl Default for Limits {
 /// hyper asserts a read buffer of at least 8 KiB.
 const MIN_HYPER_BUF: usize = 8192;
 
+/// hyper's own cap on header fields when none is set: 100, the same as
+/// [`DEFAULT_MAX_HEADERS`].
+const HYPER_MAX_HEADERS: usize = 100;
+
 impl Limits {
     /// hyper's `max_buf_size` for these limits: the head cap, raised to hyper's minimum.
     pub(crate) fn hyper_buf_size(&self) -> usize {
         self.max_head_bytes.max(MIN_HYPER_BUF)
+    }
+
+    /// What to give hyper's `max_headers` for these limits: `None` when the cap is hyper's own
+    /// (100), which hyper then enforces with its header array on the stack; setting it, even
+    /// to 100, makes hyper allocate that array on the heap for every head (its documentation
+    /// says about 5 % slower).
+    pub(crate) fn hyper_max_headers(&self) -> Option<usize> {
+        (self.max_headers != HYPER_MAX_HEADERS).then_some(self.max_headers)
     }
 }
 
@@ -126,6 +138,13 @@ mod tests {
         assert_eq!(l.handshake_timeout, Duration::from_secs(10));
         assert_eq!(l.head_timeout, Duration::from_secs(10));
         assert_eq!(l.idle_timeout, None);
+        // The default cap is hyper's own: hyper keeps its header array on the stack.
+        assert_eq!(l.hyper_max_headers(), None);
+        let ten = Limits {
+            max_headers: 10,
+            ..Limits::default()
+        };
+        assert_eq!(ten.hyper_max_headers(), Some(10));
         assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
         assert_eq!(MAX_NO_CONTENT_ROUNDS, 100);
         assert_eq!(MAX_CHUNK_LINE, 1024);

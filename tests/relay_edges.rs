@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use ptth::relay::auth::Tokens;
+use ptth::relay::Tokens;
 use std::task::{Context, Poll};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

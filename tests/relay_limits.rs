@@ -259,3 +259,39 @@ async fn names_are_forgotten_on_time_without_any_request() {
     })
     .await
 }
+
+/// Decisions D35: with `max_connections` served, a new connection is closed at accept,
+/// before a byte is read or written; once one closes, the next is served.
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_the_next_is_served() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.max_connections = 1;
+        let relay = start_relay(cfg).await;
+        let _agent = start_agent(&relay, "app", 1, None, echo_handler("a")).await;
+        // The agent's claim held the one permit until its switch.
+        relay.handle.wait_until(|h| h.connections() == 0).await;
+        let request = b"GET /app/x HTTP/1.1\r\nHost: relay\r\n\r\n";
+
+        let mut first = TcpStream::connect(relay.addr).await.unwrap();
+        first.write_all(request).await.unwrap();
+        let head = read_head(&mut first).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert_eq!(relay.handle.connections(), 1);
+
+        // Over the cap: closed with nothing written (a reset is as good as a FIN here).
+        let out = raw_exchange(relay.addr, request).await;
+        assert_eq!(out, "", "a connection over the cap got an answer");
+        assert_eq!(relay.handle.connections(), 1);
+
+        drop(first);
+        relay.handle.wait_until(|h| h.connections() == 0).await;
+        let out = raw_exchange(
+            relay.addr,
+            b"GET /app/x HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&out), 200, "{out}");
+    })
+    .await
+}

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use humantime::Duration as Dur;
-use ptth::relay::{self, AgentCerts, Config, Listeners, auth::Tokens};
+use ptth::relay::{self, AgentCerts, Config, Listeners, Tokens};
 
 /// Where the relay listens when no address is given: loopback only, so a first run exposes
 /// nothing to the network.
@@ -86,6 +86,10 @@ struct Settings {
     /// Public requests held per name while no connection is idle.
     #[arg(long, default_value_t = relay::DEFAULT_MAX_WAITING)]
     max_waiting: usize,
+    /// Connections served at once (public clients, and agents until their switch); past it a
+    /// new connection is closed at once.
+    #[arg(long, default_value_t = relay::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Largest request head in bytes (431 past it).
     #[arg(long, default_value_t = ptth::limits::DEFAULT_MAX_HEAD_BYTES)]
     max_head_bytes: usize,
@@ -236,9 +240,13 @@ impl Settings {
             (Some(_), false) => AgentCerts::Required,
             (Some(_), true) => AgentCerts::MatchName,
         };
-        let limits = ptth::Limits {
-            max_head_bytes: self.max_head_bytes,
-            ..Config::default().limits
+        let defaults = Config::default();
+        let listener = ptth::listener::ListenerConfig {
+            limits: ptth::Limits {
+                max_head_bytes: self.max_head_bytes,
+                ..defaults.listener.limits
+            },
+            ..defaults.listener
         };
         Ok(Config {
             tls,
@@ -258,7 +266,8 @@ impl Settings {
             max_per_name: self.max_per_name,
             max_per_ip: self.max_per_ip,
             max_waiting: self.max_waiting,
-            limits,
+            max_connections: self.max_connections,
+            listener,
             admin: self.admin()?,
         })
     }
@@ -415,9 +424,14 @@ mod tests {
             (c.max_agents, c.max_per_name, c.max_per_ip, c.max_waiting),
             (d.max_agents, d.max_per_name, d.max_per_ip, d.max_waiting)
         );
+        assert_eq!(c.max_connections, d.max_connections);
         assert_eq!(
-            (&c.domain, &c.limits, c.admin),
-            (&d.domain, &d.limits, d.admin)
+            (&c.domain, &c.listener.limits, c.admin),
+            (&d.domain, &d.listener.limits, d.admin)
+        );
+        assert_eq!(
+            (c.listener.read_buf, &c.listener.reversed_host),
+            (d.listener.read_buf, &d.listener.reversed_host)
         );
         assert_eq!(
             (c.allow_anonymous, c.trust_forwarded, c.agent_certs),
@@ -437,6 +451,7 @@ mod tests {
         for want in [
             format!("[default: {}]", Dur::from(relay::DEFAULT_QUEUE_TIMEOUT)),
             format!("[default: {}]", relay::DEFAULT_MAX_AGENTS),
+            format!("[default: {}]", relay::DEFAULT_MAX_CONNECTIONS),
             format!("[default: {}]", ptth::limits::DEFAULT_MAX_HEAD_BYTES),
             format!("[default: {}]", relay::DEFAULT_DOMAIN),
             format!("[default: {DEFAULT_LISTEN}, unless --listen-tls is given]"),

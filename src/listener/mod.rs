@@ -15,7 +15,8 @@
 //!
 //! Both judge the request with `proto::request::check_offer`, answer with the fields of
 //! `proto::response`, and end in [`reverse`], which runs hyper's HTTP/1.1 *client* on the
-//! flipped stream.
+//! flipped stream. [`ReversedClient`] is the one client of the crate for reversed connections:
+//! the relay uses it too, one exchange at a time over its parked streams.
 
 pub mod hyper_upgrade;
 pub mod raw;
@@ -47,6 +48,12 @@ pub struct ListenerConfig {
     /// `Host` sent on reversed requests that have none. Default: empty, as draft §3.1 says
     /// (the dialer has no name the listener could use).
     pub reversed_host: HeaderValue,
+    /// How the reversed client reads responses. `None` (the default): hyper's adaptive buffer,
+    /// 8 KiB growing up to the head cap ([`Limits::max_head_bytes`]), which suits a client
+    /// that lives as long as its connection. `Some(n)`: every read asks for exactly `n` bytes
+    /// (at least the head cap), which is then also the largest response head accepted; for a
+    /// client made per exchange, whose adaptive buffer would restart small every time.
+    pub read_buf: Option<usize>,
 }
 
 impl Default for ListenerConfig {
@@ -55,6 +62,7 @@ impl Default for ListenerConfig {
             rules: OfferRules::default(),
             limits: Limits::default(),
             reversed_host: HeaderValue::from_static(""),
+            read_buf: None,
         }
     }
 }
@@ -98,6 +106,9 @@ pub type ReversedConnection = Pin<Box<dyn Future<Output = Result<(), Error>> + S
 
 /// Sends requests to the dialer over a flipped stream, one at a time (HTTP/1.1 has no
 /// multiplexing; open more PTTH connections for concurrency).
+///
+/// It prepares each request (origin-form target, a `Host`), checks each response's framing,
+/// and says whether the connection may carry another request ([`ReversedClient::reusable`]).
 #[derive(Debug)]
 pub struct ReversedClient<B> {
     sender: http1::SendRequest<B>,
@@ -105,6 +116,8 @@ pub struct ReversedClient<B> {
     /// Set when a response came with conflicting framing: no further request may use this
     /// connection (see [`ReversedClient::send`]).
     retired: bool,
+    /// Whether the last response left the connection open (HTTP/1.1 persistence).
+    keep_alive: bool,
 }
 
 impl<B> ReversedClient<B>
@@ -147,10 +160,42 @@ where
     }
 
     fn check(&mut self, mut res: Response<Incoming>) -> Response<Incoming> {
-        if crate::proto::response::drop_length_beside_chunked(res.headers_mut()) {
-            self.retired = true;
-        }
+        let (retired, keep_alive) = check_framing(&mut res);
+        self.retired |= retired;
+        self.keep_alive = keep_alive;
         res
+    }
+
+    /// Send one last request on this connection and let the client go at once, so that
+    /// hyper's connection finishes as soon as this exchange is complete (for a caller that
+    /// takes the stream back then, see `reverse_parts`). The request is prepared and the
+    /// response checked as in [`ReversedClient::try_send`]; the future yields the response and
+    /// whether the connection may be reused ([`ReversedClient::reusable`]).
+    ///
+    /// The client is dropped before the exchange starts, not after its response: dropping it
+    /// later would wake the connection's task once more for every exchange.
+    pub(crate) fn try_send_last(
+        mut self,
+        mut req: Request<B>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, bool), TrySendError<Request<B>>>>
+    + Send
+    + 'static {
+        self.prepare(&mut req);
+        let retired = self.retired;
+        let sent = self.sender.try_send_request(req);
+        drop(self);
+        async move {
+            let mut res = sent.await?;
+            let (conflicting, keep_alive) = check_framing(&mut res);
+            Ok((res, !retired && !conflicting && keep_alive))
+        }
+    }
+
+    /// Whether the connection may carry another request once the last response has been read
+    /// whole: its framing was clean and the dialer kept the connection open (HTTP/1.1 without
+    /// `Connection: close`, RFC 9112 §9.3).
+    pub fn reusable(&self) -> bool {
+        !self.retired && self.keep_alive
     }
 
     /// Origin-form target and a `Host` for a reversed request.
@@ -200,6 +245,35 @@ where
     }
 }
 
+/// A response's framing as a reversed client sees it: whether it retires the connection
+/// (`Content-Length` beside `Transfer-Encoding`, the former dropped) and whether it leaves the
+/// connection open.
+fn check_framing(res: &mut Response<Incoming>) -> (bool, bool) {
+    let retired = crate::proto::response::drop_length_beside_chunked(res.headers_mut());
+    if retired {
+        tracing::info!(
+            "the dialer sent Content-Length with Transfer-Encoding; its connection is retired after this response"
+        );
+    }
+    let keep_alive = crate::proto::response::keeps_alive(res.version(), res.headers());
+    (retired, keep_alive)
+}
+
+/// The one builder of the reversed client: the header-count and head caps of
+/// [`ListenerConfig::limits`], and its read buffer ([`ListenerConfig::read_buf`]).
+fn client_builder(config: &ListenerConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    if let Some(n) = config.limits.hyper_max_headers() {
+        b.max_headers(n);
+    }
+    let head_cap = config.limits.hyper_buf_size();
+    match config.read_buf {
+        Some(n) => b.read_buf_exact_size(Some(n.max(head_cap))),
+        None => b.max_buf_size(head_cap),
+    };
+    b
+}
+
 /// Start HTTP/1.1 as the *client* on a stream that has just been switched.
 ///
 /// `io` must already replay any bytes read past the upgrade request (the raw path wraps it in
@@ -216,22 +290,42 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (sender, conn) = http1::Builder::new()
-        .max_headers(config.limits.max_headers)
-        .max_buf_size(config.limits.hyper_buf_size())
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(Error::hyper("starting the reversed HTTP client"))?;
+    let (client, conn) = reverse_parts(io, config).await?;
     Ok((
-        ReversedClient {
-            sender,
-            host: config.reversed_host.clone(),
-            retired: false,
-        },
+        client,
         Box::pin(async move {
             conn.with_upgrades()
                 .await
                 .map_err(Error::hyper("reversed connection"))
         }),
     ))
+}
+
+/// hyper's connection for a [`ReversedClient`], unboxed.
+pub(crate) type Connection<IO, B> = http1::Connection<TokioIo<IO>, B>;
+
+/// [`reverse`] with hyper's connection as it is, for a caller that drives it itself and takes
+/// the stream back after an exchange (`without_shutdown`), or lets it upgrade
+/// (`with_upgrades`): the relay, which parks the stream again between exchanges.
+pub(crate) async fn reverse_parts<IO, B>(
+    io: IO,
+    config: &ListenerConfig,
+) -> Result<(ReversedClient<B>, Connection<IO, B>), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = client_builder(config)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(Error::hyper("starting the reversed HTTP client"))?;
+    let client = ReversedClient {
+        sender,
+        host: config.reversed_host.clone(),
+        retired: false,
+        keep_alive: true,
+    };
+    Ok((client, conn))
 }

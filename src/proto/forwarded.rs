@@ -3,11 +3,14 @@
 //!
 //! Pure functions of what the hop knows (the client's address, the scheme it came in on, the
 //! authority it asked for, the path prefix the hop removed), so the rules are unit-tested here
-//! and the relay only calls [`set`].
+//! and the relay only calls [`request_head`].
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version, request};
+
+use super::hop::{Keep, strip_hop_by_hop};
 
 /// `X-Forwarded-For`: the client's address.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -90,6 +93,53 @@ pub fn set(
     if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
         headers.insert(X_FORWARDED_PREFIX, p);
     }
+}
+
+/// What a forwarding hop knows about a request it passes on.
+#[derive(Debug, Clone)]
+pub struct Hop<'a> {
+    /// The client's address.
+    pub client: IpAddr,
+    /// `http` or `https`, as the client came in.
+    pub proto: &'static str,
+    /// The authority the request was routed by (its `Host`, or its absolute-form target's).
+    pub host: Option<&'a HeaderValue>,
+    /// The path prefix this hop removed.
+    pub prefix: Option<&'a str>,
+    /// Keep (append to) the client's own forwarding fields: the client is a trusted proxy.
+    pub trust: bool,
+    /// The target to send, in origin form.
+    pub target: Uri,
+    /// The hop-by-hop fields passed on on purpose.
+    pub keep: Keep,
+}
+
+/// Rewrite a request head for the next hop: hop-by-hop fields stripped, `Forwarded` and
+/// `X-Forwarded-*` set ([`set`]), the target in origin form and HTTP/1.1.
+///
+/// A request that came in absolute form is sent with the authority it was routed by as its
+/// `Host` (RFC 9112 §3.2.2: that authority wins over any `Host` sent), so the next hop sees what
+/// this one saw. An expectation in an HTTP/1.0 request is dropped (RFC 9110 §10.1.1: it is
+/// ignored, and the body is on its way without a `100`).
+pub fn request_head(parts: &mut request::Parts, hop: Hop<'_>) {
+    let absolute = parts.uri.authority().is_some();
+    if parts.version == Version::HTTP_10 {
+        parts.headers.remove(header::EXPECT);
+    }
+    strip_hop_by_hop(&mut parts.headers, hop.keep);
+    set(
+        &mut parts.headers,
+        hop.client,
+        hop.proto,
+        hop.host,
+        hop.prefix,
+        hop.trust,
+    );
+    if absolute && let Some(h) = hop.host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = hop.target;
+    parts.version = Version::HTTP_11;
 }
 
 #[cfg(test)]
@@ -187,5 +237,71 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.2");
         assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    /// The head the relay sends on: target and version replaced, hop-by-hop fields gone, the
+    /// routed authority as `Host` for an absolute-form request, no expectation from HTTP/1.0.
+    #[test]
+    fn request_heads_are_rewritten_for_the_next_hop() {
+        let req = http::Request::get("http://demo.localhost/app/x?q")
+            .version(Version::HTTP_10)
+            .header(header::HOST, "ignored")
+            .header(header::EXPECT, "100-continue")
+            .header(header::CONNECTION, "x-hop")
+            .header("x-hop", "1")
+            .header(header::TE, "trailers")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let name = host("demo.localhost");
+        request_head(
+            &mut parts,
+            Hop {
+                client: ip("192.0.2.7"),
+                proto: "https",
+                host: Some(&name),
+                prefix: None,
+                trust: false,
+                target: Uri::from_static("/x?q"),
+                keep: Keep {
+                    upgrade: false,
+                    te_trailers: true,
+                },
+            },
+        );
+        assert_eq!(parts.uri, "/x?q");
+        assert_eq!(parts.version, Version::HTTP_11);
+        let h = &parts.headers;
+        assert_eq!(h[header::HOST], "demo.localhost");
+        assert!(!h.contains_key(header::EXPECT));
+        assert!(!h.contains_key("x-hop") && !h.contains_key(header::CONNECTION));
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;proto=https;host=\"demo.localhost\""
+        );
+
+        // Origin form: the client's own Host stays; HTTP/1.1 keeps its expectation.
+        let req = http::Request::get("/x")
+            .header(header::HOST, "demo.localhost:8080")
+            .header(header::EXPECT, "100-continue")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let routed = host("demo.localhost:8080");
+        request_head(
+            &mut parts,
+            Hop {
+                client: ip("192.0.2.7"),
+                proto: "http",
+                host: Some(&routed),
+                prefix: None,
+                trust: false,
+                target: Uri::from_static("/x"),
+                keep: Keep::default(),
+            },
+        );
+        assert_eq!(parts.headers[header::HOST], "demo.localhost:8080");
+        assert_eq!(parts.headers[header::EXPECT], "100-continue");
     }
 }

@@ -2,7 +2,7 @@
 //! decode into them.
 //!
 //! Wherever a path is routed or joined under a prefix, `..` must not climb out of the space the
-//! request was routed into: the relay's routing ([`crate::relay::route`]) and the agent's
+//! request was routed into: the relay's routing (`relay::route`) and the agent's
 //! upstream prefix ([`crate::agent::proxy`]) both normalise here, so that a relay or an agent
 //! never sends a dot segment on.
 //!

@@ -207,12 +207,28 @@ pub fn drop_length_beside_chunked(headers: &mut HeaderMap) -> bool {
     conflict
 }
 
+/// Whether a response leaves its connection open for another exchange: HTTP/1.1 without
+/// `close` in `Connection` (RFC 9112 §9.3; an HTTP/1.0 response closes unless it negotiated
+/// keep-alive, which a reversed client never asks for).
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11 && !tokens::has_member(headers, &CONNECTION, "close")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn head(raw: &[u8]) -> ResponseHead {
         parse(raw, &Limits::default()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn keep_alive_is_http11_without_close() {
+        let mut h = HeaderMap::new();
+        assert!(keeps_alive(Version::HTTP_11, &h));
+        assert!(!keeps_alive(Version::HTTP_10, &h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(!keeps_alive(Version::HTTP_11, &h));
     }
 
     #[test]

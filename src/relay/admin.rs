@@ -165,7 +165,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!(%e, "admin accept failed");
-                    tokio::time::sleep(super::accept::ACCEPT_ERROR_PAUSE).await;
+                    tokio::time::sleep(super::ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },

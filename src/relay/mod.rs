@@ -2,152 +2,53 @@
 //! requests for that name are forwarded over the agents' parked reversed connections.
 //!
 //! ```text
-//! agent ── POST /NAME  Upgrade: PTTH/0.9 ──▶ accept ─▶ auth ─▶ registry (parked)
-//! public ── GET /NAME/x ──────────────────▶ accept ─▶ route ─▶ registry.checkout ─▶ forward
+//! agent ── POST /NAME  Upgrade: PTTH/0.9 ──▶ accept ─▶ claim ─▶ registry (parked)
+//! public ── GET /NAME/x ─▶ accept ─▶ forward (route, checkout, retry) ─▶ exchange | tunnel
 //! ```
 //!
-//! - [`accept`]: one hyper server for agents and public clients on every listener.
-//! - [`route`]: which name a request is for (pure, fuzzable).
-//! - [`registry`]: names, parked connections, waiters, limits.
-//! - [`forward`]: one public exchange over one parked connection; 502/503/504 mapping.
-//! - [`auth`]: the token file.
-//! - [`admin`]: `/metrics` and `/agents`.
+//! - `config`: every relay default and the one [`Config`].
+//! - `accept`: the accept loop (connection cap, TLS) and one hyper server per connection,
+//!   for agents and public clients alike.
+//! - `claim`: an agent claiming a name: the name, its token, its certificate, its place in the
+//!   counts, the switch, the parking.
+//! - `route`: which name a request is for (pure, fuzzable).
+//! - `registry`: names, parked connections, waiters, counts.
+//! - `forward`: one public request: rewrite, checkout, one retry of an unsent request.
+//! - `exchange`: one request and response over a parked connection (the listener's
+//!   [`crate::listener::ReversedClient`]), and the stream's way back to the pool.
+//! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
+//! - `respond`: the relay's own answers (400/404/502/503/504).
+//! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
 
-pub mod accept;
-pub mod admin;
-pub mod auth;
-pub mod forward;
-pub mod registry;
-pub mod route;
+mod accept;
+mod admin;
+mod auth;
+mod claim;
+mod config;
+mod exchange;
+mod forward;
+mod registry;
+mod respond;
+pub(crate) mod route;
+mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::limits::Limits;
-use crate::listener::ListenerConfig;
 use admin::Metrics;
-use auth::Tokens;
-use registry::{PoolLimits, Registry};
+use registry::Registry;
 
-pub use registry::{NameState, NameStats, ReserveError};
-
-/// Default `--domain`: `http://NAME.localhost:8080/` works in browsers with no DNS set-up.
-pub const DEFAULT_DOMAIN: &str = "localhost";
-/// Default `--queue-timeout`: how long a public request waits for an idle connection of a name
-/// whose agent is connected but busy: 10 s, long enough to ride out a burst, short enough for
-/// a browser to still be there.
-pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `--response-timeout`: from the end of the request body to the response head: 60 s
-/// (nginx's `proxy_read_timeout`).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `--grace`: a name whose agent left stays known (`503` offline, not `404`) and keeps
-/// belonging to its token this long: 30 s, enough for an agent restart or a short network
-/// outage. Past it the relay forgets the name by itself.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-/// Default `--reconnect-window`: once a name has no connection, public requests are held this
-/// long for an agent to come back, then answered `503` (offline) at once until the grace ends:
-/// 5 s. A restarted agent dials as soon as it starts (well under a second after a crash under
-/// a supervisor), and an agent that lost its connection retries with its backoff (250 ms
-/// doubling: four tries within about 4 s), so a restart is served without an error. A longer
-/// hold makes every visitor of a name that is really down wait; the window counts from when
-/// the last connection left, so no request waits longer. Shorter than `--queue-timeout`
-/// (10 s), which is for a name whose agent is there but busy; capped by `--grace` (30 s).
-pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
-/// Default `--drain-timeout`: 30 s for in-flight requests and open upgrade tunnels after
-/// SIGINT/SIGTERM; whatever is still open then is cut. Shared with the agent.
-pub use crate::shutdown::DEFAULT_DRAIN_TIMEOUT;
-/// Default `--max-agents`: total agent connections: 4096.
-pub const DEFAULT_MAX_AGENTS: usize = 4096;
-/// Default `--max-per-name`: agent connections per name: 256.
-pub const DEFAULT_MAX_PER_NAME: usize = 256;
-/// Default `--max-per-ip`: agent connections per peer address: 256.
-pub const DEFAULT_MAX_PER_IP: usize = 256;
-/// Default `--max-waiting`: public requests held per name: 1024 (then 503 at once).
-pub const DEFAULT_MAX_WAITING: usize = 1024;
-/// Default `--head-timeout`: a request head must arrive within 10 s (slow-loris); also the idle
-/// timeout of public keep-alive connections.
-pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
-/// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
-pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
-/// How long the relay holds a public request body that expects `100 Continue` before it lets it
-/// go without the agent's `100`: 2 s, twice [`crate::limits::CONTINUE_WAIT`]. Behind a ptth
-/// agent the agent's own (shorter) wait, or its upstream, decides when the `100` comes; this
-/// one only covers dialers that never answer the expectation.
-pub const RELAY_CONTINUE_WAIT: Duration = Duration::from_secs(2);
-/// `Retry-After` seconds sent with 503/429.
-pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// Everything the relay can be told. Every field documents its default ([`Config::default`]).
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Domain for host mode (`NAME.<domain>`). Default [`DEFAULT_DOMAIN`].
-    pub domain: String,
-    /// Agent tokens; `None` means anonymous agents. Default `None`. A running relay takes new
-    /// ones with [`RelayHandle::set_tokens`].
-    pub tokens: Option<Tokens>,
-    /// Allow anonymous agents on non-loopback listeners. Default `false`.
-    pub allow_anonymous: bool,
-    /// Keep client-sent `Forwarded`/`X-Forwarded-*` (append to them). Default `false`.
-    pub trust_forwarded: bool,
-    /// Default [`DEFAULT_QUEUE_TIMEOUT`].
-    pub queue_timeout: Duration,
-    /// Default [`DEFAULT_RESPONSE_TIMEOUT`].
-    pub response_timeout: Duration,
-    /// Default [`DEFAULT_GRACE`].
-    pub grace: Duration,
-    /// Default [`DEFAULT_RECONNECT_WINDOW`]; a value past `grace` acts as `grace`.
-    pub reconnect_window: Duration,
-    /// Default [`DEFAULT_DRAIN_TIMEOUT`].
-    pub drain_timeout: Duration,
-    /// Default [`DEFAULT_MAX_AGENTS`].
-    pub max_agents: usize,
-    /// Default [`DEFAULT_MAX_PER_NAME`].
-    pub max_per_name: usize,
-    /// Default [`DEFAULT_MAX_PER_IP`].
-    pub max_per_ip: usize,
-    /// Default [`DEFAULT_MAX_WAITING`].
-    pub max_waiting: usize,
-    /// Default [`DEFAULT_HEAD_TIMEOUT`].
-    pub head_timeout: Duration,
-    /// Default [`DEFAULT_TCP_KEEPALIVE`].
-    pub tcp_keepalive: Duration,
-    /// Head size, header count and upgrade-body caps (see [`Limits`]); a public head over
-    /// `max_head_bytes` gets 431. Default [`Limits::default`].
-    pub limits: Limits,
-    /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
-    pub admin: Option<SocketAddr>,
-    /// TLS for the listeners given as [`Listeners::tls`] (certificate chain, key, optional
-    /// client CA). Build it with [`crate::tls::server_config`]. Default: none. A running relay
-    /// takes a new one with [`RelayHandle::set_tls`].
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
-    pub agent_certs: AgentCerts,
-}
-
-/// Whether agents must authenticate with a TLS client certificate (mutual TLS).
-///
-/// Needs a client CA in [`Config::tls`] (see [`crate::tls::server_config`]); the TLS layer
-/// only *requests* certificates, because public clients share the listener, and the claim is
-/// refused with 401 when the policy is not met. A token, when a token file is configured, is
-/// required as well.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AgentCerts {
-    /// No certificate needed.
-    #[default]
-    Off,
-    /// A certificate signed by the client CA.
-    Required,
-    /// A certificate signed by the client CA that is valid for `NAME.<domain>` (a SAN DNS
-    /// name equal to it, or a matching wildcard).
-    MatchName,
-}
+pub use admin::LATENCY_BUCKETS;
+pub use auth::{Tokens, TokensError};
+pub use config::*;
+pub use registry::{NameState, NameStats};
+pub use route::MAX_NAME_LEN;
 
 /// The sockets a relay serves: plain HTTP, and HTTPS (with [`Config::tls`]).
 #[derive(Debug, Default)]
@@ -163,32 +64,6 @@ impl From<Vec<TcpListener>> for Listeners {
         Listeners {
             plain,
             tls: Vec::new(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            domain: DEFAULT_DOMAIN.to_string(),
-            tokens: None,
-            allow_anonymous: false,
-            trust_forwarded: false,
-            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-            grace: DEFAULT_GRACE,
-            reconnect_window: DEFAULT_RECONNECT_WINDOW,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            max_agents: DEFAULT_MAX_AGENTS,
-            max_per_name: DEFAULT_MAX_PER_NAME,
-            max_per_ip: DEFAULT_MAX_PER_IP,
-            max_waiting: DEFAULT_MAX_WAITING,
-            head_timeout: DEFAULT_HEAD_TIMEOUT,
-            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
-            limits: Limits::default(),
-            admin: None,
-            tls: None,
-            agent_certs: AgentCerts::Off,
         }
     }
 }
@@ -222,13 +97,32 @@ pub enum RelayError {
     },
 }
 
+/// What the handlers know about the connection a request came on.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+    /// The TLS client certificate, verified against the client CA, if one was sent.
+    pub client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl ConnInfo {
+    /// `http` or `https`.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
 /// State shared by every connection task.
 pub(crate) struct Shared {
     /// The configuration the relay started with; [`Shared::live`] holds what a reload replaces.
-    pub(crate) config: Config,
+    pub(crate) config: Arc<Config>,
     pub(crate) live: RwLock<Live>,
-    pub(crate) listener: ListenerConfig,
     pub(crate) registry: Arc<Registry>,
+    /// One permit per connection served as HTTP ([`Config::max_connections`]).
+    pub(crate) connections: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
     /// Every connection and upgrade tunnel: the drain waits for these to end.
     pub(crate) tasks: TaskTracker,
@@ -332,18 +226,11 @@ impl Relay {
             ),
             None => None,
         };
-        let listener = ListenerConfig {
-            limits: config.limits.clone(),
-            ..ListenerConfig::default()
-        };
-        let registry = Registry::new(PoolLimits {
-            max_agents: config.max_agents,
-            max_per_name: config.max_per_name,
-            max_per_ip: config.max_per_ip,
-            max_waiters_per_name: config.max_waiting,
-            grace: config.grace,
-            reconnect_window: config.reconnect_window,
-        });
+        let config = Arc::new(config);
+        let registry = Registry::new(config.clone());
+        let connections = Arc::new(Semaphore::new(
+            config.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
         Ok(Relay {
             listeners,
             admin,
@@ -355,8 +242,8 @@ impl Relay {
                     tls: config.tls.clone(),
                 }),
                 config,
-                listener,
                 registry,
+                connections,
                 metrics: Arc::default(),
                 tasks: TaskTracker::new(),
                 hard: CancellationToken::new(),
@@ -451,7 +338,19 @@ impl RelayHandle {
         self.shared.registry.total()
     }
 
-    /// Wait until `cond` holds for the pool (checked on every pool change).
+    /// Connections served as HTTP now: public clients, and agents until their switch (at most
+    /// [`Config::max_connections`]).
+    pub fn connections(&self) -> usize {
+        let cap = self
+            .shared
+            .config
+            .max_connections
+            .min(Semaphore::MAX_PERMITS);
+        cap - self.shared.connections.available_permits()
+    }
+
+    /// Wait until `cond` holds for the pool (checked on every pool change, and whenever a
+    /// connection is counted or let go).
     pub async fn wait_until(&self, mut cond: impl FnMut(&RelayHandle) -> bool) {
         let mut rx = self.shared.registry.subscribe();
         loop {

@@ -29,6 +29,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body_util::combinators::BoxBody;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{Notify, oneshot, watch};
@@ -36,13 +37,14 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Config;
 use super::auth::Secret;
 
 /// Body type of requests forwarded to agents.
-pub type ForwardBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type ForwardBody = BoxBody<Bytes, hyper::Error>;
 
 /// A byte stream to an agent (plain TCP or TLS).
-pub use crate::io::ByteStream as AgentStream;
+pub(crate) use crate::io::ByteStream as AgentStream;
 
 /// A flipped stream to an agent, and its place in the counts (released when dropped).
 pub(crate) struct AgentConn {
@@ -64,23 +66,10 @@ impl AgentConn {
     }
 }
 
-/// Pool limits (copied from [`super::Config`]).
-#[derive(Debug, Clone)]
-pub(crate) struct PoolLimits {
-    pub max_agents: usize,
-    pub max_per_name: usize,
-    pub max_per_ip: usize,
-    pub max_waiters_per_name: usize,
-    pub grace: Duration,
-    pub reconnect_window: Duration,
-}
-
-impl PoolLimits {
-    /// How long a name without connections holds requests: the reconnect window, but never
-    /// past the grace.
-    fn window(&self) -> Duration {
-        self.reconnect_window.min(self.grace)
-    }
+/// How long a name without connections holds requests: the reconnect window, but never past
+/// the grace.
+fn window(config: &Config) -> Duration {
+    config.reconnect_window.min(config.grace)
 }
 
 /// Where a parked connection waits; its watcher and a checkout race to take it.
@@ -132,15 +121,15 @@ enum Phase {
 }
 
 impl SlotState {
-    fn phase(&self, limits: &PoolLimits, now: Instant) -> Phase {
+    fn phase(&self, config: &Config, now: Instant) -> Phase {
         if !self.conns.is_empty() {
             return Phase::Connected;
         }
         let Some(since) = self.empty_since else {
             return Phase::Gone;
         };
-        let window_end = since + limits.window();
-        let grace_end = since + limits.grace;
+        let window_end = since + window(config);
+        let grace_end = since + config.grace;
         if now < window_end {
             Phase::Reconnecting(window_end)
         } else if now < grace_end {
@@ -166,7 +155,7 @@ impl Slot {
 
 /// Why a claim was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReserveError {
+pub(crate) enum ReserveError {
     /// The relay holds its maximum number of agent connections.
     #[error("the relay has reached its limit of {0} agent connections")]
     TooManyAgents(usize),
@@ -183,18 +172,48 @@ pub enum ReserveError {
     Taken,
 }
 
-/// Why no connection was found for a public request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl ReserveError {
+    /// `409` for a name held by another token, `503` when the whole relay is full, `429` for
+    /// this address's or this name's share (both with `Retry-After`).
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ReserveError::Taken => StatusCode::CONFLICT,
+            ReserveError::TooManyAgents(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ReserveError::PerIp(_) | ReserveError::PerName(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+/// Why no connection was found for a public request (for the name it carries).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CheckoutError {
     /// No agent holds the name (and none did within the grace period).
-    Unknown,
+    #[error("no agent is connected for the name {0:?}")]
+    Unknown(String),
     /// The name has had no connection for longer than the reconnect window (or lost its last
     /// one while the request waited, and none came back within the window).
-    Offline,
+    #[error(
+        "the agent for {0:?} is offline: it has no connection to the relay (it may be restarting)"
+    )]
+    Offline(String),
     /// Too many requests are already waiting for this name.
-    QueueFull,
+    #[error("too many requests waiting for {0:?}")]
+    QueueFull(String),
     /// The name has connections, but none became idle before the deadline.
-    Timeout,
+    #[error("no connection of {0:?} became free in time")]
+    Timeout(String),
+}
+
+impl CheckoutError {
+    /// `404` for a name nobody holds, `503` (with `Retry-After`) for the others.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            CheckoutError::Unknown(_) => StatusCode::NOT_FOUND,
+            CheckoutError::Offline(_) | CheckoutError::QueueFull(_) | CheckoutError::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
 }
 
 /// What `/agents` says about a name's connections.
@@ -258,7 +277,8 @@ pub(crate) struct Registry {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: AtomicUsize,
     next_id: AtomicU64,
-    limits: PoolLimits,
+    /// The relay's configuration: the counts' limits, the grace and the reconnect window.
+    config: Arc<Config>,
     /// Bumped on every pool change, so tests and admin can wait for a state.
     changed: watch::Sender<u64>,
     /// When names without connections next change phase, earliest first (a min-heap). Each
@@ -272,13 +292,13 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(limits: PoolLimits) -> Arc<Registry> {
+    pub(crate) fn new(config: Arc<Config>) -> Arc<Registry> {
         Arc::new(Registry {
             names: Mutex::default(),
             per_ip: Mutex::default(),
             total: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            limits,
+            config,
             changed: watch::Sender::new(0),
             expiries: Mutex::default(),
             expiry_added: Notify::new(),
@@ -301,6 +321,12 @@ impl Registry {
         }
     }
 
+    /// Wake the watchers ([`Registry::subscribe`]) for a change outside the pool (a public
+    /// connection counted or gone).
+    pub(crate) fn notify(&self) {
+        self.bump();
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -312,7 +338,7 @@ impl Registry {
         owner: Option<Secret>,
         peer: SocketAddr,
     ) -> Result<Reservation, ReserveError> {
-        let l = &self.limits;
+        let l = &self.config;
         if self.total.fetch_add(1, Ordering::AcqRel) >= l.max_agents {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(ReserveError::TooManyAgents(l.max_agents));
@@ -398,7 +424,7 @@ impl Registry {
             .names()
             .get(name)
             .cloned()
-            .ok_or(CheckoutError::Unknown)?;
+            .ok_or_else(|| CheckoutError::Unknown(name.to_string()))?;
         // Dead connections are dropped after the lock is released: dropping one releases its
         // reservation, which takes the same lock.
         let mut dead = Vec::new();
@@ -417,22 +443,22 @@ impl Registry {
             }
             // Connected or reconnecting: wait. The sweeper lets go of the waiters when the
             // reconnect window ends without a connection; forgetting a name is its job too.
-            let refused = match st.phase(&self.limits, Instant::now()) {
+            let refused = match st.phase(&self.config, Instant::now()) {
                 Phase::Connected | Phase::Reconnecting(_) => None,
-                Phase::Offline(_) => Some(CheckoutError::Offline),
-                Phase::Gone => Some(CheckoutError::Unknown),
+                Phase::Offline(_) => Some(CheckoutError::Offline(name.to_string())),
+                Phase::Gone => Some(CheckoutError::Unknown(name.to_string())),
             };
             if let Some(e) = refused {
                 drop(st);
                 drop(dead);
                 return Err(e);
             }
-            if st.waiters.len() >= self.limits.max_waiters_per_name {
+            if st.waiters.len() >= self.config.max_waiting {
                 st.waiters.retain(|w| !w.is_closed());
-                if st.waiters.len() >= self.limits.max_waiters_per_name {
+                if st.waiters.len() >= self.config.max_waiting {
                     drop(st);
                     drop(dead);
-                    return Err(CheckoutError::QueueFull);
+                    return Err(CheckoutError::QueueFull(name.to_string()));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -446,9 +472,9 @@ impl Registry {
         // otherwise.
         let unserved = || {
             if slot.lock().conns.is_empty() {
-                CheckoutError::Offline
+                CheckoutError::Offline(name.to_string())
             } else {
-                CheckoutError::Timeout
+                CheckoutError::Timeout(name.to_string())
             }
         };
         let got = match tokio::time::timeout_at(deadline, &mut rx).await {
@@ -534,7 +560,7 @@ impl Registry {
                 return false;
             }
             st.queued = None;
-            match st.phase(&self.limits, now) {
+            match st.phase(&self.config, now) {
                 Phase::Connected => return false,
                 Phase::Reconnecting(end) => {
                     self.schedule(&slot, &mut st, end);
@@ -559,7 +585,7 @@ impl Registry {
     fn collect(&self, slot: &Arc<Slot>, now: Instant) {
         let mut names = self.names();
         let ours = names.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot));
-        if ours && slot.lock().phase(&self.limits, now) == Phase::Gone {
+        if ours && slot.lock().phase(&self.config, now) == Phase::Gone {
             names.remove(&slot.name);
         }
     }
@@ -626,7 +652,7 @@ impl Registry {
                     st.conns.values().map(|a| a.ip().to_string()).collect();
                 peers.sort();
                 peers.dedup();
-                let state = match st.phase(&self.limits, now) {
+                let state = match st.phase(&self.config, now) {
                     Phase::Connected => NameState::Connected,
                     Phase::Reconnecting(_) => NameState::Reconnecting,
                     // A name past its grace is only shown until the sweeper gets to it.
@@ -680,7 +706,7 @@ impl Drop for Reservation {
                 // requests waiting for a connection are let go then.
                 let now = Instant::now();
                 st.empty_since = Some(now);
-                let end = now + self.registry.limits.window();
+                let end = now + window(&self.registry.config);
                 self.registry.schedule(&self.slot, &mut st, end);
             }
         }
@@ -723,14 +749,15 @@ mod tests {
     const WINDOW: Duration = Duration::from_secs(5);
 
     fn registry(max_per_name: usize) -> Arc<Registry> {
-        Registry::new(PoolLimits {
+        Registry::new(Arc::new(Config {
             max_agents: usize::MAX,
             max_per_name,
             max_per_ip: usize::MAX,
-            max_waiters_per_name: 16,
+            max_waiting: 16,
             grace: GRACE,
             reconnect_window: WINDOW,
-        })
+            ..Config::default()
+        }))
     }
 
     fn peer() -> SocketAddr {
@@ -798,7 +825,7 @@ mod tests {
         let far = Instant::now() + GRACE;
         assert_eq!(
             r.checkout("app", far).await.err(),
-            Some(CheckoutError::Offline)
+            Some(CheckoutError::Offline("app".into()))
         );
         assert_eq!(
             r.reserve("app", Some(t2.clone()), peer()).err(),
@@ -809,7 +836,7 @@ mod tests {
         assert!(r.stats().is_empty());
         assert_eq!(
             r.checkout("app", far).await.err(),
-            Some(CheckoutError::Unknown)
+            Some(CheckoutError::Unknown("app".into()))
         );
         // Past the grace the name is free for another token.
         assert!(r.reserve("app", Some(t2), peer()).is_ok());

@@ -1,0 +1,181 @@
+//! Every relay default and the one [`Config`] type.
+//!
+//! Each setting has a `DEFAULT_*` constant with its reason beside it; `ptth-serve`'s flags take
+//! their defaults (and their `--help`) from these constants. The relay's parts read the one
+//! `Config` they were started with (the registry and the claim through references to it), so a
+//! setting has one name from the flag to the code that uses it. The protocol's own caps
+//! (heads, handshake) are [`crate::limits`]; the listener role's are [`ListenerConfig`], which
+//! the relay's config holds as it is.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::limits::Limits;
+use crate::listener::ListenerConfig;
+
+use super::auth::Tokens;
+
+/// Default `--domain`: `http://NAME.localhost:8080/` works in browsers with no DNS set-up.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+/// Default `--queue-timeout`: how long a public request waits for an idle connection of a name
+/// whose agent is connected but busy: 10 s, long enough to ride out a burst, short enough for
+/// a browser to still be there.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--response-timeout`: from the end of the request body to the response head: 60 s
+/// (nginx's `proxy_read_timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--grace`: a name whose agent left stays known (`503` offline, not `404`) and keeps
+/// belonging to its token this long: 30 s, enough for an agent restart or a short network
+/// outage. Past it the relay forgets the name by itself.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default `--reconnect-window`: once a name has no connection, public requests are held this
+/// long for an agent to come back, then answered `503` (offline) at once until the grace ends:
+/// 5 s. A restarted agent dials as soon as it starts (well under a second after a crash under
+/// a supervisor), and an agent that lost its connection retries with its backoff (250 ms
+/// doubling: four tries within about 4 s), so a restart is served without an error. A longer
+/// hold makes every visitor of a name that is really down wait; the window counts from when
+/// the last connection left, so no request waits longer. Shorter than `--queue-timeout`
+/// (10 s), which is for a name whose agent is there but busy; capped by `--grace` (30 s).
+pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
+/// Default `--drain-timeout`: 30 s for in-flight requests and open upgrade tunnels after
+/// SIGINT/SIGTERM; whatever is still open then is cut. Shared with the agent.
+pub use crate::shutdown::DEFAULT_DRAIN_TIMEOUT;
+/// Default `--max-agents`: total agent connections: 4096.
+pub const DEFAULT_MAX_AGENTS: usize = 4096;
+/// Default `--max-per-name`: agent connections per name: 256.
+pub const DEFAULT_MAX_PER_NAME: usize = 256;
+/// Default `--max-per-ip`: agent connections per peer address: 256.
+pub const DEFAULT_MAX_PER_IP: usize = 256;
+/// Default `--max-waiting`: public requests held per name: 1024 (then 503 at once).
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+/// Default `--max-connections`: connections served as HTTP at once, public clients and agents
+/// before their switch (a parked agent connection is counted by `--max-agents` instead): 8192,
+/// twice the agent cap. Each costs a task and hyper's buffers (about 20 KiB while idle), so the
+/// cap bounds them near 160 MiB; past it a new connection is closed at accept (decisions D35).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Default `--head-timeout`: a request head must arrive within 10 s (slow-loris); also the idle
+/// timeout of public keep-alive connections.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
+/// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long the relay holds a public request body that expects `100 Continue` before it lets it
+/// go without the agent's `100`: 2 s, twice [`crate::limits::CONTINUE_WAIT`]. Behind a ptth
+/// agent the agent's own (shorter) wait, or its upstream, decides when the `100` comes; this
+/// one only covers dialers that never answer the expectation.
+pub const RELAY_CONTINUE_WAIT: Duration = Duration::from_secs(2);
+/// `Retry-After` seconds sent with 503/429.
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// Every read from an agent's connection asks for this much: 64 KiB, which is also the largest
+/// response head accepted from an agent ([`ListenerConfig::read_buf`]).
+///
+/// The relay's client lives for one exchange, so hyper's adaptive buffer (8 KiB, doubling while
+/// reads fill it) restarted small on every response. Measured on a 64 KiB response at c8 under
+/// strace: 5 reads and 5 writes per request with the adaptive buffer, 3 and 3 with this one.
+pub const AGENT_READ_BUF: usize = 64 * 1024;
+/// How long a finished exchange may take to hand its stream back (the client may still be
+/// sending the last of the request body) before the connection is dropped: 5 s.
+pub(crate) const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Everything the relay can be told. Every field documents its default ([`Config::default`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Domain for host mode (`NAME.<domain>`). Default [`DEFAULT_DOMAIN`].
+    pub domain: String,
+    /// Agent tokens; `None` means anonymous agents. Default `None`. A running relay takes new
+    /// ones with [`RelayHandle::set_tokens`](super::RelayHandle::set_tokens).
+    pub tokens: Option<Tokens>,
+    /// Allow anonymous agents on non-loopback listeners. Default `false`.
+    pub allow_anonymous: bool,
+    /// Keep client-sent `Forwarded`/`X-Forwarded-*` (append to them). Default `false`.
+    pub trust_forwarded: bool,
+    /// Default [`DEFAULT_QUEUE_TIMEOUT`].
+    pub queue_timeout: Duration,
+    /// Default [`DEFAULT_RESPONSE_TIMEOUT`].
+    pub response_timeout: Duration,
+    /// Default [`DEFAULT_GRACE`].
+    pub grace: Duration,
+    /// Default [`DEFAULT_RECONNECT_WINDOW`]; a value past `grace` acts as `grace`.
+    pub reconnect_window: Duration,
+    /// Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+    /// Default [`DEFAULT_MAX_AGENTS`].
+    pub max_agents: usize,
+    /// Default [`DEFAULT_MAX_PER_NAME`].
+    pub max_per_name: usize,
+    /// Default [`DEFAULT_MAX_PER_IP`].
+    pub max_per_ip: usize,
+    /// Default [`DEFAULT_MAX_WAITING`].
+    pub max_waiting: usize,
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Default [`DEFAULT_HEAD_TIMEOUT`].
+    pub head_timeout: Duration,
+    /// Default [`DEFAULT_TCP_KEEPALIVE`].
+    pub tcp_keepalive: Duration,
+    /// What an agent's offer must look like, the caps on heads, header counts and the upgrade
+    /// body ([`ListenerConfig::limits`]; a public head over `max_head_bytes` gets 431 too), and
+    /// how the reversed client reads responses. Default: [`ListenerConfig::default`] with
+    /// [`AGENT_READ_BUF`] reads.
+    pub listener: ListenerConfig,
+    /// Admin listener (`/metrics`, `/agents`). Default `None` (off).
+    pub admin: Option<SocketAddr>,
+    /// TLS for the listeners given as [`super::Listeners::tls`] (certificate chain, key, optional
+    /// client CA). Build it with [`crate::tls::server_config`]. Default: none. A running relay
+    /// takes a new one with [`RelayHandle::set_tls`](super::RelayHandle::set_tls).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
+    pub agent_certs: AgentCerts,
+}
+
+/// Whether agents must authenticate with a TLS client certificate (mutual TLS).
+///
+/// Needs a client CA in [`Config::tls`] (see [`crate::tls::server_config`]); the TLS layer
+/// only *requests* certificates, because public clients share the listener, and the claim is
+/// refused with 401 when the policy is not met. A token, when a token file is configured, is
+/// required as well.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AgentCerts {
+    /// No certificate needed.
+    #[default]
+    Off,
+    /// A certificate signed by the client CA.
+    Required,
+    /// A certificate signed by the client CA that is valid for `NAME.<domain>` (a SAN DNS
+    /// name equal to it, or a matching wildcard).
+    MatchName,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: DEFAULT_DOMAIN.to_string(),
+            tokens: None,
+            allow_anonymous: false,
+            trust_forwarded: false,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            grace: DEFAULT_GRACE,
+            reconnect_window: DEFAULT_RECONNECT_WINDOW,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_agents: DEFAULT_MAX_AGENTS,
+            max_per_name: DEFAULT_MAX_PER_NAME,
+            max_per_ip: DEFAULT_MAX_PER_IP,
+            max_waiting: DEFAULT_MAX_WAITING,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            head_timeout: DEFAULT_HEAD_TIMEOUT,
+            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            listener: ListenerConfig {
+                limits: Limits::default(),
+                read_buf: Some(AGENT_READ_BUF),
+                ..ListenerConfig::default()
+            },
+            admin: None,
+            tls: None,
+            agent_certs: AgentCerts::Off,
+        }
+    }
+}
