@@ -660,3 +660,177 @@ async fn headers_past_the_limit() {
     .await
     .expect("deadline");
 }
+
+/// Whether the Python `h2` package can run; otherwise why not (the test then skips).
+fn python_h2() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import h2, sys; sys.stdout.write(h2.__version__)"])
+        .output()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the Python h2 package is missing (pip install h2): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn python(script: &str, args: &[String]) -> tokio::process::Child {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2");
+    tokio::process::Command::new("python3")
+        .arg(format!("{dir}/{script}"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs")
+}
+
+/// The summary line a Python peer printed, and its exit status.
+async fn python_result(child: tokio::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python peer failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON summary")
+}
+
+/// Our LISTENER against a third-party backend (Python `h2`): it dials with the ptth offer and
+/// serves HTTP/2; we send many requests at once, a large body each way, a request it resets,
+/// and end with GOAWAY.
+#[tokio::test]
+async fn third_party_backend_against_our_listener() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED third_party_backend_against_our_listener: {why}");
+        return;
+    }
+    tokio::time::timeout(DEADLINE, async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let child = python(
+            "backend.py",
+            &[port.to_string(), TOGETHER.to_string(), LARGE.to_string()],
+        );
+        let (tcp, _) = l.accept().await.unwrap();
+        let cfg = transposed_config();
+        let offer = raw::read_offer(tcp, &cfg).await.unwrap();
+        assert_eq!(offer.alpn(), Some(&AlpnId::h2()));
+        assert_eq!(
+            offer.origins(),
+            [Origin::new(Scheme::Http, "py.example", None).unwrap()]
+        );
+        let (client, conn) = offer.accept_h2::<Body>(&cfg).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut tasks = Vec::new();
+        for _ in 0..TOGETHER {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move { c.send(get("/together")).await }));
+        }
+        for t in tasks {
+            assert_eq!(text(t.await.unwrap().unwrap()).await, "together");
+        }
+        let upload: Vec<u8> = (0..LARGE).map(|i| (i % 251) as u8).collect();
+        let echo = Request::post("/echo")
+            .header("host", "py.example")
+            .body(full(upload.clone()))
+            .unwrap();
+        let (mut c1, mut c2, mut c3) = (client.clone(), client.clone(), client.clone());
+        let (up, down, reset) = tokio::join!(
+            c1.send(echo),
+            c2.send(get("/large")),
+            c3.send(get("/reset"))
+        );
+        let up = up.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert!(up[..] == upload[..], "echoed upload differs");
+        let down = down
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(down.len(), LARGE);
+        let err = match reset {
+            Err(e) => format!("{e:?}"),
+            Ok(res) => format!("{:?}", res.into_body().collect().await.unwrap_err()),
+        };
+        assert!(err.contains("INTERNAL_ERROR"), "{err}");
+        assert_eq!(
+            text(c1.send(get("/after")).await.unwrap()).await,
+            "/after from python"
+        );
+        drop((client, c1, c2, c3));
+        conn.await.unwrap().unwrap();
+        let summary = python_result(child).await;
+        assert_eq!(summary["requests"], TOGETHER as u64 + 4, "{summary}");
+        // hyper's client ends the connection with GOAWAY(NO_ERROR) when its senders are gone.
+        assert_eq!(summary["goaway"], 0, "{summary}");
+    })
+    .await
+    .expect("deadline");
+}
+
+/// Our DIALER against a third-party reverse proxy (Python `h2`): it answers our offer with a
+/// `101` and its HTTP/2 preface in one segment, sends many requests at once, a large body
+/// each way, gets one stream reset, and ends with GOAWAY; our connection then ends cleanly.
+#[tokio::test]
+async fn third_party_proxy_against_our_dialer() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED third_party_proxy_against_our_dialer: {why}");
+        return;
+    }
+    tokio::time::timeout(DEADLINE, async {
+        let upload = 4 * 1024 * 1024;
+        let mut child = python(
+            "proxy.py",
+            &[TOGETHER.to_string(), upload.to_string(), LARGE.to_string()],
+        );
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+            .await
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the proxy's port");
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut req = UpgradeRequest::transposed(HeaderValue::from_static("proxy.example"));
+        req.target = origin::well_known_target(&origins());
+        let flipped = ptth::dialer::handshake(tcp, &req, &Limits::default())
+            .await
+            .unwrap();
+        assert!(flipped.is_h2());
+        flipped
+            .serve_h2(backend(), &Limits::default())
+            .await
+            .expect("the connection ends cleanly after the proxy's GOAWAY");
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).await.unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "python proxy failed: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(rest.lines().last().unwrap_or("")).expect("a JSON summary");
+        assert_eq!(summary["together"], TOGETHER as u64, "{summary}");
+        assert_eq!(summary["echo_ok"], true, "{summary}");
+        assert_eq!(summary["large"], LARGE as u64, "{summary}");
+        assert_eq!(
+            summary["reset"], 2,
+            "INTERNAL_ERROR on /reset only: {summary}"
+        );
+        assert_eq!(
+            summary["after"], "/after authority=Some(\"py.example\")",
+            "{summary}"
+        );
+    })
+    .await
+    .expect("deadline");
+}
