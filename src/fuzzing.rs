@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::{HeadError, Refusal};
 use crate::limits::Limits;
 use crate::listener::{self, ListenerConfig, raw};
+use crate::proto::alpn::AlpnId;
 use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self, OfferRules, UpgradeRequest};
 use crate::proto::{Protocol, head, path, response, tokens};
@@ -156,7 +157,7 @@ fn alpn_terms_hold(
     assert!(offered.contains(chosen));
     assert_eq!(response::check_alpn(switch, &offered).as_ref(), Ok(chosen));
     for id in &offered {
-        let again = crate::proto::alpn::AlpnId::decode(id.encode().as_bytes());
+        let again = AlpnId::decode(id.encode().as_bytes());
         assert_eq!(again.as_ref(), Ok(id), "ALPN encode/decode round trip");
     }
     if !offer.origins.is_empty() {
@@ -230,6 +231,13 @@ pub fn switching_response_head(data: &[u8]) {
                     if let Ok(p) = response::check_switch(&head, offered) {
                         assert!(offered.contains(&p));
                         assert!(tokens::connection_has_upgrade(&head.headers));
+                    }
+                }
+                if response::check_switch(&head, &[Protocol::Transposed]).is_ok() {
+                    // The ALPN parser, as the dialer reads a ptth 101.
+                    let offered = [AlpnId::h2(), AlpnId::http11()];
+                    if let Ok(id) = response::check_alpn(&head, &offered) {
+                        assert!(offered.contains(&id));
                     }
                 }
                 let Ok(framing) = response::framing(&head) else {

@@ -351,4 +351,54 @@ mod tests {
         assert_eq!(offer.protocol, Protocol::Ptth09);
         assert_eq!(head.headers.get_all("upgrade").iter().count(), 1);
     }
+
+    fn offer(raw: &[u8]) -> Result<OfferTerms, OfferError> {
+        check_offer(&parse_ok(raw).0, &OfferRules::with_transposed())
+    }
+
+    #[test]
+    fn the_ptth_drafts_requests_are_offers() {
+        // -00 figure 1: a deployment-specific target, so no origins.
+        let terms = offer(
+            b"GET /reverse-endpoint HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\n\
+              Upgrade: ptth\r\nAuthorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\
+              ALPN: h2, http%2F1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(terms.protocol, Protocol::Transposed);
+        assert_eq!(terms.token, "ptth");
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
+        assert!(terms.origins.is_empty());
+        // -01 figure: h3qx first, which this listener does not run; h2 is chosen.
+        let terms = offer(
+            b"GET /.well-known/ptth/https%3A%2F%2Fbackend.example.com/ HTTP/1.1\r\n\
+              Host: proxy.example.com\r\nConnection: upgrade\r\nUpgrade: ptth\r\n\
+              ALPN: h3qx, h2, http%2F1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
+        assert_eq!(terms.origins.len(), 1);
+        assert_eq!(terms.origins[0].to_string(), "https://backend.example.com");
+        // The 2009 protocols never get ALPN terms, whatever fields they carry.
+        let old = offer(
+            b"POST /.well-known/ptth/x/ HTTP/1.1\r\nHost: h\r\nUpgrade: PTTH/1.0\r\n\
+              Connection: Upgrade\r\nALPN: nonsense/\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((old.alpn, old.origins.len()), (None, 0));
+    }
+
+    #[test]
+    fn the_transposed_request_encodes_the_drafts_fields() {
+        let mut r = UpgradeRequest::transposed(HeaderValue::from_static("proxy.example"));
+        r.headers
+            .insert("alpn", HeaderValue::from_static("injected"));
+        assert_eq!(
+            r.encode(),
+            b"GET / HTTP/1.1\r\nHost: proxy.example\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n\
+              ALPN: h2, http%2F1.1\r\nContent-Length: 0\r\n\r\n"
+        );
+        let terms = offer(&r.encode()).unwrap();
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
+    }
 }
