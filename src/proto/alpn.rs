@@ -162,7 +162,9 @@ pub fn choose<'a>(supported: &'a [AlpnId], offered: &[AlpnId]) -> Option<&'a Alp
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of one hex digit of a percent escape, either case: the one digit reader of the
+/// crate's percent-decoding (here and [`super::origin`]).
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

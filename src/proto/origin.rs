@@ -250,12 +250,14 @@ fn percent_decode(member: &str) -> Result<String, OriginError> {
             let [hi, lo, tail @ ..] = tail else {
                 return Err(OriginError::BadEscape);
             };
-            let hex = std::str::from_utf8(&[*hi, *lo])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(u8::is_ascii)
-                .ok_or(OriginError::BadEscape)?;
-            out.push(hex);
+            let (Some(hi), Some(lo)) = (super::alpn::hex(*hi), super::alpn::hex(*lo)) else {
+                return Err(OriginError::BadEscape);
+            };
+            let octet = hi << 4 | lo;
+            if !octet.is_ascii() {
+                return Err(OriginError::BadEscape);
+            }
+            out.push(octet);
             rest = tail;
         } else {
             out.push(*b);

@@ -102,7 +102,7 @@ pub struct OfferTerms {
 /// (RFC 9112 §3.2; a missing one only with [`OfferRules::allow_missing_host`]), an accepted
 /// method. For `ptth` (draft-kazuho-ptth-ptth §3.2) also: `GET` only, an `ALPN` field naming
 /// a protocol of [`OfferRules::alpn`], and a well-known target naming valid origins
-/// ([`transposed_terms`]). Every entry point (the raw listener, the hyper one, the relay)
+/// (`transposed_terms`). Every entry point (the raw listener, the hyper one, the relay)
 /// judges with this.
 pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<OfferTerms, OfferError> {
     let framing = framing(&head.headers).map_err(OfferError::Framing)?;
