@@ -114,6 +114,25 @@ pub enum OfferError {
     /// The client sent bytes after its request before it saw the `101` (RFC 9931).
     #[error("data sent before the 101 (RFC 9931)")]
     EarlyData,
+    /// An `Upgrade: ptth` offer without the `ALPN` field its draft requires.
+    #[error(
+        "Upgrade: ptth needs an ALPN field naming the protocols to run (e.g. ALPN: h2, http%2F1.1)"
+    )]
+    NoAlpn,
+    /// An `ALPN` field that cannot be read.
+    #[error("bad ALPN field: {0}")]
+    Alpn(#[source] crate::proto::alpn::AlpnError),
+    /// An `ALPN` field naming nothing this listener runs.
+    #[error("ALPN offers {offered}, none of which this listener runs (it runs {supported})")]
+    NoCommonAlpn {
+        /// The offered identifiers, as sent.
+        offered: Box<str>,
+        /// The listener's identifiers.
+        supported: Box<str>,
+    },
+    /// A `/.well-known/ptth/` target that does not name a valid list of origins.
+    #[error("bad origin list in the target: {0}")]
+    Origin(#[source] crate::proto::origin::OriginError),
 }
 
 impl OfferError {
@@ -125,7 +144,12 @@ impl OfferError {
             }
             OfferError::Method => StatusCode::METHOD_NOT_ALLOWED,
             OfferError::Framing(e) => e.status(),
-            OfferError::BadHost(_) | OfferError::EarlyData => StatusCode::BAD_REQUEST,
+            OfferError::BadHost(_)
+            | OfferError::EarlyData
+            | OfferError::NoAlpn
+            | OfferError::Alpn(_)
+            | OfferError::NoCommonAlpn { .. }
+            | OfferError::Origin(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -174,6 +198,18 @@ pub enum SwitchError {
     /// The 101 lacks `Connection: upgrade`.
     #[error("101 without Connection: upgrade")]
     MissingConnection,
+    /// A `101` to `ptth` without an `ALPN` field naming the chosen protocol.
+    #[error("101 to ptth without ALPN")]
+    MissingAlpn,
+    /// A `101` to `ptth` whose `ALPN` cannot be read.
+    #[error("101 with a bad ALPN field: {0}")]
+    BadAlpn(#[source] crate::proto::alpn::AlpnError),
+    /// A `101` to `ptth` whose `ALPN` is not exactly one identifier the dialer offered.
+    #[error("101 chose ALPN {got:?}, which is not one protocol the dialer offered")]
+    AlpnNotOffered {
+        /// The `ALPN` value of the 101, lossily decoded.
+        got: String,
+    },
 }
 
 /// A final answer other than `101` to the upgrade request: the listener said no.
@@ -272,6 +308,13 @@ pub enum Error {
     /// says what kind of failure it was.
     #[error("{0}")]
     Tls(#[source] Box<crate::tls::TlsError>),
+    /// A reversed client was started for the other inner protocol than the offer chose (an
+    /// HTTP/1.1 client on `ALPN: h2`, or the reverse).
+    #[error("the offer chose {chosen}: start the matching reversed client")]
+    InnerProtocol {
+        /// The inner protocol the offer chose.
+        chosen: Box<str>,
+    },
     /// hyper failed on the reversed connection.
     #[error("{context}: {source}")]
     Hyper {

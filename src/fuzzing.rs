@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::{HeadError, Refusal};
 use crate::limits::Limits;
 use crate::listener::{self, ListenerConfig, raw};
+use crate::proto::alpn::AlpnId;
 use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self, OfferRules, UpgradeRequest};
 use crate::proto::{Protocol, head, path, response, tokens};
@@ -53,6 +54,7 @@ fn stream_limits() -> Limits {
         handshake_timeout: Duration::from_secs(2),
         head_timeout: Duration::from_secs(2),
         idle_timeout: Some(Duration::from_secs(2)),
+        h2: Default::default(),
     }
 }
 
@@ -66,14 +68,20 @@ fn head_limits() -> [Limits; 2] {
     [Limits::default(), small]
 }
 
-/// The listener rules the head targets judge with: the defaults and an AirPlay-friendly set.
-fn offer_rules() -> [OfferRules; 2] {
+/// The listener rules the head targets judge with: the defaults, an AirPlay-friendly set, and
+/// the defaults with `ptth` (ALPN and origin parsing).
+fn offer_rules() -> [OfferRules; 3] {
     let airplay = OfferRules {
         protocols: vec![Protocol::Ptth10],
         methods: vec![Method::POST],
         allow_missing_host: true,
+        ..OfferRules::default()
     };
-    [OfferRules::default(), airplay]
+    [
+        OfferRules::default(),
+        airplay,
+        OfferRules::with_transposed(),
+    ]
 }
 
 /// The protocol sets a dialer may offer.
@@ -110,7 +118,7 @@ pub fn upgrade_request_head(data: &[u8]) {
                     match request::check_offer(&head, &rules) {
                         Ok(offer) => {
                             assert!(rules.protocols.contains(&offer.protocol));
-                            let raw = response::encode_switching(&offer.token);
+                            let raw = response::encode_switching(&offer.token, offer.alpn.as_ref());
                             let (switch, n) = response::parse(&raw, &Limits::default())
                                 .expect("own 101 parses")
                                 .expect("own 101 is complete");
@@ -119,6 +127,7 @@ pub fn upgrade_request_head(data: &[u8]) {
                                 response::check_switch(&switch, &[offer.protocol]),
                                 Ok(offer.protocol)
                             );
+                            alpn_terms_hold(&head, &offer, &switch);
                         }
                         Err(e) => refusal_round_trip(e.status(), &e),
                     }
@@ -127,6 +136,38 @@ pub fn upgrade_request_head(data: &[u8]) {
             Ok(None) => assert!(data.len() <= limits.max_head_bytes),
             Err(e) => refusal_round_trip(e.status(), &e),
         }
+    }
+}
+
+/// For an accepted `ptth` offer: the chosen ALPN identifier was offered and is one the
+/// listener runs, the `101`'s `ALPN` passes the dialer's check, and every origin re-encodes to
+/// a target that reads back the same.
+fn alpn_terms_hold(
+    head: &http::request::Parts,
+    offer: &request::OfferTerms,
+    switch: &response::ResponseHead,
+) {
+    let Some(chosen) = &offer.alpn else {
+        assert!(!offer.protocol.negotiates_alpn());
+        return;
+    };
+    let offered = crate::proto::alpn::parse(&head.headers)
+        .expect("an accepted offer's ALPN parses")
+        .expect("an accepted ptth offer has ALPN");
+    assert!(offered.contains(chosen));
+    assert_eq!(response::check_alpn(switch, &offered).as_ref(), Ok(chosen));
+    for id in &offered {
+        let again = AlpnId::decode(id.encode().as_bytes());
+        assert_eq!(again.as_ref(), Ok(id), "ALPN encode/decode round trip");
+    }
+    if !offer.origins.is_empty() {
+        let target = crate::proto::origin::well_known_target(&offer.origins);
+        let again = crate::proto::origin::parse_well_known(&target, offer.origins.len());
+        assert_eq!(
+            again.as_ref(),
+            Ok(&offer.origins),
+            "origin target round trip"
+        );
     }
 }
 
@@ -190,6 +231,13 @@ pub fn switching_response_head(data: &[u8]) {
                     if let Ok(p) = response::check_switch(&head, offered) {
                         assert!(offered.contains(&p));
                         assert!(tokens::connection_has_upgrade(&head.headers));
+                    }
+                }
+                if response::check_switch(&head, &[Protocol::Transposed]).is_ok() {
+                    // The ALPN parser, as the dialer reads a ptth 101.
+                    let offered = [AlpnId::h2(), AlpnId::http11()];
+                    if let Ok(id) = response::check_alpn(&head, &offered) {
+                        assert!(offered.contains(&id));
                     }
                 }
                 let Ok(framing) = response::framing(&head) else {

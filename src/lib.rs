@@ -64,6 +64,8 @@ pub use http;
 struct ReadmeSnippets;
 
 pub use error::{BodyError, Error, HeadError, HostError, OfferError, Refusal, SwitchError};
-pub use limits::Limits;
+pub use limits::{H2Limits, Limits};
 pub use proto::Protocol;
+pub use proto::alpn::AlpnId;
+pub use proto::origin::Origin;
 pub use proto::request::UpgradeRequest;

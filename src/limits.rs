@@ -46,6 +46,10 @@ pub const MAX_CHUNK_LINE: usize = 1024;
 /// Most trailer-section bytes accepted after the last chunk of a handshake body: 8 KiB.
 pub const MAX_TRAILER_BYTES: usize = 8 * 1024;
 
+/// Most origins one `ptth` offer may register in its well-known target: 64 (each is checked
+/// against the dialer's credentials; a bound keeps that work small).
+pub const MAX_OFFER_ORIGINS: usize = 64;
+
 /// How many bytes one read asks for during the handshake: 4 KiB (a whole upgrade request or
 /// `101` in one read, without reserving the head cap up front).
 pub const HANDSHAKE_READ_CHUNK: usize = 4096;
@@ -58,6 +62,42 @@ pub const HANDSHAKE_READ_CHUNK: usize = 4096;
 /// own wait, so a client behind the relay sees the same delay it would see direct; a refusal
 /// that takes longer than that costs the upload, as it would direct.
 pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+/// Streams one transposed HTTP/2 connection carries at once, as the dialer (the h2 server)
+/// advertises in `SETTINGS_MAX_CONCURRENT_STREAMS`: 128 (RFC 9113 §6.5.2 asks for no fewer
+/// than 100; each stream holds a request of the dialer's service).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// How often either side of a transposed HTTP/2 connection sends a PING when it has heard
+/// nothing: 20 s (under the 30 s idle timeout of common NATs and load balancers, so the PING
+/// also keeps the path open).
+pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long a PING may go unanswered before the transposed HTTP/2 connection is closed: 20 s.
+pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 settings of a transposed `ptth` connection, in either role. The header list cap is
+/// [`Limits::max_head_bytes`], the same "too large" as on HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Limits {
+    /// Streams the dialer serves at once (its `SETTINGS_MAX_CONCURRENT_STREAMS`). Default:
+    /// [`DEFAULT_H2_MAX_CONCURRENT_STREAMS`].
+    pub max_concurrent_streams: u32,
+    /// PING interval; `None` sends no PINGs. Default: [`DEFAULT_H2_KEEP_ALIVE_INTERVAL`].
+    pub keep_alive_interval: Option<Duration>,
+    /// How long an unanswered PING is waited for. Default: [`DEFAULT_H2_KEEP_ALIVE_TIMEOUT`].
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for H2Limits {
+    fn default() -> Self {
+        H2Limits {
+            max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
+            keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
+        }
+    }
+}
 
 /// Caps and deadlines for one PTTH connection, in either role.
 ///
@@ -86,6 +126,8 @@ pub struct Limits {
     /// connection: a parked reversed connection is *supposed* to wait, and TCP keepalive is what
     /// finds dead peers.
     pub idle_timeout: Option<Duration>,
+    /// After the flip, on a `ptth` connection running `h2`: the HTTP/2 settings.
+    pub h2: H2Limits,
 }
 
 impl Default for Limits {
@@ -98,6 +140,7 @@ impl Default for Limits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             head_timeout: DEFAULT_REVERSED_HEAD_TIMEOUT,
             idle_timeout: None,
+            h2: H2Limits::default(),
         }
     }
 }
@@ -122,6 +165,11 @@ impl Limits {
     pub(crate) fn hyper_max_headers(&self) -> Option<usize> {
         (self.max_headers != HYPER_MAX_HEADERS).then_some(self.max_headers)
     }
+
+    /// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` for these limits: the head cap.
+    pub(crate) fn h2_header_list_size(&self) -> u32 {
+        u32::try_from(self.max_head_bytes).unwrap_or(u32::MAX)
+    }
 }
 
 #[cfg(test)]
@@ -145,10 +193,14 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(ten.hyper_max_headers(), Some(10));
+        assert_eq!(l.h2.max_concurrent_streams, 128);
+        assert_eq!(l.h2.keep_alive_interval, Some(Duration::from_secs(20)));
+        assert_eq!(l.h2.keep_alive_timeout, Duration::from_secs(20));
         assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
         assert_eq!(MAX_NO_CONTENT_ROUNDS, 100);
         assert_eq!(MAX_CHUNK_LINE, 1024);
         assert_eq!(MAX_TRAILER_BYTES, 8192);
         assert_eq!(HANDSHAKE_READ_CHUNK, 4096);
+        assert_eq!(MAX_OFFER_ORIGINS, 64);
     }
 }

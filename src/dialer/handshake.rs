@@ -11,6 +11,7 @@ use super::Flipped;
 use crate::error::{Error, Refusal};
 use crate::io::{Rewind, read_body, read_head, write_flush};
 use crate::limits::{Limits, MAX_NO_CONTENT_ROUNDS};
+use crate::proto::alpn::AlpnId;
 use crate::proto::body::BodyDecoder;
 use crate::proto::request::UpgradeRequest;
 use crate::proto::{Protocol, response};
@@ -33,16 +34,14 @@ where
     let encoded = request.encode();
     let mut buf = BytesMut::new();
     for _round in 0..MAX_NO_CONTENT_ROUNDS {
-        let answer = with_deadline(
-            limits,
-            round(&mut io, &encoded, &mut buf, &request.protocols, limits),
-        )
-        .await?;
+        let answer =
+            with_deadline(limits, round(&mut io, &encoded, &mut buf, request, limits)).await?;
         match answer {
-            Answer::Switched(protocol) => {
+            Answer::Switched(protocol, alpn) => {
                 return Ok(Flipped {
                     io: Rewind::new(buf.freeze(), io),
                     protocol,
+                    alpn,
                 });
             }
             Answer::Refused(refusal)
@@ -62,7 +61,7 @@ where
 }
 
 enum Answer {
-    Switched(Protocol),
+    Switched(Protocol, Option<AlpnId>),
     Refused(Box<Refusal>),
 }
 
@@ -79,12 +78,13 @@ async fn with_deadline<T>(
 }
 
 /// One request and its final answer. On a switch, `buf` is left holding the bytes after the
-/// `101` head; on a refusal, the bytes after the refusal's body.
+/// `101` head (with `ptth` and `h2`, the listener's preface may already be there); on a
+/// refusal, the bytes after the refusal's body.
 async fn round<IO>(
     io: &mut IO,
     encoded: &[u8],
     buf: &mut BytesMut,
-    offered: &[Protocol],
+    request: &UpgradeRequest,
     limits: &Limits,
 ) -> Result<Answer, Error>
 where
@@ -100,7 +100,13 @@ where
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
             // A 1xx has no body (RFC 9112 §6.3): any Content-Length on it is ignored, and every
             // byte after the head is reversed traffic.
-            return Ok(Answer::Switched(response::check_switch(&head, offered)?));
+            let protocol = response::check_switch(&head, &request.protocols)?;
+            let alpn = if protocol.negotiates_alpn() {
+                Some(response::check_alpn(&head, &request.alpn)?)
+            } else {
+                None
+            };
+            return Ok(Answer::Switched(protocol, alpn));
         }
         if head.status.is_informational() {
             tracing::debug!(status = %head.status, "skipping interim response");

@@ -8,6 +8,9 @@
 //!                               handshake.rs   mod.rs     mod.rs, timed by head_clock.rs
 //! ```
 //!
+//! With `ptth` and `ALPN: h2` (draft-kazuho-ptth-ptth), [`Flipped::serve_h2`] runs hyper's
+//! HTTP/2 server instead (`h2.rs`): many requests at once on the one connection.
+//!
 //! [`handshake()`] works on any `AsyncRead + AsyncWrite` stream (TCP, TLS, in-memory), skips
 //! interim `1xx` answers, accepts only a valid `101` for a protocol it offered, and keeps every
 //! byte that arrived after the `101` head. Any other final answer is [`Error::Refused`].
@@ -17,6 +20,7 @@
 //!
 //! [`Error::Refused`]: crate::Error::Refused
 
+mod h2;
 mod handshake;
 pub mod head_clock;
 
@@ -30,6 +34,8 @@ use hyper_util::rt::TokioIo;
 use crate::io::{ByteStream, Rewind};
 use crate::limits::Limits;
 use crate::proto::Protocol;
+use crate::proto::alpn::AlpnId;
+pub use h2::ServingH2;
 pub use handshake::handshake;
 use head_clock::{Activity, HeadClock};
 
@@ -38,12 +44,24 @@ use head_clock::{Activity, HeadClock};
 pub struct Flipped<IO> {
     io: Rewind<IO>,
     protocol: Protocol,
+    alpn: Option<AlpnId>,
 }
 
 impl<IO> Flipped<IO> {
     /// The protocol the listener switched to.
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// For `ptth`: the protocol the listener chose to run inside (its `101`'s `ALPN`).
+    pub fn alpn(&self) -> Option<&AlpnId> {
+        self.alpn.as_ref()
+    }
+
+    /// Whether the listener chose `h2`: serve with [`Flipped::serve_h2`], not
+    /// [`Flipped::serve`].
+    pub fn is_h2(&self) -> bool {
+        self.alpn().is_some_and(|a| a.as_bytes() == AlpnId::H2)
     }
 
     /// The stream, which replays the bytes that came after the `101` head before reading more.

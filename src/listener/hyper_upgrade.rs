@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
+use super::h2::{ReversedH2Client, reverse_h2};
 use super::{ListenerConfig, Offer, ReversedClient, ReversedConnection, reverse};
 use crate::error::{Error, HeadError, OfferError};
 use crate::proto::body::Framing;
@@ -166,7 +167,8 @@ impl Offer<OnUpgrade> {
     pub fn switching_response<B: Default>(&self) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        for (name, value) in response::switching_fields(&self.terms.token) {
+        for (name, value) in response::switching_fields(&self.terms.token, self.terms.alpn.as_ref())
+        {
             res.headers_mut().insert(name, value);
         }
         res
@@ -182,7 +184,8 @@ impl Offer<OnUpgrade> {
     }
 
     /// Wait for hyper to switch the stream (after it wrote the `101`), then start the
-    /// reversed client on it.
+    /// reversed HTTP/1.1 client on it. For a `ptth` offer that chose `h2` this is
+    /// [`Error::InnerProtocol`]: use [`Offer::reverse_h2`].
     pub async fn reverse<B>(
         self,
         config: &ListenerConfig,
@@ -192,8 +195,25 @@ impl Offer<OnUpgrade> {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.expect_inner(false)?;
         let upgraded = self.upgraded().await?;
         reverse(TokioIo::new(upgraded), config).await
+    }
+
+    /// Wait for hyper to switch the stream, then start the reversed HTTP/2 client on it (a
+    /// `ptth` offer that chose `h2`; any other is [`Error::InnerProtocol`]).
+    pub async fn reverse_h2<B>(
+        self,
+        config: &ListenerConfig,
+    ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
+    where
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.expect_inner(true)?;
+        let upgraded = self.upgraded().await?;
+        reverse_h2(TokioIo::new(upgraded), config).await
     }
 }
 

@@ -15,9 +15,12 @@
 //!
 //! Both judge the request with `proto::request::check_offer`, answer with the fields of
 //! `proto::response`, and end in [`reverse`], which runs hyper's HTTP/1.1 *client* on the
-//! flipped stream. [`ReversedClient`] is the one client of the crate for reversed connections:
-//! the relay uses it too, one exchange at a time over its parked streams.
+//! flipped stream, or for a `ptth` offer that chose `ALPN: h2` in [`h2::reverse_h2`], which
+//! runs hyper's HTTP/2 client and hands back a cloneable, multiplexing sender.
+//! [`ReversedClient`] is the one HTTP/1.1 client of the crate for reversed connections: the
+//! relay uses it too, one exchange at a time over its parked streams.
 
+pub mod h2;
 pub mod hyper_upgrade;
 pub mod raw;
 
@@ -36,6 +39,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::error::Error;
 use crate::limits::Limits;
 use crate::proto::Protocol;
+use crate::proto::alpn::AlpnId;
+use crate::proto::origin::Origin;
 use crate::proto::request::{OfferRules, OfferTerms};
 
 /// What a listener accepts and how it talks after the flip.
@@ -96,6 +101,35 @@ impl<S> Offer<S> {
     /// The protocol that will be switched to.
     pub fn protocol(&self) -> Protocol {
         self.terms.protocol
+    }
+
+    /// For `ptth`: the protocol chosen to run inside (`h2` or `http/1.1`), named in the `101`.
+    pub fn alpn(&self) -> Option<&AlpnId> {
+        self.terms.alpn.as_ref()
+    }
+
+    /// Whether the switched stream runs HTTP/2 ([`h2::reverse_h2`]) rather than HTTP/1.1
+    /// ([`reverse`]).
+    pub fn is_h2(&self) -> bool {
+        self.alpn().is_some_and(|a| a.as_bytes() == AlpnId::H2)
+    }
+
+    /// For `ptth` with a well-known target: the origins the dialer registers. The caller must
+    /// check that the dialer may register every one (draft-kazuho-ptth-ptth-01 §5.1).
+    pub fn origins(&self) -> &[Origin] {
+        &self.terms.origins
+    }
+
+    /// An error unless the chosen inner protocol is the one the entry point runs.
+    fn expect_inner(&self, h2: bool) -> Result<(), Error> {
+        if self.is_h2() == h2 {
+            return Ok(());
+        }
+        Err(Error::InnerProtocol {
+            chosen: self
+                .alpn()
+                .map_or("http/1.1".into(), |a| a.to_string().into()),
+        })
     }
 }
 

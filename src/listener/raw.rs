@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::h2::{ReversedH2Client, reverse_h2};
 use super::{ListenerConfig, Offer, ReversedClient, ReversedConnection, reverse};
 use crate::error::{BodyError, Error, OfferError};
 use crate::io::{read_body, read_head, write_flush};
@@ -20,12 +21,14 @@ use crate::proto::response;
 impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
     /// Answer `101 Switching Protocols` (in one write) and return the switched stream.
     pub async fn accept(mut self) -> Result<IO, Error> {
-        let head = response::encode_switching(&self.terms.token);
+        let head = response::encode_switching(&self.terms.token, self.terms.alpn.as_ref());
         write_flush(&mut self.stream, &head, "writing the 101").await?;
         Ok(self.stream)
     }
 
-    /// Answer `101` and start the reversed HTTP client on the stream.
+    /// Answer `101` and start the reversed HTTP/1.1 client on the stream. For a `ptth` offer
+    /// that chose `h2` this is [`Error::InnerProtocol`], before anything is written: use
+    /// [`Offer::accept_h2`].
     pub async fn accept_reversed<B>(
         self,
         config: &ListenerConfig,
@@ -36,8 +39,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.expect_inner(false)?;
         let io = self.accept().await?;
         reverse(io, config).await
+    }
+
+    /// Answer `101` (`Upgrade: ptth`, `ALPN: h2`) and start the reversed HTTP/2 client on the
+    /// stream. For any other offer this is [`Error::InnerProtocol`], before anything is written.
+    pub async fn accept_h2<B>(
+        self,
+        config: &ListenerConfig,
+    ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
+    where
+        IO: Send + 'static,
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.expect_inner(true)?;
+        let io = self.accept().await?;
+        reverse_h2(io, config).await
     }
 
     /// Refuse with a final response and close the stream. `extra` carries fields such as

@@ -15,11 +15,13 @@
 //! [`forwarded`] (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
 //! reversed requests with [`head`] to time their heads.
 
+pub mod alpn;
 pub mod body;
 pub mod connect;
 pub mod forwarded;
 pub mod head;
 pub mod hop;
+pub mod origin;
 pub mod path;
 pub mod request;
 pub mod response;
@@ -31,8 +33,8 @@ use std::str::FromStr;
 /// A PTTH protocol version that this crate can offer (dialer) or accept (listener).
 ///
 /// Names compare case-insensitively and versions exactly (RFC 9110 §7.8), so `ptth/1.0` is
-/// [`Protocol::Ptth10`] but `PTTH/1` and bare `ptth` (the unrelated 2025 IETF protocol) are
-/// neither.
+/// [`Protocol::Ptth10`], bare `ptth` is [`Protocol::Transposed`] (the IETF protocol, which has no
+/// version), and `PTTH/1` is none of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// `PTTH/0.9`: the token of the Second Life wiki and the original design. The dialer's
@@ -41,14 +43,23 @@ pub enum Protocol {
     /// `PTTH/1.0`: the token of draft-lentczner-rhttp-00, used by AirPlay, Yaler and npm
     /// `reverse-http`.
     Ptth10,
+    /// `ptth`, with no version: draft-kazuho-ptth-ptth ("Protocol for Transposed Transactions
+    /// over HTTP"). The offer is a `GET` with an `ALPN` field ([`alpn`]) naming what runs inside
+    /// (`h2`, `http/1.1`), and the `101` names the one chosen. Not in [`Protocol::ALL`]: a
+    /// listener accepts it only when its rules list it (decisions D48).
+    Transposed,
 }
 
 /// The protocol name, compared case-insensitively.
 pub const PROTOCOL_NAME: &str = "PTTH";
 
 impl Protocol {
-    /// Both versions, in the order a listener prefers them when several are offered.
+    /// Both 2009 versions, in the order a listener prefers them when several are offered: what
+    /// a listener accepts by default.
     pub const ALL: [Protocol; 2] = [Protocol::Ptth09, Protocol::Ptth10];
+
+    /// Every protocol this crate knows, the 2009 ones and `ptth`.
+    pub const KNOWN: [Protocol; 3] = [Protocol::Ptth09, Protocol::Ptth10, Protocol::Transposed];
 
     /// The `Upgrade` value naming `protocols` in canonical spelling, e.g. `PTTH/0.9, PTTH/1.0`:
     /// what a `426` advertises (RFC 9110 §15.5.22).
@@ -62,28 +73,38 @@ impl Protocol {
         match self {
             Protocol::Ptth09 => "PTTH/0.9",
             Protocol::Ptth10 => "PTTH/1.0",
+            Protocol::Transposed => "ptth",
         }
     }
 
-    fn version(self) -> &'static [u8] {
+    /// The version after the `/`; `None` for `ptth`, which has none (its draft registers the
+    /// token with "Expected Version Tokens: None").
+    fn version(self) -> Option<&'static [u8]> {
         match self {
-            Protocol::Ptth09 => b"0.9",
-            Protocol::Ptth10 => b"1.0",
+            Protocol::Ptth09 => Some(b"0.9"),
+            Protocol::Ptth10 => Some(b"1.0"),
+            Protocol::Transposed => None,
         }
     }
 
-    /// Whether one `Upgrade` list member (`name/version`, already trimmed) names this protocol.
+    /// Whether the protocol carries an `ALPN` negotiation (only `ptth`).
+    pub fn negotiates_alpn(self) -> bool {
+        self == Protocol::Transposed
+    }
+
+    /// Whether one `Upgrade` list member (`name[/version]`, already trimmed) names this
+    /// protocol.
     pub fn matches(self, member: &[u8]) -> bool {
-        let Some(slash) = member.iter().position(|&b| b == b'/') else {
-            return false;
+        let (name, version) = match member.iter().position(|&b| b == b'/') {
+            Some(slash) => (&member[..slash], Some(&member[slash + 1..])),
+            None => (member, None),
         };
-        let (name, version) = (&member[..slash], &member[slash + 1..]);
         name.eq_ignore_ascii_case(PROTOCOL_NAME.as_bytes()) && version == self.version()
     }
 
-    /// The protocol named by one `Upgrade` list member, if it is a PTTH version we know.
+    /// The protocol named by one `Upgrade` list member, if it is one we know.
     pub fn from_member(member: &[u8]) -> Option<Protocol> {
-        Protocol::ALL.into_iter().find(|p| p.matches(member))
+        Protocol::KNOWN.into_iter().find(|p| p.matches(member))
     }
 }
 
@@ -95,7 +116,7 @@ impl fmt::Display for Protocol {
 
 /// The error of parsing a [`Protocol`] from text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown PTTH protocol {0:?}: expected PTTH/0.9 or PTTH/1.0")]
+#[error("unknown PTTH protocol {0:?}: expected PTTH/0.9, PTTH/1.0 or ptth")]
 pub struct UnknownProtocol(pub String);
 
 impl FromStr for Protocol {
@@ -115,8 +136,11 @@ mod tests {
         assert_eq!(Protocol::from_member(b"PTTH/0.9"), Some(Protocol::Ptth09));
         assert_eq!(Protocol::from_member(b"ptth/1.0"), Some(Protocol::Ptth10));
         assert_eq!(Protocol::from_member(b"Ptth/1.0"), Some(Protocol::Ptth10));
+        assert_eq!(Protocol::from_member(b"ptth"), Some(Protocol::Transposed));
+        assert_eq!(Protocol::from_member(b"PTTH"), Some(Protocol::Transposed));
         for bad in [
-            &b"ptth"[..],
+            &b"ptth/"[..],
+            b"ptth/2",
             b"PTTH/1",
             b"PTTH/2.0",
             b"PTTHX/1.0",

@@ -9,11 +9,13 @@ use http::header::{CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, TRANSF
 use http::{HeaderMap, Method, Uri, Version, request};
 
 use super::Protocol;
+use super::alpn::{self, ALPN, AlpnId};
 use super::body::Framing;
 use super::head::{self, FramingFields, Slots};
+use super::origin::{self, Origin};
 use super::tokens;
 use crate::error::{HeadError, HostError, OfferError};
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_OFFER_ORIGINS};
 
 /// Parse one request head from the front of `buf` into `http` types: [`head::Request::parse`]
 /// then [`head::Request::to_parts`].
@@ -48,6 +50,10 @@ pub struct OfferRules {
     /// Whether an HTTP/1.1 upgrade request without `Host` is accepted. Default `false` (RFC
     /// 9112 §3.2 says 400); set it for AirPlay senders, which send none.
     pub allow_missing_host: bool,
+    /// For `ptth` offers: the protocols this listener runs inside the transposed channel, in
+    /// its order of preference (the first one the dialer also lists is chosen, decisions D50).
+    /// Default: `h2`, then `http/1.1`.
+    pub alpn: Vec<AlpnId>,
 }
 
 impl Default for OfferRules {
@@ -56,7 +62,17 @@ impl Default for OfferRules {
             protocols: Protocol::ALL.to_vec(),
             methods: vec![Method::GET, Method::POST],
             allow_missing_host: false,
+            alpn: vec![AlpnId::h2(), AlpnId::http11()],
         }
+    }
+}
+
+impl OfferRules {
+    /// The default rules plus `ptth` (draft-kazuho-ptth-ptth) among the accepted protocols.
+    pub fn with_transposed() -> Self {
+        let mut rules = OfferRules::default();
+        rules.protocols.push(Protocol::Transposed);
+        rules
     }
 }
 
@@ -70,6 +86,11 @@ pub struct OfferTerms {
     pub token: HeaderValue,
     /// How the offer's body is delimited; it is read in full before the switch.
     pub framing: Framing,
+    /// For `ptth`: the protocol chosen from the offer's `ALPN`, named in the `101`.
+    pub alpn: Option<AlpnId>,
+    /// For `ptth` with a `/.well-known/ptth/{serialized_origin}/` target: the origins the
+    /// dialer registers (the caller must check it may register every one). Empty otherwise.
+    pub origins: Vec<Origin>,
 }
 
 /// Judge whether a parsed request is a PTTH offer this listener accepts.
@@ -79,7 +100,10 @@ pub struct OfferTerms {
 /// #13: never a `101`), HTTP/1.1 (RFC 9110 §7.8: ignore Upgrade in 1.0), a PTTH token in
 /// `Upgrade`, `upgrade` in `Connection` (draft §3.2), the `Host` rules of [`authority`]
 /// (RFC 9112 §3.2; a missing one only with [`OfferRules::allow_missing_host`]), an accepted
-/// method. Every entry point (the raw listener, the hyper one, the relay) judges with this.
+/// method. For `ptth` (draft-kazuho-ptth-ptth §3.2) also: `GET` only, an `ALPN` field naming
+/// a protocol of [`OfferRules::alpn`], and a well-known target naming valid origins
+/// (`transposed_terms`). Every entry point (the raw listener, the hyper one, the relay)
+/// judges with this.
 pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<OfferTerms, OfferError> {
     let framing = framing(&head.headers).map_err(OfferError::Framing)?;
     if head.version < Version::HTTP_11 {
@@ -95,15 +119,51 @@ pub fn check_offer(head: &request::Parts, rules: &OfferRules) -> Result<OfferTer
         Err(HostError::Missing) if rules.allow_missing_host => {}
         Err(e) => return Err(OfferError::BadHost(e)),
     }
-    if !rules.methods.contains(&head.method) {
+    let (alpn, origins) = if protocol.negotiates_alpn() {
+        if head.method != Method::GET {
+            return Err(OfferError::Method);
+        }
+        transposed_terms(head, rules)?
+    } else if !rules.methods.contains(&head.method) {
         return Err(OfferError::Method);
-    }
+    } else {
+        (None, Vec::new())
+    };
     let token = HeaderValue::from_bytes(spelling).expect("a slice of a valid header value");
     Ok(OfferTerms {
         protocol,
         token,
         framing,
+        alpn,
+        origins,
     })
+}
+
+/// The `ptth` parts of an offer: the chosen `ALPN` protocol, and the origins of a well-known
+/// target (none for another target: the draft leaves those to the deployment).
+fn transposed_terms(
+    head: &request::Parts,
+    rules: &OfferRules,
+) -> Result<(Option<AlpnId>, Vec<Origin>), OfferError> {
+    let offered = alpn::parse(&head.headers)
+        .map_err(OfferError::Alpn)?
+        .ok_or(OfferError::NoAlpn)?;
+    let chosen = alpn::choose(&rules.alpn, &offered).ok_or_else(|| OfferError::NoCommonAlpn {
+        offered: list_text(&offered),
+        supported: list_text(&rules.alpn),
+    })?;
+    let path = head.uri.path();
+    let origins = if origin::is_well_known(path) {
+        origin::parse_well_known(path, MAX_OFFER_ORIGINS).map_err(OfferError::Origin)?
+    } else {
+        Vec::new()
+    };
+    Ok((Some(chosen.clone()), origins))
+}
+
+fn list_text(ids: &[AlpnId]) -> Box<str> {
+    let text = alpn::encode_list(ids);
+    String::from_utf8_lossy(text.as_bytes()).into()
 }
 
 /// The authority a request is for, by the `Host` rules of RFC 9112 §3.2: exactly one `Host`
@@ -159,6 +219,9 @@ pub struct UpgradeRequest {
     pub host: HeaderValue,
     /// Protocols offered, most preferred first. Default: `PTTH/0.9` only.
     pub protocols: Vec<Protocol>,
+    /// The `ALPN` list sent with a `ptth` offer, most preferred first; not sent when empty.
+    /// Default: empty ([`UpgradeRequest::transposed`] sets `h2, http/1.1`).
+    pub alpn: Vec<AlpnId>,
     /// Extra fields, such as `Authorization`. `Host`, `Upgrade`, `Connection` and the framing
     /// fields in here are ignored: they are the handshake's own.
     pub headers: HeaderMap,
@@ -174,8 +237,20 @@ impl UpgradeRequest {
             target: "/".to_string(),
             host,
             protocols: vec![Protocol::Ptth09],
+            alpn: Vec::new(),
             headers: HeaderMap::new(),
             body: Bytes::new(),
+        }
+    }
+
+    /// A `GET /` offering `ptth` (draft-kazuho-ptth-ptth) with `ALPN: h2, http%2F1.1` to
+    /// `host`. Set `target` to [`origin::well_known_target`] to register origins.
+    pub fn transposed(host: HeaderValue) -> Self {
+        UpgradeRequest {
+            method: Method::GET,
+            protocols: vec![Protocol::Transposed],
+            alpn: vec![AlpnId::h2(), AlpnId::http11()],
+            ..UpgradeRequest::new(host)
         }
     }
 
@@ -199,6 +274,11 @@ impl UpgradeRequest {
             out.extend_from_slice(p.as_str().as_bytes());
         }
         out.extend_from_slice(b"\r\nConnection: Upgrade\r\n");
+        if !self.alpn.is_empty() {
+            out.extend_from_slice(b"ALPN: ");
+            out.extend_from_slice(alpn::encode_list(&self.alpn).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in &self.headers {
             if is_handshake_field(name) {
                 continue;
@@ -225,6 +305,7 @@ fn is_handshake_field(name: &HeaderName) -> bool {
         CONTENT_LENGTH,
         TRANSFER_ENCODING,
         EXPECT,
+        ALPN,
     ]
     .contains(name)
 }
@@ -269,5 +350,55 @@ mod tests {
         let offer = check_offer(&head, &OfferRules::default()).unwrap();
         assert_eq!(offer.protocol, Protocol::Ptth09);
         assert_eq!(head.headers.get_all("upgrade").iter().count(), 1);
+    }
+
+    fn offer(raw: &[u8]) -> Result<OfferTerms, OfferError> {
+        check_offer(&parse_ok(raw).0, &OfferRules::with_transposed())
+    }
+
+    #[test]
+    fn the_ptth_drafts_requests_are_offers() {
+        // -00 figure 1: a deployment-specific target, so no origins.
+        let terms = offer(
+            b"GET /reverse-endpoint HTTP/1.1\r\nHost: example.com\r\nConnection: upgrade\r\n\
+              Upgrade: ptth\r\nAuthorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\
+              ALPN: h2, http%2F1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(terms.protocol, Protocol::Transposed);
+        assert_eq!(terms.token, "ptth");
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
+        assert!(terms.origins.is_empty());
+        // -01 figure: h3qx first, which this listener does not run; h2 is chosen.
+        let terms = offer(
+            b"GET /.well-known/ptth/https%3A%2F%2Fbackend.example.com/ HTTP/1.1\r\n\
+              Host: proxy.example.com\r\nConnection: upgrade\r\nUpgrade: ptth\r\n\
+              ALPN: h3qx, h2, http%2F1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
+        assert_eq!(terms.origins.len(), 1);
+        assert_eq!(terms.origins[0].to_string(), "https://backend.example.com");
+        // The 2009 protocols never get ALPN terms, whatever fields they carry.
+        let old = offer(
+            b"POST /.well-known/ptth/x/ HTTP/1.1\r\nHost: h\r\nUpgrade: PTTH/1.0\r\n\
+              Connection: Upgrade\r\nALPN: nonsense/\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((old.alpn, old.origins.len()), (None, 0));
+    }
+
+    #[test]
+    fn the_transposed_request_encodes_the_drafts_fields() {
+        let mut r = UpgradeRequest::transposed(HeaderValue::from_static("proxy.example"));
+        r.headers
+            .insert("alpn", HeaderValue::from_static("injected"));
+        assert_eq!(
+            r.encode(),
+            b"GET / HTTP/1.1\r\nHost: proxy.example\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n\
+              ALPN: h2, http%2F1.1\r\nContent-Length: 0\r\n\r\n"
+        );
+        let terms = offer(&r.encode()).unwrap();
+        assert_eq!(terms.alpn, Some(AlpnId::h2()));
     }
 }

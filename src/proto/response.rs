@@ -19,6 +19,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, UPGRADE
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 use super::Protocol;
+use super::alpn::{self, ALPN, AlpnId};
 use super::body::Framing;
 use super::head::{self, FramingFields, Slots};
 use super::tokens;
@@ -78,6 +79,20 @@ pub fn check_switch(head: &ResponseHead, offered: &[Protocol]) -> Result<Protoco
     Ok(protocol)
 }
 
+/// Judge the `ALPN` of a `101` to `ptth`: exactly one identifier, one the dialer offered
+/// (draft-kazuho-ptth-ptth §3.2: the response names "the chosen HTTP version").
+pub fn check_alpn(head: &ResponseHead, offered: &[AlpnId]) -> Result<AlpnId, SwitchError> {
+    let ids = alpn::parse(&head.headers)
+        .map_err(SwitchError::BadAlpn)?
+        .ok_or(SwitchError::MissingAlpn)?;
+    match ids.as_slice() {
+        [one] if offered.contains(one) => Ok(one.clone()),
+        _ => Err(SwitchError::AlpnNotOffered {
+            got: String::from_utf8_lossy(alpn::encode_list(&ids).as_bytes()).into_owned(),
+        }),
+    }
+}
+
 /// How the body of a (non-101) response to the upgrade request is delimited (RFC 9112 §6.3):
 /// the rules of [`head::Response::framing`], for a head already in a [`ResponseHead`].
 pub fn framing(head: &ResponseHead) -> Result<Framing, HeadError> {
@@ -85,20 +100,28 @@ pub fn framing(head: &ResponseHead) -> Result<Framing, HeadError> {
 }
 
 /// The fields of the `101`, in the order they are written: `Upgrade` echoing `token` (the
-/// dialer's own spelling), then `Connection: Upgrade`. Both listener entry points send exactly
-/// these: [`encode_switching`] writes them, the hyper listener puts them in its response.
-pub fn switching_fields(token: &HeaderValue) -> [(HeaderName, HeaderValue); 2] {
+/// dialer's own spelling), then `Connection: Upgrade`, then for `ptth` the chosen `alpn`. Both
+/// listener entry points send exactly these: [`encode_switching`] writes them, the hyper
+/// listener puts them in its response.
+pub fn switching_fields(
+    token: &HeaderValue,
+    alpn: Option<&AlpnId>,
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+    let alpn = alpn.map(|id| (ALPN, alpn::encode_list(std::slice::from_ref(id))));
     [
         (UPGRADE, token.clone()),
         (CONNECTION, HeaderValue::from_static("Upgrade")),
     ]
+    .into_iter()
+    .chain(alpn)
 }
 
-/// The exact `101 Switching Protocols` head, echoing `token` (the dialer's spelling).
-pub fn encode_switching(token: &HeaderValue) -> Vec<u8> {
+/// The exact `101 Switching Protocols` head, echoing `token` (the dialer's spelling) and, for
+/// `ptth`, naming the chosen `alpn`.
+pub fn encode_switching(token: &HeaderValue, alpn: Option<&AlpnId>) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-    for (name, value) in switching_fields(token) {
+    for (name, value) in switching_fields(token, alpn) {
         put_own_field(&mut out, &name, &value);
     }
     out.extend_from_slice(b"\r\n");
@@ -168,6 +191,10 @@ pub fn encode_refusal(
 /// Write a field the handshake adds itself, its name in title case (`Upgrade`,
 /// `Content-Length`): strict dialers compare names too.
 fn put_own_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    if *name == ALPN {
+        // RFC 7639 and the ptth draft spell it in capitals.
+        return put_field(out, "ALPN", value.as_bytes());
+    }
     let start = out.len();
     put_field(out, name.as_str(), value.as_bytes());
     let mut upper = true;
@@ -234,14 +261,46 @@ mod tests {
     #[test]
     fn switching_bytes_are_exact() {
         assert_eq!(
-            encode_switching(&HeaderValue::from_static("ptth/1.0")),
+            encode_switching(&HeaderValue::from_static("ptth/1.0"), None),
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth/1.0\r\nConnection: Upgrade\r\n\r\n"
+        );
+        // draft-kazuho-ptth-ptth-00 figure 1 (and the -01 prose): the proxy selects h2.
+        assert_eq!(
+            encode_switching(&HeaderValue::from_static("ptth"), Some(&AlpnId::h2())),
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn alpn_of_a_101() {
+        let offered = [AlpnId::h2(), AlpnId::http11()];
+        let check = |raw: &[u8]| check_alpn(&head(raw), &offered);
+        let ok =
+            b"HTTP/1.1 101 S\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: http%2F1.1\r\n\r\n";
+        assert_eq!(check(ok), Ok(AlpnId::http11()));
+        let base = "HTTP/1.1 101 S\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n";
+        let with = |alpn: &str| format!("{base}{alpn}\r\n").into_bytes();
+        assert_eq!(check(&with("")), Err(SwitchError::MissingAlpn));
+        assert_eq!(
+            check(&with("ALPN: h2, http%2F1.1\r\n")),
+            Err(SwitchError::AlpnNotOffered {
+                got: "h2, http%2F1.1".into()
+            })
+        );
+        // The -01 figure's answer, to a dialer that did not offer h3qx.
+        assert_eq!(
+            check(&with("ALPN: h3qx\r\n")),
+            Err(SwitchError::AlpnNotOffered { got: "h3qx".into() })
+        );
+        assert_eq!(
+            check(&with("ALPN: http/1.1\r\n")),
+            Err(SwitchError::BadAlpn(alpn::AlpnError::NotToken))
         );
     }
 
     #[test]
     fn own_101_passes_own_check() {
-        let raw = encode_switching(&HeaderValue::from_static("PTTH/0.9"));
+        let raw = encode_switching(&HeaderValue::from_static("PTTH/0.9"), None);
         assert_eq!(
             check_switch(&head(&raw), &[Protocol::Ptth09]),
             Ok(Protocol::Ptth09)

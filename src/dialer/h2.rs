@@ -1,0 +1,75 @@
+//! The dialer's HTTP/2 server on a transposed `ptth` connection (draft-kazuho-ptth-ptth,
+//! `ALPN: h2`).
+//!
+//! After the `101`, the dialer (the draft's "backend server") is the HTTP/2 *server*: it reads
+//! the listener's connection preface (which may have arrived in the same segment as the `101`:
+//! [`Flipped`] replays those bytes first) and sends its own SETTINGS, with
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` and `SETTINGS_MAX_HEADER_LIST_SIZE` from [`Limits`]. It
+//! PINGs an idle listener ([`crate::H2Limits`]) and closes a connection whose PINGs go
+//! unanswered. `graceful_shutdown` on the returned connection sends GOAWAY and lets the open
+//! streams finish, the shutdown signal the draft names.
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::Flipped;
+use crate::io::{ByteStream, Rewind};
+use crate::limits::Limits;
+
+/// A transposed HTTP/2 connection being served: a hyper connection future. Poll it to
+/// completion; call [`hyper::server::conn::http2::Connection::graceful_shutdown`] to send
+/// GOAWAY and close once the open streams are done.
+pub type ServingH2<IO, S> = http2::Connection<TokioIo<Rewind<IO>>, S, TokioExecutor>;
+
+impl<IO: ByteStream> Flipped<IO> {
+    /// Serve HTTP/2 on a `ptth` connection whose `101` chose `ALPN: h2` ([`Flipped::is_h2`]),
+    /// with any hyper service. Requests run concurrently, each on the tokio runtime.
+    ///
+    /// Transposed requests are accepted whatever their `:authority` (as on HTTP/1.1, the
+    /// listener is the authority). Extended CONNECT (RFC 8441) is enabled, so a listener can
+    /// carry WebSocket over a stream.
+    pub fn serve_h2<S, B>(self, service: S, limits: &Limits) -> ServingH2<IO, S>
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2.max_concurrent_streams)
+            .max_header_list_size(limits.h2_header_list_size())
+            .keep_alive_interval(limits.h2.keep_alive_interval)
+            .keep_alive_timeout(limits.h2.keep_alive_timeout)
+            .enable_connect_protocol();
+        builder.serve_connection(TokioIo::new(self.io), service)
+    }
+
+    /// [`Flipped::serve_h2`] with a `tower::Service` (an axum `Router`, for example).
+    pub fn serve_h2_tower<S, B>(
+        self,
+        service: S,
+        limits: &Limits,
+    ) -> ServingH2<IO, hyper_util::service::TowerToHyperService<S>>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.serve_h2(
+            hyper_util::service::TowerToHyperService::new(service),
+            limits,
+        )
+    }
+}
