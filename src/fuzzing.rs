@@ -6,7 +6,8 @@
 //! `tests/fuzz_replay.rs` replays the committed seeds and regressions through the same functions
 //! on stable, so every crash ever found stays covered by `cargo test`.
 //!
-//! Not part of the public API: hidden from the docs and free to change.
+//! Not part of the public API: compiled only with the `fuzzing` feature (which `fuzz/` and the
+//! tests enable, never the binaries), hidden from the docs and free to change.
 //!
 //! # Stream targets
 //! [`dialer_stream`] and [`listener_stream`] run a whole connection over [`FuzzIo`], an

@@ -43,6 +43,7 @@ pub mod agent;
 pub mod dialer;
 pub mod error;
 mod expect;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-/// Every fuzz target and its entry point. A directory under `fuzz/seeds/` or
-/// `fuzz/regressions/` with a name not listed here fails the test.
 /// A fuzz entry point.
 type EntryPoint = fn(&[u8]);
 
+/// Every fuzz target and its entry point. A directory under `fuzz/seeds/` or
+/// `fuzz/regressions/` with a name not listed here fails the test.
 const TARGETS: &[(&str, EntryPoint)] = &[
     ("upgrade_request_head", ptth::fuzzing::upgrade_request_head),
     (
@@ -78,6 +78,8 @@ fn seeds_replay_clean() {
 #[test]
 fn regressions_replay_clean() {
     let n = replay("regressions");
+    // A moved or emptied directory must not make this test pass with nothing replayed.
+    assert!(n > 0, "no regression inputs found under fuzz/regressions");
     println!("replayed {n} regression inputs");
 }
 
