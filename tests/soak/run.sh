@@ -58,10 +58,10 @@ fi
 # ---- counts ---------------------------------------------------------------------------------
 if [ "$MODE" = short ]; then
   NAMES=100 PER_AGENT=10 LOAD_S=5 S3_S=10 S3_EVERY=2 FLOOD_BASE_S=4 LORIS=500 OVERSIZE=100 \
-    GARBAGE=100 OFFERS_PER_S=200 OFFER_S=4 BIG_BYTES=$((64 << 20)) DRAIN_S=5
+    GARBAGE=100 OFFERS_PER_S=200 OFFER_S=4 BIG_BYTES=$((64 << 20)) DRAIN_S=5 OUTAGE_S=2
 else
   NAMES=1000 PER_AGENT=10 LOAD_S=20 S3_S=30 S3_EVERY=3 FLOOD_BASE_S=10 LORIS=5000 OVERSIZE=1000 \
-    GARBAGE=1000 OFFERS_PER_S=1000 OFFER_S=10 BIG_BYTES=$((1 << 30)) DRAIN_S=10
+    GARBAGE=1000 OFFERS_PER_S=1000 OFFER_S=10 BIG_BYTES=$((1 << 30)) DRAIN_S=10 OUTAGE_S=4
 fi
 PARKED=$((NAMES * PER_AGENT))
 HEAD_TIMEOUT_S=5          # --head-timeout: slow-loris heads are cut after this
@@ -117,15 +117,21 @@ verdict() { # verdict SCENARIO PASS|FAIL [why]
   say "== $1: $2${3:+ ($3)}"
 }
 get() { grep -m1 "^$1=" "$2" | cut -d= -f2-; }
-load() { # load OUTFILE ARGS...: run soak load, keep its lines, show them
+load_start() { # load_start OUTFILE ARGS...: soak load in the background; sets LOAD_PID
   local out="$1"; shift
-  set +e
-  "$SOAK_BIN" load --base "$PUBLIC" "$@" >"$out" 2>>"$WORK/load.err"
-  local rc=$?
-  set -e
-  sed 's/^/soak:   /' "$out"
-  cat "$out" >>"$RESULTS"
+  "$SOAK_BIN" load --base "$PUBLIC" "$@" >"$out" 2>>"$WORK/load.err" &
+  LOAD_PID=$!
+}
+load_end() { # load_end OUTFILE PID: wait for it, show and keep its lines; its status
+  local rc=0
+  wait "$2" || rc=$?
+  sed 's/^/soak:   /' "$1"
+  cat "$1" >>"$RESULTS"
   return $rc
+}
+load() { # load OUTFILE ARGS...: one soak load, to its end
+  load_start "$@"
+  load_end "$1" "$LOAD_PID"
 }
 rss_sampler() { # rss_sampler PID OUTFILE: peak RSS (KiB) of PID while the file $WORK/sampling exists
   local peak=0 r
@@ -198,9 +204,9 @@ say "== 3. agents dying under load: 4 agents on s3, c64 for ${S3_S}s, one SIGKIL
 for k in 0 1 2 3; do start_agent s3 16; S3_PIDS+=("$LAST_PID"); done
 wait_parked $((PARKED + 64)) 30 "$WORK/s3.park" || true
 # 64 KiB in 8 frames 10 ms apart: each response is in flight for about 70 ms.
-load "$WORK/s3.load" --label s3 --names s3 --conns 64 --duration-s "$S3_S" --sizes 65536 \
-  --frame 8192 --gap-ms 10 --allow 502,503 --allow-cut &
-S3_LOAD=$!
+load_start "$WORK/s3.load" --label s3 --names s3 --conns 64 --duration-s "$S3_S" --sizes 65536 \
+  --frame 8192 --gap-ms 10 --allow 502,503 --allow-cut
+S3_LOAD=$LOAD_PID
 kills=0
 end=$((SECONDS + S3_S - S3_EVERY))
 while [ $SECONDS -lt $end ]; do
@@ -213,7 +219,7 @@ while [ $SECONDS -lt $end ]; do
   kills=$((kills + 1))
 done
 s3_ok=1
-wait $S3_LOAD || s3_ok=0
+load_end "$WORK/s3.load" "$S3_LOAD" || s3_ok=0
 figure s3.agent_kills "$kills"
 lost=$(( $(get s3.s502 "$WORK/s3.load") + $(get s3.cut "$WORK/s3.load") ))
 figure s3.502_plus_cut "$lost (at most $((kills * 64)): 64 in flight per kill)"
@@ -272,7 +278,7 @@ figure s6.rss_growth_mib_relay_agent "$grow_relay (bound $relay_bound) / $grow_a
 if [ $s6_ok = 1 ]; then verdict s6 PASS; else verdict s6 FAIL; FAILED=1; fi
 
 # ---- 2. reconnect storm after SIGKILL -------------------------------------------------------
-say "== 2. reconnect storm: the relay is SIGKILLed with $PARKED+ parked connections, down 2 s, restarted"
+say "== 2. reconnect storm: the relay is SIGKILLed with $PARKED parked connections, down $((OUTAGE_S + 1)) s, restarted"
 kill -KILL "${S3_PIDS[@]}" "$BIG_AGENT_PID" 2>/dev/null || true
 wait "${S3_PIDS[@]}" "$BIG_AGENT_PID" 2>/dev/null || true
 S3_PIDS=() BIG_AGENT_PID=
@@ -280,7 +286,12 @@ all=$PARKED
 opens0=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
 kill -KILL "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
 t_kill=$(date +%s%N)
-sleep 2
+# The first second holds each agent's redial of the connections it just lost (refused at
+# once); after it, the backoff's outage probes alone.
+sleep 1
+opens_burst=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
+t_burst=$(date +%s%N)
+sleep "$OUTAGE_S"
 opens1=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
 t_start=$(date +%s%N)
 overflow0=$(tcp_counter /proc/net/netstat TcpExt ListenOverflows)
@@ -305,15 +316,18 @@ opens2=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
 overflow1=$(tcp_counter /proc/net/netstat TcpExt ListenOverflows)
 hz=$(getconf CLK_TCK)
 storm_s=$(awk -v a="$t_start" -v b="$t100" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
-down_s=$(awk -v a="$t_kill" -v b="$t_start" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
+down_s=$(awk -v a="$t_burst" -v b="$t_start" 'BEGIN {printf "%.2f", (b - a) / 1e9}')
 figure s2.time_to_99pct_s "$(awk -v a="$t_start" -v b="$t99" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
 figure s2.time_to_100pct_s "$storm_s ($(get parked "$WORK/s2.park100") of $all)"
 figure s2.accept_queue_peak "$(cat "$WORK/queue.peak" 2>/dev/null || echo '?') (listen backlog 1024)"
 figure s2.relay_cpu_during_storm "$(awk -v c=$((relay_cpu1 - relay_cpu0)) -v h="$hz" -v s="$storm_s" 'BEGIN {printf "%.0f%% of a core", 100 * c / h / s}')"
 figure s2.agents_cpu_during_storm "$(awk -v c=$((agent_cpu1 - agent_cpu0)) -v h="$hz" -v s="$storm_s" 'BEGIN {printf "%.2f s in all", c / h}')"
 if [ "$SOAK_INSIDE" != host ]; then
-  down_rate=$(awk -v o=$((opens1 - opens0)) -v n="$NAMES" -v s="$down_s" 'BEGIN {printf "%.2f", o / n / s}')
-  figure s2.dials_per_agent_per_s_down "$down_rate (relay down ${down_s}s; backoff: one probe per 0.5-1 s)"
+  burst=$(awk -v o=$((opens_burst - opens0)) -v n="$NAMES" 'BEGIN {printf "%.1f", o / n}')
+  down_rate=$(awk -v o=$((opens1 - opens_burst)) -v n="$NAMES" -v s="$down_s" 'BEGIN {printf "%.2f", o / n / s}')
+  figure s2.dials_per_agent_first_s "$burst (its $PER_AGENT lost connections redialled, refused)"
+  figure s2.dials_per_agent_per_s_down "$down_rate (over the next ${down_s}s; backoff: one probe per 0.5-1 s)"
+  awk -v b="$burst" -v n="$PER_AGENT" 'BEGIN {exit !(b <= n + 3)}' || { s2_ok=0; say "an agent redials more than it lost"; }
   figure s2.dials_per_agent_storm "$(awk -v o=$((opens2 - opens1)) -v n="$NAMES" 'BEGIN {printf "%.1f", o / n}') (each agent redials its $PER_AGENT connections)"
   figure s2.listen_overflows "$((overflow1 - overflow0))"
   awk -v r="$down_rate" 'BEGIN {exit !(r <= 2.5)}' || { s2_ok=0; say "an agent dials faster than its backoff"; }
@@ -323,11 +337,13 @@ if [ $s2_ok = 1 ]; then verdict s2 PASS; else verdict s2 FAIL; FAILED=1; fi
 
 # ---- 4. relay SIGTERM under load ------------------------------------------------------------
 say "== 4. relay restart under load: SIGTERM with slow responses in flight (drain timeout ${DRAIN_TIMEOUT_S}s)"
-# 64 KiB in 16 frames 150 ms apart: each response takes about 2.3 s, so many are in flight.
-load "$WORK/s4.load" --label s4 --names n --name-count "$NAMES" --conns 64 \
-  --duration-s $((DRAIN_S + 12)) --sizes 65536 --frame 4096 --gap-ms 150 --echo-percent 0 \
-  --allow 503 --allow-conn-errors &
-S4_LOAD=$!
+# Frames of 4 KiB 100 ms apart: responses take 0.4 s, 1.6 s or 3.2 s, so whenever the
+# SIGTERM comes, many are in flight at every stage. While the relay is down, connections are
+# refused; the restarted relay knows no name until its agent is back (404) and holds none.
+load_start "$WORK/s4.load" --label s4 --names n --name-count "$NAMES" --conns 64 \
+  --duration-s $((DRAIN_S + 12)) --sizes 16384,65536,131072 --frame 4096 --gap-ms 100 \
+  --echo-percent 0 --allow 404,503 --allow-conn-errors
+S4_LOAD=$LOAD_PID
 sleep 4
 s4_ok=1
 kill -USR1 "$S4_LOAD"
@@ -340,7 +356,8 @@ figure s4.relay_exit "status $relay_rc after ${drain}s (drain timeout ${DRAIN_TI
 start_relay
 wait_parked $(( all * 99 / 100 )) 60 "$WORK/s4.park" || s4_ok=0
 figure s4.agents_back_99pct_s "$(awk -v a="$t_exit" -v b="$(date +%s%N)" 'BEGIN {printf "%.2f", (b - a) / 1e9}')"
-wait $S4_LOAD || s4_ok=0
+load_end "$WORK/s4.load" "$S4_LOAD" || s4_ok=0
+figure s4.refused_404_503_while_back "$(get s4.conn_err "$WORK/s4.load") / $(grep -o '404:[0-9]*' "$WORK/s4.load" | cut -d: -f2 || echo 0) / $(get s4.s503 "$WORK/s4.load")"
 figure s4.in_flight_completed_cut "$(get s4.mark_in_flight "$WORK/s4.load") / $(get s4.mark_completed "$WORK/s4.load") / $(get s4.mark_cut "$WORK/s4.load")"
 [ "$(get s4.mark_cut "$WORK/s4.load")" = 0 ] || s4_ok=0
 [ "$relay_rc" = 0 ] || s4_ok=0
