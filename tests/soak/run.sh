@@ -64,6 +64,11 @@ else
     GARBAGE=1000 OFFERS_PER_S=1000 OFFER_S=10 BIG_BYTES=$((1 << 30)) DRAIN_S=10 OUTAGE_S=4
 fi
 PARKED=$((NAMES * PER_AGENT))
+# Each agent's pool grows while requests are in flight: capped a little above its idle count,
+# so that every process of the run stays within its file-descriptor limit (the relay holds one
+# per agent connection). The relay's --max-agents has room for every agent at its cap.
+PER_AGENT_MAX=$((PER_AGENT + 4))
+MAX_AGENTS=$((NAMES * PER_AGENT_MAX + 200))
 HEAD_TIMEOUT_S=5          # --head-timeout: slow-loris heads are cut after this
 DRAIN_TIMEOUT_S=15        # --drain-timeout of the relay in scenario 4
 RSS_BOUND_BIG_MIB=64      # scenario 6: relay and agent RSS may grow at most this over their start
@@ -144,7 +149,7 @@ rss_sampler() { # rss_sampler PID OUTFILE: peak RSS (KiB) of PID while the file 
 
 start_relay() {
   "$BIN/ptth-serve" --listen "$AGENT_ADDR" --listen "$PUBLIC_ADDR" --admin "$ADMIN_ADDR" \
-    --tokens "$WORK/tokens" --max-agents $((PARKED + 1000)) --max-per-ip $((PARKED + 1000)) \
+    --tokens "$WORK/tokens" --max-agents "$MAX_AGENTS" --max-per-ip "$MAX_AGENTS" \
     --head-timeout "${HEAD_TIMEOUT_S}s" --drain-timeout "${DRAIN_TIMEOUT_S}s" \
     >>"$WORK/relay.log" 2>&1 &
   RELAY_PID=$!
@@ -155,9 +160,9 @@ start_relay() {
   done
   say "FAILED: the relay did not start"; tail -n 20 "$WORK/relay.log"; exit 1
 }
-start_agent() { # start_agent NAME CONNECTIONS: prints nothing, sets LAST_PID
+start_agent() { # start_agent NAME CONNECTIONS MAX: prints nothing, sets LAST_PID
   PTTH_TOKEN="$TOKEN" RUST_LOG=warn "$BIN/ptth-connect" "http://$AGENT_ADDR/$1" \
-    --to "http://$UP_ADDR" --connections "$2" --max-connections 64 >>"$WORK/agents.log" 2>&1 &
+    --to "http://$UP_ADDR" --connections "$2" --max-connections "$3" >>"$WORK/agents.log" 2>&1 &
   LAST_PID=$!
 }
 wait_parked() { # wait_parked COUNT TIMEOUT_S OUTFILE
@@ -179,7 +184,7 @@ say "== 1. scale: $NAMES agents (ptth-connect processes) x $PER_AGENT parked con
 rss0=$(rss_kb "$RELAY_PID")
 t0=$(date +%s%N)
 for i in $(seq 0 $((NAMES - 1))); do
-  start_agent "n$i" "$PER_AGENT"
+  start_agent "n$i" "$PER_AGENT" "$PER_AGENT_MAX"
   AGENT_PIDS+=("$LAST_PID")
 done
 wait_parked "$PARKED" 120 "$WORK/s1.park" || true
@@ -201,8 +206,9 @@ if [ $s1_ok = 1 ]; then verdict s1 PASS; else verdict s1 FAIL "parked $parked of
 
 # ---- 3. agents dying under load --------------------------------------------------------------
 say "== 3. agents dying under load: 4 agents on s3, c64 for ${S3_S}s, one SIGKILLed and restarted every ${S3_EVERY}s"
-for k in 0 1 2 3; do start_agent s3 16; S3_PIDS+=("$LAST_PID"); done
-wait_parked $((PARKED + 64)) 30 "$WORK/s3.park" || true
+for k in 0 1 2 3; do start_agent s3 16 64; S3_PIDS+=("$LAST_PID"); done
+s3_ok=1
+wait_parked $((PARKED + 64)) 30 "$WORK/s3.park" || { s3_ok=0; say "the s3 agents did not park: $(get parked "$WORK/s3.park")"; }
 # 64 KiB in 8 frames 10 ms apart: each response is in flight for about 70 ms.
 load_start "$WORK/s3.load" --label s3 --names s3 --conns 64 --duration-s "$S3_S" --sizes 65536 \
   --frame 8192 --gap-ms 10 --allow 502,503 --allow-cut
@@ -214,11 +220,10 @@ while [ $SECONDS -lt $end ]; do
   k=$((kills % 4))
   kill -KILL "${S3_PIDS[$k]}" 2>/dev/null || true
   wait "${S3_PIDS[$k]}" 2>/dev/null || true
-  start_agent s3 16
+  start_agent s3 16 64
   S3_PIDS[$k]=$LAST_PID
   kills=$((kills + 1))
 done
-s3_ok=1
 load_end "$WORK/s3.load" "$S3_LOAD" || s3_ok=0
 figure s3.agent_kills "$kills"
 lost=$(( $(get s3.s502 "$WORK/s3.load") + $(get s3.cut "$WORK/s3.load") ))
@@ -228,12 +233,14 @@ if [ $s3_ok = 1 ]; then verdict s3 PASS; else verdict s3 FAIL; FAILED=1; fi
 
 # ---- 5 and 6. hostile flood beside normal traffic, and long bodies during it ---------------
 say "== 5. hostile flood: baseline traffic first, then the same beside the flood; 6. long bodies during it"
-start_agent big 2
+start_agent big 2 4
 BIG_AGENT_PID=$LAST_PID
-wait_parked $((PARKED + 64 + 2)) 30 "$WORK/s6.park" || true
+s6_ok=1
+wait_parked $((PARKED + 64 + 2)) 30 "$WORK/s6.park" || { s6_ok=0; say "the big agent did not park: $(get parked "$WORK/s6.park")"; }
 load "$WORK/s5a.load" --label s5_baseline --names n --name-count "$NAMES" --conns 16 \
   --duration-s "$FLOOD_BASE_S" || { FAILED=1; }
 relay_rss_start=$(rss_kb "$RELAY_PID")
+overflow_f0=$(tcp_counter /proc/net/netstat TcpExt ListenOverflows)
 big_rss_start=$(rss_kb "$BIG_AGENT_PID")
 touch "$WORK/sampling"
 rss_sampler "$RELAY_PID" "$WORK/relay.peak" &
@@ -242,7 +249,7 @@ rss_sampler "$BIG_AGENT_PID" "$WORK/big.peak" &
 SAMPLERS+=($!)
 flood_s=$((HEAD_TIMEOUT_S + 8))
 "$SOAK_BIN" loris --addr "$PUBLIC_ADDR" --count "$LORIS" --duration-s "$flood_s" \
-  --limit-s $((HEAD_TIMEOUT_S + 3)) >"$WORK/loris.out" 2>&1 &
+  --limit-s $((HEAD_TIMEOUT_S * 2)) >"$WORK/loris.out" 2>&1 &
 LORIS_PID=$!
 "$SOAK_BIN" flood --addrs "$PUBLIC_ADDR,$AGENT_ADDR" --oversize "$OVERSIZE" --garbage "$GARBAGE" \
   --offers-per-s "$OFFERS_PER_S" --duration-s "$OFFER_S" >"$WORK/flood.out" 2>&1 &
@@ -254,12 +261,12 @@ load "$WORK/s5b.load" --label s5_flood --names n --name-count "$NAMES" --conns 1
   --duration-s "$flood_s" || s5_ok=0
 wait $LORIS_PID || s5_ok=0
 wait $FLOOD_PID || s5_ok=0
-s6_ok=1
 wait $BIG_PID || s6_ok=0
 rm -f "$WORK/sampling"
 wait "${SAMPLERS[@]}"
 for f in loris flood big; do sed 's/^/soak:   /' "$WORK/$f.out"; cat "$WORK/$f.out" >>"$RESULTS"; done
 kill -0 "$RELAY_PID" 2>/dev/null || { s5_ok=0; say "the relay died"; }
+[ "$SOAK_INSIDE" = host ] || figure s5.listen_overflows "$(( $(tcp_counter /proc/net/netstat TcpExt ListenOverflows) - overflow_f0 ))"
 relay_peak=$(cat "$WORK/relay.peak" 2>/dev/null || echo 0)
 big_peak=$(cat "$WORK/big.peak" 2>/dev/null || echo 0)
 figure s5.p99_ms_without_with "$(get s5_baseline.p99_ms "$WORK/s5a.load") / $(get s5_flood.p99_ms "$WORK/s5b.load")"
