@@ -390,7 +390,10 @@ async fn serve_request(req: Request<Incoming>) -> Result<Response<UpBody>, Infal
             let mut res = Response::new(body.map_err(|never| match never {}).boxed());
             let h = res.headers_mut();
             h.insert(H_LEN, HeaderValue::from(len));
-            h.insert(H_SHA, HeaderValue::try_from(sha).expect("hex is a header value"));
+            h.insert(
+                H_SHA,
+                HeaderValue::try_from(sha).expect("hex is a header value"),
+            );
             res
         }
         (&Method::POST, "echo") => {
@@ -699,12 +702,7 @@ fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.parse().ok()
 }
 
-async fn exchange(
-    plan: &Plan,
-    sender: &mut Option<Sender>,
-    id: u64,
-    tally: &mut Tally,
-) -> Outcome {
+async fn exchange(plan: &Plan, sender: &mut Option<Sender>, id: u64, tally: &mut Tally) -> Outcome {
     let a = &plan.args;
     let name = if a.name_count == 0 {
         a.names.clone()
@@ -1055,8 +1053,10 @@ async fn big(base: &str, name: &str, bytes: u64) -> bool {
         let mut req = Request::post(format!("/{name}/sink?id={up_id}"))
             .body(GenBody::new(up_id, bytes, MAX_FRAME, None, true).boxed())
             .expect("request");
-        req.headers_mut()
-            .insert(http::header::HOST, HeaderValue::try_from(addr).expect("host"));
+        req.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::try_from(addr).expect("host"),
+        );
         let res = s.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
         let body = res
@@ -1080,8 +1080,10 @@ async fn big(base: &str, name: &str, bytes: u64) -> bool {
         let mut req = Request::get(format!("/{name}/bytes?id={down_id}&len={bytes}"))
             .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
             .expect("request");
-        req.headers_mut()
-            .insert(http::header::HOST, HeaderValue::try_from(addr).expect("host"));
+        req.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::try_from(addr).expect("host"),
+        );
         let res = s.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
         let header = res
