@@ -1157,18 +1157,26 @@ async fn wait_parked(admin: SocketAddr, at_least: u64, timeout_s: u64) -> bool {
     let t0 = Instant::now();
     let stop = t0 + Duration::from_secs(timeout_s);
     let mut last = 0;
+    // The count at each whole second, to show how a storm unfolds.
+    let mut timeline = Vec::new();
     loop {
         if let Some(n) = agent_connections(admin).await {
             last = n;
+            let second = t0.elapsed().as_secs();
+            if timeline.len() as u64 <= second {
+                timeline.push(format!("{second}s:{n}"));
+            }
             if n >= at_least {
                 println!("parked={n}");
                 println!("parked_after_ms={}", t0.elapsed().as_millis());
+                println!("parked_timeline={}", timeline.join(","));
                 return true;
             }
         }
         if Instant::now() >= stop {
             println!("parked={last}");
             println!("parked_after_ms=never");
+            println!("parked_timeline={}", timeline.join(","));
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
