@@ -1159,8 +1159,15 @@ async fn wait_parked(admin: SocketAddr, at_least: u64, timeout_s: u64) -> bool {
     let mut last = 0;
     // The count at each whole second, to show how a storm unfolds.
     let mut timeline = Vec::new();
+    // A poll that takes long is the relay's admin endpoint stalling: say so.
+    let mut slowest = Duration::ZERO;
+    let mut failed_polls = 0;
     loop {
-        if let Some(n) = agent_connections(admin).await {
+        let asked = Instant::now();
+        let answer = agent_connections(admin).await;
+        slowest = slowest.max(asked.elapsed());
+        failed_polls += u32::from(answer.is_none());
+        if let Some(n) = answer {
             last = n;
             let second = t0.elapsed().as_secs();
             if timeline.len() as u64 <= second {
@@ -1170,6 +1177,8 @@ async fn wait_parked(admin: SocketAddr, at_least: u64, timeout_s: u64) -> bool {
                 println!("parked={n}");
                 println!("parked_after_ms={}", t0.elapsed().as_millis());
                 println!("parked_timeline={}", timeline.join(","));
+                println!("slowest_poll_ms={}", slowest.as_millis());
+                println!("failed_polls={failed_polls}");
                 return true;
             }
         }

@@ -110,7 +110,9 @@ trap cleanup EXIT
 trap 'say "FAILED: interrupted"; exit 1' INT TERM
 
 rss_kb() { awk '/^VmRSS/ {print $2; f=1} END {if (!f) print 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_ticks() { # cpu_ticks PID...: user + system CPU ticks of them all, in one read
+  (cd /proc && awk '{n += $14 + $15} END {print n + 0}' $(printf '%s/stat ' "$@") 2>/dev/null) || echo 0
+}
 tcp_counter() { # tcp_counter FILE SECTION FIELD: a named counter from /proc/net/snmp or netstat
   awk -v s="$2" -v f="$3" '$1 == s":" { if (!n) { for (i = 2; i <= NF; i++) h[i] = $i; n = 1 } else for (i = 2; i <= NF; i++) if (h[i] == f) print $i }' "$1"
 }
@@ -301,9 +303,9 @@ opens_burst=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
 t_burst=$(date +%s%N)
 sleep "$OUTAGE_S"
 opens1=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
-t_start=$(date +%s%N)
 overflow0=$(tcp_counter /proc/net/netstat TcpExt ListenOverflows)
-agent_cpu0=0; for pid in "${AGENT_PIDS[@]}"; do agent_cpu0=$((agent_cpu0 + $(cpu_ticks "$pid"))); done
+agent_cpu0=$(cpu_ticks "${AGENT_PIDS[@]}")
+t_start=$(date +%s%N)
 start_relay
 relay_cpu0=$(cpu_ticks "$RELAY_PID")
 touch "$WORK/sampling"
@@ -319,7 +321,7 @@ wait_parked "$all" 60 "$WORK/s2.park100" || true
 t100=$(date +%s%N)
 rm -f "$WORK/sampling"; wait "$QUEUE_SAMPLER"
 relay_cpu1=$(cpu_ticks "$RELAY_PID")
-agent_cpu1=0; for pid in "${AGENT_PIDS[@]}"; do agent_cpu1=$((agent_cpu1 + $(cpu_ticks "$pid"))); done
+agent_cpu1=$(cpu_ticks "${AGENT_PIDS[@]}")
 opens2=$(tcp_counter /proc/net/snmp Tcp ActiveOpens)
 overflow1=$(tcp_counter /proc/net/netstat TcpExt ListenOverflows)
 hz=$(getconf CLK_TCK)
