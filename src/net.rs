@@ -7,9 +7,16 @@
 //! reversed connection), and it keeps the NAT mapping alive meanwhile.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Listen backlog asked for on the relay's listeners: 65,535, so the kernel's own cap
+/// (`net.core.somaxconn`, 4096 by default) is the one in force. A relay restart brings every
+/// parked connection back within about a second; with tokio's default of 1024 a storm of
+/// 10,000 overflows the accept queue, and the dropped SYNs are retried only after 1, 3, 7 s.
+pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Interval between TCP keepalive probes once the idle time has passed: 5 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -17,6 +24,18 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Unanswered keepalive probes before the kernel drops the connection: 3. With the interval
 /// above, a dead peer is found 15 s after the first probe.
 pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Bind a listener on `addr` with the [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Turn on `TCP_NODELAY`, and keepalive with its first probe after `keepalive_idle` of silence.
 pub(crate) fn tune(stream: &TcpStream, keepalive_idle: Duration) -> io::Result<()> {

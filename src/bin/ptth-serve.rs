@@ -273,16 +273,11 @@ impl Settings {
     }
 }
 
-async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
-    let mut out = Vec::new();
-    for a in addrs {
-        out.push(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding {a}"))?,
-        );
-    }
-    Ok(out)
+fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|a| ptth::net::listen(*a).with_context(|| format!("binding {a}")))
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -304,8 +299,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let (listen, listen_tls) = settings.listeners()?;
     let config = settings.relay_config()?;
     let listeners = Listeners {
-        plain: bind_all(&listen).await?,
-        tls: bind_all(&listen_tls).await?,
+        plain: bind_all(&listen)?,
+        tls: bind_all(&listen_tls)?,
     };
     let domain = config.domain.clone();
     let r = relay::Relay::new(listeners, config).await?;
