@@ -53,6 +53,7 @@ fn stream_limits() -> Limits {
         handshake_timeout: Duration::from_secs(2),
         head_timeout: Duration::from_secs(2),
         idle_timeout: Some(Duration::from_secs(2)),
+        buffer_bytes: 4096,
     }
 }
 

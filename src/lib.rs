@@ -45,6 +45,7 @@ pub mod error;
 mod expect;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod h1;
 pub mod io;
 pub mod limits;
 pub mod listener;
