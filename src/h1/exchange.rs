@@ -535,11 +535,11 @@ impl<'l> Flow<'l> {
             self.keep_in = false;
             self.reuse_out = false;
         }
-        self.answered = true;
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if !self.plan.upgrade {
                 return Err(OutboundError::UnaskedSwitch);
             }
+            self.answered = true;
             put_status(&mut inb.wbuf, &res);
             put_fields(&mut inb.wbuf, res.fields, false);
             for v in res.fields.get_all("upgrade") {
@@ -575,6 +575,7 @@ impl<'l> Flow<'l> {
         }
         // The length of a HEAD or 304 response describes the representation, not this body.
         let keeps_length = self.plan.head_request || status == StatusCode::NOT_MODIFIED;
+        self.answered = true;
         put_status(&mut inb.wbuf, &res);
         put_fields(&mut inb.wbuf, res.fields, keeps_length && !conflict);
         match (framing, enc) {
@@ -715,5 +716,479 @@ impl std::fmt::Display for ErrorChain<'_> {
             src = inner.source();
         }
         f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The framing table of one exchange, over in-memory streams: what the next hop receives
+    //! and what the client gets back, byte for byte where it matters.
+
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::h1::pump::tests::decode_chunked;
+
+    /// A route to the streams in `next`, one per connect; targets and fields pass unchanged.
+    struct TestRoute {
+        next: Mutex<Vec<DuplexStream>>,
+    }
+
+    impl Route for TestRoute {
+        type Io = DuplexStream;
+        fn target(&self, target: &str, out: &mut BytesMut) -> Result<(), String> {
+            if target.contains("..") {
+                return Err("bad request target\n".into());
+            }
+            out.put_slice(target.as_bytes());
+            Ok(())
+        }
+        fn drops(&self, name: &str) -> bool {
+            name.eq_ignore_ascii_case("proxy-authorization")
+        }
+        fn add_fields(&self, _req: &head::Request<'_, '_>, out: &mut BytesMut) {
+            out.put_slice(b"x-hop: 1\r\n");
+        }
+        async fn connect(&self) -> Result<DuplexStream, BoxError> {
+            self.next
+                .lock()
+                .unwrap()
+                .pop()
+                .ok_or_else(|| "no next hop".into())
+        }
+        fn failed(&self, why: &dyn std::fmt::Display) -> String {
+            format!("502: {why}\n")
+        }
+    }
+
+    /// What one run of exchanges gave.
+    struct Ran {
+        afters: Vec<After>,
+        /// What the next hop received.
+        upstream: String,
+        /// What the client received.
+        client: String,
+        /// Whether the next-hop connection was kept for another request.
+        kept: bool,
+    }
+
+    /// Send `request` (all at once), let the next hop answer `response` at once (then close its
+    /// side if `close`), run up to `n` exchanges while they keep the connection.
+    async fn run(request: &[u8], response: &[u8], close: bool, n: usize) -> Ran {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 20);
+        let (out_io, mut upstream) = tokio::io::duplex(1 << 20);
+        let route = TestRoute {
+            next: Mutex::new(vec![out_io]),
+        };
+        let response = response.to_vec();
+        let up = tokio::spawn(async move {
+            upstream.write_all(&response).await.unwrap();
+            if close {
+                upstream.shutdown().await.unwrap();
+            }
+            let mut got = Vec::new();
+            let _ = upstream.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        client.write_all(request).await.unwrap();
+        let limits = Limits {
+            max_head_bytes: 1024,
+            ..Limits::default()
+        };
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+        };
+        let mut afters = Vec::new();
+        for _ in 0..n {
+            let after = tokio::time::timeout(
+                Duration::from_secs(10),
+                exchange(&mut inb, &mut out, &route, &settings),
+            )
+            .await
+            .expect("an exchange that never ends");
+            afters.push(after);
+            if after != After::KeepAlive {
+                break;
+            }
+        }
+        let kept = out.is_some();
+        drop((inb, out, route));
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        Ran {
+            afters,
+            upstream: up.await.unwrap(),
+            client: String::from_utf8_lossy(&got).into_owned(),
+            kept,
+        }
+    }
+
+    const OK2: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[tokio::test]
+    async fn a_length_body_goes_as_it_came_and_the_head_is_rewritten() {
+        let r = run(
+            b"POST /p?q HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: x-secret\r\n\
+              X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: k\r\n\
+              Proxy-Authorization: Basic eA==\r\nUpgrade: h2c\r\nX-Kept: 1\r\n\r\nhello",
+            OK2,
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.upstream,
+            "POST /p?q HTTP/1.1\r\nHost: a\r\nX-Kept: 1\r\nx-hop: 1\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert_eq!(r.client, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!(r.afters, [After::KeepAlive]);
+        assert!(r.kept);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_framed_again_without_extensions_or_trailers() {
+        let r = run(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nok\r\n0\r\nT: 2\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        let (head, body) = r.upstream.split_once("\r\n\r\n").unwrap();
+        assert!(head.ends_with("transfer-encoding: chunked"), "{head}");
+        assert_eq!(decode_chunked(body.as_bytes()), b"hello");
+        let (head, body) = r.client.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked");
+        assert_eq!(decode_chunked(body.as_bytes()), b"ok");
+        assert!(r.kept && r.afters == [After::KeepAlive]);
+    }
+
+    #[tokio::test]
+    async fn a_close_delimited_response_is_chunked_to_http_1_1_and_raw_to_http_1_0() {
+        let res = b"HTTP/1.0 200 OK\r\n\r\nuntil close";
+        let r = run(b"GET / HTTP/1.1\r\n\r\n", res, true, 1).await;
+        let (head, body) = r.client.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked");
+        assert_eq!(decode_chunked(body.as_bytes()), b"until close");
+        assert_eq!(r.afters, [After::KeepAlive]);
+        assert!(!r.kept, "a close-delimited connection is done");
+
+        let r = run(b"GET / HTTP/1.0\r\n\r\n", res, true, 1).await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close"
+        );
+        assert_eq!(r.afters, [After::Close]);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body() {
+        let r = run(
+            b"HEAD / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(r.client, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        assert!(r.kept && r.afters == [After::KeepAlive]);
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(r.client, "HTTP/1.1 204 No Content\r\n\r\n");
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
+        );
+        assert!(r.kept);
+    }
+
+    #[tokio::test]
+    async fn interim_responses_pass_through() {
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        );
+        // None to an HTTP/1.0 client (RFC 9110 §15.2).
+        let r = run(
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+            1,
+        )
+        .await;
+        assert!(r.client.starts_with("HTTP/1.1 200 OK\r\n"), "{}", r.client);
+    }
+
+    #[tokio::test]
+    async fn length_beside_chunked_is_framed_by_chunked_and_the_connection_is_not_reused() {
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        let (head, body) = r.client.split_once("\r\n\r\n").unwrap();
+        assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked");
+        assert_eq!(decode_chunked(body.as_bytes()), b"ok");
+        assert!(!r.kept, "decision D20");
+        assert_eq!(r.afters, [After::KeepAlive]);
+    }
+
+    #[tokio::test]
+    async fn bad_framing_is_a_400_from_the_client_and_a_502_from_the_next_hop() {
+        for req in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /.. HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        ] {
+            let r = run(req, b"", false, 1).await;
+            assert!(
+                r.client.starts_with("HTTP/1.1 400 "),
+                "{req:?}: {}",
+                r.client
+            );
+            assert!(r.client.contains("connection: close\r\n"), "{}", r.client);
+            assert_eq!(r.afters, [After::Close]);
+        }
+        // Bad framing after the head went: the client's connection is cut, the body not ended.
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+            true,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n"
+        );
+        assert_eq!(r.afters, [After::Close]);
+        assert!(!r.kept);
+        for res in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"",
+        ] {
+            let r = run(b"GET / HTTP/1.1\r\n\r\n", res, true, 1).await;
+            assert!(
+                r.client.starts_with("HTTP/1.1 502 "),
+                "{res:?}: {}",
+                r.client
+            );
+            assert!(!r.kept);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversize_head_is_431_and_too_many_fields_too() {
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(2000, b'a');
+        big.extend_from_slice(b"\r\n\r\n");
+        let r = run(&big, b"", false, 1).await;
+        assert!(r.client.starts_with("HTTP/1.1 431 "), "{}", r.client);
+        assert!(r.upstream.is_empty(), "nothing reached the next hop");
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..101 {
+            many.extend_from_slice(b"X: y\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let r = run(&many, b"", false, 1).await;
+        assert!(r.client.starts_with("HTTP/1.1 431 "), "{}", r.client);
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_not_mixed() {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 20);
+        let (out_io, up_io) = tokio::io::duplex(1 << 20);
+        // A real HTTP/1.1 server as the next hop: it answers each request with its path and body.
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    use http_body_util::BodyExt;
+                    let path = req.uri().path().to_string();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let text = format!("{path}:{}", String::from_utf8_lossy(&body));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(text)),
+                    ))
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(up_io), svc)
+                .await;
+        });
+        client
+            .write_all(
+                b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nonePOST /b HTTP/1.1\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let route = TestRoute {
+            next: Mutex::new(vec![out_io]),
+        };
+        let limits = Limits::default();
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                exchange(&mut inb, &mut out, &route, &settings).await,
+                After::KeepAlive
+            );
+        }
+        drop((inb, out));
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8_lossy(&got);
+        let bodies: Vec<&str> = got
+            .split("HTTP/1.1 200 OK\r\n")
+            .skip(1)
+            .map(|r| r.split_once("\r\n\r\n").unwrap().1)
+            .collect();
+        assert_eq!(bodies, ["/a:one", "/b:two", "/c:"], "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_101_answer_to_an_upgrade_becomes_a_tunnel() {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 20);
+        let (out_io, mut upstream) = tokio::io::duplex(1 << 20);
+        let route = TestRoute {
+            next: Mutex::new(vec![out_io]),
+        };
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nEARLY")
+            .await
+            .unwrap();
+        upstream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nFROMUP")
+            .await
+            .unwrap();
+        let limits = Limits::default();
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+        };
+        assert_eq!(
+            exchange(&mut inb, &mut out, &route, &settings).await,
+            After::Switched
+        );
+        let tunnel = tokio::spawn(tunnel(inb, out.take().unwrap()));
+        // The client gets the 101 and what the next hop sent behind it.
+        let mut text = String::new();
+        while !text.ends_with("FROMUP") {
+            let mut buf = [0u8; 256];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {text:?}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("upgrade: echo\r\nconnection: upgrade\r\n\r\nFROMUP"),
+            "{text}"
+        );
+        // The next hop gets the upgrade request, the client's early bytes, then the rest.
+        client.write_all(b"+LATE").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.contains("upgrade: echo\r\nconnection: upgrade\r\n"),
+            "{got}"
+        );
+        assert!(got.ends_with("\r\n\r\nEARLY+LATE"), "{got}");
+        drop(upstream);
+        tunnel.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_asks_to_close_is_told_so() {
+        let r = run(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            OK2,
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        );
+        assert_eq!(r.afters, [After::Close]);
+        assert!(r.kept, "the next hop's connection is its own");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_next_hop_is_a_502_and_a_bodiless_request_keeps_the_connection() {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 16);
+        let route = TestRoute {
+            next: Mutex::new(vec![]),
+        };
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let limits = Limits::default();
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+        };
+        assert_eq!(
+            exchange(&mut inb, &mut out, &route, &settings).await,
+            After::KeepAlive
+        );
+        drop(inb);
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+        assert!(got.ends_with("502: no next hop\n"), "{got}");
     }
 }

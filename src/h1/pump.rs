@@ -174,7 +174,7 @@ fn chunk_size_line(out: &mut bytes::BytesMut, len: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::limits::Limits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
