@@ -196,7 +196,8 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
             let r = Reject {
                 status: StatusCode::BAD_GATEWAY,
                 text: route.failed(&e),
-                keep: false,
+                // The inbound side is intact if its request was read whole.
+                keep: flow.keep_in && matches!(flow.up, Up::Done),
                 consumed: 0,
             };
             return answer(inb, r).await;
