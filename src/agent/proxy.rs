@@ -108,6 +108,9 @@ impl Serve for Proxy {
             ..limits.clone()
         };
         let closing = || graceful.is_cancelled();
+        // One wait for the stop for the connection's whole life, not one per request.
+        let cancelled = graceful.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if inbound.rbuf.is_empty() {
                 // Parked or between requests: this may last for hours (decisions D12).
@@ -119,7 +122,7 @@ impl Serve for Proxy {
                 };
                 tokio::select! {
                     biased;
-                    () = graceful.cancelled() => return,
+                    () = &mut cancelled => return,
                     read = inbound.fill() => match read {
                         Ok(n) if n > 0 => {}
                         _ => return,
@@ -136,7 +139,9 @@ impl Serve for Proxy {
                 closing: &closing,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
-                After::KeepAlive if !graceful.is_cancelled() => {}
+                // A stop between requests is seen by the wait above; a pipelined request
+                // behind this one is served only if no stop came.
+                After::KeepAlive if inbound.rbuf.is_empty() || !graceful.is_cancelled() => {}
                 After::Switched => {
                     // The tunnel is no longer a reversed connection: it lives in its own task
                     // (outside the drain), and the pool parks a replacement.

@@ -989,9 +989,13 @@ mod tests {
             1,
         )
         .await;
-        assert_eq!(
-            r.client,
+        // (The head and the first chunk may still be in the write buffer when the bad one is
+        // read: then nothing went at all.)
+        assert!(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n"
+                .starts_with(&r.client),
+            "{}",
+            r.client
         );
         assert_eq!(r.afters, [After::Close]);
         assert!(!r.kept);

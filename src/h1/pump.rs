@@ -94,6 +94,29 @@ impl Pump {
                 self.pending = 0;
                 dst.wbuf.clear();
             }
+            // The next piece is taken before anything is written, so that it goes in one write
+            // with what was composed before it (a head, the last chunk's CRLF).
+            if self.pending == 0 && !self.ended {
+                if self.dec.is_done() {
+                    self.end(dst);
+                } else if !src.rbuf.is_empty() {
+                    match self.dec.next_piece(&src.rbuf)? {
+                        Piece::Data { skip, len } => {
+                            src.rbuf.advance(skip);
+                            self.pending = len;
+                            if self.enc == Encode::Chunked && !self.drain {
+                                chunk_size_line(&mut dst.wbuf, len);
+                                self.chunk_open = true;
+                            }
+                        }
+                        Piece::Done { used } => {
+                            src.rbuf.advance(used);
+                            self.end(dst);
+                        }
+                        Piece::More { used } => src.rbuf.advance(used),
+                    }
+                }
+            }
             if self.pending > 0 || !dst.wbuf.is_empty() {
                 let n = ready!(dst.poll_send(cx, &src.rbuf[..self.pending]))
                     .map_err(PumpError::Write)?;
@@ -110,30 +133,6 @@ impl Pump {
                     ready!(dst.poll_flush(cx)).map_err(PumpError::Write)?;
                 }
                 return Poll::Ready(Ok(()));
-            }
-            if self.dec.is_done() {
-                // The last content piece ended the body.
-                self.end(dst);
-                continue;
-            }
-            if !src.rbuf.is_empty() {
-                match self.dec.next_piece(&src.rbuf)? {
-                    Piece::Data { skip, len } => {
-                        src.rbuf.advance(skip);
-                        self.pending = len;
-                        if self.enc == Encode::Chunked && !self.drain {
-                            chunk_size_line(&mut dst.wbuf, len);
-                            self.chunk_open = true;
-                        }
-                        continue;
-                    }
-                    Piece::Done { used } => {
-                        src.rbuf.advance(used);
-                        self.end(dst);
-                        continue;
-                    }
-                    Piece::More { used } => src.rbuf.advance(used),
-                }
             }
             // Nothing to write until more comes: what was given goes out first.
             if !self.drain {
