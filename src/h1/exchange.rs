@@ -333,7 +333,7 @@ enum OutboundError {
     Read(#[source] std::io::Error),
     #[error("writing: {0}")]
     Write(#[source] std::io::Error),
-    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    #[error("101 Switching Protocols with no Upgrade, or to a request that asked for none")]
     UnaskedSwitch,
 }
 
@@ -537,7 +537,8 @@ impl<'l> Flow<'l> {
             self.reuse_out = false;
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if !self.plan.upgrade {
+            // RFC 9110 §15.2.2: a `101` names the protocol it switches to.
+            if !self.plan.upgrade || res.fields.get_all("upgrade").next().is_none() {
                 return Err(OutboundError::UnaskedSwitch);
             }
             self.answered = true;
