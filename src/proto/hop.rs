@@ -23,9 +23,17 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// case-insensitive). The fields a `Connection` line names are hop-by-hop too: see
 /// [`connection_names`].
 pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+    // The names as plain strings: a `const` array of `HeaderName`s would be built and dropped
+    // on every call, and this runs for every field the engine forwards.
+    const NAMES: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    NAMES.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether one of the `Connection` values names the field `name` (RFC 9110 §7.6.1: the
