@@ -450,7 +450,7 @@ pub fn relay_route(data: &[u8]) {
 /// Where the inbound bytes end and the next hop's begin, in an [`h1_exchange`] input.
 pub const SIDES: &[u8] = b"%%%%";
 
-/// The forwarding engine ([`crate::h1`]) between an arbitrary client and an arbitrary next
+/// The forwarding engine (`src/h1`) between an arbitrary client and an arbitrary next
 /// hop: up to 8 exchanges on one inbound connection (and a tunnel after a `101`), asserting
 /// that nothing panics or hangs and that what the engine wrote is validly framed: a sequence
 /// of request heads and bodies to the next hop, of response heads and bodies to the client

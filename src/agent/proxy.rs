@@ -1,6 +1,6 @@
 //! The service `ptth-connect` serves: forward each reversed request to a local upstream.
 //!
-//! It runs on the forwarding engine ([`crate::h1`]), not on hyper: each reversed connection is
+//! It runs on the forwarding engine (`src/h1`), not on hyper: each reversed connection is
 //! read by the engine, which forwards one request at a time to the connection's own upstream
 //! connection (dialed on the first request and again whenever it has closed, in the same task)
 //! and the response back. Bodies stream both ways (nothing is buffered), hop-by-hop fields are
