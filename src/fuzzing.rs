@@ -18,6 +18,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{HeadError, Refusal};
+use crate::h1;
 use crate::limits::Limits;
 use crate::listener::{self, ListenerConfig, raw};
 use crate::proto::alpn::AlpnId;
@@ -56,6 +58,7 @@ fn stream_limits() -> Limits {
         head_timeout: Duration::from_secs(2),
         idle_timeout: Some(Duration::from_secs(2)),
         h2: Default::default(),
+        buffer_bytes: 4096,
     }
 }
 
@@ -490,6 +493,205 @@ pub fn relay_route(data: &[u8]) {
     }
     if let Ok(name) = route::claim(host, target, domain) {
         assert!(route::validate_name(&name).is_ok());
+    }
+}
+
+/// Where the inbound bytes end and the next hop's begin, in an [`h1_exchange`] input.
+pub const SIDES: &[u8] = b"%%%%";
+
+/// The forwarding engine (`src/h1`) between an arbitrary client and an arbitrary next
+/// hop: up to 8 exchanges on one inbound connection (and a tunnel after a `101`), asserting
+/// that nothing panics or hangs and that what the engine wrote is validly framed: a sequence
+/// of request heads and bodies to the next hop, of response heads and bodies to the client
+/// (each possibly cut short at its end, where an exchange failed).
+///
+/// Input: two control bytes (inbound, outbound; as in [`FuzzIo::new`]), then the client's
+/// bytes, [`SIDES`], the next hop's bytes. Without [`SIDES`], the next hop sends nothing.
+pub fn h1_exchange(data: &[u8]) {
+    let [ctl_in, ctl_out, rest @ ..] = data else {
+        return;
+    };
+    let (inbound, outbound) = match find(rest, SIDES) {
+        Some(at) => (&rest[..at], &rest[at + SIDES.len()..]),
+        None => (rest, &b""[..]),
+    };
+    let to_client = Arc::new(Mutex::new(Vec::new()));
+    let to_next = Arc::new(Mutex::new(Vec::new()));
+    let inb_io = Recorder {
+        inner: FuzzIo::new(*ctl_in, inbound),
+        out: to_client.clone(),
+    };
+    let route = FuzzRoute {
+        next: Mutex::new(Some(Recorder {
+            inner: FuzzIo::new(*ctl_out, outbound),
+            out: to_next.clone(),
+        })),
+    };
+    run(async move {
+        let limits = stream_limits();
+        let mut inb = h1::Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = h1::Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_millis(5),
+            closing: &closing,
+        };
+        for _ in 0..8 {
+            if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {
+                break;
+            }
+            match h1::exchange(&mut inb, &mut out, &route, &settings).await {
+                h1::After::KeepAlive => {}
+                h1::After::Close => break,
+                h1::After::Switched => {
+                    if let Some(next) = out.take() {
+                        h1::tunnel(inb, next).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let to_next = to_next.lock().unwrap_or_else(PoisonError::into_inner);
+    check_framing(&to_next, Side::Requests);
+    // A response to HEAD has no body whatever its fields say: only the requests can tell, so
+    // the responses are checked when no HEAD was sent.
+    if find(&to_next, b"HEAD ").is_none() {
+        let to_client = to_client.lock().unwrap_or_else(PoisonError::into_inner);
+        check_framing(&to_client, Side::Responses);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Requests,
+    Responses,
+}
+
+/// Walk `bytes` as the engine's output: every complete head must parse and frame its body,
+/// and every chunked body must be the engine's own plain framing. The last message may be cut.
+fn check_framing(bytes: &[u8], side: Side) {
+    let limits = Limits {
+        max_head_bytes: 1 << 20,
+        max_headers: 1 << 10,
+        ..Limits::default()
+    };
+    let mut at = 0;
+    let mut switched = false;
+    while at < bytes.len() && !switched {
+        let mut slots = head::Slots::new();
+        let (framing, len) = match side {
+            Side::Requests => match head::Request::parse(&bytes[at..], &mut slots, &limits) {
+                Ok(Some(h)) => {
+                    // Behind an upgrade request may be a tunnel's bytes (if the next hop said
+                    // `101`): nothing after it is framing.
+                    switched = h.fields.get_all("upgrade").next().is_some();
+                    (h.framing().expect("a request the engine framed"), h.len)
+                }
+                Ok(None) => return,
+                Err(e) => panic!("the engine wrote a bad request head: {e}"),
+            },
+            Side::Responses => match head::Response::parse(&bytes[at..], &mut slots, &limits) {
+                Ok(Some(h)) => {
+                    switched = h.status == StatusCode::SWITCHING_PROTOCOLS;
+                    let (f, conflict) = h
+                        .forward_framing(false)
+                        .expect("a response the engine framed");
+                    assert!(
+                        !conflict,
+                        "the engine wrote both Content-Length and chunked"
+                    );
+                    (f, h.len)
+                }
+                Ok(None) => return,
+                Err(e) => panic!("the engine wrote a bad response head: {e}"),
+            },
+        };
+        at += len;
+        if framing == Framing::UntilClose {
+            return;
+        }
+        let mut body = BodyDecoder::new(framing, 0, true);
+        let (used, done) = body
+            .decode_slice(&bytes[at..])
+            .expect("a body the engine framed");
+        at += used;
+        if !done {
+            return;
+        }
+    }
+}
+
+/// The engine's route in [`h1_exchange`]: one connection to the next hop, targets unchanged.
+struct FuzzRoute {
+    next: Mutex<Option<Recorder<FuzzIo>>>,
+}
+
+impl h1::Route for FuzzRoute {
+    type Io = Recorder<FuzzIo>;
+    fn target(&self, target: &str, out: &mut BytesMut) -> Result<(), String> {
+        let pq = path::normalize(target, path::AboveRoot::Stay).map_err(|e| e.to_string())?;
+        out.extend_from_slice(pq.as_bytes());
+        Ok(())
+    }
+    fn drops(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case("host")
+    }
+    fn add_fields(&self, _req: &head::Request<'_, '_>, out: &mut BytesMut) {
+        out.extend_from_slice(b"host: upstream.example\r\n");
+    }
+    async fn connect(&self) -> Result<Recorder<FuzzIo>, h1::BoxError> {
+        let next = self
+            .next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        next.ok_or_else(|| "the next hop was used up".into())
+    }
+    fn failed(&self, why: &dyn std::fmt::Display) -> String {
+        format!("502: {why}\n")
+    }
+}
+
+/// A stream that keeps a copy of everything written to it.
+#[derive(Debug)]
+pub struct Recorder<IO> {
+    inner: IO,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Recorder<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Recorder<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

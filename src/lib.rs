@@ -46,6 +46,7 @@ mod expect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod h1;
 pub mod io;
 pub mod limits;
 pub mod listener;

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, EntryPoint)] = &[
     ("chunked_body", ptth::fuzzing::chunked_body),
     ("dialer_stream", ptth::fuzzing::dialer_stream),
     ("listener_stream", ptth::fuzzing::listener_stream),
+    ("h1_exchange", ptth::fuzzing::h1_exchange),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -60,10 +60,11 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// dead relay.
 pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 
-/// Ceiling of hyper's read buffer on an upstream connection, and so also the largest upstream
-/// response head: 64 KiB. hyper's default (about 400 KiB) let each of the agent's upstream
-/// connections grow its buffer that far under large bodies: agent RSS 25–56 MiB after the
-/// benchmark's 10 MB echo, against 9–12 MiB with this cap (BENCHMARKS.md).
+/// Read buffer of an upstream connection, and the largest upstream response head: 64 KiB (the
+/// engine's `Limits` for the upstream side, `src/agent/proxy.rs`). When the agent ran hyper's
+/// client, hyper's default ceiling (about 400 KiB) let each upstream connection grow its buffer
+/// that far under large bodies: agent RSS 25–56 MiB after the benchmark's 10 MB echo, against
+/// 9–12 MiB with this cap (BENCHMARKS.md).
 pub const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 
 /// A connection that closes within this time of parking without having served a request counts

@@ -1,9 +1,10 @@
 //! One reversed connection's life, as one task: dial the relay, run the upgrade handshake,
-//! serve the service on the flipped connection until it closes, then tell the pool how it went.
+//! serve it until it closes, then tell the pool how it went.
 //!
 //! ```text
 //! dial (TCP, keepalive, nodelay; TLS) -> handshake (Upgrade: PTTH/0.9) -> Parked
-//!   -> Flipped::serve(service) until the relay closes it, the pool stops it, or the drain ends
+//!   -> Serve::serve: a hyper service (Flipped::serve), or the proxy on the h1 engine,
+//!      until the relay closes it, the pool stops it, or the drain ends
 //!   -> Ended { outcome: Closed | Failed | Refused | Cancelled }
 //! ```
 //!
@@ -11,6 +12,7 @@
 //! counts itself busy from the first byte of a request until its response body is done (or
 //! dropped) in the shared [`Gauge`], so that most requests do not wake the supervisor.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -105,25 +107,74 @@ pub(super) struct Dialled {
     pub(super) epoch: u64,
 }
 
-/// Run one connection from its dial to its end, and report both.
-pub(super) async fn connection<M, S, B, D>(
-    Dialled { id, epoch }: Dialled,
-    target: Target,
-    config: Arc<Config>,
-    make: Arc<M>,
-    gauge: Arc<Gauge>,
-    events: mpsc::UnboundedSender<Event>,
-    stop: Stop,
-) where
-    M: Fn() -> (S, D),
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+/// How a parked connection is served: with a hyper service ([`Hyper`]), or by the forwarding
+/// engine ([`super::proxy::Proxy`]). `serve` returns when the connection is done; `graceful`
+/// asks it to finish the exchange in flight and close. Requests are counted in `track`.
+pub(super) trait Serve: Send + Sync + 'static {
+    fn serve(
+        &self,
+        flipped: Flipped<BoxedIo>,
+        config: &Config,
+        track: Arc<Track>,
+        graceful: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A hyper service, served with [`Flipped::serve`].
+pub(super) struct Hyper<S>(pub(super) S);
+
+impl<S, B> Serve for Hyper<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    D: std::future::Future<Output = ()>,
 {
+    async fn serve(
+        &self,
+        flipped: Flipped<BoxedIo>,
+        config: &Config,
+        track: Arc<Track>,
+        graceful: CancellationToken,
+    ) {
+        let svc = Tracked {
+            inner: self.0.clone(),
+            track,
+        };
+        let mut serving = std::pin::pin!(flipped.serve(svc, &config.limits));
+        let cancelled = graceful.cancelled();
+        tokio::pin!(cancelled);
+        let mut stopping = false;
+        let res = std::future::poll_fn(|cx| {
+            if !stopping && cancelled.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                serving.as_mut().graceful_shutdown();
+            }
+            serving.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = res {
+            debug!(error = %e, "reversed connection ended with an error");
+        }
+    }
+}
+
+/// Run one connection from its dial to its end, and report both.
+pub(super) async fn connection<V: Serve>(
+    Dialled { id, epoch }: Dialled,
+    target: Target,
+    config: Arc<Config>,
+    server: Arc<V>,
+    gauge: Arc<Gauge>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: Stop,
+) {
     let outcome = tokio::select! {
         o = park(&target, &config) => o,
         () = stop.graceful.cancelled() => Err(Outcome::Cancelled),
@@ -140,33 +191,10 @@ pub(super) async fn connection<M, S, B, D>(
                 in_flight: AtomicUsize::new(0),
                 served: AtomicBool::new(false),
             });
-            let (service, driver) = make();
-            let svc = Tracked {
-                inner: service,
-                track: track.clone(),
-            };
-            let serving = WithDriver {
-                conn: flipped.serve(svc, &config.limits),
-                driver,
-            };
-            let mut serving = std::pin::pin!(serving);
-            let cancelled = stop.graceful.cancelled();
-            tokio::pin!(cancelled);
-            let mut stopping = false;
-            let graceful = std::future::poll_fn(|cx| {
-                if !stopping && cancelled.as_mut().poll(cx).is_ready() {
-                    stopping = true;
-                    serving.as_mut().project().conn.graceful_shutdown();
-                }
-                serving.as_mut().poll(cx)
-            });
-            let res = tokio::select! {
-                r = graceful => r,
+            tokio::select! {
+                () = server.serve(flipped, &config, track.clone(), stop.graceful.clone()) => {}
                 // The drain timeout passed: dropping the connection closes it mid-exchange.
-                () = stop.hard.cancelled() => Ok(()),
-            };
-            if let Err(e) = res {
-                debug!(error = %e, "reversed connection ended with an error");
+                () = stop.hard.cancelled() => {}
             }
             Outcome::Closed {
                 served: track.served.load(Ordering::Relaxed),
@@ -175,30 +203,6 @@ pub(super) async fn connection<M, S, B, D>(
         }
     };
     let _ = events.send(Event::Ended { id, epoch, outcome });
-}
-
-pin_project_lite::pin_project! {
-    /// A reversed connection and its driver (the proxy's upstream connection), polled together
-    /// so that every wakeup of either lands in this one task. Done when the connection is.
-    struct WithDriver<C, D> {
-        #[pin]
-        conn: C,
-        #[pin]
-        driver: D,
-    }
-}
-
-impl<C: std::future::Future, D: std::future::Future<Output = ()>> std::future::Future
-    for WithDriver<C, D>
-{
-    type Output = C::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = self.project();
-        // The driver first: it delivers what the upstream sent to the service's futures.
-        let _ = this.driver.poll(cx);
-        this.conn.poll(cx)
-    }
 }
 
 /// Dial and upgrade: a parked (flipped) connection, or why there is none.
@@ -240,7 +244,7 @@ fn upgrade_request(
 }
 
 /// Per-connection request accounting shared by the service wrapper and response bodies.
-struct Track {
+pub(super) struct Track {
     gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     in_flight: AtomicUsize,
@@ -248,10 +252,10 @@ struct Track {
 }
 
 /// Held from the start of a request until its response body is finished or dropped.
-struct InFlight(Arc<Track>);
+pub(super) struct InFlight(Arc<Track>);
 
 impl InFlight {
-    fn start(track: &Arc<Track>) -> InFlight {
+    pub(super) fn start(track: &Arc<Track>) -> InFlight {
         track.served.store(true, Ordering::Relaxed);
         if track.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             let busy = track.gauge.busy.fetch_add(1, Ordering::AcqRel) + 1;

@@ -178,19 +178,19 @@ impl Agent {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let make = move || (service.clone(), std::future::pending::<()>());
-        pool::run(self.config, make, shutdown).await
+        pool::run(self.config, conn::Hyper(service), shutdown).await
     }
 
     /// Serve a [`proxy::Proxy`] through the relay (what `ptth-connect` does), as
-    /// [`Agent::serve`] does for other services. Each reversed connection keeps its own
-    /// upstream connection, run in the same task as the reversed connection.
+    /// [`Agent::serve`] does for other services, on the forwarding engine instead of hyper.
+    /// Each reversed connection keeps its own upstream connection, run in the same task as the
+    /// reversed connection.
     pub async fn serve_proxy(
         self,
         proxy: proxy::Proxy,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
-        pool::run(self.config, move || proxy.connection(), shutdown).await
+        pool::run(self.config, proxy, shutdown).await
     }
 
     /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`.

@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body::Body;
-use hyper::body::Incoming;
+use http::StatusCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,9 +29,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::config::{MAX_REDIRECTS, QUICK_CLOSE};
-use super::conn::{Dialled, Event, Gauge, Outcome, Stop, connection};
+use super::conn::{Dialled, Event, Gauge, Outcome, Serve, Stop, connection};
 use super::target::Target;
-use super::{AgentError, BoxError, Config};
+use super::{AgentError, Config};
 
 /// Where a connection is in its life, as the supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,22 +233,12 @@ impl Pool {
 }
 
 /// Run the pool until `shutdown` completes (then drain) or the relay rejects the credentials.
-pub(crate) async fn run<M, S, B, D>(
+pub(crate) async fn run<V: Serve>(
     config: Arc<Config>,
-    make: M,
+    server: V,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), AgentError>
-where
-    M: Fn() -> (S, D) + Send + Sync + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    D: std::future::Future<Output = ()> + Send + 'static,
-{
-    let make = Arc::new(make);
+) -> Result<(), AgentError> {
+    let server = Arc::new(server);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -296,7 +284,7 @@ where
                     },
                     pool.target.clone(),
                     pool.config.clone(),
-                    make.clone(),
+                    server.clone(),
                     gauge.clone(),
                     tx.clone(),
                     Stop {

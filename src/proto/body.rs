@@ -1,7 +1,9 @@
-//! Bounded decoding of the two bodies the handshake itself must read: the upgrade request's
-//! (listener, RFC 9110 §7.8: the switch happens only after the whole request) and a refusal's
-//! (dialer, to report it). Reversed traffic after the flip is hyper's; only the dialer's head
-//! clock follows its chunked bodies here, keeping nothing, to know where each head starts.
+//! Body framing (RFC 9112 §6, §7.1), sans-IO, for everything that reads a body itself: the two
+//! bodies the handshake must read (the upgrade request's, listener, RFC 9110 §7.8: the switch
+//! happens only after the whole request; and a refusal's, dialer, to report it), the dialer's
+//! head clock (which follows chunked bodies keeping nothing, to know where each head starts),
+//! and the forwarding engine (`crate::h1`), which walks bodies piece by piece and copies the
+//! content itself.
 
 use bytes::{Buf, BytesMut};
 
@@ -24,18 +26,52 @@ pub enum Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Length(u64),
-    ChunkSize,
+    /// Reading a chunk-size line; the first `scanned` bytes of it hold no line end (so a line
+    /// cut over many reads is scanned once, not once per read).
+    ChunkSize {
+        scanned: usize,
+    },
     ChunkData(u64),
     ChunkDataEnd,
-    Trailers { seen: usize },
+    /// Reading the trailer section: `seen` bytes of finished lines, `scanned` bytes of the
+    /// current one known to hold no line end.
+    Trailers {
+        seen: usize,
+        scanned: usize,
+    },
     UntilClose,
     Done,
+}
+
+/// One step of [`BodyDecoder::next_piece`] over the front of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `input[skip..skip + len]` is body content; everything up to `skip + len` is consumed.
+    Data {
+        /// Framing bytes before the content (a chunk-size line, the CRLF after a chunk).
+        skip: usize,
+        /// Content bytes (never 0).
+        len: usize,
+    },
+    /// The first `used` bytes were framing; the rest (the start of a line) must be presented
+    /// again, with more bytes behind it.
+    More {
+        /// Bytes consumed.
+        used: usize,
+    },
+    /// The body ended after `used` bytes; what follows is not the body's.
+    Done {
+        /// Bytes consumed.
+        used: usize,
+    },
 }
 
 /// An incremental, sans-IO body decoder with a cap on what it keeps.
 ///
 /// Feed it bytes with [`BodyDecoder::decode`]; it consumes body bytes from the front of the
-/// buffer and leaves whatever follows the body there.
+/// buffer and leaves whatever follows the body there. A forwarding hop that copies the body
+/// instead of keeping it walks it with [`BodyDecoder::next_piece`], which says where the
+/// content lies and copies nothing.
 #[derive(Debug)]
 pub struct BodyDecoder {
     state: State,
@@ -53,7 +89,7 @@ impl BodyDecoder {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
+            Framing::Chunked => State::ChunkSize { scanned: 0 },
             Framing::UntilClose => State::UntilClose,
         };
         BodyDecoder {
@@ -97,71 +133,106 @@ impl BodyDecoder {
     pub fn decode_slice(&mut self, input: &[u8]) -> Result<(usize, bool), BodyError> {
         let mut used = 0;
         loop {
+            match self.next_piece(&input[used..])? {
+                Piece::Data { skip, len } => {
+                    let start = used + skip;
+                    self.keep(&input[start..start + len])?;
+                    used = start + len;
+                }
+                Piece::More { used: n } => return Ok((used + n, false)),
+                Piece::Done { used: n } => return Ok((used + n, true)),
+            }
+        }
+    }
+
+    /// The next piece of the body at the front of `input`: content to take, framing that needs
+    /// more bytes, or the end. The decoder counts the content of a [`Piece::Data`] as consumed.
+    /// Chunk extensions and trailer fields are checked for length and line endings and
+    /// dropped. An empty `input` is [`Piece::More`] (or [`Piece::Done`]).
+    pub fn next_piece(&mut self, input: &[u8]) -> Result<Piece, BodyError> {
+        let mut used = 0;
+        loop {
             let buf = &input[used..];
             match self.state {
-                State::Done => return Ok((used, true)),
-                State::Length(left) => {
+                State::Done => return Ok(Piece::Done { used }),
+                State::Length(left) | State::ChunkData(left) => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    self.keep(&buf[..n])?;
-                    used += n;
-                    let left = left - n as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
-                    };
-                    if left > 0 {
-                        return Ok((used, false));
+                    if n == 0 {
+                        return Ok(Piece::More { used });
                     }
+                    let left = left - n as u64;
+                    self.state = match self.state {
+                        State::Length(_) if left == 0 => State::Done,
+                        State::Length(_) => State::Length(left),
+                        _ if left == 0 => State::ChunkDataEnd,
+                        _ => State::ChunkData(left),
+                    };
+                    return Ok(Piece::Data { skip: used, len: n });
                 }
                 State::UntilClose => {
-                    self.keep(buf)?;
-                    return Ok((input.len(), false));
-                }
-                State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        used += n;
-                        self.state = if size == 0 {
-                            State::Trailers { seen: 0 }
-                        } else {
-                            State::ChunkData(size)
-                        };
+                    if buf.is_empty() {
+                        return Ok(Piece::More { used });
                     }
-                    Ok(httparse::Status::Partial) => {
+                    return Ok(Piece::Data {
+                        skip: used,
+                        len: buf.len(),
+                    });
+                }
+                State::ChunkSize { scanned } => {
+                    if line_end_from(buf, scanned).is_none() {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err(BodyError::BadChunk("chunk-size line too long"));
                         }
-                        return Ok((used, false));
+                        // A bad size shows at once on the first look; later looks only search
+                        // for the line end.
+                        if scanned == 0 && httparse::parse_chunk_size(buf).is_err() {
+                            return Err(BodyError::BadChunk("invalid chunk size"));
+                        }
+                        self.state = State::ChunkSize { scanned: buf.len() };
+                        return Ok(Piece::More { used });
                     }
-                    Err(_) => return Err(BodyError::BadChunk("invalid chunk size")),
-                },
-                State::ChunkData(left) => {
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    self.keep(&buf[..n])?;
-                    used += n;
-                    let left = left - n as u64;
-                    if left > 0 {
-                        self.state = State::ChunkData(left);
-                        return Ok((used, false));
+                    match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((n, size))) => {
+                            if n > MAX_CHUNK_LINE + 2 {
+                                return Err(BodyError::BadChunk("chunk-size line too long"));
+                            }
+                            used += n;
+                            self.state = if size == 0 {
+                                State::Trailers {
+                                    seen: 0,
+                                    scanned: 0,
+                                }
+                            } else {
+                                State::ChunkData(size)
+                            };
+                        }
+                        // A line end is there, so httparse has all it needs: anything but a
+                        // complete size line is a bad one.
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return Err(BodyError::BadChunk("invalid chunk size"));
+                        }
                     }
-                    self.state = State::ChunkDataEnd;
                 }
                 State::ChunkDataEnd => {
                     match line_end(buf) {
-                        None if buf.len() < 2 => return Ok((used, false)),
+                        None if buf.len() < 2 => return Ok(Piece::More { used }),
                         Some(0) => {}
                         _ => return Err(BodyError::BadChunk("chunk data not followed by CRLF")),
                     }
                     used += if buf[0] == b'\r' { 2 } else { 1 };
-                    self.state = State::ChunkSize;
+                    self.state = State::ChunkSize { scanned: 0 };
                 }
-                State::Trailers { seen } => {
-                    // Trailer fields are read and dropped: nothing in the handshake uses them.
-                    let Some(line) = line_end(buf) else {
+                State::Trailers { seen, scanned } => {
+                    // Trailer fields are read and dropped: nothing here uses them.
+                    let Some(line) = line_end_from(buf, scanned) else {
                         if seen + buf.len() > MAX_TRAILER_BYTES {
                             return Err(BodyError::BadChunk("trailer section too long"));
                         }
-                        return Ok((used, false));
+                        self.state = State::Trailers {
+                            seen,
+                            scanned: buf.len(),
+                        };
+                        return Ok(Piece::More { used });
                     };
                     let eol = if buf.get(line) == Some(&b'\r') { 2 } else { 1 };
                     used += line + eol;
@@ -172,7 +243,7 @@ impl BodyDecoder {
                     self.state = if line == 0 {
                         State::Done
                     } else {
-                        State::Trailers { seen }
+                        State::Trailers { seen, scanned: 0 }
                     };
                 }
             }
@@ -190,6 +261,18 @@ impl BodyDecoder {
         }
         self.out.extend_from_slice(&data[..data.len().min(room)]);
         Ok(())
+    }
+}
+
+/// [`line_end`], when the first `scanned` bytes are known to hold no `\n`. A `\r` at the
+/// edge is looked at again: it may be the first half of a CRLF.
+fn line_end_from(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.min(buf.len());
+    let lf = from + buf[from..].iter().position(|&b| b == b'\n')?;
+    if lf > 0 && buf[lf - 1] == b'\r' {
+        Some(lf - 1)
+    } else {
+        Some(lf)
     }
 }
 

@@ -183,6 +183,8 @@ pub struct Response<'h, 'b> {
     pub version: Version,
     /// The status code.
     pub status: StatusCode,
+    /// The reason phrase, as sent (may be empty).
+    pub reason: &'b str,
     /// The fields.
     pub fields: Fields<'h, 'b>,
     /// The head's length in bytes, empty line included: the body starts here.
@@ -212,6 +214,7 @@ impl<'h, 'b> Response<'h, 'b> {
         Ok(Some(Response {
             version: version(res.version),
             status,
+            reason: res.reason.unwrap_or_default(),
             fields: Fields(res.headers),
             len,
         }))
@@ -223,6 +226,23 @@ impl<'h, 'b> Response<'h, 'b> {
     /// close.
     pub fn framing(&self) -> Result<Framing, HeadError> {
         FramingFields::of_fields(self.fields).response(self.status)
+    }
+
+    /// How a forwarding hop reads the body of this response to a request (RFC 9112 §6.3), and
+    /// whether the head carried both `Content-Length` and `Transfer-Encoding`.
+    ///
+    /// A response to `HEAD` has no body whatever its fields say. A response with both length
+    /// fields is framed by `Transfer-Encoding` (§6.3 item 3: it overrides), its length is not
+    /// to be forwarded, and the connection it came on must not be reused (decision D20).
+    pub fn forward_framing(&self, head_request: bool) -> Result<(Framing, bool), HeadError> {
+        let f = FramingFields::of_fields(self.fields);
+        if head_request {
+            return Ok((Framing::Empty, false));
+        }
+        if f.coding_line && f.length_line && !self.status.is_informational() {
+            return Ok((f.coding().unwrap_or(Framing::UntilClose), true));
+        }
+        Ok((f.response(self.status)?, false))
     }
 
     /// The head as an owned [`ResponseHead`].

@@ -1,7 +1,9 @@
 //! Hop-by-hop fields (RFC 9110 §7.6.1): what a proxy removes before it forwards a message.
 //!
 //! The relay (public client → agent) and the agent (relay → upstream) are both proxies, so both
-//! strip with this one function; they differ only in what they deliberately let through.
+//! strip with this one rule: [`strip_hop_by_hop`] on a `HeaderMap`, [`is_hop_by_hop`] and
+//! [`connection_names`] on the borrowed fields of a scanned head (the forwarding engine,
+//! `crate::h1`). Callers differ only in what they deliberately let through.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Version, response};
@@ -17,6 +19,31 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether `name` is one of the fields RFC 9110 §7.6.1 names as hop-by-hop (ASCII
+/// case-insensitive). The fields a `Connection` line names are hop-by-hop too: see
+/// [`connection_names`].
+pub fn is_hop_by_hop(name: &str) -> bool {
+    // The names as plain strings: a `const` array of `HeaderName`s would be built and dropped
+    // on every call, and this runs for every field the engine forwards.
+    const NAMES: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    NAMES.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether one of the `Connection` values names the field `name` (RFC 9110 §7.6.1: the
+/// options it lists are this hop's, and so are the fields of the same names).
+pub fn connection_names<'v>(connection: impl IntoIterator<Item = &'v [u8]>, name: &str) -> bool {
+    connection
+        .into_iter()
+        .any(|v| tokens::list_members(v).any(|m| m.eq_ignore_ascii_case(name.as_bytes())))
+}
 
 /// Which hop-by-hop fields a caller carries to the next hop on purpose.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,6 +91,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
     let named: Vec<HeaderName> = tokens::members(headers, &header::CONNECTION)
         .filter_map(|m| HeaderName::from_bytes(m).ok())
         .collect();
+    debug_assert!(HOP_BY_HOP.iter().all(|h| is_hop_by_hop(h.as_str())));
     for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
@@ -90,6 +118,24 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         h
+    }
+
+    #[test]
+    fn the_borrowed_rule_is_the_map_rule() {
+        let h = sample();
+        let mut stripped = h.clone();
+        strip_hop_by_hop(&mut stripped, Keep::default());
+        let conn: Vec<&[u8]> = h
+            .get_all("connection")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        for name in h.keys() {
+            let gone =
+                is_hop_by_hop(name.as_str()) || connection_names(conn.clone(), name.as_str());
+            assert_eq!(gone, !stripped.contains_key(name), "{name}");
+        }
+        assert!(is_hop_by_hop("Transfer-Encoding") && !is_hop_by_hop("host"));
     }
 
     #[test]

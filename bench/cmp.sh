@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Compare two trees on the ptth path, in one run: CPU per request of the relay and the agent
+# (utime+stime from /proc/PID/stat over the wrk run, divided by the requests wrk made) and req/s.
+#
+#   bash bench/cmp.sh BASE_TREE [CURRENT_TREE]      (CURRENT_TREE defaults to this checkout)
+#
+# Each tree is built with `cargo build --release --bins --example bench-upstream` (in its own
+# target/). One upstream (the current tree's bench-upstream), then for each tree in turn:
+# ptth-serve + ptth-connect on 127.0.0.1, wrk keep-alive GET 13 B at c64 and GET 64 KiB at c8
+# for DURATION seconds each (default 10), ROUNDS times (default 2), alternating the trees so
+# that machine drift hits both. Needs wrk. Everything stays on 127.0.0.1.
+set -euo pipefail
+
+BASE=${1:?usage: bench/cmp.sh BASE_TREE [CURRENT_TREE]}
+CUR=${2:-$(cd "$(dirname "$0")/.." && pwd)}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+UP_PORT=${UP_PORT:-18480}
+RELAY_PORT=${RELAY_PORT:-18481}
+NAME=bench
+HZ=$(getconf CLK_TCK)
+
+command -v wrk >/dev/null || { echo "cmp.sh: wrk is required (apt-get install wrk)"; exit 1; }
+for t in "$BASE" "$CUR"; do
+  (cd "$t" && cargo build --release --quiet --bins --example bench-upstream)
+done
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+wait_port() { # port
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "cmp.sh: port $1 never opened"; exit 1
+}
+
+ticks() { # pid -> utime+stime in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+"$CUR/target/release/examples/bench-upstream" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$UP_PORT"
+
+# run TREE LABEL PATH CONC -> prints one result line
+run() {
+  local tree=$1 label=$2 path=$3 conc=$4
+  "$tree/target/release/ptth-serve" --listen "127.0.0.1:$RELAY_PORT" >/dev/null 2>&1 &
+  local relay=$!
+  PIDS+=("$relay")
+  wait_port "$RELAY_PORT"
+  "$tree/target/release/ptth-connect" "http://127.0.0.1:$RELAY_PORT/$NAME" \
+    --to "http://127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
+  local agent=$!
+  PIDS+=("$agent")
+  local url="http://127.0.0.1:$RELAY_PORT/$NAME/$path"
+  for _ in $(seq 1 200); do
+    curl -sf -o /dev/null "$url" && break
+    sleep 0.05
+  done
+  # Warm up (the agent's pool grows to the concurrency), then measure.
+  wrk -t2 -c"$conc" -d2s "$url" >/dev/null 2>&1
+  local r0 a0 r1 a1 out
+  r0=$(ticks "$relay"); a0=$(ticks "$agent")
+  out=$(wrk -t2 -c"$conc" -d"${DURATION}s" "$url")
+  r1=$(ticks "$relay"); a1=$(ticks "$agent")
+  local reqs rps
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  kill "$agent" "$relay" 2>/dev/null || true
+  wait "$agent" "$relay" 2>/dev/null || true
+  awk -v l="$label" -v p="$path" -v c="$conc" -v n="$reqs" -v rps="$rps" -v hz="$HZ" \
+    -v r="$((r1 - r0))" -v a="$((a1 - a0))" 'BEGIN {
+      printf "%-8s %-6s c%-3s %10.0f req/s   relay %6.1f us/req   agent %6.1f us/req   both %6.1f\n",
+        l, p, c, rps, r * 1e6 / hz / n, a * 1e6 / hz / n, (r + a) * 1e6 / hz / n }'
+}
+
+echo "base:    $BASE ($(git -C "$BASE" rev-parse --short HEAD))"
+echo "current: $CUR ($(git -C "$CUR" rev-parse --short HEAD)$(git -C "$CUR" diff --quiet || echo ' + changes'))"
+echo "wrk ${DURATION}s per cell, $ROUNDS rounds; CPU = utime+stime of each process over the run"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "-- round $round"
+  for cell in "hello 64" "64k 8"; do
+    set -- $cell
+    run "$BASE" base "$1" "$2"
+    run "$CUR" current "$1" "$2"
+  done
+done

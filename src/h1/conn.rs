@@ -1,0 +1,168 @@
+//! One framed HTTP/1.1 connection: a byte stream, one read buffer and one write buffer.
+//!
+//! Reads go into the read buffer (allocated at the first read, [`Limits::buffer_bytes`]), where
+//! heads are scanned in place and body content is written out from without a copy. Writes
+//! gather what the engine composes (heads, chunk framing) in the write buffer and send it with
+//! the body bytes that follow in one vectored write.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::limits::Limits;
+
+/// Content up to this size is copied behind composed bytes in the write buffer, so that it
+/// goes in one write even on a stream that does not do vectored writes (TLS).
+const COPY_BEHIND: usize = 4096;
+
+/// A byte stream with its buffers (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Conn<IO> {
+    pub(crate) io: IO,
+    /// Bytes read and not yet consumed: the front is the next head or body piece.
+    pub(crate) rbuf: BytesMut,
+    /// Bytes composed and not yet written.
+    pub(crate) wbuf: BytesMut,
+    /// The next hop's request head, composed before that hop is connected; it then trades
+    /// places with the next hop's (empty) write buffer, so no head is allocated per request.
+    pub(crate) scratch: BytesMut,
+    /// Size of the read buffer (a head must fit).
+    capacity: usize,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
+    /// A connection on `io`, with `already` read (bytes a handshake read past its head).
+    pub(crate) fn new(io: IO, already: &[u8], limits: &Limits) -> Self {
+        Conn {
+            io,
+            rbuf: BytesMut::from(already),
+            wbuf: BytesMut::new(),
+            scratch: BytesMut::new(),
+            capacity: limits.buffer_bytes.max(limits.max_head_bytes),
+        }
+    }
+
+    /// One read appended to the read buffer: the count, 0 at EOF.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.capacity / 4 {
+            // Reclaims the consumed front when the buffer has been read through.
+            self.rbuf
+                .reserve(self.capacity - self.rbuf.len().min(self.capacity / 2));
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
+
+    /// [`Conn::poll_fill`] as a future.
+    pub(crate) async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Write the write buffer, then as much of `data` as the stream takes with it. Returns how
+    /// many bytes of `data` were taken (0 only when `data` is empty and the buffer is
+    /// written). A small `data` behind composed bytes is copied into the write buffer instead;
+    /// call again (with no data) until the buffer is empty.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.wbuf.is_empty() && !data.is_empty() && data.len() <= COPY_BEHIND {
+            // Taken now; it goes out with the composed bytes on the next write.
+            self.wbuf.extend_from_slice(data);
+            return Poll::Ready(Ok(data.len()));
+        }
+        loop {
+            let io = Pin::new(&mut self.io);
+            let n = match (self.wbuf.is_empty(), data.is_empty()) {
+                (true, true) => return Poll::Ready(Ok(0)),
+                (true, false) => ready!(io.poll_write(cx, data))?,
+                (false, true) => ready!(io.poll_write(cx, &self.wbuf))?,
+                (false, false) => {
+                    let bufs = [io::IoSlice::new(&self.wbuf), io::IoSlice::new(data)];
+                    ready!(io.poll_write_vectored(cx, &bufs))?
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let composed = n.min(self.wbuf.len());
+            self.wbuf.advance(composed);
+            if n > composed {
+                return Poll::Ready(Ok(n - composed));
+            }
+        }
+    }
+
+    /// Write the whole write buffer.
+    pub(crate) fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            ready!(self.poll_send(cx, &[]))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Write the whole write buffer and flush the stream (a TLS stream holds what it was given
+    /// until flushed).
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_buf(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// [`Conn::poll_flush`] as a future.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Whether an idle connection is still usable: no EOF, no error and no unexpected bytes
+    /// are waiting on it (one read attempt, never waits). A keep-alive peer that closed while
+    /// idle is found here, before a request is sent into the closed connection.
+    pub(crate) fn poll_idle_ok(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        matches!(self.poll_fill(cx), Poll::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn composed_bytes_and_content_go_together_and_in_order() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut c = Conn::new(a, b"", &Limits::default());
+        c.wbuf.extend_from_slice(b"head;");
+        let big = vec![b'x'; 10_000];
+        let n = std::future::poll_fn(|cx| c.poll_send(cx, &big))
+            .await
+            .unwrap();
+        assert_eq!(n, big.len());
+        c.wbuf.extend_from_slice(b";small:");
+        let n = std::future::poll_fn(|cx| c.poll_send(cx, b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        c.flush().await.unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        let mut want = b"head;".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b";small:abc");
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn an_idle_peer_that_closed_is_seen() {
+        let (a, b) = tokio::io::duplex(64);
+        let mut c = Conn::new(a, b"", &Limits::default());
+        assert!(std::future::poll_fn(|cx| Poll::Ready(c.poll_idle_ok(cx))).await);
+        drop(b);
+        assert!(!std::future::poll_fn(|cx| Poll::Ready(c.poll_idle_ok(cx))).await);
+    }
+}
