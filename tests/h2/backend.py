@@ -51,22 +51,7 @@ def main():
     def respond(sid, body):
         conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
         pending[sid] = body
-        flush()
-
-    def flush():
-        for sid in list(pending):
-            body = pending[sid]
-            while body:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                conn.send_data(sid, body[:window])
-                body = body[window:]
-            if body:
-                pending[sid] = body
-            else:
-                conn.end_stream(sid)
-                del pending[sid]
+        common.flush(conn, pending)
 
     data = rest
     while True:
@@ -100,7 +85,7 @@ def main():
                     elif path != "/reset":
                         respond(sid, ("%s from python" % path).encode())
                 elif isinstance(event, h2.events.WindowUpdated):
-                    flush()
+                    common.flush(conn, pending)
                 elif isinstance(event, h2.events.StreamReset):
                     pending.pop(event.stream_id, None)
                 elif isinstance(event, h2.events.ConnectionTerminated):

@@ -61,3 +61,21 @@ def connect(port):
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def flush(conn, pending):
+    """Send what `pending` (stream id -> bytes) holds as far as flow control allows; end each
+    stream whose body is all sent. What the windows do not take yet stays in `pending`."""
+    for sid in list(pending):
+        body = pending[sid]
+        while body:
+            window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if window <= 0:
+                break
+            conn.send_data(sid, body[:window])
+            body = body[window:]
+        if body:
+            pending[sid] = body
+        else:
+            conn.end_stream(sid)
+            del pending[sid]

@@ -56,21 +56,6 @@ def main():
         streams[sid] = {"path": path, "body": b"", "status": None, "done": False, "reset": None}
         return sid
 
-    def flush():
-        for sid in list(pending):
-            body = pending[sid]
-            while body:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                conn.send_data(sid, body[:window])
-                body = body[window:]
-            if body:
-                pending[sid] = body
-            else:
-                conn.end_stream(sid)
-                del pending[sid]
-
     streams, pending = {}, {}
     payload = bytes(i % 251 for i in range(upload))
     phase = "first"
@@ -79,7 +64,7 @@ def main():
     large_id = request("GET", "/large")
     reset_id = request("GET", "/reset")
     after_id = None
-    flush()
+    common.flush(conn, pending)
     sock.sendall(conn.data_to_send())
 
     def finished(ids):
@@ -101,7 +86,7 @@ def main():
                 streams[event.stream_id]["reset"] = int(event.error_code)
                 pending.pop(event.stream_id, None)
             elif isinstance(event, h2.events.WindowUpdated):
-                flush()
+                common.flush(conn, pending)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 common.fail("backend sent GOAWAY: %r" % event)
         if phase == "first" and finished(streams):
