@@ -40,6 +40,17 @@ pub const DEFAULT_METHOD: Method = Method::POST;
 /// idle sockets on the relay.
 pub const DEFAULT_CONNECTIONS: usize = 4;
 
+/// Reversed HTTP/2 connections kept by default when the relay runs `h2` inside `ptth`: 2. Each
+/// carries up to the agent's `SETTINGS_MAX_CONCURRENT_STREAMS` requests at once
+/// ([`crate::H2Limits`]), so the pool does not grow with load; the second connection keeps
+/// the service reachable while the first is redialled (decisions D75).
+pub const DEFAULT_H2_CONNECTIONS: usize = 2;
+
+/// Upstream HTTP/1.1 connections one agent opens at most for the requests of its HTTP/2
+/// connections: 32. Requests past it wait for a connection instead of opening one each: an
+/// upstream sized for a few browsers is not hit with 128 connections at once (decisions D76).
+pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 32;
+
 /// Most connections (idle plus serving) by default: 64. Bounds what one agent can hold on the
 /// relay (whose own default per name is 256) and how many requests it serves at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -155,7 +166,10 @@ pub struct Config {
     pub max_connections: usize,
     /// The protocol offered.
     pub protocol: Protocol,
-    /// Method of the upgrade request.
+    /// With `ptth`: how many connections to keep while the relay chooses `h2` (the elastic
+    /// pool of `connections`/`max_connections` applies when it chooses `http/1.1`).
+    pub h2_connections: usize,
+    /// Method of the upgrade request (always `GET` for `ptth`: [`Config::upgrade_method`]).
     pub method: Method,
     /// Extra fields for the upgrade request.
     pub headers: HeaderMap,
@@ -183,6 +197,7 @@ pub struct AgentBuilder {
     connections: usize,
     max_connections: usize,
     protocol: Protocol,
+    h2_connections: usize,
     method: Method,
     headers: Vec<(String, String)>,
     limits: Limits,
@@ -203,6 +218,7 @@ impl AgentBuilder {
             connections: DEFAULT_CONNECTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             protocol: DEFAULT_PROTOCOL,
+            h2_connections: DEFAULT_H2_CONNECTIONS,
             method: DEFAULT_METHOD,
             headers: Vec::new(),
             limits: Limits::default(),
@@ -239,7 +255,15 @@ impl AgentBuilder {
         self
     }
 
-    /// Method of the upgrade request. Default: [`DEFAULT_METHOD`].
+    /// With [`Protocol::Transposed`] (`ptth`): the connections kept while the relay runs `h2`
+    /// inside, each carrying many requests at once. Default: [`DEFAULT_H2_CONNECTIONS`].
+    pub fn h2_connections(mut self, n: usize) -> Self {
+        self.h2_connections = n;
+        self
+    }
+
+    /// Method of the upgrade request. Default: [`DEFAULT_METHOD`]. A `ptth` offer is always
+    /// `GET` (the draft: it "SHALL be GET"), whatever this says.
     pub fn method(mut self, m: Method) -> Self {
         self.method = m;
         self
@@ -316,7 +340,7 @@ impl AgentBuilder {
     }
 
     fn config(self, target: Target) -> Result<Config, ConfigError> {
-        if self.connections == 0 {
+        if self.connections == 0 || self.h2_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
         if self.max_connections < self.connections {
@@ -363,6 +387,7 @@ impl AgentBuilder {
             connections: self.connections,
             max_connections: self.max_connections,
             protocol: self.protocol,
+            h2_connections: self.h2_connections,
             method: self.method,
             headers,
             limits: self.limits,
@@ -373,6 +398,18 @@ impl AgentBuilder {
             drain_timeout: self.drain_timeout,
             on_failure: self.on_failure,
         })
+    }
+}
+
+impl Config {
+    /// The method the upgrade request is sent with: `GET` for `ptth` (draft-kazuho-ptth-ptth:
+    /// "SHALL be GET"; a relay answers anything else `405`), [`Config::method`] otherwise.
+    pub fn upgrade_method(&self) -> Method {
+        if self.protocol.negotiates_alpn() {
+            Method::GET
+        } else {
+            self.method.clone()
+        }
     }
 }
 

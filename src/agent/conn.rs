@@ -2,8 +2,10 @@
 //! serve it until it closes, then tell the pool how it went.
 //!
 //! ```text
-//! dial (TCP, keepalive, nodelay; TLS) -> handshake (Upgrade: PTTH/0.9) -> Parked
-//!   -> Serve::serve: a hyper service (Flipped::serve), or the proxy on the h1 engine,
+//! dial (TCP, keepalive, nodelay; TLS) -> handshake (Upgrade: PTTH/0.9, or ptth + ALPN)
+//!   -> Parked { h2: the relay chose ALPN h2 }
+//!   -> Serve::serve: a hyper service (Flipped::serve, or Flipped::serve_h2 on h2), or the
+//!      proxy (the h1 engine, or its HTTP/2 forwarder on h2),
 //!      until the relay closes it, the pool stops it, or the drain ends
 //!   -> Ended { outcome: Closed | Failed | Refused | Cancelled }
 //! ```
@@ -34,13 +36,19 @@ use super::{AgentError, BoxError, Config};
 use crate::dialer::Flipped;
 use crate::error::{Error, Refusal};
 use crate::proto::Protocol;
+use crate::proto::origin::{self, Origin, Scheme};
 use crate::proto::request::UpgradeRequest;
 
 /// What a connection tells the pool.
 #[derive(Debug)]
 pub(super) enum Event {
     /// Connection `id` parked: the handshake succeeded.
-    Parked { id: u64 },
+    Parked {
+        id: u64,
+        /// Whether the relay chose `h2` inside `ptth`: the connection carries many requests at
+        /// once.
+        h2: bool,
+    },
     /// A connection became busy and the pool may be short of idle connections.
     Busy,
     /// Connection `id` is gone.
@@ -109,7 +117,8 @@ pub(super) struct Dialled {
 
 /// How a parked connection is served: with a hyper service ([`Hyper`]), or by the forwarding
 /// engine ([`super::proxy::Proxy`]). `serve` returns when the connection is done; `graceful`
-/// asks it to finish the exchange in flight and close. Requests are counted in `track`.
+/// asks it to finish the exchange in flight and close (on HTTP/2: send GOAWAY and let the open
+/// streams finish). Requests are counted in `track`.
 pub(super) trait Serve: Send + Sync + 'static {
     fn serve(
         &self,
@@ -147,6 +156,10 @@ where
             inner: self.0.clone(),
             track,
         };
+        if flipped.is_h2() {
+            serve_h2(flipped, svc, config, graceful).await;
+            return;
+        }
         let mut serving = std::pin::pin!(flipped.serve(svc, &config.limits));
         let cancelled = graceful.cancelled();
         tokio::pin!(cancelled);
@@ -162,6 +175,41 @@ where
         if let Err(e) = res {
             debug!(error = %e, "reversed connection ended with an error");
         }
+    }
+}
+
+/// Serve HTTP/2 on a `ptth` connection whose relay chose `h2` ([`Flipped::serve_h2`]): the
+/// one place the agent runs hyper's HTTP/2 server, for user services and the proxy alike.
+/// `graceful` sends GOAWAY; the open streams then finish (or the drain timeout drops them).
+pub(super) async fn serve_h2<S, B>(
+    flipped: Flipped<BoxedIo>,
+    service: S,
+    config: &Config,
+    graceful: CancellationToken,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    // As on HTTP/1.1 (`Hyper::serve`): keep polling after the GOAWAY, so open streams finish.
+    let mut serving = std::pin::pin!(flipped.serve_h2(service, &config.limits));
+    let cancelled = graceful.cancelled();
+    tokio::pin!(cancelled);
+    let mut stopping = false;
+    let res = std::future::poll_fn(|cx| {
+        if !stopping && cancelled.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            serving.as_mut().graceful_shutdown();
+        }
+        serving.as_mut().poll(cx)
+    })
+    .await;
+    match res {
+        Ok(()) => debug!("reversed HTTP/2 connection closed"),
+        Err(e) => debug!(error = %e, "reversed HTTP/2 connection ended with an error"),
     }
 }
 
@@ -182,8 +230,14 @@ pub(super) async fn connection<V: Serve>(
     let outcome = match outcome {
         Err(o) => o,
         Ok(flipped) => {
-            debug!(relay = %target.url(), "parked");
-            let _ = events.send(Event::Parked { id });
+            let h2 = flipped.is_h2();
+            debug!(
+                relay = %target.url(),
+                protocol = %flipped.protocol(),
+                inner = if h2 { "h2" } else { "http/1.1" },
+                "parked"
+            );
+            let _ = events.send(Event::Parked { id, h2 });
             let parked_at = Instant::now();
             let track = Arc::new(Track {
                 gauge,
@@ -210,7 +264,7 @@ async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outc
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
     let request = upgrade_request(
         target,
-        &config.method,
+        &config.upgrade_method(),
         config.protocol,
         config.token.as_ref(),
         &config.headers,
@@ -224,6 +278,8 @@ async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outc
 }
 
 /// The upgrade request for `target`: its path names the service, its authority is `Host`.
+/// A `ptth` offer lists `ALPN: h2, http%2F1.1` and, in host mode, registers the relay URL's
+/// origin ([`offer_target`]).
 fn upgrade_request(
     target: &Target,
     method: &Method,
@@ -231,9 +287,17 @@ fn upgrade_request(
     token: Option<&HeaderValue>,
     headers: &HeaderMap,
 ) -> UpgradeRequest {
-    let mut req = UpgradeRequest::new(target.endpoint.authority.clone());
+    let mut req = if protocol.negotiates_alpn() {
+        UpgradeRequest::transposed(target.endpoint.authority.clone())
+    } else {
+        UpgradeRequest::new(target.endpoint.authority.clone())
+    };
     req.method = method.clone();
-    req.target = target.path.clone();
+    req.target = if protocol.negotiates_alpn() {
+        offer_target(target)
+    } else {
+        target.path.clone()
+    };
     req.protocols = vec![protocol];
     req.headers = headers.clone();
     if let Some(token) = token {
@@ -241,6 +305,35 @@ fn upgrade_request(
             .insert(http::header::AUTHORIZATION, token.clone());
     }
     req
+}
+
+/// The target of a `ptth` offer (draft-kazuho-ptth-ptth-01 §3.1, decisions D74). In host mode
+/// (`http://NAME.relay-domain/`: the relay URL's path is `/`) the service's scope is an origin,
+/// the relay URL's own, so the offer uses the well-known template
+/// `/.well-known/ptth/{serialized_origin}/` with that one origin. In path mode (`/NAME`) the
+/// scope is a name the relay gave, which the draft leaves to the deployment: the path is sent
+/// as it is, as with the 2009 tokens.
+fn offer_target(target: &Target) -> String {
+    if target.path != "/" {
+        return target.path.clone();
+    }
+    let endpoint = &target.endpoint;
+    let scheme = if endpoint.tls {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let host = endpoint.host.to_ascii_lowercase();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    match Origin::new(scheme, &host, Some(endpoint.port)) {
+        Ok(origin) => origin::well_known_target(&[origin]),
+        // A host that is no origin host (an underscore, say): the relay routes by `Host` then.
+        Err(_) => target.path.clone(),
+    }
 }
 
 /// Per-connection request accounting shared by the service wrapper and response bodies.
@@ -277,9 +370,9 @@ impl Drop for InFlight {
 }
 
 /// The user's service, reporting busy/idle to the pool.
-struct Tracked<S> {
-    inner: S,
-    track: Arc<Track>,
+pub(super) struct Tracked<S> {
+    pub(super) inner: S,
+    pub(super) track: Arc<Track>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -297,7 +390,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
-            Ok(res.map(|inner| TrackedBody {
+            Ok(res.map(|inner| Guarded {
                 inner,
                 _guard: guard,
             }))
@@ -305,16 +398,19 @@ where
     }
 }
 
+/// A response body that keeps its connection counted as busy until it is done.
+pub type TrackedBody<B> = Guarded<B, InFlight>;
+
 pin_project_lite::pin_project! {
-    /// A response body that keeps its connection counted as busy until it is done.
-    pub struct TrackedBody<B> {
+    /// A body that holds `G` (a count, a permit) until it is done or dropped.
+    pub struct Guarded<B, G> {
         #[pin]
-        inner: B,
-        _guard: InFlight,
+        pub(super) inner: B,
+        pub(super) _guard: G,
     }
 }
 
-impl<B: Body> Body for TrackedBody<B> {
+impl<B: Body, G> Body for Guarded<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

@@ -3,8 +3,10 @@
 //! ```text
 //!  Agent::serve(service)
 //!    pool ── keeps `connections` idle parked connections, grows to `max_connections`
-//!      └─ conn{id}: dial (TCP, keepalive, nodelay) -> handshake (Upgrade: PTTH/0.9)
-//!                   -> Flipped::serve(service) until the relay closes it
+//!            (ptth with h2 inside: `h2_connections`, each carrying many requests at once)
+//!      └─ conn{id}: dial (TCP, keepalive, nodelay) -> handshake (Upgrade: PTTH/0.9, or ptth
+//!                   with ALPN: h2, http%2F1.1) -> Flipped::serve(service), or serve_h2 on h2,
+//!                   until the relay closes it
 //!    on close or error: redial; failures wait per [`Backoff`]; 401/403 stop the agent
 //! ```
 //!
@@ -17,7 +19,8 @@
 //! - `pool` (private): the supervisor: counts, backoff, dial decisions, drain.
 //! - `conn` (private): one connection's life: dial -> handshake -> serve -> outcome.
 //! - [`backoff`]: the reconnect policy, as pure functions.
-//! - [`proxy`]: the service that forwards to a local upstream.
+//! - [`proxy`]: the service that forwards to a local upstream; `forward_h2` (private): the same
+//!   on a reversed HTTP/2 connection, per stream, over a bounded upstream pool.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ptth::agent::AgentError> {
@@ -43,6 +46,7 @@ pub mod backoff;
 pub mod config;
 mod conn;
 pub mod dial;
+mod forward_h2;
 pub mod forward_proxy;
 mod pool;
 pub mod proxy;
@@ -51,8 +55,9 @@ pub mod target;
 pub use backoff::Backoff;
 pub use config::{
     AgentBuilder, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD, DEFAULT_PROTOCOL,
-    DEFAULT_UPSTREAM_CONNECT_TIMEOUT, MAX_REDIRECTS, QUICK_CLOSE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_H2_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD,
+    DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS,
+    MAX_REDIRECTS, QUICK_CLOSE,
 };
 pub use dial::Transport;
 pub use forward_proxy::{ForwardProxy, NoProxy, ProxySettings};

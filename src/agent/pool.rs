@@ -1,5 +1,7 @@
 //! The elastic pool: keeps `connections` idle parked connections ready, grows up to
 //! `max_connections` while requests are in flight, and redials with backoff after failures.
+//! With `ptth` and a relay that chooses `h2`, "enough connections" is a fixed number instead
+//! (`h2_connections`): each connection carries many requests at once, so load does not grow it.
 //!
 //! Failures are counted per outage, not per connection: every connection remembers the
 //! *epoch* it was dialled in (the number of failures counted so far), and a failure of a
@@ -60,6 +62,8 @@ struct Pool {
     /// probed at the backoff's outage step); cleared when a connection parks.
     outage_since: Option<Instant>,
     announced: bool,
+    /// Whether the relay chose `h2` for the connection that parked last (`None`: none has).
+    h2: Option<bool>,
 }
 
 impl Pool {
@@ -95,6 +99,11 @@ impl Pool {
         if self.failures > 0 && parked == 0 && dialing > 0 {
             // The relay is failing: probe with one connection at a time.
             return false;
+        }
+        if self.config.protocol.negotiates_alpn() && self.h2 != Some(false) {
+            // HTTP/2 (or not known yet, and offered first): a fixed number of connections,
+            // busy or not, since each carries many requests at once (decisions D75).
+            return self.conns.len() < self.config.h2_connections;
         }
         let idle = self
             .count(State::Parked)
@@ -149,8 +158,9 @@ impl Pool {
     /// Returns an error when the agent must stop (the relay does not accept the credentials).
     fn on_event(&mut self, event: Event) -> Result<(), AgentError> {
         match event {
-            Event::Parked { id } => {
+            Event::Parked { id, h2 } => {
                 self.set(id, Some(State::Parked));
+                self.h2 = Some(h2);
                 self.redirects = 0;
                 self.outage_since = None;
                 self.healthy_since.get_or_insert_with(Instant::now);
@@ -158,6 +168,8 @@ impl Pool {
                     self.announced = true;
                     info!(
                         public_url = %self.config.public_url,
+                        protocol = %self.config.protocol,
+                        inner = if h2 { "h2" } else { "http/1.1" },
                         "connected to the relay: service reachable at {}",
                         self.config.public_url
                     );
@@ -262,6 +274,7 @@ pub(crate) async fn run<V: Serve>(
         healthy_since: None,
         outage_since: None,
         announced: false,
+        h2: None,
     };
     tokio::pin!(shutdown);
     let mut stopping = false;

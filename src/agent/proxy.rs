@@ -11,9 +11,12 @@
 //! that expects `100 Continue` is held back until the upstream answers `100` or
 //! [`CONTINUE_WAIT`] passes, so the relay's `100` comes from the upstream and a refusal costs
 //! no upload; an HTTP/1.0 upstream is answered for in HTTP/1.1.
+//!
+//! On a reversed HTTP/2 connection (`ptth` with `ALPN: h2`) the same rewriting runs per stream
+//! in `super::forward_h2`, over a small pool of upstream connections shared by all streams.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -22,9 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::AgentError;
-use super::config::{Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_MAX_BUF, default_tls};
-use super::conn::{InFlight, Serve, Track};
+use super::config::{
+    Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS, UPSTREAM_MAX_BUF,
+    default_tls,
+};
+use super::conn::{InFlight, Serve, Track, Tracked};
 use super::dial::BoxedIo;
+use super::forward_h2::{Forward, Upstreams};
 use super::target::Upstream;
 use crate::dialer::Flipped;
 use crate::h1::{self, After, BoxError, Conn, Route};
@@ -40,15 +47,20 @@ use crate::proto::path::{self, AboveRoot, PathError};
 #[derive(Clone, Debug)]
 pub struct Proxy {
     cfg: Arc<ProxyConfig>,
+    /// The upstream pool of the HTTP/2 connections, made on the first of them (with the
+    /// settings in force then) and shared by every clone.
+    h2: Arc<OnceLock<Upstreams>>,
 }
 
 #[derive(Debug, Clone)]
-struct ProxyConfig {
-    upstream: Upstream,
+pub(super) struct ProxyConfig {
+    pub(super) upstream: Upstream,
     /// TLS for an `https://` upstream: SNI and verification use the URL's host.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Deadline of the TCP connect, and again of the TLS handshake.
     connect_timeout: Duration,
+    /// Most upstream connections (requests in flight) of the HTTP/2 connections.
+    upstream_connections: usize,
 }
 
 impl Proxy {
@@ -75,8 +87,19 @@ impl Proxy {
                 upstream,
                 tls,
                 connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+                upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
             }),
+            h2: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// On reversed HTTP/2 connections: the most upstream connections open at once, shared by
+    /// all streams (requests past it wait for one). At least 1. Default:
+    /// [`DEFAULT_UPSTREAM_CONNECTIONS`]. (The HTTP/1.1 path keeps one upstream connection per
+    /// reversed connection instead.)
+    pub fn upstream_connections(mut self, n: usize) -> Proxy {
+        Arc::make_mut(&mut self.cfg).upstream_connections = n.max(1);
+        self
     }
 
     /// Deadline for the TCP connect to the upstream, and again for its TLS handshake; past it
@@ -98,6 +121,20 @@ impl Serve for Proxy {
         track: Arc<Track>,
         graceful: CancellationToken,
     ) {
+        if flipped.is_h2() {
+            let upstreams = self
+                .h2
+                .get_or_init(|| Upstreams::new(self.cfg.clone(), self.cfg.upstream_connections));
+            let forward = Forward {
+                cfg: self.cfg.clone(),
+                upstreams: upstreams.clone(),
+            };
+            let svc = Tracked {
+                inner: forward,
+                track,
+            };
+            return super::conn::serve_h2(flipped, svc, config, graceful).await;
+        }
         let limits = &config.limits;
         let (already, io) = flipped.into_io().into_parts();
         let mut inbound = Conn::new(io, &already, limits);
@@ -195,7 +232,7 @@ impl Route for ProxyConfig {
 /// Dial the upstream: the only place that knows the transport (TLS for an `https://`
 /// upstream). The system resolver, every address in turn (a `localhost` upstream may listen
 /// on `::1`).
-async fn connect_upstream(cfg: &ProxyConfig) -> Result<BoxedIo, BoxError> {
+pub(super) async fn connect_upstream(cfg: &ProxyConfig) -> Result<BoxedIo, BoxError> {
     let endpoint = &cfg.upstream.endpoint;
     let addrs = (endpoint.host.as_str(), endpoint.port);
     let shown = endpoint.authority_str();
@@ -216,7 +253,11 @@ async fn connect_upstream(cfg: &ProxyConfig) -> Result<BoxedIo, BoxError> {
 /// are removed, a `..` at the root stays at the root, so nothing climbs above the prefix, and a
 /// dot segment hidden behind `%2F`, `\` or `;` is refused (decisions D22). `*` and the
 /// authority form become the prefix's root; the absolute form keeps its path and query.
-fn upstream_target(prefix: &str, target: &str, out: &mut BytesMut) -> Result<(), BadTarget> {
+pub(super) fn upstream_target(
+    prefix: &str,
+    target: &str,
+    out: &mut BytesMut,
+) -> Result<(), BadTarget> {
     let pq: Cow<'_, str> = if target.starts_with('/') {
         Cow::Borrowed(target)
     } else {
@@ -234,7 +275,7 @@ fn upstream_target(prefix: &str, target: &str, out: &mut BytesMut) -> Result<(),
 
 /// Why a reversed request's target cannot be sent upstream.
 #[derive(Debug, thiserror::Error)]
-enum BadTarget {
+pub(super) enum BadTarget {
     #[error(transparent)]
     Path(#[from] PathError),
     #[error("invalid request target")]

@@ -63,11 +63,24 @@ struct Settings {
     #[arg(long, value_name = "M", default_value_t = agent::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
 
-    /// Upgrade protocol token: PTTH/0.9 or PTTH/1.0 (Yaler, AirPlay and the 2009 draft use 1.0).
+    /// Upgrade protocol token: PTTH/0.9 or PTTH/1.0 (Yaler, AirPlay and the 2009 draft use 1.0),
+    /// or ptth (draft-kazuho-ptth-ptth: a GET offering ALPN h2, http%2F1.1; with h2 each
+    /// connection carries many requests at once).
     #[arg(long, default_value_t = agent::DEFAULT_PROTOCOL)]
     protocol: Protocol,
 
-    /// Method of the upgrade request.
+    /// With --protocol ptth, when the relay chooses HTTP/2: connections to keep (replaces
+    /// --connections and --max-connections, which apply when it chooses HTTP/1.1).
+    #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_H2_CONNECTIONS)]
+    h2_connections: usize,
+
+    /// With --protocol ptth and HTTP/2: most upstream connections open at once, shared by all
+    /// requests (more requests wait for one).
+    #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_UPSTREAM_CONNECTIONS,
+          value_parser = at_least_one)]
+    upstream_connections: usize,
+
+    /// Method of the upgrade request (ptth is always GET).
     #[arg(long, default_value_t = agent::DEFAULT_METHOD.to_string(), value_parser = ["POST", "GET"])]
     method: String,
 
@@ -170,6 +183,15 @@ fn proxy_settings(settings: &Settings) -> Result<ProxySettings, AgentError> {
     })
 }
 
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once(':')
@@ -260,7 +282,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(ca) => Some(ptth::tls::client_config(Some(ca), None)?),
         None => None,
     };
-    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?;
+    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?
+        .upstream_connections(settings.upstream_connections);
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
     let token = token(&settings)?;
@@ -268,6 +291,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .connections(settings.connections)
         .max_connections(settings.max_connections)
         .protocol(settings.protocol)
+        .h2_connections(settings.h2_connections)
         .method(settings.method.parse()?)
         .drain_timeout(settings.drain_timeout.into())
         .proxy(forward_proxy)
@@ -318,6 +342,8 @@ mod tests {
         for want in [
             format!("[default: {}]", agent::DEFAULT_CONNECTIONS),
             format!("[default: {}]", agent::DEFAULT_MAX_CONNECTIONS),
+            format!("[default: {}]", agent::DEFAULT_H2_CONNECTIONS),
+            format!("[default: {}]", agent::DEFAULT_UPSTREAM_CONNECTIONS),
             format!("[default: {}]", agent::DEFAULT_PROTOCOL),
             format!("[default: {}]", agent::DEFAULT_METHOD),
             format!("[default: {}]", Dur::from(agent::DEFAULT_DRAIN_TIMEOUT)),
