@@ -9,6 +9,8 @@
 //! what follows (the first reversed request behind a `101`, or a body behind a request head).
 //! Those bytes belong to the next layer and must reach it: [`Rewind`] hands them over.
 
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -68,6 +70,109 @@ macro_rules! write_through {
     };
 }
 pub(crate) use write_through;
+
+/// A stream whose writes fail with `TimedOut` once the peer has taken no byte for `timeout`.
+///
+/// HTTP/2 has a PING deadline for a peer that stops answering, but a peer that stops
+/// *reading* defeats it: hyper sends GOAWAY on the missed PING and then waits forever to
+/// flush it, and TCP retries a zero window for as long as the peer acknowledges the probes.
+/// Every transposed HTTP/2 connection, in either role, runs on this wrapper, so that such a
+/// connection ends with an error instead of holding a slot forever. A write that makes any
+/// progress starts the clock again; reads are not timed (an idle connection is normal).
+pub struct WriteDeadline<IO> {
+    inner: IO,
+    timeout: std::time::Duration,
+    /// Armed while a write is pending.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> WriteDeadline<IO> {
+    /// Time the writes on `inner` out after `timeout` without progress.
+    pub fn new(inner: IO, timeout: std::time::Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// What a write reported: progress disarms the clock; `Pending` arms it (once) and fails
+    /// with `TimedOut` when it has run out.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: fmt::Debug> fmt::Debug for WriteDeadline<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteDeadline")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteDeadline<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
+}
 
 /// A stream that first yields `prefix`, then reads from `inner`. Writes go straight through.
 #[derive(Debug)]
@@ -185,6 +290,32 @@ pub(crate) async fn read_some<IO: AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// A write the peer does not take times out after the deadline; a write it takes (even
+    /// late) starts the clock again (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn writes_time_out_when_the_peer_reads_nothing() {
+        let timeout = std::time::Duration::from_secs(5);
+        let (ours, mut peer) = tokio::io::duplex(16);
+        let mut w = WriteDeadline::new(ours, timeout);
+        w.write_all(&[1; 16]).await.unwrap();
+        // The pipe is full: the next write waits, the peer reads just before the deadline.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(timeout - std::time::Duration::from_secs(1)).await;
+            let mut buf = [0; 16];
+            peer.read_exact(&mut buf).await.unwrap();
+            peer
+        });
+        w.write_all(&[2; 16])
+            .await
+            .expect("progress before the deadline");
+        let _peer = reader.await.unwrap();
+        // Now nobody reads: the write fails at the deadline, with TimedOut.
+        let started = tokio::time::Instant::now();
+        let err = w.write_all(&[3; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), timeout);
+    }
 
     #[tokio::test]
     async fn rewind_replays_prefix_then_reads_inner() {

@@ -83,6 +83,11 @@ pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a PING may go unanswered before the transposed HTTP/2 connection is closed: 20 s.
 pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a transposed HTTP/2 connection may wait for the peer to take any byte before it is
+/// closed: 20 s, as long as a PING may go unanswered. A peer that stops reading never answers
+/// a PING either, but hyper would wait forever to send its GOAWAY (`io::WriteDeadline`).
+pub const DEFAULT_H2_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// HTTP/2 settings of a transposed `ptth` connection, in either role. The header list cap is
 /// [`Limits::max_head_bytes`], the same "too large" as on HTTP/1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,9 @@ pub struct H2Limits {
     pub keep_alive_interval: Option<Duration>,
     /// How long an unanswered PING is waited for. Default: [`DEFAULT_H2_KEEP_ALIVE_TIMEOUT`].
     pub keep_alive_timeout: Duration,
+    /// How long a write may make no progress (the peer reads nothing) before the connection
+    /// fails. Default: [`DEFAULT_H2_WRITE_TIMEOUT`].
+    pub write_timeout: Duration,
 }
 
 impl Default for H2Limits {
@@ -102,6 +110,7 @@ impl Default for H2Limits {
             max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
             keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
+            write_timeout: DEFAULT_H2_WRITE_TIMEOUT,
         }
     }
 }
@@ -207,6 +216,7 @@ mod tests {
         assert_eq!(l.h2.max_concurrent_streams, 128);
         assert_eq!(l.h2.keep_alive_interval, Some(Duration::from_secs(20)));
         assert_eq!(l.h2.keep_alive_timeout, Duration::from_secs(20));
+        assert_eq!(l.h2.write_timeout, Duration::from_secs(20));
         assert_eq!(l.buffer_bytes, 65536);
         assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
         assert_eq!(MAX_NO_CONTENT_ROUNDS, 100);

@@ -661,6 +661,82 @@ async fn headers_past_the_limit() {
     .expect("deadline");
 }
 
+/// Hostile: a listener that never reads one response body. That stream's flow-control
+/// window fills and the dialer stops sending on it, but the other streams still move (their
+/// own windows, and the connection window the stalled stream holds only part of), a large
+/// download beside it included; read at last, the stalled body is whole.
+#[tokio::test]
+async fn a_stream_that_is_never_read_holds_back_only_itself() {
+    tokio::time::timeout(DEADLINE, async {
+        let (client, _conn, _stop, _dialer) = h2_pair().await;
+        let mut c = client.clone();
+        let stalled = c.send(get("/large")).await.unwrap();
+        for i in 0..16 {
+            let path = format!("/beside/{i}");
+            assert!(
+                text(c.send(get(&path)).await.unwrap())
+                    .await
+                    .starts_with(&path)
+            );
+        }
+        let beside = c.send(get("/large")).await.unwrap();
+        let beside = beside.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(beside.len(), LARGE);
+        let late = stalled.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(late.len(), LARGE);
+        assert!(late.iter().all(|&b| b == b'L'));
+    })
+    .await
+    .expect("deadline");
+}
+
+/// Hostile: a SETTINGS flood from a listener that reads nothing back (CVE-2019-9515's shape).
+/// The dialer answers SETTINGS only as fast as it can write the ACKs, so the flood costs no
+/// memory; once it can write nothing, its writes time out (`H2Limits::write_timeout`, short
+/// here) and the connection ends with an error instead of hanging. (Without that deadline it
+/// hangs: hyper answers the missed PING with a GOAWAY it then waits forever to write.)
+#[tokio::test]
+async fn a_settings_flood_ends_the_connection_instead_of_hanging() {
+    tokio::time::timeout(DEADLINE, async {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let limits = Limits {
+            h2: ptth::H2Limits {
+                keep_alive_interval: Some(Duration::from_millis(200)),
+                keep_alive_timeout: Duration::from_millis(200),
+                write_timeout: Duration::from_millis(500),
+                ..ptth::H2Limits::default()
+            },
+            ..Limits::default()
+        };
+        let dialer = tokio::spawn(async move {
+            let req = UpgradeRequest::transposed(HeaderValue::from_static("p"));
+            let flipped = ptth::dialer::handshake(a, &req, &limits).await.unwrap();
+            flipped.serve_h2(backend(), &limits).await
+        });
+        let mut buf = vec![0; 4096];
+        let _ = b.read(&mut buf).await.unwrap();
+        let mut flood = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n".to_vec();
+        flood.extend_from_slice(PREFACE_AND_SETTINGS);
+        // SETTINGS_INITIAL_WINDOW_SIZE = 65535, again and again: 15 bytes a frame.
+        const SETTINGS: &[u8] = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\xff\xff";
+        let writer = tokio::spawn(async move {
+            b.write_all(&flood).await?;
+            let burst = SETTINGS.repeat(1024);
+            // Bounded: 100 000 frames at most; the dialer closing ends it sooner.
+            for _ in 0..100 {
+                b.write_all(&burst).await?;
+            }
+            Ok::<_, std::io::Error>(b)
+        });
+        let res = dialer.await.unwrap();
+        assert!(res.is_err(), "the flooded connection ends with an error");
+        // The writer is unblocked (its peer is gone) or finished: no hang on either side.
+        let _ = writer.await.unwrap();
+    })
+    .await
+    .expect("deadline");
+}
+
 /// Whether the Python `h2` package can run; otherwise why not (the test then skips).
 fn python_h2() -> Result<(), String> {
     let out = std::process::Command::new("python3")

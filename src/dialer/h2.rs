@@ -6,7 +6,7 @@
 //! [`Flipped`] replays those bytes first) and sends its own SETTINGS, with
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` and `SETTINGS_MAX_HEADER_LIST_SIZE` from [`Limits`]. It
 //! PINGs an idle listener ([`crate::H2Limits`]) and closes a connection whose PINGs go
-//! unanswered. `graceful_shutdown` on the returned connection sends GOAWAY and lets the open
+//! unanswered, or that reads nothing of what it is sent ([`crate::io::WriteDeadline`]). `graceful_shutdown` on the returned connection sends GOAWAY and lets the open
 //! streams finish, the shutdown signal the draft names.
 
 use http::Request;
@@ -15,13 +15,13 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::Flipped;
-use crate::io::{ByteStream, Rewind};
+use crate::io::{ByteStream, Rewind, WriteDeadline};
 use crate::limits::Limits;
 
 /// A transposed HTTP/2 connection being served: a hyper connection future. Poll it to
 /// completion; call [`hyper::server::conn::http2::Connection::graceful_shutdown`] to send
 /// GOAWAY and close once the open streams are done.
-pub type ServingH2<IO, S> = http2::Connection<TokioIo<Rewind<IO>>, S, TokioExecutor>;
+pub type ServingH2<IO, S> = http2::Connection<TokioIo<WriteDeadline<Rewind<IO>>>, S, TokioExecutor>;
 
 impl<IO: ByteStream> Flipped<IO> {
     /// Serve HTTP/2 on a `ptth` connection whose `101` chose `ALPN: h2` ([`Flipped::is_h2`]),
@@ -47,7 +47,8 @@ impl<IO: ByteStream> Flipped<IO> {
             .keep_alive_interval(limits.h2.keep_alive_interval)
             .keep_alive_timeout(limits.h2.keep_alive_timeout)
             .enable_connect_protocol();
-        builder.serve_connection(TokioIo::new(self.io), service)
+        let io = WriteDeadline::new(self.io, limits.h2.write_timeout);
+        builder.serve_connection(TokioIo::new(io), service)
     }
 
     /// [`Flipped::serve_h2`] with a `tower::Service` (an axum `Router`, for example).

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ListenerConfig, ReversedConnection};
 use crate::error::Error;
+use crate::io::WriteDeadline;
 
 /// Sends requests to the dialer over a transposed HTTP/2 connection, many at once. Clone it to
 /// share the connection between tasks.
@@ -129,7 +130,10 @@ where
         // must be found.
         .keep_alive_while_idle(true);
     let (sender, conn) = builder
-        .handshake(TokioIo::new(io))
+        .handshake(TokioIo::new(WriteDeadline::new(
+            io,
+            limits.h2.write_timeout,
+        )))
         .await
         .map_err(Error::hyper("starting the reversed h2 client"))?;
     Ok((
