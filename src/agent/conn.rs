@@ -448,4 +448,64 @@ mod tests {
         assert!(raw.starts_with("POST / HTTP/1.1\r\nHost: demo.localhost:8080\r\n"));
         assert!(raw.contains("\r\nauthorization: Bearer s\r\n"));
     }
+
+    /// A `ptth` offer: `GET`, `ALPN: h2, http%2F1.1`; in host mode the well-known target with
+    /// the relay URL's origin in canonical form (D74), in path mode the path as it is.
+    #[test]
+    fn a_ptth_offer_lists_alpn_and_registers_the_host_modes_origin() {
+        let offer = |url: &str| {
+            let t = Target::parse(url).unwrap();
+            let req = upgrade_request(
+                &t,
+                &Method::GET,
+                Protocol::Transposed,
+                None,
+                &HeaderMap::new(),
+            );
+            String::from_utf8(req.encode()).unwrap()
+        };
+        let raw = offer("http://Demo.localhost:8080/");
+        assert!(
+            raw.starts_with(
+                "GET /.well-known/ptth/http%3A%2F%2Fdemo.localhost%3A8080/ HTTP/1.1\r\n\
+                 Host: Demo.localhost:8080\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n\
+                 ALPN: h2, http%2F1.1\r\n"
+            ),
+            "{raw}"
+        );
+        // The default port is not written; IPv6 in brackets.
+        assert!(
+            offer("https://demo.example/")
+                .starts_with("GET /.well-known/ptth/https%3A%2F%2Fdemo.example/ ")
+        );
+        assert!(
+            offer("http://[::1]:81/")
+                .starts_with("GET /.well-known/ptth/http%3A%2F%2F%5B%3A%3A1%5D%3A81/ ")
+        );
+        // Path mode: the name is the deployment's target.
+        assert!(offer("http://127.0.0.1:8080/demo").starts_with("GET /demo HTTP/1.1\r\n"));
+        // The 2009 tokens are unchanged: no ALPN.
+        let t = Target::parse("http://demo.localhost:8080/").unwrap();
+        let req = upgrade_request(&t, &Method::POST, Protocol::Ptth09, None, &HeaderMap::new());
+        let raw = String::from_utf8(req.encode()).unwrap();
+        assert!(
+            raw.starts_with("POST / HTTP/1.1\r\n") && !raw.contains("ALPN"),
+            "{raw}"
+        );
+    }
+
+    #[test]
+    fn ptth_is_always_get() {
+        let a = crate::agent::Agent::builder("http://127.0.0.1:8080/demo")
+            .protocol(Protocol::Transposed)
+            .method(Method::POST)
+            .build()
+            .unwrap();
+        assert_eq!(a.config().upgrade_method(), Method::GET);
+        assert_eq!(a.config().h2_connections, 2);
+        let a = crate::agent::Agent::builder("http://127.0.0.1:8080/demo")
+            .build()
+            .unwrap();
+        assert_eq!(a.config().upgrade_method(), Method::POST);
+    }
 }
