@@ -71,7 +71,8 @@ async fn upstream() -> Upstream {
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .with_upgrades(),
             );
         }
     });
@@ -98,6 +99,26 @@ async fn answer(
             res.headers_mut()
                 .insert("content-length", HeaderValue::from(1024 * 1024));
             res
+        }
+        "/ws"
+            if req
+                .headers()
+                .get("upgrade")
+                .is_some_and(|v| v == "websocket") =>
+        {
+            let had_key = req.headers().contains_key("sec-websocket-key");
+            tokio::spawn(async move {
+                let upgraded = hyper::upgrade::on(req).await.unwrap();
+                let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            let mut res = Response::new(full(Bytes::new()));
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = res.headers_mut();
+            h.insert("upgrade", HeaderValue::from_static("websocket"));
+            h.insert("connection", HeaderValue::from_static("upgrade"));
+            h.insert("x-had-key", HeaderValue::from(u16::from(had_key)));
+            return res;
         }
         "/hold" => {
             let released = release.notified();
@@ -366,6 +387,25 @@ async fn targets_host_and_an_upstream_that_is_down() {
             "{body}"
         );
         assert!(!body.contains("127.0.0.1"), "no internal address: {body}");
+    })
+    .await;
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): the relay's extended CONNECT becomes the upstream's
+/// HTTP/1.1 upgrade (with a `Sec-WebSocket-Key` of the agent's), the stream is answered `200`,
+/// and bytes go through both ways.
+#[tokio::test]
+async fn extended_connect_becomes_the_upstreams_websocket_upgrade() {
+    needs_python_h2!("extended_connect_becomes_the_upstreams_websocket_upgrade");
+    deadline(async {
+        let up = upstream().await;
+        let relay = py_relay("ws", &[]).await;
+        let url = format!("http://127.0.0.1:{}/demo", relay.port);
+        let (_agent, _log) = agent(&url, &up.url, &["--h2-connections", "1"]);
+        let summary = relay.summary().await;
+        assert_eq!(summary["status"], "200", "{summary}");
+        assert_eq!(summary["headers"]["x-had-key"], "1", "{summary}");
+        assert_eq!(summary["echo"], "hello through the tunnel", "{summary}");
     })
     .await;
 }

@@ -20,19 +20,21 @@
 //! upstream's response body is the stream's, with HTTP/2 flow control on one side and TCP on
 //! the other, so a slow reader holds back only its own stream and its upstream connection. An
 //! upstream that cannot be reached is a `502` whose body says why in words, without the
-//! upstream's address (that goes to the log). Extended CONNECT (RFC 8441) is answered `501`:
-//! WebSocket over this path is not forwarded yet.
+//! upstream's address (that goes to the log). Extended CONNECT with `:protocol websocket`
+//! (RFC 8441) becomes the upstream's HTTP/1.1 WebSocket upgrade, and the stream and the
+//! upgraded connection are spliced; any other CONNECT is `501`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use http::header::{HOST, PROXY_AUTHORIZATION};
+use http::header::{CONNECTION, HOST, HeaderValue, PROXY_AUTHORIZATION, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -53,6 +55,8 @@ pub(super) type ForwardBody = BoxBody<Bytes, BoxError>;
 #[derive(Clone, Debug)]
 pub(super) struct Upstreams {
     client: Client<Connector, Incoming>,
+    /// For WebSocket upgrades, which send no body and take their connection out of the pool.
+    upgrades: Client<Connector, Empty<Bytes>>,
     /// One permit per request in flight upstream, held until its response body is done.
     permits: Arc<Semaphore>,
 }
@@ -61,13 +65,14 @@ impl Upstreams {
     /// At most `connections` requests in flight upstream, and so at most that many upstream
     /// connections (idle ones are kept for reuse, up to the same number).
     pub(super) fn new(cfg: Arc<ProxyConfig>, connections: usize) -> Upstreams {
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_max_idle_per_host(connections)
             // `Host` is set by the proxy (the upstream's authority), as on HTTP/1.1.
-            .set_host(false)
-            .build(Connector(cfg));
+            .set_host(false);
         Upstreams {
-            client,
+            client: builder.build(Connector(cfg.clone())),
+            upgrades: builder.build(Connector(cfg)),
             permits: Arc::new(Semaphore::new(connections)),
         }
     }
@@ -94,11 +99,7 @@ impl hyper::service::Service<Request<Incoming>> for Forward {
 impl Forward {
     async fn forward(self, req: Request<Incoming>) -> Response<ForwardBody> {
         if req.method() == Method::CONNECT {
-            return text(
-                StatusCode::NOT_IMPLEMENTED,
-                "501 Not Implemented: the agent does not forward CONNECT (WebSocket over HTTP/2 \
-                 is not supported yet)\n",
-            );
+            return self.websocket(req).await;
         }
         let req = match self.rewrite(req) {
             Ok(req) => req,
@@ -121,24 +122,100 @@ impl Forward {
                 };
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
-            Err(e) => {
-                let why = failure(&e);
-                tracing::warn!(
-                    upstream = %self.cfg.upstream.endpoint.authority_str(),
-                    error = %chain(&e),
-                    "upstream request failed"
-                );
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("502 Bad Gateway: the agent could not reach its upstream: {why}\n"),
-                )
-            }
+            Err(e) => self.unreachable(&e),
         }
+    }
+
+    /// Extended CONNECT with `:protocol websocket` (RFC 8441): the upstream gets the HTTP/1.1
+    /// WebSocket upgrade (RFC 6455 §4.1: `GET`, `Upgrade: websocket`, a fresh
+    /// `Sec-WebSocket-Key`); on its `101` the stream is answered `200` and the two are spliced.
+    /// Any other CONNECT is `501`: the agent forwards to one upstream, it is no tunnel.
+    async fn websocket(self, mut req: Request<Incoming>) -> Response<ForwardBody> {
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                "501 Not Implemented: the agent forwards CONNECT only as a WebSocket \
+                 (:protocol websocket)\n",
+            );
+        }
+        let stream = hyper::upgrade::on(&mut req);
+        // The stream itself is the tunnel: the upstream request has no body.
+        let (parts, _) = req.into_parts();
+        let mut up = match self.rewrite(Request::from_parts(parts, Empty::<Bytes>::new())) {
+            Ok(up) => up,
+            Err(why) => return text(StatusCode::BAD_REQUEST, &why),
+        };
+        *up.method_mut() = Method::GET;
+        let headers = up.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        headers.insert(
+            "sec-websocket-key",
+            HeaderValue::from_str(&key).expect("base64 is a field value"),
+        );
+        let Ok(permit) = self.upstreams.permits.clone().acquire_owned().await else {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: the agent is stopping\n",
+            );
+        };
+        let mut res = match self.upstreams.upgrades.request(up).await {
+            Ok(res) => res,
+            Err(e) => return self.unreachable(&e),
+        };
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A refusal (a 401, a 404): passed back as it is, body and all.
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers, Keep::default());
+            let body = Guarded {
+                inner: body,
+                _guard: permit,
+            };
+            return Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+        }
+        let upstream = hyper::upgrade::on(&mut res);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (Ok(stream), Ok(upstream)) = tokio::join!(stream, upstream) else {
+                return;
+            };
+            let (mut a, mut b) = (TokioIo::new(stream), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                tracing::debug!(error = %e, "WebSocket over HTTP/2 ended with an error");
+            }
+        });
+        let (mut parts, _) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers, Keep::default());
+        parts.headers.remove("sec-websocket-accept");
+        parts.status = StatusCode::OK;
+        Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
+    }
+
+    /// The `502` for an upstream that cannot be reached, and its log line.
+    fn unreachable(&self, e: &hyper_util::client::legacy::Error) -> Response<ForwardBody> {
+        tracing::warn!(
+            upstream = %self.cfg.upstream.endpoint.authority_str(),
+            error = %chain(e),
+            "upstream request failed"
+        );
+        text(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "502 Bad Gateway: the agent could not reach its upstream: {}\n",
+                failure(e)
+            ),
+        )
     }
 
     /// The upstream request: target rewritten onto the upstream (prefix, dot segments),
     /// hop-by-hop fields and `Proxy-Authorization` dropped, `Host` the upstream's authority.
-    fn rewrite(&self, req: Request<Incoming>) -> Result<Request<Incoming>, String> {
+    fn rewrite<B>(&self, req: Request<B>) -> Result<Request<B>, String> {
         let (mut parts, body) = req.into_parts();
         let endpoint = &self.cfg.upstream.endpoint;
         let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

@@ -14,6 +14,8 @@ Prints the listening port on its first stdout line, then JSON lines: events as t
   goaway               one connection: GET /first, then GOAWAY and close; accept the agent's
                        next connection and GET /second on it
   one P                one connection, one GET of PATHS[P]: its status, body and fields
+  ws                   one connection: extended CONNECT :protocol websocket to /ws, bytes
+                       sent up and echoed back through the upstream's upgraded connection
   http11               answer ALPN http/1.1 and send one HTTP/1.1 GET /h1 on the raw socket
   refuse               answer the first offer 400 "Upgrade: ptth needs an ALPN field", the
                        second a 101 without ALPN
@@ -242,6 +244,37 @@ def one(lsock, path):
 PATHS = ["/x", "/a/../b?q=1"]
 
 
+def ws(lsock):
+    """Extended CONNECT (RFC 8441) with :protocol websocket: bytes go up and come back."""
+    sock = accept(lsock)
+    offer(sock)
+    c = Conn(sock)
+    while c.h2.remote_settings.enable_connect_protocol != 1:
+        if not c.pump():
+            common.fail("agent closed before its SETTINGS")
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(
+        sid,
+        [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+         (":authority", "app.example"), (":path", "/ws"), ("sec-websocket-version", "13")],
+    )
+    c.streams[sid] = {"path": "/ws", "body": b"", "status": None, "done": False, "reset": None}
+    c.send()
+    c.until(lambda: c.streams[sid]["status"] is not None)
+    status = c.streams[sid]["status"]
+    message = b"hello through the tunnel"
+    if status == "200":
+        c.h2.send_data(sid, message)
+        c.send()
+        c.until(lambda: len(c.streams[sid]["body"]) >= len(message) or c.finished(sid))
+        c.h2.end_stream(sid)
+        c.send()
+        c.until(lambda: c.finished(sid))
+    summary = {"status": status, "headers": c.headers.get(sid, {}), "echo": c.body(sid)}
+    c.close()
+    emit({"summary": summary})
+
+
 def http11(lsock):
     sock = accept(lsock)
     o = offer(sock)
@@ -284,7 +317,7 @@ def main():
     lsock.settimeout(common.TIMEOUT)
     print(lsock.getsockname()[1], flush=True)
     scenario, args = sys.argv[1], [int(a) for a in sys.argv[2:]]
-    {"many": many, "reset": reset, "goaway": goaway, "one": one, "http11": http11, "refuse": refuse}[
+    {"many": many, "reset": reset, "goaway": goaway, "one": one, "ws": ws, "http11": http11, "refuse": refuse}[
         scenario
     ](lsock, *args)
 
