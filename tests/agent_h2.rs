@@ -410,6 +410,36 @@ async fn extended_connect_becomes_the_upstreams_websocket_upgrade() {
     .await;
 }
 
+/// The library's `Agent::serve` with a user's hyper service runs it on HTTP/2 when the relay
+/// chooses `h2` (the path `ptth-connect` does not take), and stops on its shutdown signal.
+#[tokio::test]
+async fn the_library_agent_serves_a_hyper_service_on_h2() {
+    needs_python_h2!("the_library_agent_serves_a_hyper_service_on_h2");
+    deadline(async {
+        let relay = py_relay("one", &["0".to_string()]).await;
+        let url = format!("http://127.0.0.1:{}/demo", relay.port);
+        let agent = ptth::agent::Agent::builder(url)
+            .protocol(Protocol::Transposed)
+            .h2_connections(1)
+            .build()
+            .unwrap();
+        let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let v = format!("{:?} {}", req.version(), req.uri().path());
+            Ok::<_, Infallible>(Response::new(full(v)))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(agent.serve(service, async {
+            let _ = stopped.await;
+        }));
+        let summary = relay.summary().await;
+        assert_eq!(summary["status"], "200", "{summary}");
+        assert_eq!(summary["body"], "HTTP/2.0 /x", "{summary}");
+        stop.send(()).unwrap();
+        serving.await.unwrap().unwrap();
+    })
+    .await;
+}
+
 /// A relay that chooses `http/1.1` inside `ptth` gets today's reversed HTTP/1.1.
 #[tokio::test]
 async fn a_relay_that_chooses_http11_gets_reversed_http11() {
