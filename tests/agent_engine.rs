@@ -4,13 +4,13 @@
 //! a clear status or a closed connection, never a hang and never one request's bytes in
 //! another's. The relay here is a raw TCP peer that parks the agent by hand.
 
-mod agent_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agent_support::{SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
 use ptth::limits::Limits;
+use support::{SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -1,13 +1,13 @@
 //! The agent against hand-written relay answers: 204, 307, 429 + Retry-After, 401 (library
 //! error and binary exit status), and a relay that closes every connection at once.
 
-mod agent_support;
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agent_support::*;
 use ptth::agent::Backoff;
+use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -60,7 +60,7 @@ async fn temporary_redirect_moves_the_next_dial() {
         let (head, mut client) = accept_parked(&relay2).await;
         assert_eq!(head.uri, "/moved");
         assert_eq!(head.headers["host"], addr2.to_string().as_str());
-        let res = client.send(get("/moved/x")).await.unwrap();
+        let res = client.send(get_request("/moved/x")).await.unwrap();
         assert_eq!(res.status(), 404);
         agent.shutdown().await.unwrap();
     })

@@ -1,10 +1,8 @@
 //! The library's `Agent` against the in-process relay: parking, requests through the relay to a
 //! real upstream (plain and HTTPS), healing after the relay restarts on the same port (and how
 //! fast, under paused time), `Expect: 100-continue` end to end, and HTTP/1.0 upstreams.
-mod agent_support;
 
-#[path = "support/pki.rs"]
-mod pki;
+use support::pki;
 mod support;
 
 use std::net::SocketAddr;
@@ -464,7 +462,7 @@ async fn http_1_0_upstream_answers_the_public_in_http_1_1() {
 #[tokio::test]
 async fn dot_segments_never_climb_above_the_upstream_prefix() {
     tokio::time::timeout(DEADLINE, async {
-        let (up, mut arrivals, _release) = agent_support::spawn_upstream().await;
+        let (up, mut arrivals, _release) = support::spawn_upstream().await;
         let relay = support::start_relay(Config::default()).await;
         let _agent = spawn_named_agent(
             relay.addr,
@@ -583,14 +581,11 @@ async fn clients_bad_body_is_no_warning_and_no_5xx() {
             assert!(!bodies.recv().await.unwrap());
         }
         // The agent's verdict on each cut body is logged once the upstream request fails.
-        let mut tries = 0;
-        while logs.text().matches("request body cut off").count() < 2
-            && !logs.text().contains("upstream request failed")
-        {
-            tries += 1;
-            assert!(tries < 2000, "no verdict logged:\n{}", logs.text());
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        logs.wait_until(|text| {
+            text.matches("request body cut off").count() >= 2
+                || text.contains("upstream request failed")
+        })
+        .await;
         let text = logs.text();
         let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
         assert!(warnings.is_empty(), "{warnings:#?}");

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TBody = BoxBody<Bytes, BoxError>;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 fn full(s: &'static str) -> TBody {
     Full::from(s).map_err(|e| match e {}).boxed()

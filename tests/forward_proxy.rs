@@ -4,11 +4,8 @@
 //! without proxy authentication, a wrong password (a `407`, and backoff, not a loop), a proxy
 //! that is down, `NO_PROXY`, and `ptth-connect` reading curl's variables.
 
-mod agent_support;
-#[path = "support/pki.rs"]
-mod pki;
-#[path = "support/squid.rs"]
-mod squid;
+use support::pki;
+use support::squid;
 mod support;
 
 use std::net::SocketAddr;
@@ -16,7 +13,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_support::{SWITCH_09, builder, deadline, spawn_proxy_agent, spawn_upstream};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -25,6 +21,7 @@ use ptth::agent::forward_proxy::ProxyError;
 use ptth::agent::{AgentBuilder, AgentError, Backoff, NoProxy, ProxySettings, Transport};
 use ptth::relay::{Config, Listeners, Relay, RelayHandle};
 use squid::Squid;
+use support::{SWITCH_09, builder, deadline, spawn_proxy_agent, spawn_upstream};
 use support::{get, start_relay};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -187,7 +184,7 @@ async fn connect_bytes_are_exact_and_bytes_after_the_200_are_the_tunnels() {
         let agent = spawn_proxy_agent(b, up);
 
         let (mut tcp, _) = proxy.accept().await.unwrap();
-        let connect = agent_support::read_head(&mut tcp).await;
+        let connect = support::read_head(&mut tcp).await;
         assert_eq!(
             connect,
             format!(
@@ -200,7 +197,7 @@ async fn connect_bytes_are_exact_and_bytes_after_the_200_are_the_tunnels() {
         let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
         answer.extend_from_slice(SWITCH_09);
         tcp.write_all(&answer).await.unwrap();
-        let offer = agent_support::read_head(&mut tcp).await;
+        let offer = support::read_head(&mut tcp).await;
         assert!(
             offer.starts_with("POST /demo HTTP/1.1\r\nHost: relay.example:4321\r\n"),
             "{offer}"
@@ -320,7 +317,7 @@ async fn an_https_relay_through_squid() {
         let hop = Hop::start(squid.addr).await;
         let trust = ptth::tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let b = ptth::agent::Agent::builder(format!("https://localhost:{}/demo", addr.port()))
-            .backoff(agent_support::fast_backoff())
+            .backoff(support::fast_backoff())
             .transport(Transport::Tls(trust))
             .connections(1)
             .proxy(via(&format!("http://{}", hop.addr)));
@@ -566,7 +563,7 @@ async fn ptth_connect_names_the_proxy_and_hints_on_a_407() {
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = proxy.accept().await.unwrap();
-                agent_support::read_head(&mut tcp).await;
+                support::read_head(&mut tcp).await;
                 let _ = tcp
                     .write_all(
                         b"HTTP/1.1 407 Proxy Authentication Required\r\n\

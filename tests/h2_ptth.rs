@@ -8,7 +8,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -24,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod support;
+use support::DEADLINE;
 /// Requests held open at once on one connection.
 const TOGETHER: usize = 32;
 /// The large body, each way.

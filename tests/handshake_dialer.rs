@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use ptth::{Error, Limits, Protocol, SwitchError, UpgradeRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// A stream that returns at most one byte per read, to split every head at every byte.
 struct OneByte<T> {

@@ -12,7 +12,8 @@ use ptth::listener::{ListenerConfig, raw};
 use ptth::{BodyError, Error, HeadError, OfferError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// What the test does with a valid offer.
 #[derive(Clone, Copy)]

@@ -3,7 +3,6 @@
 //! listener against our dialer. Every byte the raw peers see or send is checked.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,7 +12,8 @@ use ptth::{Limits, Protocol, UpgradeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// Read one message head (through CRLFCRLF) and then `body_len(head)` bytes of body, exactly.
 async fn read_message(s: &mut TcpStream, body_len: impl Fn(&str) -> BodyLen) -> (String, Vec<u8>) {

@@ -1,7 +1,6 @@
 //! The relay over TLS: HTTPS for public clients and agents, and mutual TLS for agents.
 
-#[path = "support/pki.rs"]
-mod pki;
+use support::pki;
 mod support;
 
 use std::net::SocketAddr;
