@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pki::Pki;
 use ptth::agent::Agent;
-use ptth::agent::proxy::Proxy;
+use ptth::agent::Proxy;
 use ptth::relay::{Config, Relay, RelayHandle};
 use support::{DEADLINE, get, read_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

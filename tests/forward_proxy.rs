@@ -17,12 +17,12 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use pki::Pki;
-use ptth::agent::forward_proxy::ProxyError;
+use ptth::agent::ProxyError;
 use ptth::agent::{AgentBuilder, AgentError, Backoff, NoProxy, ProxySettings, Transport};
-use ptth::relay::{Config, Listeners, Relay, RelayHandle};
+use ptth::relay::Config;
 use squid::Squid;
 use support::{SWITCH_09, builder, deadline, spawn_proxy_agent, spawn_upstream};
-use support::{get, start_relay};
+use support::{TestRelay, get, start_relay, start_tls_relay};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -114,29 +114,13 @@ fn assert_only_connects(hop: &Hop, target: &str) {
 }
 
 /// A relay on 127.0.0.1:0 with TLS only, its certificate for `localhost` from `pki`.
-async fn tls_relay(pki: &Pki) -> (RelayHandle, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn tls_relay(pki: &Pki) -> TestRelay {
     let (cert, key) = pki.issue("relay", &["localhost"], false);
-    let config = Config {
+    start_tls_relay(Config {
         tls: Some(ptth::tls::server_config(&cert, &key, None).unwrap()),
         ..Config::default()
-    };
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::new(
-        Listeners {
-            plain: vec![],
-            tls: vec![l],
-        },
-        config,
-    )
+    })
     .await
-    .unwrap();
-    let handle = relay.handle();
-    let addr = handle.tls_addrs()[0];
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(relay.run(async move {
-        let _ = rx.await;
-    }));
-    (handle, addr, stop)
 }
 
 /// GET `path` from the TLS relay at `addr`, as a public client that trusts `pki`.
@@ -311,7 +295,8 @@ async fn an_https_relay_through_squid() {
     };
     deadline(async {
         let pki = Pki::new("relay");
-        let (handle, addr, _stop) = tls_relay(&pki).await;
+        let relay = tls_relay(&pki).await;
+        let (handle, addr) = (relay.handle.clone(), relay.addr);
         let (up, _arrivals, _release) = spawn_upstream().await;
         let squid = Squid::start(&bin, &[addr.port()], &[]);
         let hop = Hop::start(squid.addr).await;

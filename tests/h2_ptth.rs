@@ -122,7 +122,7 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 /// The dialer offers `ptth` for [`origins`], and serves [`backend`] with HTTP/2; the listener
 /// accepts and starts its HTTP/2 client.
 async fn h2_pair() -> (
-    ptth::listener::h2::ReversedH2Client<Body>,
+    ptth::listener::ReversedH2Client<Body>,
     tokio::task::JoinHandle<Result<(), Error>>,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,

@@ -30,11 +30,12 @@ use tracing::debug;
 
 use super::dial::{self, BoxedIo};
 use super::target::Target;
-use super::{AgentError, BoxError, Config};
+use super::{AgentError, Config};
 use crate::dialer::Flipped;
 use crate::error::{Error, Refusal};
 use crate::proto::Protocol;
 use crate::proto::request::UpgradeRequest;
+use crate::service::HttpService;
 
 /// What a connection tells the pool.
 #[derive(Debug)]
@@ -123,18 +124,9 @@ pub(super) trait Serve: Send + Sync + 'static {
 /// A hyper service, served with [`Flipped::serve`].
 pub(super) struct Hyper<S>(pub(super) S);
 
-impl<S, B> Serve for Hyper<S>
+impl<S> Serve for Hyper<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService + Clone + Send + Sync + 'static,
 {
     async fn serve(
         &self,

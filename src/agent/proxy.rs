@@ -99,7 +99,7 @@ impl Serve for Proxy {
         graceful: CancellationToken,
     ) {
         let limits = &config.limits;
-        let (already, io) = flipped.into_io().into_parts();
+        let (already, io) = flipped.into_parts();
         let mut inbound = Conn::new(io, &already, limits);
         let mut upstream = None;
         let response_limits = Limits {

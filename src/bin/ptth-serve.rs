@@ -276,7 +276,7 @@ impl Settings {
 fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     addrs
         .iter()
-        .map(|a| ptth::net::listen(*a).with_context(|| format!("binding {a}")))
+        .map(|a| ptth::relay::listen(*a).with_context(|| format!("binding {a}")))
         .collect()
 }
 

@@ -34,6 +34,7 @@ use crate::error::{Error, HeadError, OfferError};
 use crate::proto::body::Framing;
 use crate::proto::request::{self as req, OfferTerms};
 use crate::proto::{Protocol, response};
+use crate::service::SendBody;
 
 /// Why a request was not taken as an upgrade, as a response ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +192,7 @@ impl Offer<OnUpgrade> {
         config: &ListenerConfig,
     ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
     where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody,
     {
         self.expect_inner(false)?;
         let upgraded = self.upgraded().await?;
@@ -207,9 +206,7 @@ impl Offer<OnUpgrade> {
         config: &ListenerConfig,
     ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
     where
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody + Unpin,
     {
         self.expect_inner(true)?;
         let upgraded = self.upgraded().await?;

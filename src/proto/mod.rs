@@ -10,19 +10,19 @@
 //! unit-tested with raw bytes, and every parser of it fuzzed (see `fuzz/`).
 //!
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
-//! exceptions are what the forwarding hops share: [`path`] (the dot-segment rules the relay and
-//! the agent apply to the requests they forward), [`hop`] (hop-by-hop fields) and
-//! [`forwarded`] (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
+//! exceptions are what the forwarding hops share, crate-private: `path` (the dot-segment rules
+//! the relay and the agent apply to the requests they forward), `hop` (hop-by-hop fields) and
+//! `forwarded` (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
 //! reversed requests with [`head`] to time their heads.
 
 pub mod alpn;
 pub mod body;
 pub mod connect;
-pub mod forwarded;
+pub(crate) mod forwarded;
 pub mod head;
-pub mod hop;
+pub(crate) mod hop;
 pub mod origin;
-pub mod path;
+pub(crate) mod path;
 pub mod request;
 pub mod response;
 pub mod tokens;

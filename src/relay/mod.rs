@@ -50,6 +50,9 @@ pub use config::*;
 pub use registry::{NameState, NameStats};
 pub use route::MAX_NAME_LEN;
 
+/// Bind a relay listener with the large listen backlog a restart storm needs.
+pub use crate::net::{LISTEN_BACKLOG, listen};
+
 /// The sockets a relay serves: plain HTTP, and HTTPS (with [`Config::tls`]).
 #[derive(Debug, Default)]
 pub struct Listeners {

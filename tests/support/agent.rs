@@ -67,18 +67,9 @@ impl RunningAgent {
     }
 }
 
-pub fn spawn_agent<S, B>(builder: AgentBuilder, service: S) -> RunningAgent
+pub fn spawn_agent<S>(builder: AgentBuilder, service: S) -> RunningAgent
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ptth::service::HttpService + Clone + Send + Sync + 'static,
 {
     let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
@@ -97,7 +88,7 @@ pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> Running
 
 /// An agent proxying to `url` (`http://host:port/optional/prefix`).
 pub fn spawn_proxy_agent_to(builder: AgentBuilder, url: &str) -> RunningAgent {
-    let proxy = ptth::agent::proxy::Proxy::new(url).unwrap();
+    let proxy = ptth::agent::Proxy::new(url).unwrap();
     let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(agent.serve_proxy(proxy, async move {

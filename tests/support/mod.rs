@@ -25,7 +25,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use ptth::relay::{Config, NameState, Relay, RelayHandle};
+use ptth::relay::{Config, Listeners, NameState, Relay, RelayHandle};
 use ptth::{Limits, UpgradeRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -73,11 +73,34 @@ impl TestRelay {
     }
 }
 
+/// A relay with one plain listener on 127.0.0.1:0.
 pub async fn start_relay(config: Config) -> TestRelay {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::new(vec![l], config).await.unwrap();
+    run_relay(vec![l].into(), config).await
+}
+
+/// A relay with one TLS listener only, on 127.0.0.1:0 (`config.tls` is the caller's):
+/// [`TestRelay::addr`] is the TLS address.
+pub async fn start_tls_relay(config: Config) -> TestRelay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = Listeners {
+        plain: vec![],
+        tls: vec![l],
+    };
+    run_relay(listeners, config).await
+}
+
+/// Run a relay on `listeners` until [`TestRelay::shutdown`] (or its drop); `addr` is the first
+/// address, plain before TLS.
+async fn run_relay(listeners: Listeners, config: Config) -> TestRelay {
+    let relay = Relay::new(listeners, config).await.unwrap();
     let handle = relay.handle();
-    let addr = handle.local_addrs()[0];
+    let addr = *handle
+        .local_addrs()
+        .iter()
+        .chain(handle.tls_addrs())
+        .next()
+        .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         relay
