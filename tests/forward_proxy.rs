@@ -174,7 +174,7 @@ async fn connect_bytes_are_exact_and_bytes_after_the_200_are_the_tunnels() {
             format!(
                 "CONNECT relay.example:4321 HTTP/1.1\r\nHost: relay.example:4321\r\n\
                  User-Agent: {}\r\nProxy-Authorization: Basic YWxpY2U6czpjcmV0IHg=\r\n\r\n",
-                ptth::proto::connect::USER_AGENT
+                ptth::agent::USER_AGENT
             )
         );
         // "alice:s:cret x"; then the 200 and the 101 in one write.

@@ -51,6 +51,8 @@ mod pool;
 mod proxy;
 mod target;
 
+/// The `User-Agent` of the agent's CONNECT requests to a forward proxy.
+pub use crate::proto::connect::USER_AGENT;
 pub use backoff::Backoff;
 pub use config::{
     AgentBuilder, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS,

@@ -4,7 +4,7 @@
 //! [`Offer::switching_response`] from the handler and spawn [`Offer::reverse`], which waits for
 //! hyper to hand over the stream and starts the reversed client on it. On failure, return
 //! [`Rejection::into_response`]. The `101` and the refusals carry the fields the raw listener
-//! writes ([`response::switching_fields`], [`response::refusal_fields`]).
+//! writes (`proto::response`'s `switching_fields` and `refusal_fields`).
 //!
 //! The server must be built with `.with_upgrades()`. Strict dialers compare header *names* in
 //! the `101` too, so set `title_case_headers(true)` on the server builder: hyper then writes
