@@ -15,8 +15,7 @@ use tokio::net::TcpListener;
 #[tokio::test]
 async fn parks_announces_and_reparks() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(2).token("s3cret"), up);
 
@@ -50,8 +49,7 @@ async fn parks_announces_and_reparks() {
 async fn pool_grows_to_serve_64_concurrent_requests() {
     deadline(async {
         const N: usize = 64;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(4).max_connections(N), up);
 
@@ -87,10 +85,8 @@ async fn pool_grows_to_serve_64_concurrent_requests() {
 #[tokio::test]
 async fn upstream_down_gives_502_and_the_agent_stays_up() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (dead, dead_addr) = support::bind_local().await;
         drop(dead);
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), dead_addr);
         let (_, mut a) = accept_parked(&relay).await;
@@ -109,8 +105,7 @@ async fn upstream_down_gives_502_and_the_agent_stays_up() {
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -149,8 +144,7 @@ async fn large_bodies_stream_both_ways() {
 #[tokio::test]
 async fn streamed_response_arrives_incrementally() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -174,8 +168,7 @@ async fn streamed_response_arrives_incrementally() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_request_in_flight() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -203,8 +196,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
 #[tokio::test]
 async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         // The upstream never answers `/hold` (its release is never sent).
         let (up, mut arrivals, _release) = spawn_upstream().await;
         let drain = Duration::from_millis(300);
@@ -238,8 +230,7 @@ async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
 #[tokio::test]
 async fn agent_comes_back_after_the_relay_restarts() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
         let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel();
         let counting = builder(addr, "demo").connections(2).on_failure(move |e| {
@@ -274,8 +265,7 @@ async fn upgrades_pass_through_to_the_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
         // An upstream that switches to a byte-echo protocol on `Upgrade: echo`.
-        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up_addr = up.local_addr().unwrap();
+        let (up, up_addr) = support::bind_local().await;
         tokio::spawn(async move {
             let (tcp, _) = up.accept().await.unwrap();
             let svc = hyper::service::service_fn(
@@ -303,8 +293,7 @@ async fn upgrades_pass_through_to_the_upstream() {
                 .await
                 .unwrap();
         });
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up_addr);
         let (_, mut a) = accept_parked(&relay).await;
         let req = http::Request::get("/ws")
@@ -332,8 +321,7 @@ async fn counting_upstream() -> (
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = support::bind_local().await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
@@ -366,8 +354,7 @@ async fn counting_upstream() -> (
 async fn one_upstream_connection_per_reversed_connection_redialed_after_close() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -401,8 +388,7 @@ async fn one_upstream_connection_per_reversed_connection_redialed_after_close() 
 async fn request_body_streams_in_while_the_response_streams_out() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -449,10 +435,8 @@ async fn request_body_streams_in_while_the_response_streams_out() {
 async fn upstream_response_with_content_length_and_chunked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = upstream.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (upstream, up) = support::bind_local().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
         let first = tokio::spawn(async move {
@@ -487,8 +471,7 @@ async fn upstream_response_with_content_length_and_chunked() {
 #[tokio::test]
 async fn reversed_paths_never_climb_above_the_upstream_prefix() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent_to(builder(addr, "demo"), &format!("http://{up}/sub"));
         let (_, mut client) = accept_parked(&relay).await;
@@ -532,10 +515,8 @@ async fn reversed_paths_never_climb_above_the_upstream_prefix() {
 async fn http_1_0_upstream_keeps_the_reversed_connection() {
     use tokio::io::AsyncWriteExt;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = upstream.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (upstream, up) = support::bind_local().await;
         const ANSWERS: [&[u8]; 2] = [
             b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nuntil close",
             b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nlength",

@@ -34,8 +34,7 @@ async fn hello(
 
 /// A plain or TLS hello upstream on 127.0.0.1:0.
 async fn upstream(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
@@ -88,8 +87,7 @@ fn spawn_named_agent(relay: SocketAddr, name: &str, proxy: Proxy) -> oneshot::Se
 async fn agent_parks_at_the_relay_and_serves_through_it_and_heals_after_a_restart() {
     tokio::time::timeout(DEADLINE, async {
         let up = upstream(None).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, stop_relay) = relay_on(l).await;
         let _agent = spawn_agent(addr, Proxy::new(&format!("http://{up}")).unwrap());
         handle.wait_idle("lib", 2).await;
@@ -121,8 +119,7 @@ async fn https_upstream_through_the_relay() {
         let pki = Pki::new("upstream");
         let (cert, key) = pki.issue("up", &["localhost"], false);
         let up = upstream(Some(ptth::tls::server_config(&cert, &key, None).unwrap())).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, _stop_relay) = relay_on(l).await;
         let trust = ptth::tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let proxy =
@@ -134,8 +131,7 @@ async fn https_upstream_through_the_relay() {
 
         // The same upstream with no trust in its CA: the agent answers 502, and stays up.
         let proxy = Proxy::new(&format!("https://localhost:{}", up.port())).unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr2 = l2.local_addr().unwrap();
+        let (l2, addr2) = support::bind_local().await;
         let (handle2, _stop2) = relay_on(l2).await;
         let _agent2 = spawn_agent(addr2, proxy);
         handle2.wait_idle("lib", 1).await;
@@ -170,8 +166,7 @@ async fn serving_again_after(outage: Duration) {
     let parked_for = Duration::from_secs(60);
     tokio::time::timeout(parked_for + outage + DEADLINE, async {
         let up = upstream(None).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, stop_relay) = relay_on(l).await;
         let names = ["a0", "a1", "a2"];
         let _agents: Vec<_> = names
@@ -221,8 +216,7 @@ where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     tokio::spawn(async move {
         let (tcp, _) = l.accept().await.unwrap();
         serve(tcp).await;
@@ -233,8 +227,7 @@ where
 /// A relay with one agent proxying to `up`; returns the relay's address (and what keeps both
 /// running).
 async fn relay_and_agent(up: SocketAddr) -> (SocketAddr, impl Drop) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     let (handle, stop_relay) = relay_on(l).await;
     let agent = spawn_agent(addr, Proxy::new(&format!("http://{up}")).unwrap());
     handle.wait_idle("lib", 1).await;
@@ -404,8 +397,7 @@ async fn expect_continue_without_an_answer_waits_a_bounded_time() {
 #[tokio::test]
 async fn http_1_0_upstream_answers_the_public_in_http_1_1() {
     tokio::time::timeout(DEADLINE, async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = l.local_addr().unwrap();
+        let (l, up) = support::bind_local().await;
         tokio::spawn(async move {
             for i in 0..2 {
                 let (mut tcp, _) = l.accept().await.unwrap();
@@ -525,8 +517,7 @@ async fn dot_segments_never_climb_above_the_upstream_prefix() {
 /// that worked.
 async fn collecting_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
     use http_body_util::BodyExt;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

@@ -158,8 +158,7 @@ async fn pipe(t: Transport) -> (Box<dyn Stream>, Box<dyn Stream>) {
             (Box::new(a), Box::new(b))
         }
         Transport::Tcp => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
+            let (l, addr) = support::bind_local().await;
             let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
             (Box::new(a.unwrap()), Box::new(b.unwrap().0))
         }

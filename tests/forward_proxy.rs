@@ -68,8 +68,7 @@ struct Hop {
 
 impl Hop {
     async fn start(to: SocketAddr) -> Hop {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = lines.clone();
         tokio::spawn(async move {
@@ -543,8 +542,7 @@ async fn ptth_connect_ignores_upper_case_http_proxy_and_honours_no_proxy() {
 #[tokio::test]
 async fn ptth_connect_names_the_proxy_and_hints_on_a_407() {
     deadline(async {
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = proxy.local_addr().unwrap();
+        let (proxy, addr) = support::bind_local().await;
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = proxy.accept().await.unwrap();

@@ -67,8 +67,7 @@ fn framing(head: &str, head_request: bool) -> BodyLen {
 #[tokio::test]
 async fn npm_style_raw_dialer_against_our_listener() {
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let listener = tokio::spawn(async move {
             let (stream, _) = tcp.accept().await.unwrap();
             let cfg = ListenerConfig::default();
@@ -145,8 +144,7 @@ async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>
 #[tokio::test]
 async fn raw_listener_against_our_dialer() {
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let dialer = tokio::spawn(async move {
             let s = TcpStream::connect(addr).await.unwrap();
             let req = UpgradeRequest::new(addr.to_string().parse().unwrap());

@@ -60,12 +60,6 @@ async fn listen_once(
     Ok((String::from_utf8(body.to_vec()).unwrap(), peer))
 }
 
-async fn bind() -> (TcpListener, std::net::SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
-}
-
 fn server(
     pki: &Pki,
     names: &[&str],
@@ -80,7 +74,7 @@ fn server(
 async fn round_trip_over_tls() {
     tokio::time::timeout(DEADLINE, async {
         let pki = Pki::new("good");
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let server = tokio::spawn(listen_once(
             listener,
             server(&pki, &["localhost"], false, None),
@@ -103,7 +97,7 @@ async fn failing_dial(
     client_cfg: Arc<rustls::ClientConfig>,
     sni: &str,
 ) -> String {
-    let (listener, addr) = bind().await;
+    let (listener, addr) = support::bind_local().await;
     let server = tokio::spawn(listen_once(listener, server_cfg));
     let err = dial(addr, sni, client_cfg).await.unwrap_err();
     assert!(
@@ -171,7 +165,7 @@ async fn tls_failures_have_a_kind_and_name_no_flag() {
             ),
         ];
         for (trusted, names, expired, sni, kind) in cases {
-            let (listener, addr) = bind().await;
+            let (listener, addr) = support::bind_local().await;
             let server = tokio::spawn(listen_once(listener, server(&good, names, expired, None)));
             let client = tls::client_config(Some(&trusted.ca_file()), None).unwrap();
             let tcp = TcpStream::connect(addr).await.unwrap();
@@ -185,7 +179,7 @@ async fn tls_failures_have_a_kind_and_name_no_flag() {
             assert!(std::error::Error::source(&err).is_some(), "{err}");
             assert!(!err.to_string().contains("--"), "{err}");
         }
-        let (_listener, addr) = bind().await;
+        let (_listener, addr) = support::bind_local().await;
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tls::client_config(Some(&good.ca_file()), None).unwrap();
         let err = tls::connect(tcp, "not a name", client).await.unwrap_err();
@@ -206,7 +200,7 @@ async fn mutual_tls_identifies_the_dialer() {
         let server_cfg = server(&pki, &["localhost"], false, Some(&pki.ca_file()));
 
         // With a client certificate: the listener sees it and can tie it to a name.
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(listen_once(listener, server_cfg.clone()));
         let client =
             tls::client_config(Some(&pki.ca_file()), Some((&agent_cert, &agent_key))).unwrap();
@@ -219,7 +213,7 @@ async fn mutual_tls_identifies_the_dialer() {
         dialer.abort();
 
         // Without one: TLS still succeeds (public clients share the port), with no identity.
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(listen_once(listener, server_cfg));
         let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let dialer = tokio::spawn(dial(addr, "localhost", client));
@@ -230,7 +224,7 @@ async fn mutual_tls_identifies_the_dialer() {
         // A certificate from another CA is refused at the TLS level.
         let other = Pki::new("other");
         let (bad_cert, bad_key) = other.issue("intruder", &["demo.agents.test"], false);
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             tls::accept(
@@ -255,7 +249,7 @@ async fn plaintext_client_on_tls_port_gets_a_clean_close() {
     tokio::time::timeout(DEADLINE, async {
         let pki = Pki::new("good");
         let cfg = server(&pki, &["localhost"], false, None);
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             tls::accept(tcp, cfg).await.map(|_| ())

@@ -73,6 +73,13 @@ impl TestRelay {
     }
 }
 
+/// A listener on 127.0.0.1 port 0, and the address it got.
+pub async fn bind_local() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
 /// A relay with one plain listener on 127.0.0.1:0.
 pub async fn start_relay(config: Config) -> TestRelay {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
