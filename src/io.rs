@@ -191,11 +191,6 @@ impl<IO> Rewind<IO> {
     pub fn into_parts(self) -> (Bytes, IO) {
         (self.prefix, self.inner)
     }
-
-    /// The inner stream.
-    pub fn get_ref(&self) -> &IO {
-        &self.inner
-    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {

@@ -18,8 +18,8 @@
 //!
 //! # Layout
 //! - [`proto`]: the sans-IO wire vocabulary (heads, tokens, bodies); fuzzed.
-//! - [`dialer`]: [`dialer::handshake()`] then [`dialer::Flipped::serve`], timed by
-//!   [`dialer::head_clock`] (the head deadline starts at a head's first byte: idle ≠ slow).
+//! - [`dialer`]: [`dialer::handshake()`] then [`dialer::Flipped::serve`], timed by a head
+//!   clock (the head deadline starts at a head's first byte: idle ≠ slow).
 //! - [`listener`]: [`listener::raw`] or [`listener::hyper_upgrade`], then
 //!   [`listener::ReversedClient`].
 //! - [`tls`]: rustls configs from PEM files, connect/accept, readable certificate errors.
@@ -27,8 +27,10 @@
 //! - [`agent`]: `ptth-connect`, the agent built on the dialer role, as an embeddable [`agent::Agent`].
 //! - `expect` (private): `Expect: 100-continue` passed hop by hop through the relay and the
 //!   agent, so that a refusal costs no upload.
-//! - [`shutdown`]: the drain timeout both roles stop within.
-//! - [`net`]: `TCP_NODELAY` and keepalive for every socket the relay and the agent proxy through.
+//! - [`service`]: the bounds on the services served and the bodies carried, named once.
+//! - `shutdown`, `net`, `io` (private): the drain timeout both roles stop within (re-exported
+//!   by each role's config), `TCP_NODELAY` and keepalive for every proxied socket, and the
+//!   handshake IO ([`ByteStream`] is the one stream trait).
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
 //!
@@ -47,13 +49,14 @@ mod expect;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod h1;
-pub mod io;
+mod io;
 pub mod limits;
 pub mod listener;
-pub mod net;
+mod net;
 pub mod proto;
 pub mod relay;
-pub mod shutdown;
+pub mod service;
+mod shutdown;
 pub mod tls;
 
 /// The `http` crate whose types (`Request`, `Response`, `HeaderValue`, ...) the API takes and
@@ -66,6 +69,7 @@ pub use http;
 struct ReadmeSnippets;
 
 pub use error::{BodyError, Error, HeadError, HostError, OfferError, Refusal, SwitchError};
+pub use io::ByteStream;
 pub use limits::{H2Limits, Limits};
 pub use proto::Protocol;
 pub use proto::alpn::AlpnId;

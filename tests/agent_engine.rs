@@ -4,13 +4,13 @@
 //! a clear status or a closed connection, never a hang and never one request's bytes in
 //! another's. The relay here is a raw TCP peer that parks the agent by hand.
 
-mod agent_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agent_support::{SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
 use ptth::limits::Limits;
+use support::{SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -35,8 +35,7 @@ async fn read_all(tcp: &mut TcpStream) -> String {
 async fn scripted_upstream(
     script: Vec<Vec<&'static [u8]>>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut script = script.into_iter();
@@ -281,8 +280,7 @@ async fn hostile_upstream_answers_are_502_and_the_agent_stays_up() {
 #[tokio::test]
 async fn an_upstream_that_closes_mid_body_cuts_the_response_it_began() {
     deadline(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = l.local_addr().unwrap();
+        let (l, up) = support::bind_local().await;
         tokio::spawn(async move {
             let (mut tcp, _) = l.accept().await.unwrap();
             read_head(&mut tcp).await;

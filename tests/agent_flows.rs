@@ -1,22 +1,21 @@
 //! The agent against a relay stand-in (the library's raw listener): parking, the elastic pool,
 //! proxying, streaming, graceful shutdown and a relay restart.
 
-mod agent_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use agent_support::*;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
+use support::*;
 use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn parks_announces_and_reparks() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(2).token("s3cret"), up);
 
@@ -28,7 +27,7 @@ async fn parks_announces_and_reparks() {
         assert_eq!(head.headers["upgrade"], "PTTH/0.9");
         assert_eq!(head.headers["authorization"], "Bearer s3cret");
 
-        let res = a.send(get("/demo/hello?x=1")).await.unwrap();
+        let res = a.send(get_request("/demo/hello?x=1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(
             body_string(res).await,
@@ -50,8 +49,7 @@ async fn parks_announces_and_reparks() {
 async fn pool_grows_to_serve_64_concurrent_requests() {
     deadline(async {
         const N: usize = 64;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(4).max_connections(N), up);
 
@@ -64,7 +62,7 @@ async fn pool_grows_to_serve_64_concurrent_requests() {
             peers.insert(peer);
             let (_, mut client) = park(tcp).await;
             requests.push(tokio::spawn(async move {
-                let res = client.send(get("/hold")).await.unwrap();
+                let res = client.send(get_request("/hold")).await.unwrap();
                 assert_eq!(res.status(), StatusCode::OK);
                 body_string(res).await
             }));
@@ -87,15 +85,13 @@ async fn pool_grows_to_serve_64_concurrent_requests() {
 #[tokio::test]
 async fn upstream_down_gives_502_and_the_agent_stays_up() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (dead, dead_addr) = support::bind_local().await;
         drop(dead);
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), dead_addr);
         let (_, mut a) = accept_parked(&relay).await;
         for _ in 0..2 {
-            let res = a.send(get("/")).await.unwrap();
+            let res = a.send(get_request("/")).await.unwrap();
             assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
             let text = body_string(res).await;
             assert!(text.contains("could not reach its upstream"), "{text}");
@@ -109,8 +105,7 @@ async fn upstream_down_gives_502_and_the_agent_stays_up() {
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -149,13 +144,12 @@ async fn large_bodies_stream_both_ways() {
 #[tokio::test]
 async fn streamed_response_arrives_incrementally() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
 
-        let res = a.send(get("/drip")).await.unwrap();
+        let res = a.send(get_request("/drip")).await.unwrap();
         assert_eq!(arrivals.recv().await.unwrap(), "/drip");
         let mut body = res.into_body();
         for i in 0..3 {
@@ -174,13 +168,12 @@ async fn streamed_response_arrives_incrementally() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_request_in_flight() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
         let in_flight = tokio::spawn(async move {
-            let res = a.send(get("/hold")).await.unwrap();
+            let res = a.send(get_request("/hold")).await.unwrap();
             (res.status(), body_string(res).await)
         });
         assert_eq!(arrivals.recv().await.unwrap(), "/hold");
@@ -203,8 +196,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
 #[tokio::test]
 async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         // The upstream never answers `/hold` (its release is never sent).
         let (up, mut arrivals, _release) = spawn_upstream().await;
         let drain = Duration::from_millis(300);
@@ -214,7 +206,7 @@ async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
         );
         let (_, mut a) = accept_parked(&relay).await;
         let in_flight = tokio::spawn(async move {
-            match a.send(get("/hold")).await {
+            match a.send(get_request("/hold")).await {
                 Ok(res) => body_string(res).await,
                 Err(e) => format!("error: {e}"),
             }
@@ -238,21 +230,28 @@ async fn shutdown_closes_a_stuck_request_at_the_drain_timeout() {
 #[tokio::test]
 async fn agent_comes_back_after_the_relay_restarts() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(2), up);
+        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel();
+        let counting = builder(addr, "demo").connections(2).on_failure(move |e| {
+            let _ = failed_tx.send(e.to_string());
+        });
+        let agent = spawn_proxy_agent(counting, up);
         let (_, a) = accept_parked(&relay).await;
         let (_, b) = accept_parked(&relay).await;
 
         // The relay goes away: listener and parked connections.
         drop(relay);
         drop((a, b));
-        // Let the agent see refused connects for a while (its backoff runs), then come back.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The agent counts refused connects (its backoff runs between them): come back after
+        // the second.
+        for _ in 0..2 {
+            let why = failed.recv().await.unwrap();
+            println!("counted failure: {why}");
+        }
         let relay = TcpListener::bind(addr).await.unwrap();
         let (_, mut c) = accept_parked(&relay).await;
-        let res = c.send(get("/again")).await.unwrap();
+        let res = c.send(get_request("/again")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(body_string(res).await, format!("GET /again host={up}"));
         agent.shutdown().await.unwrap();
@@ -266,8 +265,7 @@ async fn upgrades_pass_through_to_the_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
         // An upstream that switches to a byte-echo protocol on `Upgrade: echo`.
-        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up_addr = up.local_addr().unwrap();
+        let (up, up_addr) = support::bind_local().await;
         tokio::spawn(async move {
             let (tcp, _) = up.accept().await.unwrap();
             let svc = hyper::service::service_fn(
@@ -295,8 +293,7 @@ async fn upgrades_pass_through_to_the_upstream() {
                 .await
                 .unwrap();
         });
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up_addr);
         let (_, mut a) = accept_parked(&relay).await;
         let req = http::Request::get("/ws")
@@ -324,8 +321,7 @@ async fn counting_upstream() -> (
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = support::bind_local().await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     tokio::spawn(async move {
@@ -358,25 +354,24 @@ async fn counting_upstream() -> (
 async fn one_upstream_connection_per_reversed_connection_redialed_after_close() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "dialed lazily");
 
         for _ in 0..5 {
-            let res = a.send(get("/")).await.unwrap();
+            let res = a.send(get_request("/")).await.unwrap();
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(body_string(res).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection reused");
 
         // The upstream closes its connection after this answer: the next request redials.
-        let res = a.send(get("/bye")).await.unwrap();
+        let res = a.send(get_request("/bye")).await.unwrap();
         assert_eq!(body_string(res).await, "bye");
         for _ in 0..3 {
-            let res = a.send(get("/")).await.unwrap();
+            let res = a.send(get_request("/")).await.unwrap();
             assert_eq!(body_string(res).await, "ok");
         }
         assert_eq!(
@@ -393,8 +388,7 @@ async fn one_upstream_connection_per_reversed_connection_redialed_after_close() 
 async fn request_body_streams_in_while_the_response_streams_out() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
@@ -426,7 +420,7 @@ async fn request_body_streams_in_while_the_response_streams_out() {
             assert!(res_body.frame().await.is_none());
             assert_eq!(total, 4 * 1024 * 1024);
         }
-        let res = a.send(get("/")).await.unwrap();
+        let res = a.send(get_request("/")).await.unwrap();
         assert_eq!(body_string(res).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused after streaming");
         agent.shutdown().await.unwrap();
@@ -441,14 +435,12 @@ async fn request_body_streams_in_while_the_response_streams_out() {
 async fn upstream_response_with_content_length_and_chunked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = upstream.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (upstream, up) = support::bind_local().await;
         let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
         let (_, mut a) = accept_parked(&relay).await;
         let first = tokio::spawn(async move {
-            let res = a.send(get("/x")).await.unwrap();
+            let res = a.send(get_request("/x")).await.unwrap();
             let has_length = res.headers().contains_key("content-length");
             (has_length, body_string(res).await, a)
         });
@@ -461,7 +453,7 @@ async fn upstream_response_with_content_length_and_chunked() {
         assert!(!has_length);
         assert_eq!(body, "hi");
         // The next request goes out on a new upstream connection; the old one is closed.
-        let second = tokio::spawn(async move { body_string(a.send(get("/y")).await.unwrap()).await });
+        let second = tokio::spawn(async move { body_string(a.send(get_request("/y")).await.unwrap()).await });
         let (mut conn2, _) = upstream.accept().await.unwrap();
         let mut rest = Vec::new();
         let _ = conn.read_to_end(&mut rest).await;
@@ -479,8 +471,7 @@ async fn upstream_response_with_content_length_and_chunked() {
 #[tokio::test]
 async fn reversed_paths_never_climb_above_the_upstream_prefix() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, _release) = spawn_upstream().await;
         let agent = spawn_proxy_agent_to(builder(addr, "demo"), &format!("http://{up}/sub"));
         let (_, mut client) = accept_parked(&relay).await;
@@ -495,7 +486,7 @@ async fn reversed_paths_never_climb_above_the_upstream_prefix() {
             ("/a/%2e%2e%5C%2e%2e%5Cetc", None),
             ("/..;/x", None),
         ] {
-            let res = client.send(get(target)).await.unwrap();
+            let res = client.send(get_request(target)).await.unwrap();
             let status = res.status();
             let body = body_string(res).await;
             match seen {
@@ -524,10 +515,8 @@ async fn reversed_paths_never_climb_above_the_upstream_prefix() {
 async fn http_1_0_upstream_keeps_the_reversed_connection() {
     use tokio::io::AsyncWriteExt;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
-        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = upstream.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
+        let (upstream, up) = support::bind_local().await;
         const ANSWERS: [&[u8]; 2] = [
             b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nuntil close",
             b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nlength",
@@ -548,7 +537,7 @@ async fn http_1_0_upstream_keeps_the_reversed_connection() {
         ];
         for (i, (want, framing)) in wanted.iter().cycle().take(4).enumerate() {
             // The same reversed connection every time: it fails if the agent closed it.
-            let res = a.send(get("/old")).await.unwrap();
+            let res = a.send(get_request("/old")).await.unwrap();
             assert_eq!(res.version(), http::Version::HTTP_11, "request {i}");
             assert!(
                 res.headers().get("connection").is_none(),

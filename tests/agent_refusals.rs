@@ -1,13 +1,13 @@
 //! The agent against hand-written relay answers: 204, 307, 429 + Retry-After, 401 (library
 //! error and binary exit status), and a relay that closes every connection at once.
 
-mod agent_support;
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agent_support::*;
 use ptth::agent::Backoff;
+use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -26,8 +26,7 @@ fn not_found() -> impl hyper::service::Service<
 #[tokio::test]
 async fn no_content_resends_the_upgrade_on_the_same_connection() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_agent(builder(addr, "demo").connections(1), not_found());
         let (mut tcp, _) = relay.accept().await.unwrap();
         let first = read_head(&mut tcp).await;
@@ -60,7 +59,7 @@ async fn temporary_redirect_moves_the_next_dial() {
         let (head, mut client) = accept_parked(&relay2).await;
         assert_eq!(head.uri, "/moved");
         assert_eq!(head.headers["host"], addr2.to_string().as_str());
-        let res = client.send(get("/moved/x")).await.unwrap();
+        let res = client.send(get_request("/moved/x")).await.unwrap();
         assert_eq!(res.status(), 404);
         agent.shutdown().await.unwrap();
     })
@@ -70,8 +69,7 @@ async fn temporary_redirect_moves_the_next_dial() {
 #[tokio::test]
 async fn too_many_requests_waits_for_retry_after() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_agent(builder(addr, "demo").connections(1), not_found());
         let (mut tcp, _) = relay.accept().await.unwrap();
         read_head(&mut tcp).await;
@@ -95,8 +93,7 @@ const UNAUTHORIZED: &[u8] =
 #[tokio::test]
 async fn unauthorized_stops_the_agent_with_a_distinct_error() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_agent(
             builder(addr, "demo").connections(1).token("wrong"),
             not_found(),
@@ -114,8 +111,7 @@ async fn unauthorized_stops_the_agent_with_a_distinct_error() {
 #[tokio::test]
 async fn ptth_connect_exits_3_on_unauthorized_without_printing_the_token() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
             .arg(format!("http://{addr}/demo"))
             .args(["--to", "http://127.0.0.1:9", "--connections", "1"])
@@ -146,8 +142,7 @@ async fn ptth_connect_exits_3_on_unauthorized_without_printing_the_token() {
 #[tokio::test]
 async fn a_relay_that_closes_at_once_meets_growing_backoff() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let backoff = Backoff {
             base: Duration::from_millis(40),
             cap: Duration::from_secs(1),
@@ -181,8 +176,7 @@ async fn a_relay_that_closes_at_once_meets_growing_backoff() {
 async fn a_request_in_the_same_write_as_the_101_is_served() {
     // A relay that sends the first reversed request in the same write as the 101.
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let agent = spawn_agent(builder(addr, "demo").connections(1), not_found());
         let (mut tcp, _) = relay.accept().await.unwrap();
         read_head(&mut tcp).await;
@@ -202,8 +196,7 @@ async fn a_request_in_the_same_write_as_the_101_is_served() {
 #[tokio::test(start_paused = true)]
 async fn connections_closed_together_are_one_failure() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = relay.local_addr().unwrap();
+        let (relay, addr) = support::bind_local().await;
         let backoff = Backoff::default();
         let agent = spawn_agent(
             builder(addr, "demo").connections(4).backoff(backoff),

@@ -1,10 +1,8 @@
 //! The library's `Agent` against the in-process relay: parking, requests through the relay to a
 //! real upstream (plain and HTTPS), healing after the relay restarts on the same port (and how
 //! fast, under paused time), `Expect: 100-continue` end to end, and HTTP/1.0 upstreams.
-mod agent_support;
 
-#[path = "support/pki.rs"]
-mod pki;
+use support::pki;
 mod support;
 
 use std::net::SocketAddr;
@@ -18,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pki::Pki;
 use ptth::agent::Agent;
-use ptth::agent::proxy::Proxy;
+use ptth::agent::Proxy;
 use ptth::relay::{Config, Relay, RelayHandle};
 use support::{DEADLINE, get, read_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,8 +34,7 @@ async fn hello(
 
 /// A plain or TLS hello upstream on 127.0.0.1:0.
 async fn upstream(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
@@ -90,8 +87,7 @@ fn spawn_named_agent(relay: SocketAddr, name: &str, proxy: Proxy) -> oneshot::Se
 async fn agent_parks_at_the_relay_and_serves_through_it_and_heals_after_a_restart() {
     tokio::time::timeout(DEADLINE, async {
         let up = upstream(None).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, stop_relay) = relay_on(l).await;
         let _agent = spawn_agent(addr, Proxy::new(&format!("http://{up}")).unwrap());
         handle.wait_idle("lib", 2).await;
@@ -123,8 +119,7 @@ async fn https_upstream_through_the_relay() {
         let pki = Pki::new("upstream");
         let (cert, key) = pki.issue("up", &["localhost"], false);
         let up = upstream(Some(ptth::tls::server_config(&cert, &key, None).unwrap())).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, _stop_relay) = relay_on(l).await;
         let trust = ptth::tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let proxy =
@@ -136,8 +131,7 @@ async fn https_upstream_through_the_relay() {
 
         // The same upstream with no trust in its CA: the agent answers 502, and stays up.
         let proxy = Proxy::new(&format!("https://localhost:{}", up.port())).unwrap();
-        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr2 = l2.local_addr().unwrap();
+        let (l2, addr2) = support::bind_local().await;
         let (handle2, _stop2) = relay_on(l2).await;
         let _agent2 = spawn_agent(addr2, proxy);
         handle2.wait_idle("lib", 1).await;
@@ -172,8 +166,7 @@ async fn serving_again_after(outage: Duration) {
     let parked_for = Duration::from_secs(60);
     tokio::time::timeout(parked_for + outage + DEADLINE, async {
         let up = upstream(None).await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let (handle, stop_relay) = relay_on(l).await;
         let names = ["a0", "a1", "a2"];
         let _agents: Vec<_> = names
@@ -223,8 +216,7 @@ where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     tokio::spawn(async move {
         let (tcp, _) = l.accept().await.unwrap();
         serve(tcp).await;
@@ -235,8 +227,7 @@ where
 /// A relay with one agent proxying to `up`; returns the relay's address (and what keeps both
 /// running).
 async fn relay_and_agent(up: SocketAddr) -> (SocketAddr, impl Drop) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     let (handle, stop_relay) = relay_on(l).await;
     let agent = spawn_agent(addr, Proxy::new(&format!("http://{up}")).unwrap());
     handle.wait_idle("lib", 1).await;
@@ -406,8 +397,7 @@ async fn expect_continue_without_an_answer_waits_a_bounded_time() {
 #[tokio::test]
 async fn http_1_0_upstream_answers_the_public_in_http_1_1() {
     tokio::time::timeout(DEADLINE, async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let up = l.local_addr().unwrap();
+        let (l, up) = support::bind_local().await;
         tokio::spawn(async move {
             for i in 0..2 {
                 let (mut tcp, _) = l.accept().await.unwrap();
@@ -464,7 +454,7 @@ async fn http_1_0_upstream_answers_the_public_in_http_1_1() {
 #[tokio::test]
 async fn dot_segments_never_climb_above_the_upstream_prefix() {
     tokio::time::timeout(DEADLINE, async {
-        let (up, mut arrivals, _release) = agent_support::spawn_upstream().await;
+        let (up, mut arrivals, _release) = support::spawn_upstream().await;
         let relay = support::start_relay(Config::default()).await;
         let _agent = spawn_named_agent(
             relay.addr,
@@ -527,8 +517,7 @@ async fn dot_segments_never_climb_above_the_upstream_prefix() {
 /// that worked.
 async fn collecting_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
     use http_body_util::BodyExt;
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (l, addr) = support::bind_local().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -583,14 +572,11 @@ async fn clients_bad_body_is_no_warning_and_no_5xx() {
             assert!(!bodies.recv().await.unwrap());
         }
         // The agent's verdict on each cut body is logged once the upstream request fails.
-        let mut tries = 0;
-        while logs.text().matches("request body cut off").count() < 2
-            && !logs.text().contains("upstream request failed")
-        {
-            tries += 1;
-            assert!(tries < 2000, "no verdict logged:\n{}", logs.text());
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        logs.wait_until(|text| {
+            text.matches("request body cut off").count() >= 2
+                || text.contains("upstream request failed")
+        })
+        .await;
         let text = logs.text();
         let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
         assert!(warnings.is_empty(), "{warnings:#?}");

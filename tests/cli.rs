@@ -10,13 +10,11 @@ use tokio::io::BufReader;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-#[path = "support/bins.rs"]
-mod bins;
 use bins::{line_with, serve};
+use support::bins;
 
-#[path = "support/pki.rs"]
-mod pki;
 use pki::Pki;
+use support::pki;
 
 /// The host-mode line `ptth-serve` prints once it listens names the domain in force.
 async fn printed_domain(mut relay: Child) -> String {

@@ -16,13 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStderr, Command};
 
-#[path = "support/bins.rs"]
-mod bins;
 use bins::{agent_addr, banner, upstream};
+use support::bins;
 
-#[path = "support/pki.rs"]
-mod pki;
 use pki::Pki;
+use support::pki;
 
 /// `ptth-serve` with `args`: the process, its banner up to `last`, and its log lines.
 async fn relay(args: &[&str], last: &str) -> (Child, String, Lines<BufReader<ChildStderr>>) {

@@ -8,13 +8,11 @@ use std::process::{Command as StdCommand, Stdio};
 
 use support::deadline;
 
-#[path = "support/bins.rs"]
-mod bins;
 use bins::{agent_addr, banner, get, run, serve};
+use support::bins;
 
-#[path = "support/pki.rs"]
-mod pki;
 use pki::Pki;
+use support::pki;
 
 const SERVE: &str = env!("CARGO_BIN_EXE_ptth-serve");
 const CONNECT: &str = env!("CARGO_BIN_EXE_ptth-connect");

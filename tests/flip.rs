@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TBody = BoxBody<Bytes, BoxError>;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 fn full(s: &'static str) -> TBody {
     Full::from(s).map_err(|e| match e {}).boxed()
@@ -157,8 +158,7 @@ async fn pipe(t: Transport) -> (Box<dyn Stream>, Box<dyn Stream>) {
             (Box::new(a), Box::new(b))
         }
         Transport::Tcp => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
+            let (l, addr) = support::bind_local().await;
             let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
             (Box::new(a.unwrap()), Box::new(b.unwrap().0))
         }

@@ -4,11 +4,8 @@
 //! without proxy authentication, a wrong password (a `407`, and backoff, not a loop), a proxy
 //! that is down, `NO_PROXY`, and `ptth-connect` reading curl's variables.
 
-mod agent_support;
-#[path = "support/pki.rs"]
-mod pki;
-#[path = "support/squid.rs"]
-mod squid;
+use support::pki;
+use support::squid;
 mod support;
 
 use std::net::SocketAddr;
@@ -16,16 +13,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_support::{SWITCH_09, builder, deadline, spawn_proxy_agent, spawn_upstream};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use pki::Pki;
-use ptth::agent::forward_proxy::ProxyError;
+use ptth::agent::ProxyError;
 use ptth::agent::{AgentBuilder, AgentError, Backoff, NoProxy, ProxySettings, Transport};
-use ptth::relay::{Config, Listeners, Relay, RelayHandle};
+use ptth::relay::Config;
 use squid::Squid;
-use support::{get, start_relay};
+use support::{SWITCH_09, builder, deadline, spawn_proxy_agent, spawn_upstream};
+use support::{TestRelay, get, start_relay, start_tls_relay};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -71,8 +68,7 @@ struct Hop {
 
 impl Hop {
     async fn start(to: SocketAddr) -> Hop {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, addr) = support::bind_local().await;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let seen = lines.clone();
         tokio::spawn(async move {
@@ -117,29 +113,13 @@ fn assert_only_connects(hop: &Hop, target: &str) {
 }
 
 /// A relay on 127.0.0.1:0 with TLS only, its certificate for `localhost` from `pki`.
-async fn tls_relay(pki: &Pki) -> (RelayHandle, SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn tls_relay(pki: &Pki) -> TestRelay {
     let (cert, key) = pki.issue("relay", &["localhost"], false);
-    let config = Config {
+    start_tls_relay(Config {
         tls: Some(ptth::tls::server_config(&cert, &key, None).unwrap()),
         ..Config::default()
-    };
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::new(
-        Listeners {
-            plain: vec![],
-            tls: vec![l],
-        },
-        config,
-    )
+    })
     .await
-    .unwrap();
-    let handle = relay.handle();
-    let addr = handle.tls_addrs()[0];
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(relay.run(async move {
-        let _ = rx.await;
-    }));
-    (handle, addr, stop)
 }
 
 /// GET `path` from the TLS relay at `addr`, as a public client that trusts `pki`.
@@ -187,20 +167,20 @@ async fn connect_bytes_are_exact_and_bytes_after_the_200_are_the_tunnels() {
         let agent = spawn_proxy_agent(b, up);
 
         let (mut tcp, _) = proxy.accept().await.unwrap();
-        let connect = agent_support::read_head(&mut tcp).await;
+        let connect = support::read_head(&mut tcp).await;
         assert_eq!(
             connect,
             format!(
                 "CONNECT relay.example:4321 HTTP/1.1\r\nHost: relay.example:4321\r\n\
                  User-Agent: {}\r\nProxy-Authorization: Basic YWxpY2U6czpjcmV0IHg=\r\n\r\n",
-                ptth::proto::connect::USER_AGENT
+                ptth::agent::USER_AGENT
             )
         );
         // "alice:s:cret x"; then the 200 and the 101 in one write.
         let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
         answer.extend_from_slice(SWITCH_09);
         tcp.write_all(&answer).await.unwrap();
-        let offer = agent_support::read_head(&mut tcp).await;
+        let offer = support::read_head(&mut tcp).await;
         assert!(
             offer.starts_with("POST /demo HTTP/1.1\r\nHost: relay.example:4321\r\n"),
             "{offer}"
@@ -314,13 +294,14 @@ async fn an_https_relay_through_squid() {
     };
     deadline(async {
         let pki = Pki::new("relay");
-        let (handle, addr, _stop) = tls_relay(&pki).await;
+        let relay = tls_relay(&pki).await;
+        let (handle, addr) = (relay.handle.clone(), relay.addr);
         let (up, _arrivals, _release) = spawn_upstream().await;
         let squid = Squid::start(&bin, &[addr.port()], &[]);
         let hop = Hop::start(squid.addr).await;
         let trust = ptth::tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let b = ptth::agent::Agent::builder(format!("https://localhost:{}/demo", addr.port()))
-            .backoff(agent_support::fast_backoff())
+            .backoff(support::fast_backoff())
             .transport(Transport::Tls(trust))
             .connections(1)
             .proxy(via(&format!("http://{}", hop.addr)));
@@ -561,12 +542,11 @@ async fn ptth_connect_ignores_upper_case_http_proxy_and_honours_no_proxy() {
 #[tokio::test]
 async fn ptth_connect_names_the_proxy_and_hints_on_a_407() {
     deadline(async {
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = proxy.local_addr().unwrap();
+        let (proxy, addr) = support::bind_local().await;
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = proxy.accept().await.unwrap();
-                agent_support::read_head(&mut tcp).await;
+                support::read_head(&mut tcp).await;
                 let _ = tcp
                     .write_all(
                         b"HTTP/1.1 407 Proxy Authentication Required\r\n\

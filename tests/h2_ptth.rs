@@ -24,7 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod support;
+use support::DEADLINE;
 /// Requests held open at once on one connection.
 const TOGETHER: usize = 32;
 /// The large body, each way.
@@ -122,7 +123,7 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 /// The dialer offers `ptth` for [`origins`], and serves [`backend`] with HTTP/2; the listener
 /// accepts and starts its HTTP/2 client.
 async fn h2_pair() -> (
-    ptth::listener::h2::ReversedH2Client<Body>,
+    ptth::listener::ReversedH2Client<Body>,
     tokio::task::JoinHandle<Result<(), Error>>,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,

@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use ptth::{Error, Limits, Protocol, SwitchError, UpgradeRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// A stream that returns at most one byte per read, to split every head at every byte.
 struct OneByte<T> {
@@ -482,8 +483,7 @@ async fn silent_listener_hits_the_handshake_timeout() {
 #[tokio::test]
 async fn loopback_tcp_101_and_request_in_one_segment() {
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let peer = tokio::spawn(async move {
             let (s, _) = tcp.accept().await.unwrap();
             listener(

@@ -12,7 +12,8 @@ use ptth::listener::{ListenerConfig, raw};
 use ptth::{BodyError, Error, HeadError, OfferError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// What the test does with a valid offer.
 #[derive(Clone, Copy)]
@@ -650,8 +651,7 @@ async fn peer_closing_mid_head_is_closed_error() {
 async fn loopback_tcp_exact_101_and_first_round_trip() {
     use http_body_util::{BodyExt, Empty};
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let listener = tokio::spawn(async move {
             let (stream, _) = tcp.accept().await.unwrap();
             let cfg = ListenerConfig::default();
@@ -693,8 +693,7 @@ async fn loopback_tcp_exact_101_and_first_round_trip() {
 async fn hyper_entry_listener() -> std::net::SocketAddr {
     use http_body_util::Full;
     use ptth::listener::hyper_upgrade;
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (tcp, addr) = support::bind_local().await;
     tokio::spawn(async move {
         loop {
             let (stream, _) = tcp.accept().await.unwrap();
@@ -721,8 +720,7 @@ async fn hyper_entry_listener() -> std::net::SocketAddr {
 /// A TCP listener answering every connection with the raw entry point (`raw::read_offer`,
 /// then `accept`).
 async fn raw_entry_listener() -> std::net::SocketAddr {
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let (tcp, addr) = support::bind_local().await;
     tokio::spawn(async move {
         loop {
             let (stream, _) = tcp.accept().await.unwrap();

@@ -3,7 +3,6 @@
 //! listener against our dialer. Every byte the raw peers see or send is checked.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,7 +12,8 @@ use ptth::{Limits, Protocol, UpgradeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// Read one message head (through CRLFCRLF) and then `body_len(head)` bytes of body, exactly.
 async fn read_message(s: &mut TcpStream, body_len: impl Fn(&str) -> BodyLen) -> (String, Vec<u8>) {
@@ -67,8 +67,7 @@ fn framing(head: &str, head_request: bool) -> BodyLen {
 #[tokio::test]
 async fn npm_style_raw_dialer_against_our_listener() {
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let listener = tokio::spawn(async move {
             let (stream, _) = tcp.accept().await.unwrap();
             let cfg = ListenerConfig::default();
@@ -145,8 +144,7 @@ async fn echo(req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>
 #[tokio::test]
 async fn raw_listener_against_our_dialer() {
     tokio::time::timeout(DEADLINE, async {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
+        let (tcp, addr) = support::bind_local().await;
         let dialer = tokio::spawn(async move {
             let s = TcpStream::connect(addr).await.unwrap();
             let req = UpgradeRequest::new(addr.to_string().parse().unwrap());

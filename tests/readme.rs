@@ -11,9 +11,8 @@ use support::deadline;
 use tokio::io::BufReader;
 use tokio::process::{Child, Command};
 
-#[path = "support/bins.rs"]
-mod bins;
 use bins::{line_with, upstream};
+use support::bins;
 
 const README: &str = include_str!("../README.md");
 

@@ -58,7 +58,7 @@ async fn ptth_serve_listens_with_the_kernels_deepest_backlog() {
             .and_then(|rest| rest.split('/').next())
             .and_then(|p| p.parse().ok())
             .expect("the printed port");
-        let expected = ptth::net::LISTEN_BACKLOG.min(somaxconn);
+        let expected = ptth::relay::LISTEN_BACKLOG.min(somaxconn);
         assert_eq!(backlog(port), Some(expected), "somaxconn is {somaxconn}");
         if somaxconn > 1024 {
             assert!(expected > 1024, "deeper than tokio's default of 1024");

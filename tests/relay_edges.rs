@@ -321,13 +321,15 @@ async fn upgrade_passes_through_as_a_tunnel() {
 #[tokio::test]
 async fn drain_lets_open_tunnels_run_until_the_drain_timeout() {
     deadline(async {
+        let (_logs_on, logs) = capture_logs();
         let mut cfg = anonymous();
         cfg.drain_timeout = Duration::from_millis(800);
         let mut relay = start_relay(cfg).await;
         let _a = echo_tunnel_agent(&relay).await;
         let mut s = open_tunnel(relay.addr).await;
         relay.shutdown();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The relay says when it has stopped accepting and begun the drain.
+        logs.wait_for("shutting down: no new connections").await;
         // Draining: the tunnel still carries bytes and the relay has not stopped.
         assert_echo(&mut s, b"still here").await;
         assert!(

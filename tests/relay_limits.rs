@@ -24,51 +24,78 @@ async fn refused(relay: &TestRelay, name: &str, status: u16) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// One agent-count limit: the agents that fill it, the claim it refuses, and what is left.
+struct CountLimit {
+    case: &'static str,
+    set: fn(&mut ptth::relay::Config),
+    /// (name, connections) parked before the refused claim.
+    fill: &'static [(&'static str, usize)],
+    refused: &'static str,
+    status: u16,
+    body_says: &'static str,
+    /// A name with this many connections is parked afterwards: the limit is not global.
+    then_parks: Option<&'static str>,
+    /// (name or "" for all agents, connections the relay counts at the end).
+    counted: (&'static str, usize),
+}
+
 #[tokio::test]
-async fn per_ip_limit_is_429() {
-    deadline(async {
-        let mut cfg = anonymous();
-        cfg.max_per_ip = 2;
-        let relay = start_relay(cfg).await;
-        let _a = start_agent(&relay, "one", 1, None, echo_handler("a")).await;
-        let _b = start_agent(&relay, "two", 1, None, echo_handler("b")).await;
+async fn agent_count_limits_refuse_with_429_or_503() {
+    let cases = [
         // Every name counts against the one address.
-        let body = refused(&relay, "three", 429).await;
-        assert!(body.contains("this address"), "{body}");
-        assert_eq!(relay.handle.agents(), 2);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn per_name_limit_is_429() {
-    deadline(async {
-        let mut cfg = anonymous();
-        cfg.max_per_name = 2;
-        let relay = start_relay(cfg).await;
-        let _a = start_agent(&relay, "app", 2, None, echo_handler("a")).await;
-        let body = refused(&relay, "app", 429).await;
-        assert!(body.contains("this name"), "{body}");
-        // Another name is not affected.
-        let _b = start_agent(&relay, "other", 1, None, echo_handler("b")).await;
-        assert_eq!(connections(&relay.handle, "app"), 2);
-    })
-    .await
-}
-
-#[tokio::test]
-async fn total_agents_limit_is_503() {
-    deadline(async {
-        let mut cfg = anonymous();
-        cfg.max_agents = 2;
-        let relay = start_relay(cfg).await;
-        let _a = start_agent(&relay, "one", 1, None, echo_handler("a")).await;
-        let _b = start_agent(&relay, "two", 1, None, echo_handler("b")).await;
-        let body = refused(&relay, "three", 503).await;
-        assert!(body.contains("limit of 2 agent connections"), "{body}");
-        assert_eq!(relay.handle.agents(), 2);
-    })
-    .await
+        CountLimit {
+            case: "per IP",
+            set: |c| c.max_per_ip = 2,
+            fill: &[("one", 1), ("two", 1)],
+            refused: "three",
+            status: 429,
+            body_says: "this address",
+            then_parks: None,
+            counted: ("", 2),
+        },
+        CountLimit {
+            case: "per name",
+            set: |c| c.max_per_name = 2,
+            fill: &[("app", 2)],
+            refused: "app",
+            status: 429,
+            body_says: "this name",
+            then_parks: Some("other"),
+            counted: ("app", 2),
+        },
+        CountLimit {
+            case: "total agents",
+            set: |c| c.max_agents = 2,
+            fill: &[("one", 1), ("two", 1)],
+            refused: "three",
+            status: 503,
+            body_says: "limit of 2 agent connections",
+            then_parks: None,
+            counted: ("", 2),
+        },
+    ];
+    for c in cases {
+        deadline(async {
+            let mut cfg = anonymous();
+            (c.set)(&mut cfg);
+            let relay = start_relay(cfg).await;
+            let mut agents = Vec::new();
+            for (name, n) in c.fill {
+                agents.push(start_agent(&relay, name, *n, None, echo_handler("a")).await);
+            }
+            let body = refused(&relay, c.refused, c.status).await;
+            assert!(body.contains(c.body_says), "{}: {body}", c.case);
+            if let Some(name) = c.then_parks {
+                agents.push(start_agent(&relay, name, 1, None, echo_handler("b")).await);
+            }
+            let counted = match c.counted.0 {
+                "" => relay.handle.agents(),
+                name => connections(&relay.handle, name),
+            };
+            assert_eq!(counted, c.counted.1, "{}", c.case);
+        })
+        .await
+    }
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! The relay over TLS: HTTPS for public clients and agents, and mutual TLS for agents.
 
-#[path = "support/pki.rs"]
-mod pki;
+use support::pki;
 mod support;
 
 use std::net::SocketAddr;
@@ -12,46 +11,20 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use pki::Pki;
-use ptth::relay::{AgentCerts, Config, Listeners, Relay, RelayHandle};
+use ptth::relay::{AgentCerts, Config, Listeners, Relay};
 use ptth::{Limits, tls};
-use support::{DEADLINE, Handler, claim_request, echo_handler};
+use support::{DEADLINE, Handler, TestRelay, claim_request, echo_handler, start_tls_relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct TlsRelay {
-    handle: RelayHandle,
-    addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(pki: &Pki, client_ca: Option<&Path>, agent_certs: AgentCerts) -> TlsRelay {
+async fn start(pki: &Pki, client_ca: Option<&Path>, agent_certs: AgentCerts) -> TestRelay {
     let (cert, key) = pki.issue("relay", &["localhost"], false);
-    let config = Config {
+    start_tls_relay(Config {
         tls: Some(tls::server_config(&cert, &key, client_ca).unwrap()),
         agent_certs,
         ..Config::default()
-    };
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::new(
-        Listeners {
-            plain: vec![],
-            tls: vec![l],
-        },
-        config,
-    )
+    })
     .await
-    .unwrap();
-    let handle = relay.handle();
-    let addr = handle.tls_addrs()[0];
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(relay.run(async move {
-        let _ = rx.await;
-    }));
-    TlsRelay {
-        handle,
-        addr,
-        _stop: stop,
-    }
 }
 
 async fn tls_stream(
@@ -64,7 +37,7 @@ async fn tls_stream(
 
 /// One agent connection over TLS; returns the handshake result.
 async fn agent(
-    relay: &TlsRelay,
+    relay: &TestRelay,
     name: &str,
     config: Arc<rustls::ClientConfig>,
     h: Handler,

@@ -3,7 +3,6 @@
 //! §10 #19, #20), and hostile reversed requests sent by a listener to our dialer (#32).
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -17,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TBody = BoxBody<Bytes, BoxError>;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 const OFFER: &[u8] =
     b"POST /q HTTP/1.1\r\nHost: r\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n";

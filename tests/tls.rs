@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -13,11 +12,11 @@ use ptth::{Limits, UpgradeRequest, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[path = "support/pki.rs"]
-mod pki;
+mod support;
 use pki::Pki;
+use support::pki;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::DEADLINE;
 
 async fn hello(
     _req: http::Request<Incoming>,
@@ -61,12 +60,6 @@ async fn listen_once(
     Ok((String::from_utf8(body.to_vec()).unwrap(), peer))
 }
 
-async fn bind() -> (TcpListener, std::net::SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
-}
-
 fn server(
     pki: &Pki,
     names: &[&str],
@@ -81,7 +74,7 @@ fn server(
 async fn round_trip_over_tls() {
     tokio::time::timeout(DEADLINE, async {
         let pki = Pki::new("good");
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let server = tokio::spawn(listen_once(
             listener,
             server(&pki, &["localhost"], false, None),
@@ -104,7 +97,7 @@ async fn failing_dial(
     client_cfg: Arc<rustls::ClientConfig>,
     sni: &str,
 ) -> String {
-    let (listener, addr) = bind().await;
+    let (listener, addr) = support::bind_local().await;
     let server = tokio::spawn(listen_once(listener, server_cfg));
     let err = dial(addr, sni, client_cfg).await.unwrap_err();
     assert!(
@@ -114,18 +107,29 @@ async fn failing_dial(
     err.to_string()
 }
 
+/// Each certificate failure refuses the dial with a message that names the problem, and the
+/// listener never sees an upgrade request.
 #[tokio::test]
-async fn unknown_ca_is_refused() {
+async fn certificate_failures_are_refused_with_a_readable_message() {
     tokio::time::timeout(DEADLINE, async {
         let (good, other) = (Pki::new("good"), Pki::new("other"));
-        let client = tls::client_config(Some(&other.ca_file()), None).unwrap();
-        let msg = failing_dial(
-            server(&good, &["localhost"], false, None),
-            client,
-            "localhost",
-        )
-        .await;
-        assert!(msg.contains("unknown CA"), "{msg}");
+        // (case, CA the dialer trusts, server certificate expired, SNI, the message says)
+        let cases = [
+            ("unknown CA", &other, false, "localhost", "unknown CA"),
+            (
+                "wrong server name",
+                &good,
+                false,
+                "relay.example",
+                "not valid for the name \"relay.example\"",
+            ),
+            ("expired certificate", &good, true, "localhost", "expired"),
+        ];
+        for (case, trusted, expired, sni, says) in cases {
+            let client = tls::client_config(Some(&trusted.ca_file()), None).unwrap();
+            let msg = failing_dial(server(&good, &["localhost"], expired, None), client, sni).await;
+            assert!(msg.contains(says), "{case}: {msg}");
+        }
     })
     .await
     .expect("deadline");
@@ -161,7 +165,7 @@ async fn tls_failures_have_a_kind_and_name_no_flag() {
             ),
         ];
         for (trusted, names, expired, sni, kind) in cases {
-            let (listener, addr) = bind().await;
+            let (listener, addr) = support::bind_local().await;
             let server = tokio::spawn(listen_once(listener, server(&good, names, expired, None)));
             let client = tls::client_config(Some(&trusted.ca_file()), None).unwrap();
             let tcp = TcpStream::connect(addr).await.unwrap();
@@ -175,7 +179,7 @@ async fn tls_failures_have_a_kind_and_name_no_flag() {
             assert!(std::error::Error::source(&err).is_some(), "{err}");
             assert!(!err.to_string().contains("--"), "{err}");
         }
-        let (_listener, addr) = bind().await;
+        let (_listener, addr) = support::bind_local().await;
         let tcp = TcpStream::connect(addr).await.unwrap();
         let client = tls::client_config(Some(&good.ca_file()), None).unwrap();
         let err = tls::connect(tcp, "not a name", client).await.unwrap_err();
@@ -189,43 +193,6 @@ async fn tls_failures_have_a_kind_and_name_no_flag() {
 }
 
 #[tokio::test]
-async fn wrong_server_name_is_refused() {
-    tokio::time::timeout(DEADLINE, async {
-        let pki = Pki::new("good");
-        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
-        let msg = failing_dial(
-            server(&pki, &["localhost"], false, None),
-            client,
-            "relay.example",
-        )
-        .await;
-        assert!(
-            msg.contains("not valid for the name \"relay.example\""),
-            "{msg}"
-        );
-    })
-    .await
-    .expect("deadline");
-}
-
-#[tokio::test]
-async fn expired_certificate_is_refused() {
-    tokio::time::timeout(DEADLINE, async {
-        let pki = Pki::new("good");
-        let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
-        let msg = failing_dial(
-            server(&pki, &["localhost"], true, None),
-            client,
-            "localhost",
-        )
-        .await;
-        assert!(msg.contains("expired"), "{msg}");
-    })
-    .await
-    .expect("deadline");
-}
-
-#[tokio::test]
 async fn mutual_tls_identifies_the_dialer() {
     tokio::time::timeout(DEADLINE, async {
         let pki = Pki::new("good");
@@ -233,7 +200,7 @@ async fn mutual_tls_identifies_the_dialer() {
         let server_cfg = server(&pki, &["localhost"], false, Some(&pki.ca_file()));
 
         // With a client certificate: the listener sees it and can tie it to a name.
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(listen_once(listener, server_cfg.clone()));
         let client =
             tls::client_config(Some(&pki.ca_file()), Some((&agent_cert, &agent_key))).unwrap();
@@ -246,7 +213,7 @@ async fn mutual_tls_identifies_the_dialer() {
         dialer.abort();
 
         // Without one: TLS still succeeds (public clients share the port), with no identity.
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(listen_once(listener, server_cfg));
         let client = tls::client_config(Some(&pki.ca_file()), None).unwrap();
         let dialer = tokio::spawn(dial(addr, "localhost", client));
@@ -257,7 +224,7 @@ async fn mutual_tls_identifies_the_dialer() {
         // A certificate from another CA is refused at the TLS level.
         let other = Pki::new("other");
         let (bad_cert, bad_key) = other.issue("intruder", &["demo.agents.test"], false);
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             tls::accept(
@@ -282,7 +249,7 @@ async fn plaintext_client_on_tls_port_gets_a_clean_close() {
     tokio::time::timeout(DEADLINE, async {
         let pki = Pki::new("good");
         let cfg = server(&pki, &["localhost"], false, None);
-        let (listener, addr) = bind().await;
+        let (listener, addr) = support::bind_local().await;
         let srv = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             tls::accept(tcp, cfg).await.map(|_| ())
@@ -306,33 +273,27 @@ async fn plaintext_client_on_tls_port_gets_a_clean_close() {
 fn config_errors_name_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.pem");
-    let err = tls::server_config(&missing, &missing, None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("missing.pem") && err.contains("cannot read"),
-        "{err}"
-    );
-
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
-    let err = tls::server_config(&junk, &junk, None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("junk.pem") && err.contains("no CERTIFICATE"),
-        "{err}"
-    );
-
     let pki = Pki::new("good");
     let (cert, _) = pki.issue("s", &["localhost"], false);
-    let err = tls::server_config(&cert, &cert, None)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("no PRIVATE KEY"), "{err}");
     let (_, other_key) = pki.issue("t", &["localhost"], false);
-    let err = tls::server_config(&cert, &other_key, None)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("s.pem"), "{err}");
+    // (case, certificate file, key file, the message says all of these)
+    let cases: [(&str, &Path, &Path, &[&str]); 4] = [
+        (
+            "missing file",
+            &missing,
+            &missing,
+            &["missing.pem", "cannot read"],
+        ),
+        ("not PEM", &junk, &junk, &["junk.pem", "no CERTIFICATE"]),
+        ("no key in the key file", &cert, &cert, &["no PRIVATE KEY"]),
+        ("key of another certificate", &cert, &other_key, &["s.pem"]),
+    ];
+    for (case, cert, key, says) in cases {
+        let err = tls::server_config(cert, key, None).unwrap_err().to_string();
+        for s in says {
+            assert!(err.contains(s), "{case}: {err:?} does not say {s:?}");
+        }
+    }
 }

@@ -32,12 +32,13 @@ use tracing::debug;
 
 use super::dial::{self, BoxedIo};
 use super::target::Target;
-use super::{AgentError, BoxError, Config};
+use super::{AgentError, Config};
 use crate::dialer::Flipped;
 use crate::error::{Error, Refusal};
 use crate::proto::Protocol;
 use crate::proto::origin::{self, Origin, Scheme};
 use crate::proto::request::UpgradeRequest;
+use crate::service::HttpService;
 
 /// What a connection tells the pool.
 #[derive(Debug)]
@@ -132,18 +133,9 @@ pub(super) trait Serve: Send + Sync + 'static {
 /// A hyper service, served with [`Flipped::serve`].
 pub(super) struct Hyper<S>(pub(super) S);
 
-impl<S, B> Serve for Hyper<S>
+impl<S> Serve for Hyper<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService + Clone + Send + Sync + 'static,
 {
     async fn serve(
         &self,
@@ -181,19 +173,12 @@ where
 /// Serve HTTP/2 on a `ptth` connection whose relay chose `h2` ([`Flipped::serve_h2`]): the
 /// one place the agent runs hyper's HTTP/2 server, for user services and the proxy alike.
 /// `graceful` sends GOAWAY; the open streams then finish (or the drain timeout drops them).
-pub(super) async fn serve_h2<S, B>(
+pub(super) async fn serve_h2<S: HttpService>(
     flipped: Flipped<BoxedIo>,
     service: S,
     config: &Config,
     graceful: CancellationToken,
-) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+) {
     // As on HTTP/1.1 (`Hyper::serve`): keep polling after the GOAWAY, so open streams finish.
     let mut serving = std::pin::pin!(flipped.serve_h2(service, &config.limits));
     let cancelled = graceful.cancelled();

@@ -11,15 +11,18 @@
 //! ```
 //!
 //! - [`config`]: every default, the [`AgentBuilder`] and the validated [`Config`].
-//! - [`target`]: the relay URL and the upstream URL, parsed and checked.
-//! - [`dial`]: TCP (deadline, keepalive, nodelay) and TLS, to the relay and the upstream; a
-//!   CONNECT tunnel through a forward proxy to the relay.
-//! - [`forward_proxy`]: which forward proxy the relay connections go through (curl's
-//!   environment variables, `NO_PROXY`), and its URL and credentials.
-//! - `pool` (private): the supervisor: counts, backoff, dial decisions, drain.
-//! - `conn` (private): one connection's life: dial -> handshake -> serve -> outcome.
 //! - [`backoff`]: the reconnect policy, as pure functions.
-//! - [`proxy`]: the service that forwards to a local upstream; `forward_h2` (private): the same
+//!
+//! Private, with what a user needs re-exported here:
+//! - `target`: the relay URL and the upstream URL, parsed and checked ([`Target`],
+//!   [`Upstream`], [`Endpoint`]).
+//! - `dial`: TCP (deadline, keepalive, nodelay) and TLS, to the relay and the upstream; a
+//!   CONNECT tunnel through a forward proxy to the relay ([`Transport`]).
+//! - `forward_proxy`: which forward proxy the relay connections go through (curl's
+//!   environment variables, `NO_PROXY`), and its URL and credentials ([`ProxySettings`]).
+//! - `pool`: the supervisor: counts, backoff, dial decisions, drain.
+//! - `conn`: one connection's life: dial -> handshake -> serve -> outcome.
+//! - `proxy`: the service that forwards to a local upstream ([`Proxy`]); `forward_h2`: the same
 //!   on a reversed HTTP/2 connection, per stream, over a bounded upstream pool.
 //!
 //! ```no_run
@@ -32,26 +35,28 @@
 //! # }
 //! ```
 //!
-//! [`proxy::Proxy`] is the service `ptth-connect` uses: it forwards every request to a local
+//! [`Proxy`] is the service `ptth-connect` uses: it forwards every request to a local
 //! upstream.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
-use http_body::Body;
-use hyper::body::Incoming;
+use http::StatusCode;
+
+use crate::service::{HttpService, TowerService};
 
 pub mod backoff;
 pub mod config;
 mod conn;
-pub mod dial;
+mod dial;
 mod forward_h2;
-pub mod forward_proxy;
+mod forward_proxy;
 mod pool;
-pub mod proxy;
-pub mod target;
+mod proxy;
+mod target;
 
+/// The `User-Agent` of the agent's CONNECT requests to a forward proxy.
+pub use crate::proto::connect::USER_AGENT;
 pub use backoff::Backoff;
 pub use config::{
     AgentBuilder, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS,
@@ -59,12 +64,15 @@ pub use config::{
     DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS,
     MAX_REDIRECTS, QUICK_CLOSE,
 };
-pub use dial::Transport;
-pub use forward_proxy::{ForwardProxy, NoProxy, ProxySettings};
-pub use target::{Target, Upstream, UrlError};
+pub use dial::{AgentIo, Transport};
+pub use forward_proxy::{
+    BadProxy, DEFAULT_PROXY_PORT, ForwardProxy, NoProxy, ProxyError, ProxyOrigin, ProxySettings,
+    ProxyUrlError,
+};
+pub use proxy::Proxy;
+pub use target::{Endpoint, Target, Upstream, UrlError};
 
-/// A boxed error, as hyper services use.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::service::BoxError;
 
 /// What can stop an agent or keep it from starting.
 ///
@@ -166,22 +174,13 @@ impl Agent {
     ///
     /// Connection failures and refusals are retried with backoff, forever. The only error
     /// returned is [`AgentError::Unauthorized`] (`401`/`403` from the relay).
-    pub async fn serve<S, B>(
+    pub async fn serve<S>(
         self,
         service: S,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError>
     where
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService + Clone + Send + Sync + 'static,
     {
         pool::run(self.config, conn::Hyper(service), shutdown).await
     }
@@ -199,22 +198,13 @@ impl Agent {
     }
 
     /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`.
-    pub async fn serve_tower<S, B>(
+    pub async fn serve_tower<S>(
         self,
         service: S,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError>
     where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: TowerService + Sync,
     {
         self.serve(
             hyper_util::service::TowerToHyperService::new(service),

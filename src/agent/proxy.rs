@@ -136,7 +136,7 @@ impl Serve for Proxy {
             return super::conn::serve_h2(flipped, svc, config, graceful).await;
         }
         let limits = &config.limits;
-        let (already, io) = flipped.into_io().into_parts();
+        let (already, io) = flipped.into_parts();
         let mut inbound = Conn::new(io, &already, limits);
         let mut upstream = None;
         let response_limits = Limits {

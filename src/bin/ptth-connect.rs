@@ -15,10 +15,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use humantime::Duration as Dur;
 use ptth::Protocol;
-use ptth::agent::forward_proxy::{ProxyError, ProxyOrigin};
-use ptth::agent::proxy::Proxy;
 use ptth::agent::{
-    self, Agent, AgentError, ConfigError, NoProxy, ProxySettings, Transport, UrlError,
+    self, Agent, AgentError, ConfigError, NoProxy, Proxy, ProxyError, ProxyOrigin, ProxySettings,
+    Transport, UrlError,
 };
 use ptth::tls::TlsFailure;
 
@@ -396,7 +395,7 @@ mod tests {
             let s = common::settings::parse_from::<Settings>(args).unwrap();
             proxy_settings(&s)
         };
-        let relay = ptth::agent::target::Endpoint::parse("http://relay.test:1/x").unwrap();
+        let relay = ptth::agent::Endpoint::parse("http://relay.test:1/x").unwrap();
         let chosen = |s: &ProxySettings| s.proxy_for(&relay).unwrap().map(|(p, _)| p.to_string());
         let s = settings(&["--proxy", "http://p:3128"]).unwrap();
         assert_eq!(chosen(&s).as_deref(), Some("http://p:3128"));

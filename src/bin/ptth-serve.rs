@@ -276,7 +276,7 @@ impl Settings {
 fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     addrs
         .iter()
-        .map(|a| ptth::net::listen(*a).with_context(|| format!("binding {a}")))
+        .map(|a| ptth::relay::listen(*a).with_context(|| format!("binding {a}")))
         .collect()
 }
 
@@ -303,7 +303,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tls: bind_all(&listen_tls)?,
     };
     let domain = config.domain.clone();
-    let r = relay::Relay::new(listeners, config).await?;
+    let r = relay::Relay::new(listeners, config)
+        .await
+        .map_err(|e| match e {
+            // The library names the setting; the flags that give it are ours to name.
+            relay::RelayError::AnonymousNotLoopback(_) => {
+                anyhow::anyhow!("{e}; give --tokens FILE or --allow-anonymous")
+            }
+            relay::RelayError::TlsWithoutCertificate => {
+                anyhow::anyhow!("{e}; give --tls-cert and --tls-key")
+            }
+            e => e.into(),
+        })?;
     let handle = r.handle();
     // Watched before the banner: a SIGHUP sent as soon as the relay says it listens must
     // reload, not end the process (the default action of SIGHUP).

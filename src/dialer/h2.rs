@@ -9,19 +9,44 @@
 //! unanswered, or that reads nothing of what it is sent ([`crate::io::WriteDeadline`]). `graceful_shutdown` on the returned connection sends GOAWAY and lets the open
 //! streams finish, the shutdown signal the draft names.
 
-use http::Request;
-use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::Flipped;
 use crate::io::{ByteStream, Rewind, WriteDeadline};
 use crate::limits::Limits;
+use crate::service::{HttpService, TowerService};
 
-/// A transposed HTTP/2 connection being served: a hyper connection future. Poll it to
-/// completion; call [`hyper::server::conn::http2::Connection::graceful_shutdown`] to send
-/// GOAWAY and close once the open streams are done.
-pub type ServingH2<IO, S> = http2::Connection<TokioIo<WriteDeadline<Rewind<IO>>>, S, TokioExecutor>;
+pin_project_lite::pin_project! {
+    /// A transposed HTTP/2 connection being served: a future that ends with the connection.
+    /// [`ServingH2::graceful_shutdown`] sends GOAWAY and closes once the open streams are done.
+    pub struct ServingH2<IO, S>
+    where
+        S: HttpService,
+    {
+        #[pin]
+        conn: http2::Connection<TokioIo<WriteDeadline<Rewind<IO>>>, S, TokioExecutor>,
+    }
+}
+
+impl<IO: ByteStream, S: HttpService> ServingH2<IO, S> {
+    /// Send GOAWAY, let the open streams finish, then close.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().conn.graceful_shutdown()
+    }
+}
+
+impl<IO: ByteStream, S: HttpService> Future for ServingH2<IO, S> {
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().conn.poll(cx)
+    }
+}
 
 impl<IO: ByteStream> Flipped<IO> {
     /// Serve HTTP/2 on a `ptth` connection whose `101` chose `ALPN: h2` ([`Flipped::is_h2`]),
@@ -30,14 +55,9 @@ impl<IO: ByteStream> Flipped<IO> {
     /// Transposed requests are accepted whatever their `:authority` (as on HTTP/1.1, the
     /// listener is the authority). Extended CONNECT (RFC 8441) is enabled, so a listener can
     /// carry WebSocket over a stream.
-    pub fn serve_h2<S, B>(self, service: S, limits: &Limits) -> ServingH2<IO, S>
+    pub fn serve_h2<S>(self, service: S, limits: &Limits) -> ServingH2<IO, S>
     where
-        S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService,
     {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -48,25 +68,19 @@ impl<IO: ByteStream> Flipped<IO> {
             .keep_alive_timeout(limits.h2.keep_alive_timeout)
             .enable_connect_protocol();
         let io = WriteDeadline::new(self.io, limits.h2.write_timeout);
-        builder.serve_connection(TokioIo::new(io), service)
+        ServingH2 {
+            conn: builder.serve_connection(TokioIo::new(io), service),
+        }
     }
 
     /// [`Flipped::serve_h2`] with a `tower::Service` (an axum `Router`, for example).
-    pub fn serve_h2_tower<S, B>(
+    pub fn serve_h2_tower<S>(
         self,
         service: S,
         limits: &Limits,
     ) -> ServingH2<IO, hyper_util::service::TowerToHyperService<S>>
     where
-        S: tower_service::Service<Request<Incoming>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: TowerService,
     {
         self.serve_h2(
             hyper_util::service::TowerToHyperService::new(service),

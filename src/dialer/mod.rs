@@ -15,16 +15,19 @@
 //! interim `1xx` answers, accepts only a valid `101` for a protocol it offered, and keeps every
 //! byte that arrived after the `101` head. Any other final answer is [`Error::Refused`].
 //! [`Flipped::serve`] runs hyper's HTTP/1.1 server on the flipped stream, with the
-//! [`head_clock`] deadline: a request head must complete soon after its first byte, while a
+//! head-clock deadline (`head_clock.rs`): a request head must complete soon after its first byte, while a
 //! parked connection may idle.
 //!
 //! [`Error::Refused`]: crate::Error::Refused
 
 mod h2;
 mod handshake;
-pub mod head_clock;
+mod head_clock;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::StatusCode;
 use hyper::body::Incoming;
@@ -35,6 +38,7 @@ use crate::io::{ByteStream, Rewind};
 use crate::limits::Limits;
 use crate::proto::Protocol;
 use crate::proto::alpn::AlpnId;
+use crate::service::{HttpService, TowerService};
 pub use h2::ServingH2;
 pub use handshake::handshake;
 use head_clock::{Activity, HeadClock};
@@ -64,16 +68,41 @@ impl<IO> Flipped<IO> {
         self.alpn().is_some_and(|a| a.as_bytes() == AlpnId::H2)
     }
 
-    /// The stream, which replays the bytes that came after the `101` head before reading more.
-    pub fn into_io(self) -> Rewind<IO> {
-        self.io
+    /// The stream, and the bytes that came after the `101` head (already read from it: they
+    /// come before anything read next).
+    pub fn into_parts(self) -> (bytes::Bytes, IO) {
+        self.io.into_parts()
     }
 }
 
-/// A reversed connection being served: a hyper connection future. Poll it to completion;
-/// call [`hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown`] to finish the
-/// request in flight and close.
-pub type Serving<IO, S> = http1::UpgradeableConnection<TokioIo<Activity<Rewind<IO>>>, S>;
+pin_project_lite::pin_project! {
+    /// A reversed connection being served (HTTP/1.1): a future that ends with the connection.
+    /// [`Serving::graceful_shutdown`] finishes the request in flight and closes. Its stream
+    /// types (the replayed bytes, the head clock) stay inside the crate, as hyper keeps its
+    /// `Rewind`.
+    pub struct Serving<IO, S>
+    where
+        S: HttpService,
+    {
+        #[pin]
+        conn: http1::UpgradeableConnection<TokioIo<Activity<Rewind<IO>>>, S>,
+    }
+}
+
+impl<IO: ByteStream, S: HttpService> Serving<IO, S> {
+    /// Finish the request in flight (if any), then close the connection.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.project().conn.graceful_shutdown()
+    }
+}
+
+impl<IO: ByteStream, S: HttpService> Future for Serving<IO, S> {
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().conn.poll(cx)
+    }
+}
 
 impl<IO: ByteStream> Flipped<IO> {
     /// Serve HTTP/1.1 on the reversed connection with a hyper service.
@@ -82,37 +111,26 @@ impl<IO: ByteStream> Flipped<IO> {
     /// sends none). A request head must complete within [`Limits::head_timeout`] of its first
     /// byte; between requests the connection may idle for [`Limits::idle_timeout`] (forever by
     /// default). Upgrades requested by the listener (WebSocket through a relay) are supported.
-    pub fn serve<S, B>(self, service: S, limits: &Limits) -> Serving<IO, S>
+    pub fn serve<S>(self, service: S, limits: &Limits) -> Serving<IO, S>
     where
-        S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService,
     {
         let (io, clock) = head_clock::head_clock(self.io, limits);
-        server_builder(limits, clock)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades()
+        Serving {
+            conn: server_builder(limits, clock)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        }
     }
 
     /// Serve with a `tower::Service` (an axum `Router`, for example).
-    pub fn serve_tower<S, B>(
+    pub fn serve_tower<S>(
         self,
         service: S,
         limits: &Limits,
     ) -> Serving<IO, hyper_util::service::TowerToHyperService<S>>
     where
-        S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: TowerService,
     {
         self.serve(
             hyper_util::service::TowerToHyperService::new(service),

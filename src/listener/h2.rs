@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{ListenerConfig, ReversedConnection};
 use crate::error::Error;
 use crate::io::WriteDeadline;
+use crate::service::SendBody;
 
 /// Sends requests to the dialer over a transposed HTTP/2 connection, many at once. Clone it to
 /// share the connection between tasks.
@@ -38,9 +39,7 @@ impl<B> Clone for ReversedH2Client<B> {
 
 impl<B> ReversedH2Client<B>
 where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: SendBody + Unpin,
 {
     /// Send one request on a new stream and wait for the response head; the body streams
     /// afterwards.
@@ -115,9 +114,7 @@ pub async fn reverse_h2<IO, B>(
 ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: SendBody + Unpin,
 {
     let limits = &config.limits;
     let mut builder = http2::Builder::new(TokioExecutor::new());

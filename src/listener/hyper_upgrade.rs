@@ -4,7 +4,7 @@
 //! [`Offer::switching_response`] from the handler and spawn [`Offer::reverse`], which waits for
 //! hyper to hand over the stream and starts the reversed client on it. On failure, return
 //! [`Rejection::into_response`]. The `101` and the refusals carry the fields the raw listener
-//! writes ([`response::switching_fields`], [`response::refusal_fields`]).
+//! writes (`proto::response`'s `switching_fields` and `refusal_fields`).
 //!
 //! The server must be built with `.with_upgrades()`. Strict dialers compare header *names* in
 //! the `101` too, so set `title_case_headers(true)` on the server builder: hyper then writes
@@ -34,6 +34,7 @@ use crate::error::{Error, HeadError, OfferError};
 use crate::proto::body::Framing;
 use crate::proto::request::{self as req, OfferTerms};
 use crate::proto::{Protocol, response};
+use crate::service::SendBody;
 
 /// Why a request was not taken as an upgrade, as a response ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +192,7 @@ impl Offer<OnUpgrade> {
         config: &ListenerConfig,
     ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
     where
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody,
     {
         self.expect_inner(false)?;
         let upgraded = self.upgraded().await?;
@@ -207,9 +206,7 @@ impl Offer<OnUpgrade> {
         config: &ListenerConfig,
     ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
     where
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody + Unpin,
     {
         self.expect_inner(true)?;
         let upgraded = self.upgraded().await?;

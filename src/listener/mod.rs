@@ -20,7 +20,7 @@
 //! [`ReversedClient`] is the one HTTP/1.1 client of the crate for reversed connections: the
 //! relay uses it too, one exchange at a time over its parked streams.
 
-pub mod h2;
+mod h2;
 pub mod hyper_upgrade;
 pub mod raw;
 
@@ -28,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+pub use h2::{ReversedH2Client, reverse_h2};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Uri, request};
 use hyper::body::Incoming;
@@ -42,6 +43,7 @@ use crate::proto::Protocol;
 use crate::proto::alpn::AlpnId;
 use crate::proto::origin::Origin;
 use crate::proto::request::{OfferRules, OfferTerms};
+use crate::service::SendBody;
 
 /// What a listener accepts and how it talks after the flip.
 #[derive(Debug, Clone)]
@@ -156,9 +158,7 @@ pub struct ReversedClient<B> {
 
 impl<B> ReversedClient<B>
 where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: SendBody,
 {
     /// Send one request and wait for the response head; the body streams afterwards.
     ///
@@ -311,7 +311,7 @@ fn client_builder(config: &ListenerConfig) -> http1::Builder {
 /// Start HTTP/1.1 as the *client* on a stream that has just been switched.
 ///
 /// `io` must already replay any bytes read past the upgrade request (the raw path wraps it in
-/// [`crate::io::Rewind`]; hyper's `Upgraded` does so itself). Responses that arrive before any
+/// `Rewind`; hyper's `Upgraded` does so itself). Responses that arrive before any
 /// request was sent are unsolicited and end the connection with an error (draft §2.1: after the
 /// `101`, the listener speaks first).
 pub async fn reverse<IO, B>(
@@ -320,9 +320,7 @@ pub async fn reverse<IO, B>(
 ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: SendBody,
 {
     let (client, conn) = reverse_parts(io, config).await?;
     Ok((
@@ -347,9 +345,7 @@ pub(crate) async fn reverse_parts<IO, B>(
 ) -> Result<(ReversedClient<B>, Connection<IO, B>), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: SendBody,
 {
     let (sender, conn) = client_builder(config)
         .handshake(TokioIo::new(io))

@@ -16,6 +16,7 @@ use crate::io::{read_body, read_head, write_flush};
 use crate::proto::body::{BodyDecoder, Framing};
 use crate::proto::request::{self as req, OfferTerms};
 use crate::proto::response;
+use crate::service::SendBody;
 
 /// An offer at the raw listener: the stream is here, and the listener writes the answer.
 impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
@@ -35,9 +36,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
     ) -> Result<(ReversedClient<B>, ReversedConnection), Error>
     where
         IO: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody,
     {
         self.expect_inner(false)?;
         let io = self.accept().await?;
@@ -52,9 +51,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Offer<IO> {
     ) -> Result<(ReversedH2Client<B>, ReversedConnection), Error>
     where
         IO: Send + 'static,
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: SendBody + Unpin,
     {
         self.expect_inner(true)?;
         let io = self.accept().await?;

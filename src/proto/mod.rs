@@ -1,31 +1,32 @@
 //! The wire vocabulary of Reverse HTTP, with no I/O in it.
 //!
-//! Everything here works on byte slices and `http` types. [`head`] reads every HTTP/1.1 head
-//! (one scan for requests and responses, with the body framing); [`request`] builds and judges
-//! the upgrade request (sent by the dialer, read by the listener); [`response`] builds and
-//! judges the `101 Switching Protocols` and the refusals (sent by the listener, read by the
-//! dialer); [`tokens`] matches `Upgrade`/`Connection` lists; [`body`] decodes the bounded
-//! bodies of the handshake; [`connect`] is the CONNECT request an agent sends to a forward
-//! proxy, and what its answer means. Because nothing here touches a socket, all of it is
+//! Everything here works on byte slices and `http` types. Public, for a program that builds or
+//! judges offers itself: [`request`] builds and judges the upgrade request (sent by the dialer,
+//! read by the listener), [`origin`] the `Origin` rules, [`alpn`] the `ALPN` field of `ptth`.
+//! Crate-private, used by the roles: `head` reads every HTTP/1.1 head (one scan for requests
+//! and responses, with the body framing); `response` builds and judges the `101 Switching
+//! Protocols` and the refusals (sent by the listener, read by the dialer); `tokens` matches
+//! `Upgrade`/`Connection` lists; `body` decodes the bounded bodies of the handshake; `connect`
+//! is the CONNECT request an agent sends to a forward proxy, and what its answer means. Because nothing here touches a socket, all of it is
 //! unit-tested with raw bytes, and every parser of it fuzzed (see `fuzz/`).
 //!
 //! After the flip, HTTP/1.1 on the reversed connection is hyper's job, not this module's. The
-//! exceptions are what the forwarding hops share: [`path`] (the dot-segment rules the relay and
-//! the agent apply to the requests they forward), [`hop`] (hop-by-hop fields) and
-//! [`forwarded`] (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
-//! reversed requests with [`head`] to time their heads.
+//! exceptions are what the forwarding hops share, crate-private: `path` (the dot-segment rules
+//! the relay and the agent apply to the requests they forward), `hop` (hop-by-hop fields) and
+//! `forwarded` (`Forwarded`/`X-Forwarded-*`); and the dialer's head clock, which follows
+//! reversed requests with `head` to time their heads.
 
 pub mod alpn;
-pub mod body;
-pub mod connect;
-pub mod forwarded;
-pub mod head;
-pub mod hop;
+pub(crate) mod body;
+pub(crate) mod connect;
+pub(crate) mod forwarded;
+pub(crate) mod head;
+pub(crate) mod hop;
 pub mod origin;
-pub mod path;
+pub(crate) mod path;
 pub mod request;
-pub mod response;
-pub mod tokens;
+pub(crate) mod response;
+pub(crate) mod tokens;
 
 use std::fmt;
 use std::str::FromStr;

@@ -3,7 +3,7 @@
 //!
 //! Wherever a path is routed or joined under a prefix, `..` must not climb out of the space the
 //! request was routed into: the relay's routing (`relay::route`) and the agent's
-//! upstream prefix ([`crate::agent::proxy`]) both normalise here, so that a relay or an agent
+//! upstream prefix ([`crate::agent::Proxy`]) both normalise here, so that a relay or an agent
 //! never sends a dot segment on.
 //!
 //! What counts (decisions D22):

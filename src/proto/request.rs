@@ -1,6 +1,6 @@
 //! The upgrade request: built by the dialer, parsed and judged by the listener.
 //!
-//! The head is read by [`super::head`] (strict RFC 9112, with its framing rules). Whether a
+//! The head is read by `proto::head` (strict RFC 9112, with its framing rules). Whether a
 //! valid request is a PTTH *offer* is a separate judgement ([`check_offer`]), so that a
 //! listener can answer a plain request as plain HTTP.
 
@@ -17,8 +17,8 @@ use super::tokens;
 use crate::error::{HeadError, HostError, OfferError};
 use crate::limits::{Limits, MAX_OFFER_ORIGINS};
 
-/// Parse one request head from the front of `buf` into `http` types: [`head::Request::parse`]
-/// then [`head::Request::to_parts`].
+/// Parse one request head from the front of `buf` into `http` types: `head::Request::parse`
+/// then `head::Request::to_parts`.
 ///
 /// Returns `Ok(None)` when more bytes are needed, and `Ok(Some((head, len)))` with the head's
 /// length in bytes when it is complete; the bytes after `len` are the body and whatever follows.
@@ -33,7 +33,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(request::Parts, usiz
 }
 
 /// How the body of a request is delimited (RFC 9112 §6.3), or why it cannot be trusted: the
-/// rules of [`head::Request::framing`], for fields already in a `HeaderMap`.
+/// rules of `head::Request::framing`, for fields already in a `HeaderMap`.
 pub fn framing(headers: &HeaderMap) -> Result<Framing, HeadError> {
     FramingFields::of_map(headers).request()
 }

@@ -50,6 +50,9 @@ pub use config::*;
 pub use registry::{NameState, NameStats};
 pub use route::MAX_NAME_LEN;
 
+/// Bind a relay listener with the large listen backlog a restart storm needs.
+pub use crate::net::{LISTEN_BACKLOG, listen};
+
 /// The sockets a relay serves: plain HTTP, and HTTPS (with [`Config::tls`]).
 #[derive(Debug, Default)]
 pub struct Listeners {
@@ -74,14 +77,14 @@ impl From<Vec<TcpListener>> for Listeners {
 pub enum RelayError {
     /// No token file and a non-loopback listener, without `allow_anonymous`.
     #[error(
-        "refusing anonymous agents on non-loopback address {0}: give --tokens FILE or --allow-anonymous"
+        "refusing anonymous agents on non-loopback address {0}: configure tokens or allow anonymous agents"
     )]
     AnonymousNotLoopback(SocketAddr),
     /// No listener given.
     #[error("no listen address")]
     NoListener,
     /// TLS listeners were given without [`Config::tls`].
-    #[error("TLS listeners need a certificate and key (Config::tls / --tls-cert, --tls-key)")]
+    #[error("TLS listeners need a certificate and key (Config::tls)")]
     TlsWithoutCertificate,
     /// [`Config::agent_certs`] asks for client certificates but there is no TLS listener.
     #[error("agent certificates are required but no TLS listener with a client CA is configured")]

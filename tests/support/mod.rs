@@ -1,6 +1,18 @@
-//! Shared helpers for the relay tests: an in-process relay on 127.0.0.1:0, agents built from the
-//! library's dialer, and a small public HTTP client.
+//! The one support module of the integration tests: the deadline every test runs under, an
+//! in-process relay on 127.0.0.1:0, agents built from the library's dialer, a small public HTTP
+//! client, raw-byte helpers and log capture. The agent's test doubles (a relay stand-in, a
+//! local upstream, an agent runner) are in [`agent`] (re-exported here); certificates in
+//! [`pki`], the real binaries in [`bins`], a squid forward proxy in [`squid`].
 #![allow(dead_code)]
+
+mod agent;
+pub mod bins;
+pub mod pki;
+pub mod squid;
+
+// Not every test uses the agent doubles.
+#[allow(unused_imports)]
+pub use agent::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,16 +25,20 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use ptth::relay::{Config, NameState, Relay, RelayHandle};
+use ptth::relay::{Config, Listeners, NameState, Relay, RelayHandle};
 use ptth::{Limits, UpgradeRequest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Deadline for every test.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+/// The deadline every test runs under. It only catches hangs (no test is timed by it): 60 s,
+/// the longest any test file used, because the slowest test (8 MiB each way through a Python
+/// `h2` peer, tests/h2_ptth.rs) runs in a debug build on a loaded shared machine; a passing
+/// test takes well under a second, so the extra room costs nothing but the wait for a hang.
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
 pub type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
         + Send
@@ -57,11 +73,41 @@ impl TestRelay {
     }
 }
 
+/// A listener on 127.0.0.1 port 0, and the address it got.
+pub async fn bind_local() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// A relay with one plain listener on 127.0.0.1:0.
 pub async fn start_relay(config: Config) -> TestRelay {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::new(vec![l], config).await.unwrap();
+    run_relay(vec![l].into(), config).await
+}
+
+/// A relay with one TLS listener only, on 127.0.0.1:0 (`config.tls` is the caller's):
+/// [`TestRelay::addr`] is the TLS address.
+pub async fn start_tls_relay(config: Config) -> TestRelay {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = Listeners {
+        plain: vec![],
+        tls: vec![l],
+    };
+    run_relay(listeners, config).await
+}
+
+/// Run a relay on `listeners` until [`TestRelay::shutdown`] (or its drop); `addr` is the first
+/// address, plain before TLS.
+async fn run_relay(listeners: Listeners, config: Config) -> TestRelay {
+    let relay = Relay::new(listeners, config).await.unwrap();
     let handle = relay.handle();
-    let addr = handle.local_addrs()[0];
+    let addr = *handle
+        .local_addrs()
+        .iter()
+        .chain(handle.tls_addrs())
+        .next()
+        .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         relay
@@ -238,19 +284,24 @@ impl http_body::Body for FramesBody {
     }
 }
 
-/// Read one response head (through the blank line) from a raw stream, byte by byte, so
-/// nothing after it is consumed. Empty string if the peer closed first.
+/// Read one head (through the blank line) from a raw stream, byte by byte, so nothing after
+/// it is consumed. Panics if the peer closes (or fails) before the head ends: every caller
+/// expects a whole head.
 pub async fn read_head(s: &mut TcpStream) -> String {
     use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
+        let n = s.read(&mut b).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "peer closed before the end of a head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
     }
-    String::from_utf8_lossy(&head).into_owned()
+    String::from_utf8(head).unwrap()
 }
 
 /// Write `bytes` on a fresh connection and read everything until the relay closes it.
@@ -302,19 +353,41 @@ pub async fn flip_one(
 
 /// Log lines captured by [`capture_logs`].
 #[derive(Clone, Default)]
-pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct Logs {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Woken on every write, so a test can wait for a line instead of sleeping.
+    written: Arc<tokio::sync::Notify>,
+}
 
 impl Logs {
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+
+    /// Wait until `cond` holds for the captured text (checked after every write).
+    pub async fn wait_until(&self, cond: impl Fn(&str) -> bool) {
+        loop {
+            // Registered before the check, so a write between the check and the await wakes it.
+            let written = self.written.notified();
+            if cond(&self.text()) {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    /// Wait until a captured line contains `needle`.
+    pub async fn wait_for(&self, needle: &str) {
+        self.wait_until(|text| text.contains(needle)).await
     }
 }
 
-struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+struct LogWriter(Logs);
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.buf.lock().unwrap().extend_from_slice(buf);
+        self.0.written.notify_waiters();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -326,11 +399,11 @@ impl std::io::Write for LogWriter {
 /// the default (current-thread) test runtime that is every task of the test: relay and agent.
 pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Logs) {
     let logs = Logs::default();
-    let buf = logs.0.clone();
+    let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
-        .with_writer(move || LogWriter(buf.clone()))
+        .with_writer(move || LogWriter(writer.clone()))
         .finish();
     (tracing::subscriber::set_default(subscriber), logs)
 }

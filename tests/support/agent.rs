@@ -1,41 +1,25 @@
 //! Test doubles for the agent tests: a relay stand-in built on the library's raw listener (or
 //! raw bytes), a local upstream, and an agent runner. Everything is on 127.0.0.1 port 0.
 
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use ptth::agent::{Agent, AgentBuilder, AgentError, Backoff};
 use ptth::listener::{ListenerConfig, ReversedClient, raw};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type TestBody = BoxBody<Bytes, BoxError>;
+use super::{BoxError, TestBody, full};
+
 pub type Client = ReversedClient<TestBody>;
-
-/// Every test runs under this deadline.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-pub async fn deadline<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .expect("test deadline passed")
-}
-
-pub fn full(s: impl Into<Bytes>) -> TestBody {
-    Full::new(s.into()).map_err(|e| match e {}).boxed()
-}
 
 /// A body fed chunk by chunk from the returned sender; it ends when the sender is dropped.
 pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
@@ -83,18 +67,9 @@ impl RunningAgent {
     }
 }
 
-pub fn spawn_agent<S, B>(builder: AgentBuilder, service: S) -> RunningAgent
+pub fn spawn_agent<S>(builder: AgentBuilder, service: S) -> RunningAgent
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ptth::service::HttpService + Clone + Send + Sync + 'static,
 {
     let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
@@ -113,7 +88,7 @@ pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> Running
 
 /// An agent proxying to `url` (`http://host:port/optional/prefix`).
 pub fn spawn_proxy_agent_to(builder: AgentBuilder, url: &str) -> RunningAgent {
-    let proxy = ptth::agent::proxy::Proxy::new(url).unwrap();
+    let proxy = ptth::agent::Proxy::new(url).unwrap();
     let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(agent.serve_proxy(proxy, async move {
@@ -139,18 +114,6 @@ pub async fn park(tcp: TcpStream) -> (http::request::Parts, Client) {
     let (client, conn) = offer.accept_reversed::<TestBody>(&cfg).await.unwrap();
     tokio::spawn(conn);
     (head, client)
-}
-
-/// Read bytes up to and including the first CRLFCRLF.
-pub async fn read_head(tcp: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = tcp.read(&mut byte).await.unwrap();
-        assert_eq!(n, 1, "peer closed before the end of a head");
-        buf.push(byte[0]);
-    }
-    String::from_utf8(buf).unwrap()
 }
 
 pub async fn write(tcp: &mut TcpStream, bytes: &[u8]) {
@@ -238,6 +201,7 @@ pub async fn body_string(res: Response<Incoming>) -> String {
     String::from_utf8(b.to_vec()).unwrap()
 }
 
-pub fn get(path: &str) -> Request<TestBody> {
+/// A GET request for `path` with an empty body, for a [`Client`] (the reversed direction).
+pub fn get_request(path: &str) -> Request<TestBody> {
     Request::get(path).body(full("")).unwrap()
 }
