@@ -50,6 +50,7 @@ pub(crate) mod h1;
 pub mod io;
 pub mod limits;
 pub mod listener;
+pub(crate) mod metrics;
 pub mod net;
 pub mod proto;
 pub mod relay;
