@@ -16,7 +16,7 @@ use clap::Parser;
 use humantime::Duration as Dur;
 use ptth::Protocol;
 use ptth::agent::forward_proxy::{ProxyError, ProxyOrigin};
-use ptth::agent::proxy::Proxy;
+use ptth::agent::proxy::{HostHeader, Proxy};
 use ptth::agent::{
     self, Agent, AgentError, ConfigError, NoProxy, ProxySettings, Transport, UrlError,
 };
@@ -44,6 +44,11 @@ struct Settings {
     /// `https://127.0.0.1:3443` (a path is used as a prefix).
     #[arg(long, value_name = "URL")]
     to: String,
+
+    /// The Host the upstream sees: `upstream` (--to's host and port) or `keep` (the public
+    /// client's, as the relay passed it).
+    #[arg(long, value_name = "WHICH", default_value = "upstream", value_parser = ["upstream", "keep"])]
+    host_header: String,
 
     /// Bearer token sent to the relay as `Authorization: Bearer <token>`. Best given in the
     /// environment or with --token-file: `ps` shows the command line.
@@ -260,7 +265,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(ca) => Some(ptth::tls::client_config(Some(ca), None)?),
         None => None,
     };
-    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?;
+    let host_header = match settings.host_header.as_str() {
+        "keep" => HostHeader::Keep,
+        _ => HostHeader::Upstream,
+    };
+    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?.host_header(host_header);
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
     let token = token(&settings)?;

@@ -77,7 +77,7 @@ async fn forward_inner(
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let route = match route(host.as_ref().and_then(|h| h.to_str().ok()), pq, &cfg.domain) {
         Ok(r) => r,
-        Err(e @ RouteError::NoName) => return respond::text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(RouteError::NoName) => return respond::no_name(&cfg.domain),
         Err(e) => return respond::text(StatusCode::BAD_REQUEST, e.to_string()),
     };
     pending.name = Some(route.name.clone());

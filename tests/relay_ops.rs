@@ -1,8 +1,12 @@
-//! The relay's `/metrics` and `--access-log` (issue 19): requests by name and exact status code
-//! (502, 503 and 504 told apart, client errors apart from gateway errors, no series for names
-//! nobody holds), claims and refusals, per-name series gone when the name is forgotten, the
-//! process and build series, and one access log line per public request.
+//! Operating the relay (issue 19): `/metrics` (requests by name and exact status code, 502, 503
+//! and 504 told apart, client errors apart from gateway errors, no series for names nobody
+//! holds; claims and refusals; per-name series gone when the name is forgotten; the process and
+//! build series), `--access-log` (one line per public request), the INFO log of names coming
+//! and going, and errors that say what is wrong (a 404 naming the domain, plain HTTP on the TLS
+//! port).
 
+#[path = "support/pki.rs"]
+mod pki;
 mod support;
 
 use std::time::Duration;
@@ -247,4 +251,95 @@ async fn the_access_log_has_one_json_line_per_request() {
         assert_eq!(missing["status"], 404);
     })
     .await
+}
+
+#[tokio::test]
+async fn a_name_coming_and_going_is_logged_once_at_info() {
+    let (_guard, logs) = capture_logs();
+    deadline(async {
+        let relay = start_relay(anonymous()).await;
+        let app = start_agent(&relay, "app", 3, None, echo_handler("a")).await;
+        app.kill();
+        relay
+            .handle
+            .wait_until(|h| connections(h, "app") == 0)
+            .await;
+    })
+    .await;
+    let text = logs.text();
+    let info = |what: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(" INFO ") && l.contains(what))
+            .map(str::to_string)
+            .collect()
+    };
+    // Three connections, one name: one line when it arrives, one when the last one leaves.
+    for what in [
+        "agent claimed the name",
+        "the name's last agent connection left",
+    ] {
+        let lines = info(what);
+        assert_eq!(lines.len(), 1, "{what}: {text}");
+        for field in ["name=app", "peer=127.0.0.1:", "proto=\"http\""] {
+            assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_naming_no_agent_gets_a_404_with_the_domain() {
+    deadline(async {
+        let mut cfg = anonymous();
+        cfg.domain = "relay.example".into();
+        let relay = start_relay(cfg).await;
+        let (status, _, body) = get(relay.addr, "/", Some("relay.example")).await;
+        assert_eq!(status, 404);
+        assert!(
+            body.contains("http://NAME.relay.example/ or /NAME/"),
+            "{body}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_logged_as_such() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_guard, logs) = capture_logs();
+    deadline(async {
+        let pki = pki::Pki::new("relay");
+        let (cert, key) = pki.issue("relay", &["localhost"], false);
+        let config = ptth::relay::Config {
+            tls: Some(ptth::tls::server_config(&cert, &key, None).unwrap()),
+            ..anonymous()
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = ptth::relay::Relay::new(
+            ptth::relay::Listeners {
+                plain: vec![],
+                tls: vec![l],
+            },
+            config,
+        )
+        .await
+        .unwrap();
+        let addr = relay.handle().tls_addrs()[0];
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(relay.run(async move {
+            let _ = rx.await;
+        }));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /demo/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        // The relay closes the connection once it has logged why.
+        let _ = tcp.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains(" INFO ") && l.contains("is it plain HTTP?"))
+        .unwrap_or_else(|| panic!("no INFO line about plain HTTP: {text}"));
+    assert!(line.contains("this port serves HTTPS only"), "{line}");
 }
