@@ -1,7 +1,9 @@
-//! Operating the agent (issue 19): which `Host` the upstream sees (`--host-header`), and what a
-//! `502` tells the public about the upstream (nothing internal).
+//! Operating the agent (issue 19): which `Host` the upstream sees (`--host-header`), what a
+//! `502` tells the public about the upstream (nothing internal), and the one log line when the
+//! service is reachable again after an outage.
 
 mod agent_support;
+mod support;
 
 use agent_support::*;
 use http::{Request, StatusCode};
@@ -86,4 +88,48 @@ async fn a_502_names_neither_the_upstream_nor_the_os_error() {
         agent.shutdown().await.unwrap();
     })
     .await;
+}
+
+#[tokio::test]
+async fn serving_again_after_an_outage_is_logged_once_with_its_length() {
+    const AGAIN: &str = "connected to the relay again";
+    let (_guard, logs) = support::capture_logs();
+    deadline(async {
+        let (up, _arrivals, _release) = spawn_upstream().await;
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = spawn_proxy_agent(
+            builder(relay.local_addr().unwrap(), "demo").connections(1),
+            up,
+        );
+        let (_, first) = accept_parked(&relay).await;
+        // The relay goes away: its connection closes, and the next dial is cut before any answer.
+        drop(first);
+        let (cut, _) = relay.accept().await.unwrap();
+        drop(cut);
+        let (_, mut back) = accept_parked(&relay).await;
+        let res = back.send(get("/x")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        // The pool logs when it takes in the park, in its own task: wait for the line (bounded).
+        let mut tries = 0;
+        while !logs.text().contains(AGAIN) {
+            tries += 1;
+            assert!(tries < 2000, "no line {AGAIN:?}:\n{}", logs.text());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        agent.shutdown().await.unwrap();
+    })
+    .await;
+    let text = logs.text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(AGAIN)).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains(" INFO "), "{}", lines[0]);
+    assert!(lines[0].contains("after an outage of "), "{}", lines[0]);
+    assert!(lines[0].contains("outage="), "{}", lines[0]);
+    // The first connection is announced once, as before.
+    assert_eq!(
+        text.matches("connected to the relay: service reachable")
+            .count(),
+        1,
+        "{text}"
+    );
 }

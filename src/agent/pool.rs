@@ -59,7 +59,12 @@ struct Pool {
     /// When the current outage began, if it began while the pool was healthy (then it is
     /// probed at the backoff's outage step); cleared when a connection parks.
     outage_since: Option<Instant>,
+    /// When the service stopped being reachable: the first counted failure with no connection
+    /// parked, after it had been reachable. Cleared (and logged) when a connection parks again.
+    unreachable_since: Option<Instant>,
     announced: bool,
+    /// The agent is shutting down: connections ending now are its own doing, not failures.
+    stopping: bool,
 }
 
 impl Pool {
@@ -111,6 +116,10 @@ impl Pool {
         at_least: Option<Duration>,
         epoch: u64,
     ) -> bool {
+        if self.stopping {
+            debug!("{why} (while stopping: not a failure)");
+            return false;
+        }
         let now = Instant::now();
         let at_least = at_least.unwrap_or_default();
         if epoch != self.epoch {
@@ -127,6 +136,9 @@ impl Pool {
             self.outage_since = Some(now);
         }
         self.healthy_since = None;
+        if self.announced && self.count(State::Parked) == 0 {
+            self.unreachable_since.get_or_insert(now);
+        }
         self.epoch += 1;
         let backoff = &self.config.backoff;
         let outage = self.outage_since.map(|t| now.duration_since(t));
@@ -160,6 +172,16 @@ impl Pool {
                         public_url = %self.config.public_url,
                         "connected to the relay: service reachable at {}",
                         self.config.public_url
+                    );
+                } else if let Some(since) = self.unreachable_since.take() {
+                    // Whole milliseconds: the outage's length, not the clock's noise.
+                    let outage = Duration::from_millis(since.elapsed().as_millis() as u64);
+                    info!(
+                        public_url = %self.config.public_url,
+                        outage = %humantime::format_duration(outage),
+                        "connected to the relay again: service reachable at {} after an outage of {}",
+                        self.config.public_url,
+                        humantime::format_duration(outage)
                     );
                 }
             }
@@ -261,7 +283,9 @@ pub(crate) async fn run<V: Serve>(
         not_before: Instant::now(),
         healthy_since: None,
         outage_since: None,
+        unreachable_since: None,
         announced: false,
+        stopping: false,
     };
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -322,6 +346,7 @@ pub(crate) async fn run<V: Serve>(
             }
         }
         if stopping && drain_until.is_none() {
+            pool.stopping = true;
             cancel.cancel();
             drain_until = Some(Instant::now() + pool.config.drain_timeout);
         }

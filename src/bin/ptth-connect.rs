@@ -194,6 +194,11 @@ fn hint(e: &AgentError) -> Option<&'static str> {
             }
             _ => None,
         },
+        // The relay's 401 says which credential it missed (its claim refusal's text).
+        AgentError::Unauthorized { detail, .. } if detail.contains("client certificate") => Some(
+            "the relay wants a TLS client certificate from its client CA: \
+             --client-cert FILE --client-key FILE",
+        ),
         AgentError::Unauthorized { .. } => Some("check --token-file / --token / PTTH_TOKEN"),
         AgentError::Proxy(ProxyError::Refused { user: None, .. }) if is_proxy_auth(e) => Some(
             "the proxy wants a user and password: give them in its URL, \
