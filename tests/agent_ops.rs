@@ -133,3 +133,50 @@ async fn serving_again_after_an_outage_is_logged_once_with_its_length() {
         "{text}"
     );
 }
+
+/// A tower service that is `Send` and `Clone` but not `Sync` (as `BoxCloneService` is not).
+#[derive(Clone, Default)]
+struct NotSync {
+    _not_sync: std::cell::Cell<u8>,
+}
+
+impl tower_service::Service<Request<hyper::body::Incoming>> for NotSync {
+    type Response = http::Response<TestBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(full(format!(
+            "not sync {}",
+            req.uri()
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn serve_tower_takes_a_service_that_is_not_sync() {
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = builder(relay.local_addr().unwrap(), "demo")
+            .connections(1)
+            .build()
+            .unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.serve_tower(NotSync::default(), async move {
+            let _ = rx.await;
+        }));
+        let (_, mut client) = accept_parked(&relay).await;
+        let res = client.send(get("/x")).await.unwrap();
+        assert_eq!(body_string(res).await, "not sync /x");
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    })
+    .await;
+}

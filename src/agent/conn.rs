@@ -120,16 +120,14 @@ pub(super) trait Serve: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// A hyper service, served with [`Flipped::serve`].
-pub(super) struct Hyper<S>(pub(super) S);
+/// A hyper service, served with [`Flipped::serve`]. Each connection serves its own clone, so
+/// the service need not be `Sync`: the one kept here is behind a lock, taken once per
+/// connection to clone it.
+pub(super) struct Hyper<S>(pub(super) std::sync::Mutex<S>);
 
 impl<S, B> Serve for Hyper<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
@@ -143,10 +141,8 @@ where
         track: Arc<Track>,
         graceful: CancellationToken,
     ) {
-        let svc = Tracked {
-            inner: self.0.clone(),
-            track,
-        };
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let svc = Tracked { inner, track };
         let mut serving = std::pin::pin!(flipped.serve(svc, &config.limits));
         let cancelled = graceful.cancelled();
         tokio::pin!(cancelled);

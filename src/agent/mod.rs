@@ -170,7 +170,6 @@ impl Agent {
         S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
-            + Sync
             + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
@@ -178,7 +177,12 @@ impl Agent {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        pool::run(self.config, conn::Hyper(service), shutdown).await
+        pool::run(
+            self.config,
+            conn::Hyper(std::sync::Mutex::new(service)),
+            shutdown,
+        )
+        .await
     }
 
     /// Serve a [`proxy::Proxy`] through the relay (what `ptth-connect` does), as
@@ -193,7 +197,9 @@ impl Agent {
         pool::run(self.config, proxy, shutdown).await
     }
 
-    /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`.
+    /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`. The service is cloned
+    /// for each request (tower's `call` takes `&mut self`) and need not be `Sync`: a
+    /// `tower::util::BoxCloneService` will do.
     pub async fn serve_tower<S, B>(
         self,
         service: S,
@@ -203,7 +209,6 @@ impl Agent {
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
-            + Sync
             + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
