@@ -3,7 +3,9 @@
 //! service is reachable again after an outage.
 
 mod agent_support;
-mod support;
+#[path = "support/global_logs.rs"]
+mod global_logs;
+use global_logs::{global_logs, log_lines};
 
 use agent_support::*;
 use http::{Request, StatusCode};
@@ -93,10 +95,11 @@ async fn a_502_names_neither_the_upstream_nor_the_os_error() {
 #[tokio::test]
 async fn serving_again_after_an_outage_is_logged_once_with_its_length() {
     const AGAIN: &str = "connected to the relay again";
-    let (_guard, logs) = support::capture_logs();
-    deadline(async {
+    global_logs();
+    let lines = deadline(async {
         let (up, _arrivals, _release) = spawn_upstream().await;
         let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = format!("/{}/demo/", relay.local_addr().unwrap());
         let agent = spawn_proxy_agent(
             builder(relay.local_addr().unwrap(), "demo").connections(1),
             up,
@@ -110,28 +113,32 @@ async fn serving_again_after_an_outage_is_logged_once_with_its_length() {
         let res = back.send(get("/x")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         // The pool logs when it takes in the park, in its own task: wait for the line (bounded).
+        let mine = || -> Vec<String> {
+            log_lines(AGAIN)
+                .into_iter()
+                .filter(|l| l.contains(&ours))
+                .collect()
+        };
         let mut tries = 0;
-        while !logs.text().contains(AGAIN) {
+        while mine().is_empty() {
             tries += 1;
-            assert!(tries < 2000, "no line {AGAIN:?}:\n{}", logs.text());
+            assert!(tries < 2000, "no line {AGAIN:?} for {ours}");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         agent.shutdown().await.unwrap();
+        let announced = log_lines("connected to the relay: service reachable");
+        assert_eq!(
+            announced.iter().filter(|l| l.contains(&ours)).count(),
+            1,
+            "{announced:#?}"
+        );
+        mine()
     })
     .await;
-    let text = logs.text();
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains(AGAIN)).collect();
-    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains(" INFO "), "{}", lines[0]);
     assert!(lines[0].contains("after an outage of "), "{}", lines[0]);
     assert!(lines[0].contains("outage="), "{}", lines[0]);
-    // The first connection is announced once, as before.
-    assert_eq!(
-        text.matches("connected to the relay: service reachable")
-            .count(),
-        1,
-        "{text}"
-    );
 }
 
 /// A tower service that is `Send` and `Clone` but not `Sync` (as `BoxCloneService` is not).
@@ -177,6 +184,91 @@ async fn serve_tower_takes_a_service_that_is_not_sync() {
         assert_eq!(body_string(res).await, "not sync /x");
         let _ = stop.send(());
         task.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_state_watch_follows_connect_outage_reconnect_and_stop() {
+    use ptth::agent::AgentState;
+    deadline(async {
+        let (up, _arrivals, _release) = spawn_upstream().await;
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = builder(relay.local_addr().unwrap(), "demo")
+            .connections(1)
+            .build()
+            .unwrap();
+        let url = agent.public_url().to_string();
+        let mut state = agent.state();
+        assert_eq!(*state.borrow(), AgentState::Connecting);
+        let proxy = Proxy::new(&format!("http://{up}")).unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
+            let _ = rx.await;
+        }));
+        let connected = AgentState::Connected {
+            public_url: url.clone(),
+        };
+        let (_, first) = accept_parked(&relay).await;
+        state.wait_for(|s| *s == connected).await.unwrap();
+        // The relay goes away: its connection closes, the next dial is cut.
+        drop(first);
+        let (cut, _) = relay.accept().await.unwrap();
+        drop(cut);
+        let out = state
+            .wait_for(|s| matches!(s, AgentState::Reconnecting { .. }))
+            .await
+            .unwrap()
+            .clone();
+        let AgentState::Reconnecting {
+            public_url,
+            failures,
+        } = out
+        else {
+            unreachable!()
+        };
+        assert_eq!(public_url, url);
+        assert!(failures >= 1);
+        let (_, _back) = accept_parked(&relay).await;
+        state.wait_for(|s| *s == connected).await.unwrap();
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+        assert_eq!(*state.borrow(), AgentState::Stopped);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_state_watch_says_refused_with_the_relays_answer() {
+    use ptth::agent::AgentState;
+    use tokio::io::AsyncWriteExt;
+    deadline(async {
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent = builder(relay.local_addr().unwrap(), "demo")
+            .connections(1)
+            .build()
+            .unwrap();
+        let mut state = agent.state();
+        let task = tokio::spawn(agent.serve_proxy(
+            Proxy::new("http://127.0.0.1:9").unwrap(),
+            std::future::pending(),
+        ));
+        let (mut tcp, _) = relay.accept().await.unwrap();
+        read_head(&mut tcp).await;
+        tcp.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 8\r\n\r\nno token")
+            .await
+            .unwrap();
+        let refused = state
+            .wait_for(|s| matches!(s, AgentState::Refused { .. }))
+            .await
+            .unwrap()
+            .clone();
+        let AgentState::Refused { status, detail } = refused else {
+            unreachable!()
+        };
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(detail.contains("no token"), "{detail}");
+        assert!(task.await.unwrap().unwrap_err().is_unauthorized());
     })
     .await;
 }

@@ -5,9 +5,13 @@
 //! and going, and errors that say what is wrong (a 404 naming the domain, plain HTTP on the TLS
 //! port).
 
+#[path = "support/global_logs.rs"]
+mod global_logs;
 #[path = "support/pki.rs"]
 mod pki;
 mod support;
+
+use global_logs::{global_logs, log_lines};
 
 use std::time::Duration;
 
@@ -255,22 +259,22 @@ async fn the_access_log_has_one_json_line_per_request() {
 
 #[tokio::test]
 async fn a_name_coming_and_going_is_logged_once_at_info() {
-    let (_guard, logs) = capture_logs();
+    global_logs();
     deadline(async {
         let relay = start_relay(anonymous()).await;
-        let app = start_agent(&relay, "app", 3, None, echo_handler("a")).await;
+        let app = start_agent(&relay, "comings", 3, None, echo_handler("a")).await;
         app.kill();
         relay
             .handle
-            .wait_until(|h| connections(h, "app") == 0)
+            .wait_until(|h| connections(h, "comings") == 0)
             .await;
     })
     .await;
-    let text = logs.text();
+    // This test's name is its own: other tests' lines are left out.
     let info = |what: &str| -> Vec<String> {
-        text.lines()
-            .filter(|l| l.contains(" INFO ") && l.contains(what))
-            .map(str::to_string)
+        log_lines(what)
+            .into_iter()
+            .filter(|l| l.contains(" INFO ") && l.contains("name=comings"))
             .collect()
     };
     // Three connections, one name: one line when it arrives, one when the last one leaves.
@@ -279,8 +283,8 @@ async fn a_name_coming_and_going_is_logged_once_at_info() {
         "the name's last agent connection left",
     ] {
         let lines = info(what);
-        assert_eq!(lines.len(), 1, "{what}: {text}");
-        for field in ["name=app", "peer=127.0.0.1:", "proto=\"http\""] {
+        assert_eq!(lines.len(), 1, "{what}: {lines:#?}");
+        for field in ["peer=127.0.0.1:", "proto=\"http\""] {
             assert!(lines[0].contains(field), "{field} in {}", lines[0]);
         }
     }
@@ -305,8 +309,8 @@ async fn a_request_naming_no_agent_gets_a_404_with_the_domain() {
 #[tokio::test]
 async fn plain_http_on_the_tls_port_is_logged_as_such() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_guard, logs) = capture_logs();
-    deadline(async {
+    global_logs();
+    let client = deadline(async {
         let pki = pki::Pki::new("relay");
         let (cert, key) = pki.issue("relay", &["localhost"], false);
         let config = ptth::relay::Config {
@@ -334,12 +338,14 @@ async fn plain_http_on_the_tls_port_is_logged_as_such() {
             .unwrap();
         // The relay closes the connection once it has logged why.
         let _ = tcp.read_to_end(&mut Vec::new()).await;
+        tcp.local_addr().unwrap()
     })
     .await;
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains(" INFO ") && l.contains("is it plain HTTP?"))
-        .unwrap_or_else(|| panic!("no INFO line about plain HTTP: {text}"));
+    // The connection's span names its peer: this test's client.
+    let lines = log_lines("is it plain HTTP?");
+    let line = lines
+        .iter()
+        .find(|l| l.contains(" INFO ") && l.contains(&format!("peer={client}")))
+        .unwrap_or_else(|| panic!("no INFO line about plain HTTP from {client}: {lines:#?}"));
     assert!(line.contains("this port serves HTTPS only"), "{line}");
 }

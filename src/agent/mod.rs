@@ -46,6 +46,7 @@ pub mod dial;
 pub mod forward_proxy;
 mod pool;
 pub mod proxy;
+mod state;
 pub mod target;
 
 pub use backoff::Backoff;
@@ -56,6 +57,7 @@ pub use config::{
 };
 pub use dial::Transport;
 pub use forward_proxy::{ForwardProxy, NoProxy, ProxySettings};
+pub use state::AgentState;
 pub use target::{Target, Upstream, UrlError};
 
 /// A boxed error, as hyper services use.
@@ -137,6 +139,7 @@ impl AgentError {
 #[derive(Debug, Clone)]
 pub struct Agent {
     config: Arc<Config>,
+    state: state::StateTx,
 }
 
 impl Agent {
@@ -154,6 +157,13 @@ impl Agent {
     /// Where the service is reachable through the relay.
     pub fn public_url(&self) -> &str {
         &self.config.public_url
+    }
+
+    /// A watch of where the agent stands ([`AgentState`]: connecting, connected with the
+    /// public URL, reconnecting, refused, stopped), for a program to show. Take it before
+    /// `serve`, which consumes the agent; clones of an agent share one state.
+    pub fn state(&self) -> tokio::sync::watch::Receiver<AgentState> {
+        self.state.subscribe()
     }
 
     /// Serve a hyper service through the relay until `shutdown` completes; then stop parking,
@@ -181,6 +191,7 @@ impl Agent {
             self.config,
             conn::Hyper(std::sync::Mutex::new(service)),
             shutdown,
+            self.state,
         )
         .await
     }
@@ -194,7 +205,7 @@ impl Agent {
         proxy: proxy::Proxy,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
-        pool::run(self.config, proxy, shutdown).await
+        pool::run(self.config, proxy, shutdown, self.state).await
     }
 
     /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`. The service is cloned

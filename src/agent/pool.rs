@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use super::state::{AgentState, StateTx};
+
 use super::config::{MAX_REDIRECTS, QUICK_CLOSE};
 use super::conn::{Dialled, Event, Gauge, Outcome, Serve, Stop, connection};
 use super::target::Target;
@@ -65,6 +67,8 @@ struct Pool {
     announced: bool,
     /// The agent is shutting down: connections ending now are its own doing, not failures.
     stopping: bool,
+    /// Where the agent stands, for [`super::Agent::state`].
+    state: StateTx,
 }
 
 impl Pool {
@@ -145,6 +149,12 @@ impl Pool {
         self.failures = backoff.next_failures(self.failures, outage);
         let delay = backoff.delay_random(self.failures).max(at_least);
         self.not_before = self.not_before.max(now + delay);
+        if self.unreachable_since.is_some() {
+            self.state.set(AgentState::Reconnecting {
+                public_url: self.config.public_url.clone(),
+                failures: self.failures,
+            });
+        }
         warn!(failures = self.failures, retry_in = ?delay, "{why}");
         true
     }
@@ -166,6 +176,9 @@ impl Pool {
                 self.redirects = 0;
                 self.outage_since = None;
                 self.healthy_since.get_or_insert_with(Instant::now);
+                self.state.set(AgentState::Connected {
+                    public_url: self.config.public_url.clone(),
+                });
                 if !self.announced {
                     self.announced = true;
                     info!(
@@ -218,6 +231,10 @@ impl Pool {
             Outcome::Cancelled => {}
             Outcome::Refused(r) => match r.status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    self.state.set(AgentState::Refused {
+                        status: r.status,
+                        detail: r.to_string(),
+                    });
                     return Err(AgentError::Unauthorized {
                         status: r.status,
                         detail: r.to_string(),
@@ -259,6 +276,7 @@ pub(crate) async fn run<V: Serve>(
     config: Arc<Config>,
     server: V,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    state: StateTx,
 ) -> Result<(), AgentError> {
     let server = Arc::new(server);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -286,6 +304,7 @@ pub(crate) async fn run<V: Serve>(
         unreachable_since: None,
         announced: false,
         stopping: false,
+        state,
     };
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -353,5 +372,8 @@ pub(crate) async fn run<V: Serve>(
     }
     tracker.close();
     tracker.wait().await;
+    if result.is_ok() {
+        pool.state.set(AgentState::Stopped);
+    }
     result
 }
