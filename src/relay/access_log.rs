@@ -139,6 +139,39 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    #[tokio::test]
+    async fn a_full_queue_drops_lines_and_counts_them_without_waiting() {
+        // A writer that never reads: the queue holds two lines, the third is dropped at once.
+        let (tx, _writer_stalled) = mpsc::channel(2);
+        let metrics = super::super::metrics::Metrics::new(Some(AccessLog { tx }));
+        let method = http::Method::GET;
+        let r = Finished {
+            name: None,
+            known: false,
+            method: &method,
+            path: "/",
+            status: http::StatusCode::NOT_FOUND,
+            bytes_in: 0,
+            bytes_out: 0,
+            head: Duration::ZERO,
+            duration: Duration::ZERO,
+            client: "127.0.0.1:4000".parse().unwrap(),
+        };
+        for _ in 0..3 {
+            metrics.request(&r);
+        }
+        let text = metrics.render(super::super::metrics::Pool {
+            agents: 0,
+            names: Vec::new(),
+            http_connections: 0,
+        });
+        assert!(text.contains("ptth_access_log_dropped_total 1\n"), "{text}");
+        assert!(
+            text.contains("ptth_requests_total{name=\"\",code=\"404\"} 3\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_line_is_one_json_object_with_every_field() {
         let method = http::Method::GET;
