@@ -8,7 +8,14 @@ use ptth::agent::Agent;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt::init();
+    // INFO unless RUST_LOG says otherwise: the agent's "connected to the relay: service
+    // reachable at URL" line is the one to see.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let relay = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:8080/demo".into());

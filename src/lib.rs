@@ -52,6 +52,7 @@ pub(crate) mod h1;
 mod io;
 pub mod limits;
 pub mod listener;
+pub(crate) mod metrics;
 mod net;
 pub mod proto;
 pub mod relay;

@@ -338,6 +338,15 @@ impl TlsError {
     }
 }
 
+/// Whether a failed handshake's peer did not speak TLS at all (plain HTTP sent to a TLS port,
+/// typically): rustls found no TLS record where the first one had to be.
+pub fn is_not_tls(err: &io::Error) -> bool {
+    matches!(
+        rustls_error(err),
+        Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. })
+    )
+}
+
 fn rustls_error(err: &io::Error) -> Option<&rustls::Error> {
     err.get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -393,7 +402,7 @@ pub fn describe(err: &io::Error, peer: &str) -> String {
         rustls::Error::NoCertificatesPresented => {
             format!("{peer} did not present a certificate")
         }
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+        _ if is_not_tls(err) => {
             format!("{peer} does not speak TLS here (is it plain HTTP?): {tls}")
         }
         other => format!("TLS handshake with {peer} failed: {other}"),

@@ -166,7 +166,7 @@ async fn admin_reports_agents_and_metrics() {
         let (_, _, metrics) = get(admin, "/metrics", None).await;
         assert!(metrics.contains("ptth_agent_connections 2"), "{metrics}");
         assert!(
-            metrics.contains("ptth_requests_total{code=\"2xx\"} 1"),
+            metrics.contains("ptth_requests_total{name=\"app\",code=\"200\"} 1"),
             "{metrics}"
         );
         assert!(

@@ -336,6 +336,7 @@ impl AgentBuilder {
         let target = Target::parse(&self.url)?;
         Ok(Agent {
             config: Arc::new(self.config(target)?),
+            state: Default::default(),
         })
     }
 

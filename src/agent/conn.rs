@@ -130,12 +130,14 @@ pub(super) trait Serve: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// A hyper service, served with [`Flipped::serve`].
-pub(super) struct Hyper<S>(pub(super) S);
+/// A hyper service, served with [`Flipped::serve`]. Each connection serves its own clone, so
+/// the service need not be `Sync`: the one kept here is behind a lock, taken once per
+/// connection to clone it.
+pub(super) struct Hyper<S>(pub(super) std::sync::Mutex<S>);
 
 impl<S> Serve for Hyper<S>
 where
-    S: HttpService + Clone + Send + Sync + 'static,
+    S: HttpService + Clone + Send + 'static,
 {
     async fn serve(
         &self,
@@ -144,10 +146,8 @@ where
         track: Arc<Track>,
         graceful: CancellationToken,
     ) {
-        let svc = Tracked {
-            inner: self.0.clone(),
-            track,
-        };
+        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let svc = Tracked { inner, track };
         if flipped.is_h2() {
             serve_h2(flipped, svc, config, graceful).await;
             return;

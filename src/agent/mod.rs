@@ -53,6 +53,7 @@ mod forward_h2;
 mod forward_proxy;
 mod pool;
 mod proxy;
+mod state;
 mod target;
 
 /// The `User-Agent` of the agent's CONNECT requests to a forward proxy.
@@ -69,7 +70,8 @@ pub use forward_proxy::{
     BadProxy, DEFAULT_PROXY_PORT, ForwardProxy, NoProxy, ProxyError, ProxyOrigin, ProxySettings,
     ProxyUrlError,
 };
-pub use proxy::Proxy;
+pub use proxy::{HostHeader, Proxy};
+pub use state::AgentState;
 pub use target::{Endpoint, Target, Upstream, UrlError};
 
 pub use crate::service::BoxError;
@@ -150,6 +152,7 @@ impl AgentError {
 #[derive(Debug, Clone)]
 pub struct Agent {
     config: Arc<Config>,
+    state: state::StateTx,
 }
 
 impl Agent {
@@ -169,6 +172,13 @@ impl Agent {
         &self.config.public_url
     }
 
+    /// A watch of where the agent stands ([`AgentState`]: connecting, connected with the
+    /// public URL, reconnecting, refused, stopped), for a program to show. Take it before
+    /// `serve`, which consumes the agent; clones of an agent share one state.
+    pub fn state(&self) -> tokio::sync::watch::Receiver<AgentState> {
+        self.state.subscribe()
+    }
+
     /// Serve a hyper service through the relay until `shutdown` completes; then stop parking,
     /// let requests in flight finish, and return `Ok(())`.
     ///
@@ -180,9 +190,15 @@ impl Agent {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError>
     where
-        S: HttpService + Clone + Send + Sync + 'static,
+        S: HttpService + Clone + Send + 'static,
     {
-        pool::run(self.config, conn::Hyper(service), shutdown).await
+        pool::run(
+            self.config,
+            conn::Hyper(std::sync::Mutex::new(service)),
+            shutdown,
+            self.state,
+        )
+        .await
     }
 
     /// Serve a [`proxy::Proxy`] through the relay (what `ptth-connect` does), as
@@ -194,17 +210,19 @@ impl Agent {
         proxy: proxy::Proxy,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
-        pool::run(self.config, proxy, shutdown).await
+        pool::run(self.config, proxy, shutdown, self.state).await
     }
 
-    /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`.
+    /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`. The service is cloned
+    /// for each request (tower's `call` takes `&mut self`) and need not be `Sync`: a
+    /// `tower::util::BoxCloneService` will do.
     pub async fn serve_tower<S>(
         self,
         service: S,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError>
     where
-        S: TowerService + Sync,
+        S: TowerService,
     {
         self.serve(
             hyper_util::service::TowerToHyperService::new(service),

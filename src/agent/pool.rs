@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use super::state::{AgentState, StateTx};
+
 use super::config::{MAX_REDIRECTS, QUICK_CLOSE};
 use super::conn::{Dialled, Event, Gauge, Outcome, Serve, Stop, connection};
 use super::target::Target;
@@ -61,9 +63,16 @@ struct Pool {
     /// When the current outage began, if it began while the pool was healthy (then it is
     /// probed at the backoff's outage step); cleared when a connection parks.
     outage_since: Option<Instant>,
+    /// When the service stopped being reachable: the first counted failure with no connection
+    /// parked, after it had been reachable. Cleared (and logged) when a connection parks again.
+    unreachable_since: Option<Instant>,
     announced: bool,
     /// Whether the relay chose `h2` for the connection that parked last (`None`: none has).
     h2: Option<bool>,
+    /// The agent is shutting down: connections ending now are its own doing, not failures.
+    stopping: bool,
+    /// Where the agent stands, for [`super::Agent::state`].
+    state: StateTx,
 }
 
 impl Pool {
@@ -120,6 +129,10 @@ impl Pool {
         at_least: Option<Duration>,
         epoch: u64,
     ) -> bool {
+        if self.stopping {
+            debug!("{why} (while stopping: not a failure)");
+            return false;
+        }
         let now = Instant::now();
         let at_least = at_least.unwrap_or_default();
         if epoch != self.epoch {
@@ -136,12 +149,21 @@ impl Pool {
             self.outage_since = Some(now);
         }
         self.healthy_since = None;
+        if self.announced && self.count(State::Parked) == 0 {
+            self.unreachable_since.get_or_insert(now);
+        }
         self.epoch += 1;
         let backoff = &self.config.backoff;
         let outage = self.outage_since.map(|t| now.duration_since(t));
         self.failures = backoff.next_failures(self.failures, outage);
         let delay = backoff.delay_random(self.failures).max(at_least);
         self.not_before = self.not_before.max(now + delay);
+        if self.unreachable_since.is_some() {
+            self.state.set(AgentState::Reconnecting {
+                public_url: self.config.public_url.clone(),
+                failures: self.failures,
+            });
+        }
         warn!(failures = self.failures, retry_in = ?delay, "{why}");
         true
     }
@@ -164,6 +186,9 @@ impl Pool {
                 self.redirects = 0;
                 self.outage_since = None;
                 self.healthy_since.get_or_insert_with(Instant::now);
+                self.state.set(AgentState::Connected {
+                    public_url: self.config.public_url.clone(),
+                });
                 if !self.announced {
                     self.announced = true;
                     info!(
@@ -172,6 +197,16 @@ impl Pool {
                         inner = if h2 { "h2" } else { "http/1.1" },
                         "connected to the relay: service reachable at {}",
                         self.config.public_url
+                    );
+                } else if let Some(since) = self.unreachable_since.take() {
+                    // Whole milliseconds: the outage's length, not the clock's noise.
+                    let outage = Duration::from_millis(since.elapsed().as_millis() as u64);
+                    info!(
+                        public_url = %self.config.public_url,
+                        outage = %humantime::format_duration(outage),
+                        "connected to the relay again: service reachable at {} after an outage of {}",
+                        self.config.public_url,
+                        humantime::format_duration(outage)
                     );
                 }
             }
@@ -208,6 +243,10 @@ impl Pool {
             Outcome::Cancelled => {}
             Outcome::Refused(r) => match r.status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    self.state.set(AgentState::Refused {
+                        status: r.status,
+                        detail: r.to_string(),
+                    });
                     return Err(AgentError::Unauthorized {
                         status: r.status,
                         detail: r.to_string(),
@@ -249,6 +288,7 @@ pub(crate) async fn run<V: Serve>(
     config: Arc<Config>,
     server: V,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    state: StateTx,
 ) -> Result<(), AgentError> {
     let server = Arc::new(server);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -273,8 +313,11 @@ pub(crate) async fn run<V: Serve>(
         not_before: Instant::now(),
         healthy_since: None,
         outage_since: None,
+        unreachable_since: None,
         announced: false,
         h2: None,
+        stopping: false,
+        state,
     };
     tokio::pin!(shutdown);
     let mut stopping = false;
@@ -335,11 +378,15 @@ pub(crate) async fn run<V: Serve>(
             }
         }
         if stopping && drain_until.is_none() {
+            pool.stopping = true;
             cancel.cancel();
             drain_until = Some(Instant::now() + pool.config.drain_timeout);
         }
     }
     tracker.close();
     tracker.wait().await;
+    if result.is_ok() {
+        pool.state.set(AgentState::Stopped);
+    }
     result
 }

@@ -5,9 +5,11 @@
 //! connection (dialed on the first request and again whenever it has closed, in the same task)
 //! and the response back. Bodies stream both ways (nothing is buffered), hop-by-hop fields are
 //! dropped as RFC 9110 §7.6.1 says, the request target is rewritten onto the upstream (with its
-//! path as a prefix) and `Host` is set to the upstream's authority. A request with `Upgrade`
+//! path as a prefix) and `Host` is set to the upstream's authority (or, with
+//! [`HostHeader::Keep`], the public `Host` passes as it came). A request with `Upgrade`
 //! (WebSocket) is forwarded with its upgrade fields; if the upstream answers `101`, the two
-//! streams are spliced. An unreachable upstream gets `502` with a plain-text reason. A body
+//! streams are spliced. An unreachable upstream gets a `502` that says only that (the upstream's
+//! address and the OS error are for the agent's log, at WARN, not for the public). A body
 //! that expects `100 Continue` is held back until the upstream answers `100` or
 //! [`CONTINUE_WAIT`] passes, so the relay's `100` comes from the upstream and a refusal costs
 //! no upload; an HTTP/1.0 upstream is answered for in HTTP/1.1.
@@ -52,9 +54,21 @@ pub struct Proxy {
     h2: Arc<OnceLock<Upstreams>>,
 }
 
+/// The `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The upstream's own authority (`--to`'s host and port): what a local service expects.
+    #[default]
+    Upstream,
+    /// The public client's `Host`, as the relay passed it (`--host-header keep`): for a service
+    /// that builds absolute URLs or routes virtual hosts by it.
+    Keep,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct ProxyConfig {
     pub(super) upstream: Upstream,
+    pub(super) host_header: HostHeader,
     /// TLS for an `https://` upstream: SNI and verification use the URL's host.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Deadline of the TCP connect, and again of the TLS handshake.
@@ -85,6 +99,7 @@ impl Proxy {
         Ok(Proxy {
             cfg: Arc::new(ProxyConfig {
                 upstream,
+                host_header: HostHeader::Upstream,
                 tls,
                 connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
                 upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
@@ -106,6 +121,12 @@ impl Proxy {
     /// the request gets `502`. Default: [`DEFAULT_UPSTREAM_CONNECT_TIMEOUT`].
     pub fn connect_timeout(mut self, d: Duration) -> Proxy {
         Arc::make_mut(&mut self.cfg).connect_timeout = d;
+        self
+    }
+
+    /// Which `Host` the upstream sees. Default: [`HostHeader::Upstream`].
+    pub fn host_header(mut self, h: HostHeader) -> Proxy {
+        Arc::make_mut(&mut self.cfg).host_header = h;
         self
     }
 }
@@ -203,16 +224,19 @@ impl Route for ProxyConfig {
             .map_err(|e| format!("bad request target: {e}\n"))
     }
 
-    /// The relay's `Host` is replaced by the upstream's; `Proxy-Authorization` is meant for a
-    /// proxy on the way and must not reach the origin.
+    /// The relay's `Host` is replaced by the upstream's (unless it is kept);
+    /// `Proxy-Authorization` is meant for a proxy on the way and must not reach the origin.
     fn drops(&self, name: &str) -> bool {
-        name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("proxy-authorization")
+        (self.host_header == HostHeader::Upstream && name.eq_ignore_ascii_case("host"))
+            || name.eq_ignore_ascii_case("proxy-authorization")
     }
 
     fn add_fields(&self, _req: &head::Request<'_, '_>, out: &mut BytesMut) {
-        out.put_slice(b"host: ");
-        out.put_slice(self.upstream.endpoint.authority.as_bytes());
-        out.put_slice(b"\r\n");
+        if self.host_header == HostHeader::Upstream {
+            out.put_slice(b"host: ");
+            out.put_slice(self.upstream.endpoint.authority.as_bytes());
+            out.put_slice(b"\r\n");
+        }
     }
 
     async fn connect(&self) -> Result<BoxedIo, BoxError> {
@@ -221,11 +245,8 @@ impl Route for ProxyConfig {
 
     fn failed(&self, why: &dyn std::fmt::Display) -> String {
         tracing::warn!(upstream = %self.upstream.endpoint.authority_str(), error = %why, "upstream request failed");
-        format!(
-            "502 Bad Gateway: the agent could not reach its upstream {}://{}: {why}\n",
-            self.upstream.endpoint.scheme(),
-            self.upstream.endpoint.authority_str(),
-        )
+        // The upstream's address and the OS error are internal: the log has them.
+        "502 Bad Gateway: the agent could not reach its upstream (its log says why)\n".into()
     }
 }
 

@@ -16,8 +16,8 @@ use clap::Parser;
 use humantime::Duration as Dur;
 use ptth::Protocol;
 use ptth::agent::{
-    self, Agent, AgentError, ConfigError, NoProxy, Proxy, ProxyError, ProxyOrigin, ProxySettings,
-    Transport, UrlError,
+    self, Agent, AgentError, ConfigError, HostHeader, NoProxy, Proxy, ProxyError, ProxyOrigin,
+    ProxySettings, Transport, UrlError,
 };
 use ptth::tls::TlsFailure;
 
@@ -43,6 +43,11 @@ struct Settings {
     /// `https://127.0.0.1:3443` (a path is used as a prefix).
     #[arg(long, value_name = "URL")]
     to: String,
+
+    /// The Host the upstream sees: `upstream` (--to's host and port) or `keep` (the public
+    /// client's, as the relay passed it).
+    #[arg(long, value_name = "WHICH", default_value = "upstream", value_parser = ["upstream", "keep"])]
+    host_header: String,
 
     /// Bearer token sent to the relay as `Authorization: Bearer <token>`. Best given in the
     /// environment or with --token-file: `ps` shows the command line.
@@ -210,6 +215,11 @@ fn hint(e: &AgentError) -> Option<&'static str> {
             }
             _ => None,
         },
+        // The relay's 401 says which credential it missed (its claim refusal's text).
+        AgentError::Unauthorized { detail, .. } if detail.contains("client certificate") => Some(
+            "the relay wants a TLS client certificate from its client CA: \
+             --client-cert FILE --client-key FILE",
+        ),
         AgentError::Unauthorized { .. } => Some("check --token-file / --token / PTTH_TOKEN"),
         AgentError::Proxy(ProxyError::Refused { user: None, .. }) if is_proxy_auth(e) => Some(
             "the proxy wants a user and password: give them in its URL, \
@@ -281,8 +291,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(ca) => Some(ptth::tls::client_config(Some(ca), None)?),
         None => None,
     };
+    let host_header = match settings.host_header.as_str() {
+        "keep" => HostHeader::Keep,
+        _ => HostHeader::Upstream,
+    };
     let proxy = Proxy::with_tls(&settings.to, upstream_tls)?
-        .upstream_connections(settings.upstream_connections);
+        .upstream_connections(settings.upstream_connections)
+        .host_header(host_header);
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
     let token = token(&settings)?;

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use humantime::Duration as Dur;
-use ptth::relay::{self, AgentCerts, Config, Listeners, Tokens};
+use ptth::relay::{self, AccessLogTarget, AgentCerts, Config, Listeners, Tokens};
 
 /// Where the relay listens when no address is given: loopback only, so a first run exposes
 /// nothing to the network.
@@ -103,6 +103,10 @@ struct Settings {
     /// Serve --admin on a non-loopback address (/metrics and /agents have no authentication).
     #[arg(long)]
     allow_public_admin: bool,
+    /// Write one JSON line per public request (time, name, method, path, status, bytes each
+    /// way, duration, client) to FILE (appended), or to standard output with `-`. [default: off]
+    #[arg(long, value_name = "FILE|-")]
+    access_log: Option<PathBuf>,
     /// Address to serve HTTPS on (agents and public clients), as --listen; repeatable; needs
     /// --tls-cert and --tls-key. Runs beside --listen; alone, no plain listener is opened.
     /// [default: off]
@@ -269,6 +273,13 @@ impl Settings {
             max_connections: self.max_connections,
             listener,
             admin: self.admin()?,
+            access_log: self.access_log.as_ref().map(|p| {
+                if p.as_os_str() == "-" {
+                    AccessLogTarget::Stdout
+                } else {
+                    AccessLogTarget::File(p.clone())
+                }
+            }),
         })
     }
 }

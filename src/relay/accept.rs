@@ -82,6 +82,14 @@ pub(crate) async fn serve(
                             .await
                         {
                             Ok(Ok(s)) => s,
+                            // A misconfigured agent or client (http:// to a TLS port) is worth
+                            // an operator's attention; other failed handshakes are noise.
+                            Ok(Err(e)) if crate::tls::is_not_tls(&e) => {
+                                return tracing::info!(
+                                    "{} (this port serves HTTPS only)",
+                                    crate::tls::describe(&e, "the client")
+                                );
+                            }
                             Ok(Err(e)) => {
                                 return tracing::debug!("{}", crate::tls::describe(&e, "client"));
                             }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::auth::{self, AuthError, Secret, Tokens};
+use super::metrics::Refusal;
 use super::registry::{AgentConn, AgentStream, ReserveError};
 use super::respond::{self, RelayBody};
 use super::route::{self, RouteError};
@@ -60,6 +61,18 @@ impl ClaimError {
         }
     }
 
+    /// The refusal as a metrics label.
+    fn reason(&self) -> Refusal {
+        match self {
+            ClaimError::Name(_) => Refusal::BadName,
+            ClaimError::Token(AuthError::Invalid) => Refusal::Token,
+            ClaimError::Token(AuthError::WrongName(_)) => Refusal::WrongName,
+            ClaimError::Certificate(_) => Refusal::Certificate,
+            ClaimError::Reserve(ReserveError::Taken) => Refusal::Conflict,
+            ClaimError::Reserve(_) => Refusal::Limit,
+        }
+    }
+
     /// The refusal as the relay's response: a missing or wrong token is asked for again with
     /// `WWW-Authenticate: Bearer`.
     fn into_response(self) -> Response<RelayBody> {
@@ -86,7 +99,10 @@ pub(crate) async fn claim<S: AgentStream>(
     }
     let (name, reservation) = match admit(&shared, info, &req) {
         Ok(x) => x,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            shared.metrics.refused(e.reason());
+            return e.into_response();
+        }
     };
     let offer = match hyper_upgrade::offer(req, listener).await {
         Ok(o) => o,
@@ -95,6 +111,7 @@ pub(crate) async fn claim<S: AgentStream>(
     let res = offer.switching_response::<RelayBody>();
     let span = tracing::info_span!("agent", %name, peer = %info.peer);
     let registry = shared.registry.clone();
+    let (metrics, peer, proto) = (shared.metrics.clone(), info.peer, info.proto());
     tokio::spawn(
         async move {
             let upgraded = match offer.upgraded().await {
@@ -103,8 +120,13 @@ pub(crate) async fn claim<S: AgentStream>(
             };
             match agent_stream::<S>(upgraded) {
                 Ok(io) => {
+                    metrics.claimed();
+                    if reservation.first() {
+                        tracing::info!(%name, %peer, proto, "agent claimed the name");
+                    } else {
+                        tracing::debug!("another connection parked");
+                    }
                     registry.park(AgentConn { io, reservation });
-                    tracing::debug!("parked");
                 }
                 Err(why) => tracing::info!("agent connection dropped: {why}"),
             }
@@ -135,7 +157,9 @@ fn admit(
     let owner = credentials.inspect_err(|e| {
         tracing::info!(peer = %info.peer, %name, "agent refused: {e}");
     })?;
-    let reservation = shared.registry.reserve(&name, owner, info.peer)?;
+    let reservation = shared
+        .registry
+        .reserve(&name, owner, info.peer, info.proto())?;
     Ok((name, reservation))
 }
 

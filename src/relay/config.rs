@@ -78,6 +78,12 @@ pub const AGENT_READ_BUF: usize = 64 * 1024;
 /// sending the last of the request body) before the connection is dropped: 5 s.
 pub(crate) const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+/// Access log lines queued for the writer task: 4096 (about 1 MiB). A request never waits for
+/// the log; past this many unwritten lines, new ones are dropped and counted
+/// (`ptth_access_log_dropped_total`).
+pub const ACCESS_LOG_QUEUE: usize = 4096;
+/// How long the end of [`super::Relay::run`] waits for the access log's last lines.
+pub(crate) const ACCESS_LOG_FLUSH_WAIT: Duration = Duration::from_secs(2);
 pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Everything the relay can be told. Every field documents its default ([`Config::default`]).
@@ -129,6 +135,17 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What agents must show as a TLS client certificate. Default: [`AgentCerts::Off`].
     pub agent_certs: AgentCerts,
+    /// Where to write one JSON line per public request. Default `None` (off).
+    pub access_log: Option<AccessLogTarget>,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output (`--access-log -`).
+    Stdout,
+    /// A file, appended to (created if missing).
+    File(std::path::PathBuf),
 }
 
 /// Whether agents must authenticate with a TLS client certificate (mutual TLS).
@@ -176,6 +193,7 @@ impl Default for Config {
             admin: None,
             tls: None,
             agent_certs: AgentCerts::Off,
+            access_log: None,
         }
     }
 }

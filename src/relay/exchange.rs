@@ -144,7 +144,7 @@ pub(super) async fn exchange(
         }
     };
     let body = ExchangeBody {
-        inner: Tracked::counting(body, shared.metrics.bytes_out.clone()),
+        inner: body,
         client: driver,
         client_done,
         reservation: Some(reservation),
@@ -167,7 +167,7 @@ pin_project_lite::pin_project! {
     /// mid-exchange and cannot be reused.
     struct ExchangeBody {
         #[pin]
-        inner: Tracked<Incoming>,
+        inner: Incoming,
         client: Option<ClientFuture>,
         client_done: Option<Option<Parts>>,
         reservation: Option<Reservation>,
@@ -321,16 +321,6 @@ impl<B> Tracked<B> {
             counter,
             done: Some(done),
             state: Some(state),
-        }
-    }
-
-    /// A response body: counted only.
-    pub(super) fn counting(inner: B, counter: Arc<AtomicU64>) -> Self {
-        Tracked {
-            inner,
-            counter,
-            done: None,
-            state: None,
         }
     }
 }

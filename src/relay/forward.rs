@@ -25,7 +25,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::exchange::{Attempt, BodyState, Tracked, exchange};
-use super::registry::ForwardBody;
+use super::metrics::{self, Pending};
+use super::registry::{CheckoutError, ForwardBody};
 use super::respond::{self, RelayBody};
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
@@ -41,16 +42,30 @@ pub(crate) async fn forward(
     info: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
-    let started = Instant::now();
-    let res = forward_inner(shared, info, req).await;
-    shared.metrics.record(res.status(), started.elapsed());
-    res
+    let mut pending = Pending {
+        metrics: shared.metrics.clone(),
+        name: None,
+        known: false,
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+        client: info.peer,
+        started: Instant::now(),
+        bytes_in: Arc::default(),
+    };
+    let res = forward_inner(shared, info, req, &mut pending).await;
+    metrics::observe(res, pending)
 }
 
+/// The response for `req`; `pending` learns the name and whether the relay knows it.
 async fn forward_inner(
     shared: &Arc<Shared>,
     info: &ConnInfo,
     mut req: Request<Incoming>,
+    pending: &mut Pending,
 ) -> Response<RelayBody> {
     let cfg = &shared.config;
     // RFC 9112 §3.2: one Host (none only in HTTP/1.0); an absolute-form target's authority
@@ -62,9 +77,10 @@ async fn forward_inner(
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let route = match route(host.as_ref().and_then(|h| h.to_str().ok()), pq, &cfg.domain) {
         Ok(r) => r,
-        Err(e @ RouteError::NoName) => return respond::text(StatusCode::NOT_FOUND, e.to_string()),
+        Err(RouteError::NoName) => return respond::no_name(&cfg.domain),
         Err(e) => return respond::text(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    pending.name = Some(route.name.clone());
     let Ok(target) = route.path.parse::<Uri>() else {
         return respond::text(StatusCode::BAD_REQUEST, "invalid request target");
     };
@@ -94,7 +110,7 @@ async fn forward_inner(
     };
     let body = Tracked::request(
         body,
-        shared.metrics.bytes_in.clone(),
+        pending.bytes_in.clone(),
         sent_tx,
         request_body.clone(),
     )
@@ -108,7 +124,9 @@ async fn forward_inner(
     let mut retried = false;
     let mut sent_rx = Some(sent_rx);
     loop {
-        let conn = match shared.registry.checkout(&route.name, deadline).await {
+        let conn = shared.registry.checkout(&route.name, deadline).await;
+        pending.known = !matches!(conn, Err(CheckoutError::Unknown(_)));
+        let conn = match conn {
             Ok(c) => c,
             Err(e) => return respond::refusal(e.status(), &e),
         };

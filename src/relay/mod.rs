@@ -19,14 +19,18 @@
 //! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
 //! - `respond`: the relay's own answers (400/404/502/503/504).
 //! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
+//! - `metrics`: the series and the one entry point per finished request, claim, refusal and
+//!   forgotten name; `access_log`: `--access-log`'s lines, written by a task of their own.
 
 mod accept;
+mod access_log;
 mod admin;
 mod auth;
 mod claim;
 mod config;
 mod exchange;
 mod forward;
+mod metrics;
 mod registry;
 mod respond;
 pub(crate) mod route;
@@ -41,12 +45,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use admin::Metrics;
+use metrics::Metrics;
 use registry::Registry;
 
-pub use admin::LATENCY_BUCKETS;
 pub use auth::{Tokens, TokensError};
 pub use config::*;
+pub use metrics::LATENCY_BUCKETS;
 pub use registry::{NameState, NameStats};
 pub use route::MAX_NAME_LEN;
 
@@ -156,6 +160,12 @@ impl Shared {
         self.live().tokens.clone()
     }
 
+    /// Connections holding a permit of the connection cap now.
+    pub(crate) fn http_connections(&self) -> usize {
+        let cap = self.config.max_connections.min(Semaphore::MAX_PERMITS);
+        cap - self.connections.available_permits()
+    }
+
     /// The TLS configuration in force for new handshakes.
     pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.live().tls.clone()
@@ -229,8 +239,19 @@ impl Relay {
             ),
             None => None,
         };
+        let access_log =
+            match &config.access_log {
+                Some(target) => Some(access_log::AccessLog::open(target).await.map_err(
+                    |source| RelayError::Io {
+                        context: "opening the access log",
+                        source,
+                    },
+                )?),
+                None => None,
+            };
+        let metrics = Arc::new(Metrics::new(access_log));
         let config = Arc::new(config);
-        let registry = Registry::new(config.clone());
+        let registry = Registry::new(config.clone(), metrics.clone());
         let connections = Arc::new(Semaphore::new(
             config.max_connections.min(Semaphore::MAX_PERMITS),
         ));
@@ -247,7 +268,7 @@ impl Relay {
                 config,
                 registry,
                 connections,
-                metrics: Arc::default(),
+                metrics,
                 tasks: TaskTracker::new(),
                 hard: CancellationToken::new(),
             }),
@@ -293,6 +314,7 @@ impl Relay {
         }
         self.shared.hard.cancel();
         self.shared.registry.close_all();
+        self.shared.metrics.flush().await;
         Ok(())
     }
 }
@@ -344,12 +366,7 @@ impl RelayHandle {
     /// Connections served as HTTP now: public clients, and agents until their switch (at most
     /// [`Config::max_connections`]).
     pub fn connections(&self) -> usize {
-        let cap = self
-            .shared
-            .config
-            .max_connections
-            .min(Semaphore::MAX_PERMITS);
-        cap - self.shared.connections.available_permits()
+        self.shared.http_connections()
     }
 
     /// Wait until `cond` holds for the pool (checked on every pool change, and whenever a

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Config;
 use super::auth::Secret;
+use super::metrics::Metrics;
 
 /// Body type of requests forwarded to agents.
 pub(crate) type ForwardBody = BoxBody<Bytes, hyper::Error>;
@@ -289,10 +290,12 @@ pub(crate) struct Registry {
     expiries: Mutex<BinaryHeap<Reverse<Expiry>>>,
     /// Wakes the sweeper when an entry earlier than all others is queued.
     expiry_added: Notify,
+    /// Told when a name is forgotten (its series go).
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub(crate) fn new(config: Arc<Config>) -> Arc<Registry> {
+    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Arc<Registry> {
         Arc::new(Registry {
             names: Mutex::default(),
             per_ip: Mutex::default(),
@@ -302,6 +305,7 @@ impl Registry {
             changed: watch::Sender::new(0),
             expiries: Mutex::default(),
             expiry_added: Notify::new(),
+            metrics,
         })
     }
 
@@ -331,12 +335,14 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    /// Count a new connection for `name` before answering the claim.
+    /// Count a new connection for `name` from `peer` (over `proto`, for the log) before
+    /// answering the claim.
     pub(crate) fn reserve(
         self: &Arc<Self>,
         name: &str,
         owner: Option<Secret>,
         peer: SocketAddr,
+        proto: &'static str,
     ) -> Result<Reservation, ReserveError> {
         let l = &self.config;
         if self.total.fetch_add(1, Ordering::AcqRel) >= l.max_agents {
@@ -368,6 +374,7 @@ impl Registry {
                 })
             })
             .clone();
+        let mut first = false;
         let refused = {
             let mut st = slot.lock();
             let phase = st.phase(l, Instant::now());
@@ -376,6 +383,7 @@ impl Registry {
             } else if st.conns.len() >= l.max_per_name {
                 Some(ReserveError::PerName(l.max_per_name))
             } else {
+                first = st.conns.is_empty();
                 st.conns.insert(id, peer);
                 st.owner = owner;
                 st.empty_since = None;
@@ -400,7 +408,9 @@ impl Registry {
             registry: self.clone(),
             slot,
             id,
-            ip: peer.ip(),
+            peer,
+            proto,
+            first,
         })
     }
 
@@ -587,6 +597,9 @@ impl Registry {
         let ours = names.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot));
         if ours && slot.lock().phase(&self.config, now) == Phase::Gone {
             names.remove(&slot.name);
+            drop(names);
+            tracing::debug!(name = %slot.name, "grace over: the name is forgotten");
+            self.metrics.forget(&slot.name);
         }
     }
 
@@ -684,13 +697,21 @@ pub(crate) struct Reservation {
     registry: Arc<Registry>,
     slot: Arc<Slot>,
     id: u64,
-    ip: IpAddr,
+    peer: SocketAddr,
+    proto: &'static str,
+    /// The name had no connection before this one.
+    first: bool,
 }
 
 impl Reservation {
     /// The connection's registry.
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Whether the name had no connection before this one.
+    pub(crate) fn first(&self) -> bool {
+        self.first
     }
 }
 
@@ -701,6 +722,12 @@ impl Drop for Reservation {
             st.conns.remove(&self.id);
             st.idle.retain(|p| p.id != self.id);
             if st.conns.is_empty() {
+                tracing::info!(
+                    name = %self.slot.name,
+                    peer = %self.peer,
+                    proto = self.proto,
+                    "the name's last agent connection left"
+                );
                 // The owner keeps the name through the grace; the sweeper takes it from here.
                 // Its first look is at the end of the window, even when that is now: the
                 // requests waiting for a connection are let go then.
@@ -710,7 +737,7 @@ impl Drop for Reservation {
                 self.registry.schedule(&self.slot, &mut st, end);
             }
         }
-        self.registry.release_ip(self.ip);
+        self.registry.release_ip(self.peer.ip());
         self.registry.total.fetch_sub(1, Ordering::AcqRel);
         self.registry.bump();
     }
@@ -749,15 +776,18 @@ mod tests {
     const WINDOW: Duration = Duration::from_secs(5);
 
     fn registry(max_per_name: usize) -> Arc<Registry> {
-        Registry::new(Arc::new(Config {
-            max_agents: usize::MAX,
-            max_per_name,
-            max_per_ip: usize::MAX,
-            max_waiting: 16,
-            grace: GRACE,
-            reconnect_window: WINDOW,
-            ..Config::default()
-        }))
+        Registry::new(
+            Arc::new(Config {
+                max_agents: usize::MAX,
+                max_per_name,
+                max_per_ip: usize::MAX,
+                max_waiting: 16,
+                grace: GRACE,
+                reconnect_window: WINDOW,
+                ..Config::default()
+            }),
+            Arc::new(Metrics::new(None)),
+        )
     }
 
     fn peer() -> SocketAddr {
@@ -771,7 +801,7 @@ mod tests {
         let r = registry(16);
         // A name whose agent reconnects at once, over and over: one entry.
         for _ in 0..100 {
-            drop(r.reserve("flap", None, peer()).unwrap());
+            drop(r.reserve("flap", None, peer(), "http").unwrap());
         }
         assert_eq!(r.expiries().len(), 1);
         // Reconnecting each time after the window: a stale entry per cycle, each gone by its
@@ -779,13 +809,13 @@ mod tests {
         for _ in 0..100 {
             tokio::time::advance(WINDOW + Duration::from_secs(1)).await;
             r.expire_due(Instant::now());
-            drop(r.reserve("flap", None, peer()).unwrap());
+            drop(r.reserve("flap", None, peer(), "http").unwrap());
         }
         let bound = (GRACE.as_secs() / WINDOW.as_secs()) as usize + 2;
         assert!(r.expiries().len() <= bound, "{}", r.expiries().len());
         // One-shot names: all forgotten after the grace, nothing left behind.
         for i in 0..1000 {
-            drop(r.reserve(&format!("n{i}"), None, peer()).unwrap());
+            drop(r.reserve(&format!("n{i}"), None, peer(), "http").unwrap());
         }
         assert_eq!(r.stats().len(), 1001);
         tokio::time::advance(GRACE + Duration::from_secs(1)).await;
@@ -800,7 +830,7 @@ mod tests {
     async fn a_refused_claim_leaves_no_name() {
         let r = registry(0);
         assert_eq!(
-            r.reserve("app", None, peer()).err(),
+            r.reserve("app", None, peer(), "http").err(),
             Some(ReserveError::PerName(0))
         );
         assert!(r.stats().is_empty());
@@ -812,11 +842,11 @@ mod tests {
     async fn phases_and_the_owner_after_the_last_connection_left() {
         let r = registry(16);
         let (t1, t2) = (Secret::new("t1"), Secret::new("t2"));
-        drop(r.reserve("app", Some(t1.clone()), peer()).unwrap());
+        drop(r.reserve("app", Some(t1.clone()), peer(), "http").unwrap());
         let state = |r: &Registry| r.stats()[0].state;
         assert_eq!(state(&r), NameState::Reconnecting);
         assert_eq!(
-            r.reserve("app", Some(t2.clone()), peer()).err(),
+            r.reserve("app", Some(t2.clone()), peer(), "http").err(),
             Some(ReserveError::Taken)
         );
         tokio::time::advance(WINDOW).await;
@@ -828,7 +858,7 @@ mod tests {
             Some(CheckoutError::Offline("app".into()))
         );
         assert_eq!(
-            r.reserve("app", Some(t2.clone()), peer()).err(),
+            r.reserve("app", Some(t2.clone()), peer(), "http").err(),
             Some(ReserveError::Taken)
         );
         tokio::time::advance(GRACE - WINDOW).await;
@@ -839,6 +869,6 @@ mod tests {
             Some(CheckoutError::Unknown("app".into()))
         );
         // Past the grace the name is free for another token.
-        assert!(r.reserve("app", Some(t2), peer()).is_ok());
+        assert!(r.reserve("app", Some(t2), peer(), "http").is_ok());
     }
 }

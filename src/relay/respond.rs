@@ -51,6 +51,14 @@ pub(crate) fn closing(mut res: Response<RelayBody>) -> Response<RelayBody> {
     res
 }
 
+/// `404` for a request that names no agent: how to name one, with the relay's `--domain`.
+pub(crate) fn no_name(domain: &str) -> Response<RelayBody> {
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no agent name in the request: use http://NAME.{domain}/ or /NAME/"),
+    )
+}
+
 /// `502`: the agent's connection failed (before or during its response head).
 pub(crate) fn agent_gone() -> Response<RelayBody> {
     text(StatusCode::BAD_GATEWAY, "the agent went away")

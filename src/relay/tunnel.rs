@@ -8,7 +8,6 @@
 //! connection is not reused either (it may still be set up for the upgrade).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -17,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::exchange::{self, BodyState, Tracked};
+use super::exchange::{self, BodyState};
 use super::registry::{AgentConn, ForwardBody};
 use super::respond::{self, RelayBody};
 use crate::proto::hop::{self, Keep};
@@ -59,7 +58,6 @@ pub(super) async fn tunnel(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
         hop::pass_response(&mut parts, Keep::relay(false));
-        let body = Tracked::counting(body, shared.metrics.bytes_out.clone());
         let keep = (task, reservation);
         return Response::from_parts(
             parts,
@@ -83,10 +81,7 @@ pub(super) async fn tunnel(
         let (mut a, mut p) = (TokioIo::new(a), TokioIo::new(p));
         tokio::select! {
             r = tokio::io::copy_bidirectional(&mut p, &mut a) => match r {
-                Ok((up, down)) => {
-                    metrics.bytes_in.fetch_add(up, Ordering::Relaxed);
-                    metrics.bytes_out.fetch_add(down, Ordering::Relaxed);
-                }
+                Ok((up, down)) => metrics.tunnel_closed(up, down),
                 Err(e) => tracing::debug!(%e, "tunnel ended"),
             },
             _ = hard.cancelled() => {}

@@ -7,6 +7,7 @@
 
 mod agent;
 pub mod bins;
+pub mod global_logs;
 pub mod pki;
 pub mod squid;
 

@@ -1,0 +1,445 @@
+//! The relay's metrics: one entry point per event, and everything `/metrics` shows.
+//!
+//! ```text
+//! forward ── Finished (name, method, path, status, bytes, durations, client) ──▶ request()
+//!                                                       ├─▶ counters, histogram, bytes
+//!                                                       └─▶ access log (if configured)
+//! claim ── claimed() / refused(reason)      registry sweep ── forget(name)
+//! ```
+//!
+//! Series (Prometheus text format, from `prometheus-client`):
+//! - `ptth_requests_total{name,code}`: public responses by name and exact status code. `name`
+//!   is empty for requests that named no agent the relay knows (so a client cannot make up
+//!   series), and a name's series are removed when the relay forgets the name.
+//! - `ptth_response_seconds`: histogram of the time to the response head.
+//! - `ptth_bytes_total{direction="to_agent"|"to_public"}`: body bytes (and tunnelled bytes),
+//!   added when a request or tunnel ends.
+//! - `ptth_agent_connects_total`, `ptth_claim_refusals_total{reason}` (`bad_name`, `token`,
+//!   `wrong_name`, `certificate`, `conflict`, `limit`).
+//! - `ptth_agent_connections`, `ptth_parked_connections{name}`, `ptth_busy_connections{name}`,
+//!   `ptth_waiting_requests{name}`, `ptth_names{state}`, `ptth_http_connections`: the pool as
+//!   it is at the scrape.
+//! - `ptth_access_log_dropped_total`, `ptth_build_info{version}`, `process_*`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use super::access_log::AccessLog;
+use super::registry::{NameState, NameStats};
+use super::respond::RelayBody;
+
+/// Upper bounds of the latency histogram, in seconds (time to the response head).
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// One finished public request: everything the metrics and the access log record of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished<'a> {
+    /// The name the request was routed to, if routing got that far (for the log).
+    pub name: Option<&'a str>,
+    /// Whether the relay knew that name (only then is it a metrics label).
+    pub known: bool,
+    pub method: &'a Method,
+    /// The request target as received (path and query).
+    pub path: &'a str,
+    pub status: StatusCode,
+    /// Request body bytes sent towards the agent.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the public client.
+    pub bytes_out: u64,
+    /// From the request head to the response head.
+    pub head: Duration,
+    /// From the request head to the end of the response body (or the client leaving).
+    pub duration: Duration,
+    pub client: SocketAddr,
+}
+
+/// Why a claim was refused, as a label.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    BadName,
+    Token,
+    WrongName,
+    Certificate,
+    Conflict,
+    Limit,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Refusal {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Refusal::BadName => "bad_name",
+            Refusal::Token => "token",
+            Refusal::WrongName => "wrong_name",
+            Refusal::Certificate => "certificate",
+            Refusal::Conflict => "conflict",
+            Refusal::Limit => "limit",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    name: String,
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: Refusal,
+}
+
+/// The relay's series, and the access log they share the entry point with.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    /// The codes each known name has a `requests` series for, so that forgetting the name can
+    /// remove them (a `Family` cannot be searched).
+    codes: Mutex<HashMap<String, Vec<u16>>>,
+    response_seconds: Histogram,
+    bytes: Family<DirectionLabels, Counter>,
+    connects: Counter,
+    refusals: Family<ReasonLabels, Counter>,
+    log_dropped: Counter,
+    access_log: Option<AccessLog>,
+}
+
+const TO_AGENT: DirectionLabels = DirectionLabels {
+    direction: "to_agent",
+};
+const TO_PUBLIC: DirectionLabels = DirectionLabels {
+    direction: "to_public",
+};
+
+impl Metrics {
+    /// Fresh series; `access_log` gets a line per finished request.
+    pub(crate) fn new(access_log: Option<AccessLog>) -> Metrics {
+        let mut registry = crate::metrics::registry();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "ptth_requests",
+            "Public responses by agent name (empty: no known agent) and status code",
+            requests.clone(),
+        );
+        let response_seconds = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "ptth_response_seconds",
+            "Time from a public request's head to its response head",
+            response_seconds.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "ptth_bytes",
+            "Body and tunnel bytes relayed, by direction",
+            bytes.clone(),
+        );
+        let connects = Counter::default();
+        registry.register(
+            "ptth_agent_connects",
+            "Agent connections admitted (claims answered 101)",
+            connects.clone(),
+        );
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ptth_claim_refusals",
+            "Agent claims refused, by reason",
+            refusals.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "ptth_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            log_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            codes: Mutex::default(),
+            response_seconds,
+            bytes,
+            connects,
+            refusals,
+            log_dropped,
+            access_log,
+        }
+    }
+
+    /// Record one finished public request (and log it).
+    pub(crate) fn request(&self, r: &Finished<'_>) {
+        let labels = RequestLabels {
+            name: r.name.filter(|_| r.known).unwrap_or_default().to_string(),
+            code: r.status.as_u16(),
+        };
+        if self.requests.get(&labels).is_none() && !labels.name.is_empty() {
+            let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = codes.entry(labels.name.clone()).or_default();
+            if !seen.contains(&labels.code) {
+                seen.push(labels.code);
+            }
+        }
+        self.requests.get_or_create(&labels).inc();
+        self.response_seconds.observe(r.head.as_secs_f64());
+        self.bytes.get_or_create(&TO_AGENT).inc_by(r.bytes_in);
+        self.bytes.get_or_create(&TO_PUBLIC).inc_by(r.bytes_out);
+        if let Some(log) = &self.access_log
+            && !log.write(r)
+        {
+            self.log_dropped.inc();
+        }
+    }
+
+    /// A tunnel (WebSocket) closed after `up` bytes from the client and `down` to it.
+    pub(crate) fn tunnel_closed(&self, up: u64, down: u64) {
+        self.bytes.get_or_create(&TO_AGENT).inc_by(up);
+        self.bytes.get_or_create(&TO_PUBLIC).inc_by(down);
+    }
+
+    /// An agent connection was admitted.
+    pub(crate) fn claimed(&self) {
+        self.connects.inc();
+    }
+
+    /// An agent's claim was refused.
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// The relay forgot `name` (its grace ended): its series go.
+    pub(crate) fn forget(&self, name: &str) {
+        let codes = self
+            .codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        for code in codes.unwrap_or_default() {
+            self.requests.remove(&RequestLabels {
+                name: name.to_string(),
+                code,
+            });
+        }
+    }
+
+    /// The text exposition, with the pool as it is now.
+    pub(crate) fn render(&self, pool: Pool) -> String {
+        let mut now = Registry::default();
+        now.register_collector(Box::new(pool));
+        crate::metrics::encode(&[&self.registry, &now])
+    }
+
+    /// Wait (briefly) until the access log has written what it was given.
+    pub(crate) async fn flush(&self) {
+        if let Some(log) = &self.access_log {
+            log.flush().await;
+        }
+    }
+}
+
+/// The pool at a scrape: agent connections, per-name numbers, HTTP connections.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub agents: usize,
+    pub names: Vec<NameStats>,
+    pub http_connections: usize,
+}
+
+impl Collector for Pool {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "ptth_agent_connections",
+            "Live agent connections.",
+            [(NO_LABELS, self.agents)],
+        )?;
+        let per_name = |f: fn(&NameStats) -> usize| {
+            self.names
+                .iter()
+                .map(move |s| ([("name", s.name.as_str())], f(s)))
+        };
+        gauge(
+            &mut encoder,
+            "ptth_parked_connections",
+            "Idle parked connections per name.",
+            per_name(|s| s.idle),
+        )?;
+        gauge(
+            &mut encoder,
+            "ptth_busy_connections",
+            "Connections carrying a request per name.",
+            per_name(|s| s.busy),
+        )?;
+        gauge(
+            &mut encoder,
+            "ptth_waiting_requests",
+            "Public requests waiting per name.",
+            per_name(|s| s.waiting),
+        )?;
+        let states = [
+            ("connected", NameState::Connected),
+            ("reconnecting", NameState::Reconnecting),
+            ("offline", NameState::Offline),
+        ];
+        gauge(
+            &mut encoder,
+            "ptth_names",
+            "Known agent names by state.",
+            states.map(|(label, state)| {
+                let n = self.names.iter().filter(|s| s.state == state).count();
+                ([("state", label)], n)
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "ptth_http_connections",
+            "Connections served as HTTP: public clients, and agents before their switch.",
+            [(NO_LABELS, self.http_connections)],
+        )
+    }
+}
+
+/// The label set of a series without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// One gauge family with its series.
+fn gauge<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, usize)>,
+) -> Result<(), std::fmt::Error> {
+    let kind = ConstGauge::new(0i64).metric_type();
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in series {
+        let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        g.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// What the relay knows of a public request before its response ends.
+pub(crate) struct Pending {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) name: Option<String>,
+    pub(crate) known: bool,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) client: SocketAddr,
+    pub(crate) started: Instant,
+    /// The request body's counter (the forwarded body adds to it).
+    pub(crate) bytes_in: Arc<AtomicU64>,
+}
+
+impl Pending {
+    fn finish(self, status: StatusCode, head: Duration, bytes_out: u64) {
+        self.metrics.request(&Finished {
+            name: self.name.as_deref(),
+            known: self.known,
+            method: &self.method,
+            path: &self.path,
+            status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            head,
+            duration: self.started.elapsed(),
+            client: self.client,
+        });
+    }
+}
+
+/// `res` with a body that records the request as finished when it ends, fails or is dropped.
+pub(crate) fn observe(res: Response<RelayBody>, pending: Pending) -> Response<RelayBody> {
+    let head = pending.started.elapsed();
+    let status = res.status();
+    res.map(|inner| {
+        Observed {
+            inner,
+            bytes_out: 0,
+            status,
+            head,
+            pending: Some(pending),
+        }
+        .boxed_unsync()
+    })
+}
+
+pin_project_lite::pin_project! {
+    struct Observed {
+        #[pin]
+        inner: RelayBody,
+        bytes_out: u64,
+        status: StatusCode,
+        head: Duration,
+        pending: Option<Pending>,
+    }
+
+    impl PinnedDrop for Observed {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(p) = this.pending.take() {
+                p.finish(*this.status, *this.head, *this.bytes_out);
+            }
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.bytes_out += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish(*this.status, *this.head, *this.bytes_out);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
