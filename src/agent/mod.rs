@@ -18,6 +18,8 @@
 //! - `conn` (private): one connection's life: dial -> handshake -> serve -> outcome.
 //! - [`backoff`]: the reconnect policy, as pure functions.
 //! - [`proxy`]: the service that forwards to a local upstream.
+//! - [`inspect`]: the request inspector (`--inspect`): a bounded ring of exchanges, ngrok's
+//!   agent API, replay, the page.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ptth::agent::AgentError> {
@@ -44,6 +46,7 @@ pub mod config;
 mod conn;
 pub mod dial;
 pub mod forward_proxy;
+pub mod inspect;
 mod pool;
 pub mod proxy;
 pub mod target;
@@ -51,8 +54,9 @@ pub mod target;
 pub use backoff::Backoff;
 pub use config::{
     AgentBuilder, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD, DEFAULT_PROTOCOL,
-    DEFAULT_UPSTREAM_CONNECT_TIMEOUT, MAX_REDIRECTS, QUICK_CLOSE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_INSPECT_ADDR, DEFAULT_INSPECT_BODY_LIMIT,
+    DEFAULT_INSPECT_MAX_BYTES, DEFAULT_INSPECT_MAX_REQUESTS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_METHOD, DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, MAX_REDIRECTS, QUICK_CLOSE,
 };
 pub use dial::Transport;
 pub use forward_proxy::{ForwardProxy, NoProxy, ProxySettings};

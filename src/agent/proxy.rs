@@ -18,15 +18,20 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::Uri;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::AgentError;
-use super::config::{Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_MAX_BUF, default_tls};
+use super::config::{
+    Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, REPLAY_PIPE_BYTES, UPSTREAM_MAX_BUF, default_tls,
+};
 use super::conn::{InFlight, Serve, Track};
 use super::dial::BoxedIo;
+use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
 use super::target::Upstream;
 use crate::dialer::Flipped;
+use crate::h1::tap::Tap;
 use crate::h1::{self, After, BoxError, Conn, Route};
 use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::head;
@@ -49,6 +54,8 @@ struct ProxyConfig {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Deadline of the TCP connect, and again of the TLS handshake.
     connect_timeout: Duration,
+    /// The request inspector each exchange is shown to (`ptth-connect --inspect`).
+    inspector: Option<Inspector>,
 }
 
 impl Proxy {
@@ -75,6 +82,7 @@ impl Proxy {
                 upstream,
                 tls,
                 connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+                inspector: None,
             }),
         })
     }
@@ -84,6 +92,51 @@ impl Proxy {
     pub fn connect_timeout(mut self, d: Duration) -> Proxy {
         Arc::make_mut(&mut self.cfg).connect_timeout = d;
         self
+    }
+
+    /// Show every exchange to `inspector` (serve it with [`super::inspect::serve`]).
+    pub fn inspect(mut self, inspector: Inspector) -> Proxy {
+        Arc::make_mut(&mut self.cfg).inspector = Some(inspector);
+        self
+    }
+
+    /// Send one request (a whole HTTP/1.1 message) upstream the way reversed requests go, on
+    /// the same route and engine, over an in-memory stream in place of a reversed connection;
+    /// `tap` sees it. The response is read and dropped: the tap keeps what it keeps.
+    pub(crate) async fn replay(&self, request: &[u8], tap: &dyn Tap, limits: &Limits) {
+        let (mut client, server) = tokio::io::duplex(REPLAY_PIPE_BYTES);
+        let response_limits = upstream_limits(limits);
+        // The replay is the only request on its stream: its response says so.
+        let closing = || true;
+        let settings = h1::Settings {
+            limits,
+            response_limits: &response_limits,
+            continue_wait: CONTINUE_WAIT,
+            closing: &closing,
+            tap: Some(tap),
+        };
+        let mut inbound = Conn::new(server, b"", limits);
+        let forward = async move {
+            let mut upstream = None;
+            h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
+            // Dropping the stream ends the response for the reader below.
+        };
+        let client = async {
+            if client.write_all(request).await.is_ok() {
+                let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+            }
+        };
+        tokio::join!(forward, client);
+    }
+}
+
+/// The engine's limits for the upstream side of an exchange: heads and buffers of
+/// [`UPSTREAM_MAX_BUF`].
+fn upstream_limits(limits: &Limits) -> Limits {
+    Limits {
+        max_head_bytes: UPSTREAM_MAX_BUF,
+        buffer_bytes: UPSTREAM_MAX_BUF,
+        ..limits.clone()
     }
 }
 
@@ -102,11 +155,8 @@ impl Serve for Proxy {
         let (already, io) = flipped.into_io().into_parts();
         let mut inbound = Conn::new(io, &already, limits);
         let mut upstream = None;
-        let response_limits = Limits {
-            max_head_bytes: UPSTREAM_MAX_BUF,
-            buffer_bytes: UPSTREAM_MAX_BUF,
-            ..limits.clone()
-        };
+        let response_limits = upstream_limits(limits);
+        let tap = self.cfg.inspector.as_ref().map(|i| i as &dyn Tap);
         let closing = || graceful.is_cancelled();
         // One wait for the stop for the connection's whole life, not one per request.
         let cancelled = graceful.cancelled();
@@ -137,6 +187,7 @@ impl Serve for Proxy {
                 response_limits: &response_limits,
                 continue_wait: CONTINUE_WAIT,
                 closing: &closing,
+                tap,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request
@@ -167,9 +218,12 @@ impl Route for ProxyConfig {
     }
 
     /// The relay's `Host` is replaced by the upstream's; `Proxy-Authorization` is meant for a
-    /// proxy on the way and must not reach the origin.
+    /// proxy on the way and must not reach the origin, and the relay's queue wait is for the
+    /// agent alone.
     fn drops(&self, name: &str) -> bool {
-        name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("proxy-authorization")
+        name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("proxy-authorization")
+            || name.eq_ignore_ascii_case(QUEUE_WAIT_FIELD)
     }
 
     fn add_fields(&self, _req: &head::Request<'_, '_>, out: &mut BytesMut) {
