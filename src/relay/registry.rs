@@ -401,6 +401,7 @@ impl Registry {
             slot,
             id,
             ip: peer.ip(),
+            queue_wait: false,
         })
     }
 
@@ -685,6 +686,9 @@ pub(crate) struct Reservation {
     slot: Arc<Slot>,
     id: u64,
     ip: IpAddr,
+    /// The agent asked for `PTTH-Queue-Wait` on the requests this connection carries (its
+    /// claim said `PTTH-Timing: queue-wait`, decision D66).
+    pub(crate) queue_wait: bool,
 }
 
 impl Reservation {
