@@ -584,3 +584,27 @@ async fn credentials_are_shown_only_when_asked_and_the_host_must_be_loopback() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_relay_reports_its_queue_wait_only_when_asked_and_the_upstream_never_sees_it() {
+    deadline(async {
+        let s = setup(InspectConfig::default(), true).await;
+        let mut feed = Feed::open(&s).await;
+        // A client's own field is dropped by the relay: the figure is the relay's.
+        let (status, body) = public(&s, "GET", "/q", "PTTH-Queue-Wait: 999999999\n", b"").await;
+        assert_eq!(status, 200);
+        let seen: Value = serde_json::from_slice(&body).unwrap();
+        assert!(seen["queue_wait_seen"].is_null(), "{seen}");
+        let e = feed.next_request().await;
+        let wait = e["timing"]["relay_queue_ms"].as_f64().expect("reported");
+        assert!((0.0..999_999.0).contains(&wait), "{wait}");
+
+        // Not asked for: not reported, whatever the client sends.
+        let s = setup(InspectConfig::default(), false).await;
+        let mut feed = Feed::open(&s).await;
+        public(&s, "GET", "/q", "PTTH-Queue-Wait: 999999999\n", b"").await;
+        let e = feed.next_request().await;
+        assert!(e["timing"]["relay_queue_ms"].is_null(), "{}", e["timing"]);
+    })
+    .await;
+}
