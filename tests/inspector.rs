@@ -598,6 +598,22 @@ async fn the_relay_reports_its_queue_wait_only_when_asked_and_the_upstream_never
         let e = feed.next_request().await;
         let wait = e["timing"]["relay_queue_ms"].as_f64().expect("reported");
         assert!((0.0..999_999.0).contains(&wait), "{wait}");
+        // A replay does not pass the relay: it has no queue wait of its own.
+        let id = e["id"].as_str().unwrap();
+        let (status, _, _) = api(
+            &s,
+            "POST",
+            "/api/requests/http",
+            Some(&serde_json::json!({"id": id})),
+        )
+        .await;
+        assert_eq!(status, 204);
+        let replay = feed.next_request().await;
+        assert!(
+            replay["timing"]["relay_queue_ms"].is_null(),
+            "{}",
+            replay["timing"]
+        );
 
         // Not asked for: not reported, whatever the client sends.
         let s = setup(InspectConfig::default(), false).await;

@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 
 use super::entry::Entry;
-use super::{Event, Inspector, ReplayTap};
+use super::{Event, Inspector, QUEUE_WAIT_FIELD, ReplayTap};
 use crate::agent::config::{INSPECT_MAX_API_BODY, REPLAY_TIMEOUT};
 use crate::agent::proxy::Proxy;
 use crate::limits::Limits;
@@ -318,7 +318,8 @@ fn replay_message(entry: &Entry, ask: &Value) -> Result<Vec<u8>, (StatusCode, St
         .request
         .fields
         .iter()
-        .filter(|(n, _)| !framing(n))
+        // The relay's queue wait belonged to the first trip; a replay does not pass the relay.
+        .filter(|(n, _)| !framing(n) && !n.eq_ignore_ascii_case(QUEUE_WAIT_FIELD))
         .cloned()
         .collect();
     match ask.get("headers") {
