@@ -161,6 +161,11 @@ async fn run<I: ByteStream, R: Route>(
             }
             Ok(None) => {}
             Err(r) => {
+                // A whole head this hop refuses (a bad target) is shown too; a head that never
+                // parsed has nothing to show.
+                if let (Some(tap), true) = (settings.tap, r.consumed > 0) {
+                    *cap = Some(Capture::new(&inb.rbuf[..r.consumed], tap.body_limit()));
+                }
                 bytes::Buf::advance(&mut inb.rbuf, r.consumed);
                 return answer(inb, r, cap).await;
             }
@@ -1253,5 +1258,84 @@ mod tests {
         client.read_to_string(&mut got).await.unwrap();
         assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
         assert!(got.ends_with("502: no next hop\n"), "{got}");
+    }
+
+    /// A tap that keeps what it is given.
+    struct Keep(Mutex<Vec<Capture>>, usize);
+
+    impl Tap for Keep {
+        fn body_limit(&self) -> usize {
+            self.1
+        }
+        fn record(&self, capture: Capture) {
+            self.0.lock().unwrap().push(capture);
+        }
+    }
+
+    /// One exchange of `request` against `response`, with `tap`: (client bytes, upstream bytes).
+    async fn tapped(request: &[u8], response: &[u8], tap: Option<&dyn Tap>) -> (Vec<u8>, Vec<u8>) {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 20);
+        let (out_io, mut upstream) = tokio::io::duplex(1 << 20);
+        let route = TestRoute {
+            next: Mutex::new(vec![out_io]),
+        };
+        upstream.write_all(response).await.unwrap();
+        upstream.shutdown().await.unwrap();
+        client.write_all(request).await.unwrap();
+        let limits = Limits::default();
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+            tap,
+        };
+        exchange(&mut inb, &mut out, &route, &settings).await;
+        drop((inb, out, route));
+        let (mut got, mut sent) = (Vec::new(), Vec::new());
+        client.read_to_end(&mut got).await.unwrap();
+        upstream.read_to_end(&mut sent).await.unwrap();
+        (got, sent)
+    }
+
+    #[tokio::test]
+    async fn a_tap_sees_heads_and_the_start_of_each_body_and_changes_nothing_forwarded() {
+        let request = b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
+        let response = b"HTTP/1.1 201 Created\r\nX-R: 1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let plain = tapped(request, response, None).await;
+        let keep = Keep(Mutex::new(Vec::new()), 5);
+        let with_tap = tapped(request, response, Some(&keep)).await;
+        assert_eq!(plain, with_tap, "the same bytes both ways, tap or not");
+        let caps = keep.0.into_inner().unwrap();
+        assert_eq!(caps.len(), 1);
+        let c = &caps[0];
+        assert_eq!(
+            c.request_head,
+            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            (&c.request_body.bytes[..], c.request_body.total),
+            (&b"abcde"[..], 7)
+        );
+        assert!(c.response_head.starts_with(b"HTTP/1.1 201 Created\r\n"));
+        assert_eq!(
+            (&c.response_body.bytes[..], c.response_body.total),
+            (&b"01234"[..], 10)
+        );
+        assert!(c.sent.is_some() && c.answered.is_some() && c.failed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tap_records_the_hops_own_answer() {
+        let keep = Keep(Mutex::new(Vec::new()), 64);
+        let (got, _) = tapped(b"GET /.. HTTP/1.1\r\n\r\n", b"", Some(&keep)).await;
+        assert!(got.starts_with(b"HTTP/1.1 400 "));
+        let caps = keep.0.into_inner().unwrap();
+        assert_eq!(caps.len(), 1);
+        assert!(caps[0].response_head.starts_with(b"HTTP/1.1 400 "));
+        assert_eq!(caps[0].response_body.bytes, b"bad request target\n");
     }
 }
