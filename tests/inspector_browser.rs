@@ -139,3 +139,20 @@ async fn the_page_shows_a_request_live_and_replays_it_in_chromium() {
     .await
     .expect("the browser test did not finish in time");
 }
+
+#[tokio::test]
+async fn a_public_inspector_address_needs_its_flag() {
+    let (code, _, err) = bins::run(
+        env!("CARGO_BIN_EXE_ptth-connect"),
+        &[
+            "http://127.0.0.1:9/demo",
+            "--to",
+            "http://127.0.0.1:9",
+            "--inspect",
+            "0.0.0.0:0",
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--allow-public-inspect"), "{err}");
+}

@@ -418,6 +418,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn inspect_takes_an_optional_address() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "ptth-connect",
+                "http://127.0.0.1:1/x",
+                "--to",
+                "http://127.0.0.1:2",
+            ];
+            args.extend_from_slice(extra);
+            common::settings::parse_from::<Settings>(args)
+        };
+        assert_eq!(parse(&[]).unwrap().inspect, None);
+        let default: SocketAddr = agent::DEFAULT_INSPECT_ADDR.parse().unwrap();
+        assert_eq!(parse(&["--inspect"]).unwrap().inspect, Some(default));
+        let s = parse(&["--inspect", "127.0.0.1:5000", "--inspect-body-kib", "8"]).unwrap();
+        assert_eq!(s.inspect, Some("127.0.0.1:5000".parse().unwrap()));
+        assert_eq!(s.inspect_body_kib, 8);
+        assert!(parse(&["--inspect", "not-an-address"]).is_err());
+    }
+
     /// `--proxy` and `--no-proxy` over the environment: `""` turns each off.
     #[test]
     fn proxy_flags_win_over_the_environment() {

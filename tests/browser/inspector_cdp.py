@@ -34,6 +34,8 @@ class Page:
     def __init__(self, ws_url):
         self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
         self.next_id = 0
+        # Events that came while waiting for an answer, for wait_event.
+        self.events = []
 
     def call(self, method, **params):
         self.next_id += 1
@@ -45,6 +47,16 @@ class Page:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg["method"])
+
+    def wait_event(self, name):
+        """Return once the browser has sent the event `name` (seen before or now)."""
+        while name not in self.events:
+            msg = json.loads(self.ws.recv())
+            if "method" in msg:
+                self.events.append(msg["method"])
+        self.events.remove(name)
 
     def eval(self, expr):
         res = self.call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
@@ -58,7 +70,7 @@ class Page:
             const ok = () => {{ try {{ return !!({condition}); }} catch (_) {{ return false; }} }};
             if (ok()) return resolve(true);
             const obs = new MutationObserver(() => {{ if (ok()) {{ obs.disconnect(); resolve(true); }} }});
-            obs.observe(document.documentElement, {{subtree: true, childList: true, characterData: true, attributes: true}});
+            obs.observe(document, {{subtree: true, childList: true, characterData: true, attributes: true}});
             setTimeout(() => {{ obs.disconnect(); reject(new Error("timed out waiting for {what}")); }}, {WAIT_MS});
         }})"""
         self.eval(js)
@@ -111,7 +123,10 @@ def main():
         page = Page(page_target["webSocketDebuggerUrl"])
         page.call("Page.enable")
         page.call("Runtime.enable")
+        page.events.clear()
         page.call("Page.navigate", url=inspector)
+        # The page's own document, not about:blank's, is the one evaluated from here on.
+        page.wait_event("Page.loadEventFired")
         page.wait_for("document.getElementById('state') && document.getElementById('state').textContent === 'live'",
                       "the page is live")
 

@@ -376,7 +376,12 @@ fn events(inspector: &Inspector, redact: bool) -> Response<ApiBody> {
             return;
         }
         loop {
-            let event = match feed.recv().await {
+            let next = tokio::select! {
+                // The page went away while nothing happened: no task is left behind.
+                () = tx.closed() => return,
+                next = feed.recv() => next,
+            };
+            let event = match next {
                 Ok(Event::Added(e)) => format!("event: request\ndata: {}\n\n", e.to_json(redact)),
                 Ok(Event::Cleared) => "event: clear\ndata: {}\n\n".to_string(),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
