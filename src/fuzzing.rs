@@ -506,8 +506,11 @@ pub const SIDES: &[u8] = b"%%%%";
 /// (each possibly cut short at its end, where an exchange failed).
 ///
 /// Input: two control bytes (inbound, outbound; as in [`FuzzIo::new`]), then the client's
-/// bytes, [`SIDES`], the next hop's bytes. Without [`SIDES`], the next hop sends nothing.
+/// bytes, [`SIDES`], the next hop's bytes. Without [`SIDES`], the next hop sends nothing. An
+/// input of even length runs with a tap (the inspector's hook, `h1::tap`), whose captures must
+/// keep at most its limit of each body; the framing checks are the same either way.
 pub fn h1_exchange(data: &[u8]) {
+    let tapped = data.len().is_multiple_of(2);
     let [ctl_in, ctl_out, rest @ ..] = data else {
         return;
     };
@@ -537,6 +540,7 @@ pub fn h1_exchange(data: &[u8]) {
             response_limits: &limits,
             continue_wait: Duration::from_millis(5),
             closing: &closing,
+            tap: tapped.then_some(&CheckTap as &dyn h1::tap::Tap),
         };
         for _ in 0..8 {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {
@@ -561,6 +565,22 @@ pub fn h1_exchange(data: &[u8]) {
     if find(&to_next, b"HEAD ").is_none() {
         let to_client = to_client.lock().unwrap_or_else(PoisonError::into_inner);
         check_framing(&to_client, Side::Responses);
+    }
+}
+
+/// A tap that checks each capture against its limit and drops it.
+struct CheckTap;
+
+impl h1::tap::Tap for CheckTap {
+    fn body_limit(&self) -> usize {
+        16
+    }
+
+    fn record(&self, c: h1::tap::Capture) {
+        for body in [&c.request_body, &c.response_body] {
+            assert!(body.bytes.len() <= 16 && body.total >= body.bytes.len() as u64);
+        }
+        assert!(!c.request_head.is_empty());
     }
 }
 

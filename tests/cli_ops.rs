@@ -10,13 +10,9 @@ use support::deadline;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::Command;
 
-#[path = "support/bins.rs"]
-mod bins;
-use bins::{agent_addr, banner, line_with, serve, upstream};
+use support::bins::{self, agent_addr, banner, line_with, serve, upstream};
 
-#[path = "support/pki.rs"]
-mod pki;
-use pki::Pki;
+use support::pki::Pki;
 
 #[tokio::test]
 async fn an_agent_stopped_with_sigterm_logs_no_warning() {

@@ -78,6 +78,27 @@ pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
 /// 9–12 MiB with this cap (BENCHMARKS.md).
 pub const UPSTREAM_MAX_BUF: usize = 64 * 1024;
 
+/// Where `ptth-connect --inspect` serves the inspector by default (ngrok's address, loopback).
+pub const DEFAULT_INSPECT_ADDR: &str = "127.0.0.1:4040";
+
+/// Bytes of each request and response body the inspector keeps: 64 KiB (the rest is counted).
+pub const DEFAULT_INSPECT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Exchanges the inspector keeps: 1000, the oldest going first.
+pub const DEFAULT_INSPECT_MAX_REQUESTS: usize = 1000;
+
+/// Bytes the inspector keeps in all (heads and kept bodies): 64 MiB, the oldest going first.
+pub const DEFAULT_INSPECT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest request body the inspector's API reads (a replay with an edited body): 16 MiB.
+pub const INSPECT_MAX_API_BODY: usize = 16 * 1024 * 1024;
+
+/// How long a replay may take, to the end of its response: 60 s.
+pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Buffer of the in-memory stream a replay is sent on: 64 KiB.
+pub const REPLAY_PIPE_BYTES: usize = 64 * 1024;
+
 /// A connection that closes within this time of parking without having served a request counts
 /// as a failure, so a relay that drops every connection at once meets the backoff: 5 s.
 pub const QUICK_CLOSE: Duration = Duration::from_secs(5);

@@ -24,6 +24,8 @@
 //! - `conn`: one connection's life: dial -> handshake -> serve -> outcome.
 //! - `proxy`: the service that forwards to a local upstream ([`Proxy`]); `forward_h2`: the same
 //!   on a reversed HTTP/2 connection, per stream, over a bounded upstream pool.
+//! - [`inspect`]: the request inspector (`--inspect`): a bounded ring of exchanges, ngrok's
+//!   agent API, replay, the page.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ptth::agent::AgentError> {
@@ -51,6 +53,7 @@ mod conn;
 mod dial;
 mod forward_h2;
 mod forward_proxy;
+pub mod inspect;
 mod pool;
 mod proxy;
 mod state;
@@ -61,9 +64,10 @@ pub use crate::proto::connect::USER_AGENT;
 pub use backoff::Backoff;
 pub use config::{
     AgentBuilder, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_H2_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD,
-    DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS,
-    MAX_REDIRECTS, QUICK_CLOSE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_H2_CONNECTIONS, DEFAULT_INSPECT_ADDR,
+    DEFAULT_INSPECT_BODY_LIMIT, DEFAULT_INSPECT_MAX_BYTES, DEFAULT_INSPECT_MAX_REQUESTS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD, DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    DEFAULT_UPSTREAM_CONNECTIONS, MAX_REDIRECTS, QUICK_CLOSE,
 };
 pub use dial::{AgentIo, Transport};
 pub use forward_proxy::{

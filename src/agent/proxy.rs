@@ -23,19 +23,22 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::Uri;
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::AgentError;
 use super::config::{
-    Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS, UPSTREAM_MAX_BUF,
-    default_tls,
+    Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS, REPLAY_PIPE_BYTES,
+    UPSTREAM_MAX_BUF, default_tls,
 };
 use super::conn::{InFlight, Serve, Track, Tracked};
 use super::dial::BoxedIo;
 use super::forward_h2::{Forward, Upstreams};
+use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
 use super::target::Upstream;
 use crate::dialer::Flipped;
+use crate::h1::tap::Tap;
 use crate::h1::{self, After, BoxError, Conn, Route};
 use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::head;
@@ -75,6 +78,8 @@ pub(super) struct ProxyConfig {
     connect_timeout: Duration,
     /// Most upstream connections (requests in flight) of the HTTP/2 connections.
     upstream_connections: usize,
+    /// The request inspector each exchange is shown to (`ptth-connect --inspect`).
+    inspector: Option<Inspector>,
 }
 
 impl Proxy {
@@ -103,6 +108,7 @@ impl Proxy {
                 tls,
                 connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
                 upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
+                inspector: None,
             }),
             h2: Arc::new(OnceLock::new()),
         })
@@ -128,6 +134,50 @@ impl Proxy {
     pub fn host_header(mut self, h: HostHeader) -> Proxy {
         Arc::make_mut(&mut self.cfg).host_header = h;
         self
+    }
+    /// Show every exchange to `inspector` (serve it with [`super::inspect::serve`]).
+    pub fn inspect(mut self, inspector: Inspector) -> Proxy {
+        Arc::make_mut(&mut self.cfg).inspector = Some(inspector);
+        self
+    }
+
+    /// Send one request (a whole HTTP/1.1 message) upstream the way reversed requests go, on
+    /// the same route and engine, over an in-memory stream in place of a reversed connection;
+    /// `tap` sees it. The response is read and dropped: the tap keeps what it keeps.
+    pub(crate) async fn replay(&self, request: &[u8], tap: &dyn Tap, limits: &Limits) {
+        let (mut client, server) = tokio::io::duplex(REPLAY_PIPE_BYTES);
+        let response_limits = upstream_limits(limits);
+        // The replay is the only request on its stream: its response says so.
+        let closing = || true;
+        let settings = h1::Settings {
+            limits,
+            response_limits: &response_limits,
+            continue_wait: CONTINUE_WAIT,
+            closing: &closing,
+            tap: Some(tap),
+        };
+        let mut inbound = Conn::new(server, b"", limits);
+        let forward = async move {
+            let mut upstream = None;
+            h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
+            // Dropping the stream ends the response for the reader below.
+        };
+        let client = async {
+            if client.write_all(request).await.is_ok() {
+                let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+            }
+        };
+        tokio::join!(forward, client);
+    }
+}
+
+/// The engine's limits for the upstream side of an exchange: heads and buffers of
+/// [`UPSTREAM_MAX_BUF`].
+fn upstream_limits(limits: &Limits) -> Limits {
+    Limits {
+        max_head_bytes: UPSTREAM_MAX_BUF,
+        buffer_bytes: UPSTREAM_MAX_BUF,
+        ..limits.clone()
     }
 }
 
@@ -160,11 +210,8 @@ impl Serve for Proxy {
         let (already, io) = flipped.into_parts();
         let mut inbound = Conn::new(io, &already, limits);
         let mut upstream = None;
-        let response_limits = Limits {
-            max_head_bytes: UPSTREAM_MAX_BUF,
-            buffer_bytes: UPSTREAM_MAX_BUF,
-            ..limits.clone()
-        };
+        let response_limits = upstream_limits(limits);
+        let tap = self.cfg.inspector.as_ref().map(|i| i as &dyn Tap);
         let closing = || graceful.is_cancelled();
         // One wait for the stop for the connection's whole life, not one per request.
         let cancelled = graceful.cancelled();
@@ -195,6 +242,7 @@ impl Serve for Proxy {
                 response_limits: &response_limits,
                 continue_wait: CONTINUE_WAIT,
                 closing: &closing,
+                tap,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request
@@ -225,10 +273,12 @@ impl Route for ProxyConfig {
     }
 
     /// The relay's `Host` is replaced by the upstream's (unless it is kept);
-    /// `Proxy-Authorization` is meant for a proxy on the way and must not reach the origin.
+    /// `Proxy-Authorization` is meant for a proxy on the way and must not reach the origin, and
+    /// the relay's queue wait is for the agent alone.
     fn drops(&self, name: &str) -> bool {
         (self.host_header == HostHeader::Upstream && name.eq_ignore_ascii_case("host"))
             || name.eq_ignore_ascii_case("proxy-authorization")
+            || name.eq_ignore_ascii_case(QUEUE_WAIT_FIELD)
     }
 
     fn add_fields(&self, _req: &head::Request<'_, '_>, out: &mut BytesMut) {

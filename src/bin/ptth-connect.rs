@@ -9,12 +9,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use humantime::Duration as Dur;
 use ptth::Protocol;
+use ptth::agent::inspect::{self, InspectConfig, Inspector, TIMING_FIELD, TIMING_QUEUE_WAIT};
 use ptth::agent::{
     self, Agent, AgentError, ConfigError, HostHeader, NoProxy, Proxy, ProxyError, ProxyOrigin,
     ProxySettings, Transport, UrlError,
@@ -122,6 +124,29 @@ struct Settings {
     #[arg(long, value_name = "N", default_value_t = common::DEFAULT_THREADS,
           value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+    /// Serve the request inspector (a page and ngrok's agent API, with replay) on ADDR;
+    /// `--inspect` alone means 127.0.0.1:4040. Loopback only unless --allow-public-inspect.
+    /// [default: off]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = agent::DEFAULT_INSPECT_ADDR)]
+    inspect: Option<SocketAddr>,
+    /// Allow --inspect on a non-loopback address (the inspector has no authentication and can
+    /// replay requests; otherwise the agent refuses to start). [default: off]
+    #[arg(long)]
+    allow_public_inspect: bool,
+    /// KiB of each request and response body the inspector keeps (the rest is counted).
+    #[arg(long, value_name = "KIB", default_value_t = agent::DEFAULT_INSPECT_BODY_LIMIT / 1024)]
+    inspect_body_kib: usize,
+    /// Most requests the inspector keeps; the oldest goes first.
+    #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_INSPECT_MAX_REQUESTS)]
+    inspect_max_requests: usize,
+    /// Most MiB the inspector keeps in all (heads and kept bodies); the oldest goes first.
+    #[arg(long, value_name = "MIB", default_value_t = agent::DEFAULT_INSPECT_MAX_BYTES >> 20)]
+    inspect_max_mib: usize,
+    /// Show Authorization, Cookie, Set-Cookie and Proxy-Authorization values in the inspector
+    /// (they are shown as [redacted] otherwise). [default: off]
+    #[arg(long)]
+    inspect_show_credentials: bool,
 }
 
 /// A `--token-file` that holds no usable token.
@@ -295,9 +320,32 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "keep" => HostHeader::Keep,
         _ => HostHeader::Upstream,
     };
-    let proxy = Proxy::with_tls(&settings.to, upstream_tls)?
+    let mut proxy = Proxy::with_tls(&settings.to, upstream_tls)?
         .upstream_connections(settings.upstream_connections)
         .host_header(host_header);
+    let inspector = match settings.inspect {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && !settings.allow_public_inspect {
+                anyhow::bail!(
+                    "--inspect {addr} is not a loopback address: the inspector has no \
+                     authentication and replays requests; add --allow-public-inspect if it is \
+                     meant to be reachable from other hosts"
+                );
+            }
+            let inspector = Inspector::new(InspectConfig {
+                body_limit: settings.inspect_body_kib.saturating_mul(1024),
+                max_requests: settings.inspect_max_requests,
+                max_bytes: settings.inspect_max_mib.saturating_mul(1 << 20),
+                redact: !settings.inspect_show_credentials,
+            });
+            proxy = proxy.inspect(inspector.clone());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--inspect {addr}: cannot listen: {e}"))?;
+            Some((listener, inspector))
+        }
+        None => None,
+    };
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
     let token = token(&settings)?;
@@ -323,6 +371,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     for (name, value) in settings.headers {
         builder = builder.header(name, value);
     }
+    if inspector.is_some() {
+        // The relay then says how long each request waited for this agent (decision D66).
+        builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
+    }
     let agent = builder.build()?;
     tracing::info!(relay = %agent.config().target.url(), upstream = %settings.to, "starting");
     let config = agent.config();
@@ -333,6 +385,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "HTTP_PROXY is ignored for an http:// relay, as curl ignores it (a CGI request can \
              set it); set http_proxy or --proxy to use a proxy"
         );
+    }
+    if let Some((listener, inspector)) = inspector {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "inspector on http://{addr}/");
+        tokio::spawn(inspect::serve(
+            listener,
+            inspector,
+            proxy.clone(),
+            settings.allow_public_inspect,
+        ));
     }
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -394,6 +456,27 @@ mod tests {
             s.drain_timeout,
             Dur::from(std::time::Duration::from_secs(30))
         );
+    }
+
+    #[test]
+    fn inspect_takes_an_optional_address() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "ptth-connect",
+                "http://127.0.0.1:1/x",
+                "--to",
+                "http://127.0.0.1:2",
+            ];
+            args.extend_from_slice(extra);
+            common::settings::parse_from::<Settings>(args)
+        };
+        assert_eq!(parse(&[]).unwrap().inspect, None);
+        let default: SocketAddr = agent::DEFAULT_INSPECT_ADDR.parse().unwrap();
+        assert_eq!(parse(&["--inspect"]).unwrap().inspect, Some(default));
+        let s = parse(&["--inspect", "127.0.0.1:5000", "--inspect-body-kib", "8"]).unwrap();
+        assert_eq!(s.inspect, Some("127.0.0.1:5000".parse().unwrap()));
+        assert_eq!(s.inspect_body_kib, 8);
+        assert!(parse(&["--inspect", "not-an-address"]).is_err());
     }
 
     /// `--proxy` and `--no-proxy` over the environment: `""` turns each off.

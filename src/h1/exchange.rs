@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::conn::Conn;
 use super::pump::{Encode, Pump, PumpError};
+use super::tap::{Capture, Tap};
 use crate::error::HeadError;
 use crate::io::ByteStream;
 use crate::limits::Limits;
@@ -115,6 +116,8 @@ pub(crate) struct Settings<'a> {
     /// Whether the inbound connection is being drained: the response then says
     /// `Connection: close`.
     pub(crate) closing: &'a (dyn Fn() -> bool + Sync),
+    /// An observer of each exchange (the agent's inspector), or `None`: see `super::tap`.
+    pub(crate) tap: Option<&'a dyn Tap>,
 }
 
 /// Forward one request from `inb` to the next hop (`out`, dialled by the route when absent or
@@ -127,19 +130,44 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
     route: &R,
     settings: &Settings<'_>,
 ) -> After {
+    let mut cap = None;
+    let after = run(inb, out, route, settings, &mut cap).await;
+    if let (Some(tap), Some(cap)) = (settings.tap, cap) {
+        tap.record(cap);
+    }
+    after
+}
+
+/// [`exchange`], with what the tap is shown gathered in `cap` (made once the head is read,
+/// when there is a tap).
+async fn run<I: ByteStream, R: Route>(
+    inb: &mut Conn<I>,
+    out: &mut Option<Conn<R::Io>>,
+    route: &R,
+    settings: &Settings<'_>,
+    cap: &mut Option<Capture>,
+) -> After {
     let limits = settings.limits;
     let closing = settings.closing;
     let mut deadline = None;
     let plan = loop {
         match plan(&inb.rbuf, &mut inb.scratch, route, limits) {
             Ok(Some((plan, len))) => {
+                if let Some(tap) = settings.tap {
+                    *cap = Some(Capture::new(&inb.rbuf[..len], tap.body_limit()));
+                }
                 bytes::Buf::advance(&mut inb.rbuf, len);
                 break plan;
             }
             Ok(None) => {}
             Err(r) => {
+                // A whole head this hop refuses (a bad target) is shown too; a head that never
+                // parsed has nothing to show.
+                if let (Some(tap), true) = (settings.tap, r.consumed > 0) {
+                    *cap = Some(Capture::new(&inb.rbuf[..r.consumed], tap.body_limit()));
+                }
                 bytes::Buf::advance(&mut inb.rbuf, r.consumed);
-                return answer(inb, r).await;
+                return answer(inb, r, cap).await;
             }
         }
         let at = *deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
@@ -169,13 +197,19 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
                     consumed: 0,
                     keep: plan.framing == Framing::Empty && plan.keep_alive,
                 };
-                return answer(inb, r).await;
+                return answer(inb, r, cap).await;
             }
         },
     };
     std::mem::swap(&mut next.wbuf, &mut inb.scratch);
-    let mut flow = Flow::new(plan, settings.continue_wait, settings.response_limits);
+    if let Some(cap) = cap.as_mut() {
+        cap.sent = Some(Instant::now());
+    }
+    let mut flow = Flow::new(plan, settings.continue_wait, settings.response_limits, cap);
     let res = std::future::poll_fn(|cx| flow.poll(cx, inb, next, closing)).await;
+    if let (Err(e), Some(cap)) = (&res, flow.cap.as_mut()) {
+        cap.failed = Some(e.to_string());
+    }
     match res {
         Ok(()) => {}
         Err(Failed::Inbound(e)) if !flow.answered => {
@@ -188,7 +222,7 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
                 keep: false,
                 consumed: 0,
             };
-            return answer(inb, r).await;
+            return answer(inb, r, cap).await;
         }
         Err(Failed::Outbound(e)) if !flow.answered => {
             debug!(error = %e, "next hop failed");
@@ -200,7 +234,7 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
                 keep: flow.keep_in && matches!(flow.up, Up::Done),
                 consumed: 0,
             };
-            return answer(inb, r).await;
+            return answer(inb, r, cap).await;
         }
         Err(e) => {
             // Part of the response went: all that is left is to cut both connections.
@@ -341,6 +375,8 @@ enum OutboundError {
 struct Flow<'l> {
     plan: Plan,
     limits: &'l Limits,
+    /// What the tap is shown, if there is one.
+    cap: &'l mut Option<Capture>,
     /// One direction moved the other on (a `100` let the body go): poll again.
     nudged: bool,
     up: Up,
@@ -355,7 +391,12 @@ struct Flow<'l> {
 }
 
 impl<'l> Flow<'l> {
-    fn new(plan: Plan, continue_wait: Duration, limits: &'l Limits) -> Self {
+    fn new(
+        plan: Plan,
+        continue_wait: Duration,
+        limits: &'l Limits,
+        cap: &'l mut Option<Capture>,
+    ) -> Self {
         let up = if plan.expect_continue {
             Up::Held(Box::pin(tokio::time::sleep(continue_wait)))
         } else {
@@ -364,6 +405,7 @@ impl<'l> Flow<'l> {
         Flow {
             plan,
             limits,
+            cap,
             nudged: false,
             up,
             down: Down::Head,
@@ -415,17 +457,20 @@ impl<'l> Flow<'l> {
                     }
                     return Poll::Pending;
                 }
-                Up::Body(pump) => match ready!(pump.poll(cx, inb, out)) {
-                    Ok(()) => self.up = Up::Done,
-                    Err(PumpError::Write(e)) => {
-                        // The next hop stopped reading: it may still answer. The body is
-                        // read to its end and dropped, and the next hop is not reused.
-                        debug!(error = %e, "next hop stopped reading the request body");
-                        self.reuse_out = false;
-                        pump.drain();
+                Up::Body(pump) => {
+                    let tee = self.cap.as_mut().map(|c| &mut c.request_body);
+                    match ready!(pump.poll_tee(cx, inb, out, tee)) {
+                        Ok(()) => self.up = Up::Done,
+                        Err(PumpError::Write(e)) => {
+                            // The next hop stopped reading: it may still answer. The body is
+                            // read to its end and dropped, and the next hop is not reused.
+                            debug!(error = %e, "next hop stopped reading the request body");
+                            self.reuse_out = false;
+                            pump.drain();
+                        }
+                        Err(e) => return Poll::Ready(Err(Failed::Inbound(e))),
                     }
-                    Err(e) => return Poll::Ready(Err(Failed::Inbound(e))),
-                },
+                }
                 Up::Done => return Poll::Ready(Ok(())),
             }
         }
@@ -464,23 +509,26 @@ impl<'l> Flow<'l> {
                         return Poll::Ready(Err(outbound(OutboundError::Closed)));
                     }
                 }
-                Down::Body(pump) => match ready!(pump.poll(cx, out, inb)) {
-                    Ok(()) => {
-                        self.down = Down::Done;
-                        if !matches!(self.up, Up::Done) {
-                            // Answered before the request body was all read: what is left of
-                            // it is on the inbound connection, which cannot be read on.
-                            self.up = Up::Done;
-                            self.nudged = true;
-                            self.keep_in = false;
-                            self.reuse_out = false;
+                Down::Body(pump) => {
+                    let tee = self.cap.as_mut().map(|c| &mut c.response_body);
+                    match ready!(pump.poll_tee(cx, out, inb, tee)) {
+                        Ok(()) => {
+                            self.down = Down::Done;
+                            if !matches!(self.up, Up::Done) {
+                                // Answered before the request body was all read: what is left of
+                                // it is on the inbound connection, which cannot be read on.
+                                self.up = Up::Done;
+                                self.nudged = true;
+                                self.keep_in = false;
+                                self.reuse_out = false;
+                            }
                         }
+                        Err(PumpError::Write(e)) => {
+                            return Poll::Ready(Err(Failed::Inbound(PumpError::Write(e))));
+                        }
+                        Err(e) => return Poll::Ready(Err(outbound(OutboundError::Pump(e)))),
                     }
-                    Err(PumpError::Write(e)) => {
-                        return Poll::Ready(Err(Failed::Inbound(PumpError::Write(e))));
-                    }
-                    Err(e) => return Poll::Ready(Err(outbound(OutboundError::Pump(e)))),
-                },
+                }
                 Down::Switch => {
                     ready!(inb.poll_flush(cx)).map_err(|e| Failed::Inbound(PumpError::Write(e)))?;
                     self.switched = true;
@@ -527,6 +575,10 @@ impl<'l> Flow<'l> {
             }
             bytes::Buf::advance(&mut out.rbuf, len);
             return Ok(true);
+        }
+        if let Some(cap) = self.cap.as_mut() {
+            cap.answered = Some(Instant::now());
+            cap.response_head = out.rbuf[..len].to_vec();
         }
         if let Up::Held(_) = self.up {
             // A final answer before the body was asked for: it is never sent. Both sides were
@@ -664,9 +716,10 @@ pub(crate) fn put_decimal(out: &mut BytesMut, mut n: u64) {
 
 /// Answer the request at hand with `r` (plain text) and say what becomes of the connection:
 /// kept only if the rejection allows it and the write went.
-async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject) -> After {
+async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject, cap: &mut Option<Capture>) -> After {
     let keep = r.keep;
     let w = &mut inb.wbuf;
+    let from = w.len();
     w.put_slice(b"HTTP/1.1 ");
     w.put_slice(r.status.as_str().as_bytes());
     w.put_u8(b' ');
@@ -677,6 +730,11 @@ async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject) -> After {
         w.put_slice(b"connection: close\r\n");
     }
     w.put_slice(b"\r\n");
+    if let Some(cap) = cap.as_mut() {
+        cap.answered = Some(Instant::now());
+        cap.response_head = w[from..].to_vec();
+        cap.response_body.see(r.text.as_bytes());
+    }
     w.put_slice(r.text.as_bytes());
     match inb.flush().await {
         Ok(()) if keep => After::KeepAlive,
@@ -807,6 +865,7 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            tap: None,
         };
         let mut afters = Vec::new();
         for _ in 0..n {
@@ -1073,6 +1132,7 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            tap: None,
         };
         for _ in 0..3 {
             assert_eq!(
@@ -1116,6 +1176,7 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            tap: None,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1186,6 +1247,7 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            tap: None,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1196,5 +1258,84 @@ mod tests {
         client.read_to_string(&mut got).await.unwrap();
         assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
         assert!(got.ends_with("502: no next hop\n"), "{got}");
+    }
+
+    /// A tap that keeps what it is given.
+    struct Keep(Mutex<Vec<Capture>>, usize);
+
+    impl Tap for Keep {
+        fn body_limit(&self) -> usize {
+            self.1
+        }
+        fn record(&self, capture: Capture) {
+            self.0.lock().unwrap().push(capture);
+        }
+    }
+
+    /// One exchange of `request` against `response`, with `tap`: (client bytes, upstream bytes).
+    async fn tapped(request: &[u8], response: &[u8], tap: Option<&dyn Tap>) -> (Vec<u8>, Vec<u8>) {
+        let (inb_io, mut client) = tokio::io::duplex(1 << 20);
+        let (out_io, mut upstream) = tokio::io::duplex(1 << 20);
+        let route = TestRoute {
+            next: Mutex::new(vec![out_io]),
+        };
+        upstream.write_all(response).await.unwrap();
+        upstream.shutdown().await.unwrap();
+        client.write_all(request).await.unwrap();
+        let limits = Limits::default();
+        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut out = None;
+        let closing = || false;
+        let settings = Settings {
+            limits: &limits,
+            response_limits: &limits,
+            continue_wait: Duration::from_secs(1),
+            closing: &closing,
+            tap,
+        };
+        exchange(&mut inb, &mut out, &route, &settings).await;
+        drop((inb, out, route));
+        let (mut got, mut sent) = (Vec::new(), Vec::new());
+        client.read_to_end(&mut got).await.unwrap();
+        upstream.read_to_end(&mut sent).await.unwrap();
+        (got, sent)
+    }
+
+    #[tokio::test]
+    async fn a_tap_sees_heads_and_the_start_of_each_body_and_changes_nothing_forwarded() {
+        let request = b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
+        let response = b"HTTP/1.1 201 Created\r\nX-R: 1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let plain = tapped(request, response, None).await;
+        let keep = Keep(Mutex::new(Vec::new()), 5);
+        let with_tap = tapped(request, response, Some(&keep)).await;
+        assert_eq!(plain, with_tap, "the same bytes both ways, tap or not");
+        let caps = keep.0.into_inner().unwrap();
+        assert_eq!(caps.len(), 1);
+        let c = &caps[0];
+        assert_eq!(
+            c.request_head,
+            b"POST /t HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            (&c.request_body.bytes[..], c.request_body.total),
+            (&b"abcde"[..], 7)
+        );
+        assert!(c.response_head.starts_with(b"HTTP/1.1 201 Created\r\n"));
+        assert_eq!(
+            (&c.response_body.bytes[..], c.response_body.total),
+            (&b"01234"[..], 10)
+        );
+        assert!(c.sent.is_some() && c.answered.is_some() && c.failed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tap_records_the_hops_own_answer() {
+        let keep = Keep(Mutex::new(Vec::new()), 64);
+        let (got, _) = tapped(b"GET /.. HTTP/1.1\r\n\r\n", b"", Some(&keep)).await;
+        assert!(got.starts_with(b"HTTP/1.1 400 "));
+        let caps = keep.0.into_inner().unwrap();
+        assert_eq!(caps.len(), 1);
+        assert!(caps[0].response_head.starts_with(b"HTTP/1.1 400 "));
+        assert_eq!(caps[0].response_body.bytes, b"bad request target\n");
     }
 }

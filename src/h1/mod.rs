@@ -5,6 +5,7 @@
 //! conn.rs      Conn: a byte stream, its read buffer (heads scanned in place) and write buffer
 //! pump.rs      Pump: one body copied by its framing (length, chunked, until close)
 //! exchange.rs  exchange(): head rewrite, both bodies at once, 1xx, Expect, 101 -> tunnel
+//! tap.rs       Tap: an optional observer of each exchange (heads, the start of each body, timing)
 //! ```
 //!
 //! The engine serves either direction of a PTTH hop (public client -> agent at the relay,
@@ -16,6 +17,7 @@
 mod conn;
 mod exchange;
 mod pump;
+pub(crate) mod tap;
 
 pub(crate) use conn::Conn;
 #[cfg(test)]

@@ -13,6 +13,7 @@ use bytes::{Buf, BufMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::Conn;
+use super::tap::Kept;
 use crate::error::BodyError;
 use crate::proto::body::{BodyDecoder, Framing, Piece};
 
@@ -78,11 +79,28 @@ impl Pump {
 
     /// Copy until the body has ended and been written (and the destination flushed). An error
     /// leaves the connections in an unknown state: neither may be reused.
+    #[cfg(test)]
     pub(crate) fn poll<S, D>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut Conn<S>,
         dst: &mut Conn<D>,
+    ) -> Poll<Result<(), PumpError>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.poll_tee(cx, src, dst, None)
+    }
+
+    /// [`Pump::poll`], with each piece of content also shown to `tee` once it is written on
+    /// (an inspector's copy: `super::tap`).
+    pub(crate) fn poll_tee<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Conn<S>,
+        dst: &mut Conn<D>,
+        mut tee: Option<&mut Kept>,
     ) -> Poll<Result<(), PumpError>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -120,6 +138,9 @@ impl Pump {
             if self.pending > 0 || !dst.wbuf.is_empty() {
                 let n = ready!(dst.poll_send(cx, &src.rbuf[..self.pending]))
                     .map_err(PumpError::Write)?;
+                if let Some(tee) = tee.as_deref_mut() {
+                    tee.see(&src.rbuf[..n]);
+                }
                 src.rbuf.advance(n);
                 self.pending -= n;
                 if self.pending == 0 && self.chunk_open {

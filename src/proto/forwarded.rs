@@ -21,6 +21,17 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// `X-Forwarded-Prefix`: the path prefix the hop removed (`/NAME` in the relay's path mode).
 pub const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
+/// `PTTH-Timing` on an agent's upgrade request: what timing it asks the relay to report on the
+/// requests it forwards down that connection (decision D66). [`TIMING_QUEUE_WAIT`] is the one
+/// value.
+pub const TIMING_FIELD: &str = "ptth-timing";
+/// `PTTH-Timing: queue-wait`: add [`QUEUE_WAIT_FIELD`] to each forwarded request.
+pub const TIMING_QUEUE_WAIT: &str = "queue-wait";
+/// `PTTH-Queue-Wait: <microseconds>`, added by the relay to a forwarded request when the agent
+/// asked for it: how long the request waited at the relay, from its head's arrival to its
+/// being written to the agent (decision D66). The agent drops it before the upstream.
+pub const QUEUE_WAIT_FIELD: &str = "ptth-queue-wait";
+
 /// This hop's `Forwarded` element (RFC 7239 §4): `for=<client>;proto=<proto>`, then
 /// `;host="<host>"` when there is one.
 ///

@@ -26,7 +26,7 @@ use super::respond::{self, RelayBody};
 use super::route::{self, RouteError};
 use super::{AgentCerts, Config, ConnInfo, Shared};
 use crate::listener::hyper_upgrade::{self, Rejection};
-use crate::proto::request;
+use crate::proto::{forwarded, request};
 
 /// Why an agent's claim was refused.
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +157,17 @@ fn admit(
     let owner = credentials.inspect_err(|e| {
         tracing::info!(peer = %info.peer, %name, "agent refused: {e}");
     })?;
-    let reservation = shared
+    let mut reservation = shared
         .registry
         .reserve(&name, owner, info.peer, info.proto())?;
+    reservation.queue_wait = req
+        .headers()
+        .get_all(forwarded::TIMING_FIELD)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .eq_ignore_ascii_case(forwarded::TIMING_QUEUE_WAIT.as_bytes())
+        });
     Ok((name, reservation))
 }
 

@@ -67,6 +67,7 @@ async fn forward_inner(
     mut req: Request<Incoming>,
     pending: &mut Pending,
 ) -> Response<RelayBody> {
+    let arrived = Instant::now();
     let cfg = &shared.config;
     // RFC 9112 §3.2: one Host (none only in HTTP/1.0); an absolute-form target's authority
     // wins over it (§3.2.2).
@@ -116,6 +117,8 @@ async fn forward_inner(
     )
     .boxed();
     let mut out = Request::from_parts(parts, body);
+    // Only this relay writes it (decision D66): a client's own is not passed on.
+    out.headers_mut().remove(forwarded::QUEUE_WAIT_FIELD);
     if let Some(g) = &continue_gate {
         g.watch(&mut out);
     }
@@ -130,6 +133,12 @@ async fn forward_inner(
             Ok(c) => c,
             Err(e) => return respond::refusal(e.status(), &e),
         };
+        if conn.reservation.queue_wait {
+            let waited = arrived.elapsed().as_micros().to_string();
+            if let Ok(v) = HeaderValue::from_str(&waited) {
+                out.headers_mut().insert(forwarded::QUEUE_WAIT_FIELD, v);
+            }
+        }
         let sent = sent_rx.take().expect("one attempt in flight");
         if let Some(public) = public_upgrade.take() {
             return tunnel(shared, conn, out, sent, public, &request_body).await;

@@ -411,6 +411,7 @@ impl Registry {
             peer,
             proto,
             first,
+            queue_wait: false,
         })
     }
 
@@ -701,6 +702,9 @@ pub(crate) struct Reservation {
     proto: &'static str,
     /// The name had no connection before this one.
     first: bool,
+    /// The agent asked for `PTTH-Queue-Wait` on the requests this connection carries (its
+    /// claim said `PTTH-Timing: queue-wait`, decision D66).
+    pub(crate) queue_wait: bool,
 }
 
 impl Reservation {

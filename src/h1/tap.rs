@@ -1,0 +1,114 @@
+//! An optional observer of the exchanges the engine runs: the agent's request inspector.
+//!
+//! ```text
+//! exchange(): request head ─ request body pieces ─ response head ─ response body pieces ─ end
+//!                 │                  │                    │                  │             │
+//!                 └──────────────────┴───── Capture (bodies kept up to a cap) ───────────┴─> Tap::record
+//! ```
+//!
+//! A [`Capture`] exists only when [`super::Settings::tap`] is set: with no tap, the engine's
+//! only cost is an `Option` check at each of the points above (no allocation, no clock read).
+//! With one, body pieces are copied as they are written on (at most [`Tap::body_limit`] bytes
+//! of each body), so forwarding is never held up: a streamed response still goes piece by
+//! piece, and the capture is handed to the tap when the exchange ends.
+
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+/// Where captured exchanges go (the agent's inspector).
+pub(crate) trait Tap: Send + Sync {
+    /// Most bytes kept of each body; the rest is counted, not kept.
+    fn body_limit(&self) -> usize;
+
+    /// One exchange ended: answered by the next hop, or by this hop itself (a `502`, a `400`).
+    fn record(&self, capture: Capture);
+}
+
+/// One exchange as the engine saw it.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    /// When the request head was complete.
+    pub(crate) started: Instant,
+    /// [`Capture::started`] on the wall clock.
+    pub(crate) started_wall: SystemTime,
+    /// The request head as it came in (before any rewrite), its final CRLF included.
+    pub(crate) request_head: Vec<u8>,
+    pub(crate) request_body: Kept,
+    /// When the rewritten request head was handed to the next hop's connection (connected).
+    pub(crate) sent: Option<Instant>,
+    /// When the final response head was read.
+    pub(crate) answered: Option<Instant>,
+    /// The final response head as the next hop sent it, or the answer this hop composed.
+    pub(crate) response_head: Vec<u8>,
+    pub(crate) response_body: Kept,
+    /// Why the exchange did not end normally; `None` when it did.
+    pub(crate) failed: Option<String>,
+}
+
+impl Capture {
+    pub(crate) fn new(request_head: &[u8], limit: usize) -> Self {
+        Capture {
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            request_head: request_head.to_vec(),
+            request_body: Kept::new(limit),
+            sent: None,
+            answered: None,
+            response_head: Vec::new(),
+            response_body: Kept::new(limit),
+            failed: None,
+        }
+    }
+}
+
+/// The start of one body, and its whole length.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    pub(crate) bytes: Vec<u8>,
+    /// Content bytes seen, kept or not.
+    pub(crate) total: u64,
+    limit: usize,
+}
+
+impl Kept {
+    pub(crate) fn new(limit: usize) -> Self {
+        Kept {
+            bytes: Vec::new(),
+            total: 0,
+            limit,
+        }
+    }
+
+    /// One piece of content, as it is written on.
+    pub(crate) fn see(&mut self, piece: &[u8]) {
+        self.total += piece.len() as u64;
+        let room = self.limit.saturating_sub(self.bytes.len());
+        self.bytes
+            .extend_from_slice(&piece[..room.min(piece.len())]);
+    }
+
+    /// Whether some of the body was not kept.
+    pub(crate) fn truncated(&self) -> bool {
+        self.total > self.bytes.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_kept_up_to_its_limit_and_counted_whole() {
+        let mut k = Kept::new(5);
+        k.see(b"abc");
+        assert!(!k.truncated());
+        k.see(b"defgh");
+        k.see(b"ij");
+        assert_eq!((&k.bytes[..], k.total), (&b"abcde"[..], 10));
+        assert!(k.truncated());
+        let mut none = Kept::new(0);
+        none.see(b"x");
+        assert!(none.bytes.is_empty() && none.truncated());
+    }
+}
