@@ -537,6 +537,9 @@ pub fn h1_exchange(data: &[u8]) {
             response_limits: &limits,
             continue_wait: Duration::from_millis(5),
             closing: &closing,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
         };
         for _ in 0..8 {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {

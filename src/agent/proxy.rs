@@ -137,6 +137,9 @@ impl Serve for Proxy {
                 response_limits: &response_limits,
                 continue_wait: CONTINUE_WAIT,
                 closing: &closing,
+                response_timeout: None,
+                trailers: false,
+                tally: None,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -115,6 +116,52 @@ pub(crate) struct Settings<'a> {
     /// Whether the inbound connection is being drained: the response then says
     /// `Connection: close`.
     pub(crate) closing: &'a (dyn Fn() -> bool + Sync),
+    /// How long the next hop may take to start its response once the request body has gone
+    /// (then `504`); `None`: as long as it likes.
+    pub(crate) response_timeout: Option<Duration>,
+    /// Pass chunked bodies' trailer fields on both ways, and `TE: trailers` when the client
+    /// sent it (so the next hop may send trailers); otherwise both are dropped (D37).
+    pub(crate) trailers: bool,
+    /// Where the exchange reports its status and body bytes, for the caller's metrics.
+    pub(crate) tally: Option<&'a Tally>,
+}
+
+/// What one exchange did: the status the client got (the next hop's or this hop's own) and the
+/// body bytes that went each way. Written by [`exchange`] before it returns.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    status: AtomicU16,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Tally {
+    /// The final status sent to the client; `None` if none was (the connection was cut).
+    pub(crate) fn status(&self) -> Option<StatusCode> {
+        StatusCode::from_u16(self.status.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Request body bytes sent to the next hop.
+    pub(crate) fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Response body bytes sent to the client.
+    pub(crate) fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// The client got `status`, with no body bytes forwarded (an answer of the caller's own).
+    pub(crate) fn answered(&self, status: StatusCode) {
+        self.set(Some(status), 0, 0);
+    }
+
+    fn set(&self, status: Option<StatusCode>, up: u64, down: u64) {
+        self.status
+            .store(status.map_or(0, |s| s.as_u16()), Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
+    }
 }
 
 /// Forward one request from `inb` to the next hop (`out`, dialled by the route when absent or
@@ -129,9 +176,19 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
 ) -> After {
     let limits = settings.limits;
     let closing = settings.closing;
+    let tally = settings.tally;
+    if let Some(t) = tally {
+        t.set(None, 0, 0);
+    }
     let mut deadline = None;
     let plan = loop {
-        match plan(&inb.rbuf, &mut inb.scratch, route, limits) {
+        match plan(
+            &inb.rbuf,
+            &mut inb.scratch,
+            route,
+            limits,
+            settings.trailers,
+        ) {
             Ok(Some((plan, len))) => {
                 bytes::Buf::advance(&mut inb.rbuf, len);
                 break plan;
@@ -139,7 +196,7 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
             Ok(None) => {}
             Err(r) => {
                 bytes::Buf::advance(&mut inb.rbuf, r.consumed);
-                return answer(inb, r).await;
+                return answer(inb, r, tally).await;
             }
         }
         let at = *deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
@@ -169,13 +226,17 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
                     consumed: 0,
                     keep: plan.framing == Framing::Empty && plan.keep_alive,
                 };
-                return answer(inb, r).await;
+                return answer(inb, r, tally).await;
             }
         },
     };
     std::mem::swap(&mut next.wbuf, &mut inb.scratch);
-    let mut flow = Flow::new(plan, settings.continue_wait, settings.response_limits);
+    let mut flow = Flow::new(plan, settings);
     let res = std::future::poll_fn(|cx| flow.poll(cx, inb, next, closing)).await;
+    if let Some(t) = tally {
+        let (up, down) = flow.bytes();
+        t.set(flow.status, up, down);
+    }
     match res {
         Ok(()) => {}
         Err(Failed::Inbound(e)) if !flow.answered => {
@@ -188,19 +249,22 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
                 keep: false,
                 consumed: 0,
             };
-            return answer(inb, r).await;
+            return answer(inb, r, tally).await;
         }
         Err(Failed::Outbound(e)) if !flow.answered => {
             debug!(error = %e, "next hop failed");
             *out = None;
             let r = Reject {
-                status: StatusCode::BAD_GATEWAY,
+                status: match e {
+                    OutboundError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
                 text: route.failed(&e),
                 // The inbound side is intact if its request was read whole.
                 keep: flow.keep_in && matches!(flow.up, Up::Done),
                 consumed: 0,
             };
-            return answer(inb, r).await;
+            return answer(inb, r, tally).await;
         }
         Err(e) => {
             // Part of the response went: all that is left is to cut both connections.
@@ -229,6 +293,7 @@ fn plan<R: Route>(
     out: &mut BytesMut,
     route: &R,
     limits: &Limits,
+    trailers: bool,
 ) -> Result<Option<(Plan, usize)>, Reject> {
     if buf.is_empty() {
         return Ok(None);
@@ -277,6 +342,9 @@ fn plan<R: Route>(
         put_field(out, name, value);
     }
     route.add_fields(&req, out);
+    if trailers && connection_names(fields.get_all("te"), "trailers") {
+        out.put_slice(b"te: trailers\r\n");
+    }
     if upgrade {
         for v in fields.get_all("upgrade") {
             put_field(out, "upgrade", v);
@@ -335,12 +403,23 @@ enum OutboundError {
     Write(#[source] std::io::Error),
     #[error("101 Switching Protocols with no Upgrade, or to a request that asked for none")]
     UnaskedSwitch,
+    #[error("no response within {0:?} of the end of the request")]
+    Timeout(Duration),
 }
 
 /// Both directions of one exchange, polled together.
 struct Flow<'l> {
     plan: Plan,
     limits: &'l Limits,
+    /// Pass trailer fields on ([`Settings::trailers`]).
+    trailers: bool,
+    response_timeout: Option<Duration>,
+    /// Runs from the end of the request body until the response head.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// The final status composed for the inbound side.
+    status: Option<StatusCode>,
+    /// Body bytes of finished pumps: request, response.
+    moved: (u64, u64),
     /// One direction moved the other on (a `100` let the body go): poll again.
     nudged: bool,
     up: Up,
@@ -355,15 +434,24 @@ struct Flow<'l> {
 }
 
 impl<'l> Flow<'l> {
-    fn new(plan: Plan, continue_wait: Duration, limits: &'l Limits) -> Self {
+    fn new(plan: Plan, settings: &Settings<'l>) -> Self {
         let up = if plan.expect_continue {
-            Up::Held(Box::pin(tokio::time::sleep(continue_wait)))
+            Up::Held(Box::pin(tokio::time::sleep(settings.continue_wait)))
         } else {
-            Up::Body(Pump::new(plan.framing, encode_as(plan.framing)))
+            Up::Body(pump(
+                plan.framing,
+                encode_as(plan.framing),
+                settings.trailers,
+            ))
         };
         Flow {
             plan,
-            limits,
+            limits: settings.response_limits,
+            trailers: settings.trailers,
+            response_timeout: settings.response_timeout,
+            head_timer: None,
+            status: None,
+            moved: (0, 0),
             nudged: false,
             up,
             down: Down::Head,
@@ -373,6 +461,18 @@ impl<'l> Flow<'l> {
             reuse_out: true,
             switched: false,
         }
+    }
+
+    /// Body bytes moved so far: request, response.
+    fn bytes(&self) -> (u64, u64) {
+        let (mut up, mut down) = self.moved;
+        if let Up::Body(p) = &self.up {
+            up += p.moved;
+        }
+        if let Down::Body(p) = &self.down {
+            down += p.moved;
+        }
+        (up, down)
     }
 
     fn poll<I: ByteStream, O: ByteStream>(
@@ -416,7 +516,10 @@ impl<'l> Flow<'l> {
                     return Poll::Pending;
                 }
                 Up::Body(pump) => match ready!(pump.poll(cx, inb, out)) {
-                    Ok(()) => self.up = Up::Done,
+                    Ok(()) => {
+                        self.moved.0 += pump.moved;
+                        self.up = Up::Done;
+                    }
                     Err(PumpError::Write(e)) => {
                         // The next hop stopped reading: it may still answer. The body is
                         // read to its end and dropped, and the next hop is not reused.
@@ -438,7 +541,11 @@ impl<'l> Flow<'l> {
                 inb.wbuf.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             self.continued = true;
-            self.up = Up::Body(Pump::new(self.plan.framing, encode_as(self.plan.framing)));
+            self.up = Up::Body(pump(
+                self.plan.framing,
+                encode_as(self.plan.framing),
+                self.trailers,
+            ));
         }
     }
 
@@ -458,14 +565,27 @@ impl<'l> Flow<'l> {
                     if self.head(inb, out, closing).map_err(outbound)? {
                         continue;
                     }
-                    let n =
-                        ready!(out.poll_fill(cx)).map_err(|e| outbound(OutboundError::Read(e)))?;
+                    let n = match out.poll_fill(cx) {
+                        Poll::Ready(r) => r.map_err(|e| outbound(OutboundError::Read(e)))?,
+                        Poll::Pending => {
+                            if let (Up::Done, Some(d)) = (&self.up, self.response_timeout) {
+                                let t = self
+                                    .head_timer
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                                if t.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(Err(outbound(OutboundError::Timeout(d))));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     if n == 0 {
                         return Poll::Ready(Err(outbound(OutboundError::Closed)));
                     }
                 }
                 Down::Body(pump) => match ready!(pump.poll(cx, out, inb)) {
                     Ok(()) => {
+                        self.moved.1 += pump.moved;
                         self.down = Down::Done;
                         if !matches!(self.up, Up::Done) {
                             // Answered before the request body was all read: what is left of
@@ -517,7 +637,11 @@ impl<'l> Flow<'l> {
                 }
                 self.continued = true;
                 if let Up::Held(_) = self.up {
-                    self.up = Up::Body(Pump::new(self.plan.framing, encode_as(self.plan.framing)));
+                    self.up = Up::Body(pump(
+                        self.plan.framing,
+                        encode_as(self.plan.framing),
+                        self.trailers,
+                    ));
                     self.nudged = true;
                 }
             } else if !self.plan.http10 {
@@ -542,6 +666,7 @@ impl<'l> Flow<'l> {
                 return Err(OutboundError::UnaskedSwitch);
             }
             self.answered = true;
+            self.status = Some(status);
             put_status(&mut inb.wbuf, &res);
             put_fields(&mut inb.wbuf, res.fields, false);
             for v in res.fields.get_all("upgrade") {
@@ -578,6 +703,7 @@ impl<'l> Flow<'l> {
         // The length of a HEAD or 304 response describes the representation, not this body.
         let keeps_length = self.plan.head_request || status == StatusCode::NOT_MODIFIED;
         self.answered = true;
+        self.status = Some(status);
         put_status(&mut inb.wbuf, &res);
         put_fields(&mut inb.wbuf, res.fields, keeps_length && !conflict);
         match (framing, enc) {
@@ -593,9 +719,15 @@ impl<'l> Flow<'l> {
         }
         inb.wbuf.put_slice(b"\r\n");
         bytes::Buf::advance(&mut out.rbuf, len);
-        self.down = Down::Body(Pump::new(framing, enc));
+        self.down = Down::Body(pump(framing, enc, self.trailers));
         Ok(true)
     }
+}
+
+/// A pump that passes trailer fields on if `trailers`.
+fn pump(framing: Framing, enc: Encode, trailers: bool) -> Pump {
+    let p = Pump::new(framing, enc);
+    if trailers { p.passing_trailers() } else { p }
 }
 
 /// A request body goes on as it came: chunked stays chunked (framed again), a length stays.
@@ -664,20 +796,36 @@ pub(crate) fn put_decimal(out: &mut BytesMut, mut n: u64) {
 
 /// Answer the request at hand with `r` (plain text) and say what becomes of the connection:
 /// kept only if the rejection allows it and the write went.
-async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject) -> After {
-    let keep = r.keep;
+async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject, tally: Option<&Tally>) -> After {
+    if let Some(t) = tally {
+        t.set(Some(r.status), 0, 0);
+    }
+    reply(inb, r.status, b"", &r.text, r.keep).await
+}
+
+/// Answer the request at hand with this hop's own plain-text response (`fields`: more field
+/// lines, each ending in CRLF) and say what becomes of the connection: kept only if `keep`
+/// and the write went. The caller has consumed the request (or gives up the connection).
+pub(crate) async fn reply<I: ByteStream>(
+    inb: &mut Conn<I>,
+    status: StatusCode,
+    fields: &[u8],
+    text: &str,
+    keep: bool,
+) -> After {
     let w = &mut inb.wbuf;
     w.put_slice(b"HTTP/1.1 ");
-    w.put_slice(r.status.as_str().as_bytes());
+    w.put_slice(status.as_str().as_bytes());
     w.put_u8(b' ');
-    w.put_slice(r.status.canonical_reason().unwrap_or("").as_bytes());
+    w.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     w.put_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-    put_length(w, r.text.len() as u64);
+    put_length(w, text.len() as u64);
+    w.put_slice(fields);
     if !keep {
         w.put_slice(b"connection: close\r\n");
     }
     w.put_slice(b"\r\n");
-    w.put_slice(r.text.as_bytes());
+    w.put_slice(text.as_bytes());
     match inb.flush().await {
         Ok(()) if keep => After::KeepAlive,
         _ => After::Close,
@@ -685,8 +833,13 @@ async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject) -> After {
 }
 
 /// After a `101` ([`After::Switched`]): the bytes each side already sent past its head, then
-/// bytes both ways until either side closes.
-pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(mut inb: Conn<I>, mut out: Conn<O>) {
+/// bytes both ways until either side closes. Returns the bytes copied inbound -> outbound and
+/// back (0, 0 if the tunnel failed).
+pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(
+    mut inb: Conn<I>,
+    mut out: Conn<O>,
+) -> (u64, u64) {
+    let early = (inb.rbuf.len() as u64, out.rbuf.len() as u64);
     let res = async {
         inb.io.write_all(&out.rbuf).await?;
         inb.io.flush().await?;
@@ -696,8 +849,14 @@ pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(mut inb: Conn<I>, mut o
     }
     .await;
     match res {
-        Ok((up, down)) => debug!(up, down, "upgraded stream closed"),
-        Err(e) => debug!(error = %e, "upgraded stream failed"),
+        Ok((up, down)) => {
+            debug!(up, down, "upgraded stream closed");
+            (up + early.0, down + early.1)
+        }
+        Err(e) => {
+            debug!(error = %e, "upgraded stream failed");
+            (0, 0)
+        }
     }
 }
 
@@ -807,6 +966,9 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
         };
         let mut afters = Vec::new();
         for _ in 0..n {
@@ -1073,6 +1235,9 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
         };
         for _ in 0..3 {
             assert_eq!(
@@ -1116,6 +1281,9 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1186,6 +1354,9 @@ mod tests {
             response_limits: &limits,
             continue_wait: Duration::from_secs(1),
             closing: &closing,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,

@@ -55,6 +55,10 @@ pub(crate) struct Pump {
     ended: bool,
     /// The destination is gone: read the body to its end and drop it.
     drain: bool,
+    /// The last chunk (`0\r\n`) is composed: trailer fields follow it.
+    last_chunk: bool,
+    /// Content bytes written to the destination so far.
+    pub(crate) moved: u64,
 }
 
 impl Pump {
@@ -68,7 +72,17 @@ impl Pump {
             chunk_open: false,
             ended,
             drain: false,
+            last_chunk: false,
+            moved: 0,
         }
+    }
+
+    /// Pass a chunked body's trailer fields on (the default drops them, decisions D37).
+    pub(crate) fn passing_trailers(mut self) -> Self {
+        if self.enc == Encode::Chunked {
+            self.dec.pass_trailers();
+        }
+        self
     }
 
     /// Stop writing: the rest of the body is read and dropped.
@@ -113,6 +127,17 @@ impl Pump {
                             src.rbuf.advance(used);
                             self.end(dst);
                         }
+                        Piece::Trailer { skip, len, end } => {
+                            if !self.drain {
+                                if !self.last_chunk {
+                                    dst.wbuf.put_slice(b"0\r\n");
+                                    self.last_chunk = true;
+                                }
+                                dst.wbuf.put_slice(&src.rbuf[skip..skip + len]);
+                                dst.wbuf.put_slice(b"\r\n");
+                            }
+                            src.rbuf.advance(end);
+                        }
                         Piece::More { used } => src.rbuf.advance(used),
                     }
                 }
@@ -122,6 +147,7 @@ impl Pump {
                     .map_err(PumpError::Write)?;
                 src.rbuf.advance(n);
                 self.pending -= n;
+                self.moved += n as u64;
                 if self.pending == 0 && self.chunk_open {
                     self.chunk_open = false;
                     dst.wbuf.put_slice(b"\r\n");
@@ -150,7 +176,11 @@ impl Pump {
     fn end<D>(&mut self, dst: &mut Conn<D>) {
         self.ended = true;
         if self.enc == Encode::Chunked && !self.drain {
-            dst.wbuf.put_slice(b"0\r\n\r\n");
+            dst.wbuf.put_slice(if self.last_chunk {
+                b"\r\n"
+            } else {
+                b"0\r\n\r\n"
+            });
         }
     }
 }

@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -28,7 +27,7 @@ use tracing::Instrument;
 use super::registry::AgentStream;
 use super::respond::RelayBody;
 use super::{ACCEPT_ERROR_PAUSE, ConnInfo, Shared, claim, forward};
-use crate::listener::hyper_upgrade;
+use crate::io::Rewind;
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
 /// `tls`, each connection first completes a TLS handshake (within the head timeout) with the
@@ -134,9 +133,23 @@ async fn connection<S>(
     soft: CancellationToken,
     permit: Counted,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AgentStream,
 {
     let _permit = permit;
+    let Some(offer) = forward::serve(stream, &info, &shared, &soft).await else {
+        return;
+    };
+    claims(offer, info, shared, soft).await;
+}
+
+/// A connection whose request is a PTTH offer: hyper serves it, with the bytes the engine read
+/// in front, for that one request (an agent that is refused dials again).
+async fn claims<S: AgentStream>(
+    stream: Rewind<S>,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    soft: CancellationToken,
+) {
     let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
@@ -149,7 +162,7 @@ async fn connection<S>(
         .header_read_timeout(shared.config.head_timeout)
         .max_buf_size(limits.hyper_buf_size())
         .title_case_headers(true)
-        .keep_alive(true);
+        .keep_alive(false);
     if let Some(n) = limits.hyper_max_headers() {
         builder.max_headers(n);
     }
@@ -177,8 +190,5 @@ async fn handle<S: AgentStream>(
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
-    if hyper_upgrade::is_ptth_upgrade(&req) {
-        return Ok(claim::claim::<S>(shared, &info, req).await);
-    }
-    Ok(forward::forward(&shared, &info, req).await)
+    Ok(claim::claim::<S>(shared, &info, req).await)
 }
