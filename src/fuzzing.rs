@@ -540,6 +540,7 @@ pub fn h1_exchange(data: &[u8]) {
             response_timeout: None,
             trailers: false,
             tally: None,
+            length_beside_chunked: false,
         };
         for _ in 0..8 {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {

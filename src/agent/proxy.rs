@@ -140,6 +140,7 @@ impl Serve for Proxy {
                 response_timeout: None,
                 trailers: false,
                 tally: None,
+                length_beside_chunked: false,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request

@@ -124,6 +124,10 @@ pub(crate) struct Settings<'a> {
     pub(crate) trailers: bool,
     /// Where the exchange reports its status and body bytes, for the caller's metrics.
     pub(crate) tally: Option<&'a Tally>,
+    /// A request with both `Content-Length` and `Transfer-Encoding` is framed by the coding
+    /// and the connection closes after it (RFC 9112 §6.1, decisions D16); otherwise it is a
+    /// `400`.
+    pub(crate) length_beside_chunked: bool,
 }
 
 /// What one exchange did: the status the client got (the next hop's or this hop's own) and the
@@ -188,6 +192,7 @@ pub(crate) async fn exchange<I: ByteStream, R: Route>(
             route,
             limits,
             settings.trailers,
+            settings.length_beside_chunked,
         ) {
             Ok(Some((plan, len))) => {
                 bytes::Buf::advance(&mut inb.rbuf, len);
@@ -294,6 +299,7 @@ fn plan<R: Route>(
     route: &R,
     limits: &Limits,
     trailers: bool,
+    length_beside_chunked: bool,
 ) -> Result<Option<(Plan, usize)>, Reject> {
     if buf.is_empty() {
         return Ok(None);
@@ -302,7 +308,11 @@ fn plan<R: Route>(
     let Some(req) = head::Request::parse(buf, &mut slots, limits).map_err(Reject::head)? else {
         return Ok(None);
     };
-    let framing = req.framing().map_err(Reject::head)?;
+    let (framing, conflict) = if length_beside_chunked {
+        req.forward_framing().map_err(Reject::head)?
+    } else {
+        (req.framing().map_err(Reject::head)?, false)
+    };
     let fields = req.fields;
     let options = |name: &str| connection_names(fields.get_all("connection"), name);
     let has_connection = fields.get_all("connection").next().is_some();
@@ -311,7 +321,7 @@ fn plan<R: Route>(
     let plan = Plan {
         framing,
         head_request: req.method == "HEAD",
-        keep_alive: !http10 && !options("close"),
+        keep_alive: !http10 && !options("close") && !conflict,
         http10,
         upgrade,
         expect_continue: !upgrade
@@ -401,7 +411,7 @@ enum OutboundError {
     Read(#[source] std::io::Error),
     #[error("writing: {0}")]
     Write(#[source] std::io::Error),
-    #[error("101 Switching Protocols with no Upgrade, or to a request that asked for none")]
+    #[error("the next hop switched protocols with no Upgrade, or on a request that asked for none")]
     UnaskedSwitch,
     #[error("no response within {0:?} of the end of the request")]
     Timeout(Duration),
@@ -969,6 +979,7 @@ mod tests {
             response_timeout: None,
             trailers: false,
             tally: None,
+            length_beside_chunked: false,
         };
         let mut afters = Vec::new();
         for _ in 0..n {
@@ -1238,6 +1249,7 @@ mod tests {
             response_timeout: None,
             trailers: false,
             tally: None,
+            length_beside_chunked: false,
         };
         for _ in 0..3 {
             assert_eq!(
@@ -1284,6 +1296,7 @@ mod tests {
             response_timeout: None,
             trailers: false,
             tally: None,
+            length_beside_chunked: false,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1357,6 +1370,7 @@ mod tests {
             response_timeout: None,
             trailers: false,
             tally: None,
+            length_beside_chunked: false,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,

@@ -59,6 +59,9 @@ pub(crate) struct Pump {
     last_chunk: bool,
     /// Content bytes written to the destination so far.
     pub(crate) moved: u64,
+    /// The source sent bad framing: what was taken before it goes out first, so the next hop
+    /// sees the body cut where it went bad.
+    failed: Option<BodyError>,
 }
 
 impl Pump {
@@ -74,6 +77,7 @@ impl Pump {
             drain: false,
             last_chunk: false,
             moved: 0,
+            failed: None,
         }
     }
 
@@ -103,6 +107,13 @@ impl Pump {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
+            if self.failed.is_some() {
+                if !self.drain {
+                    // The flush's own failure does not matter: the framing error is the news.
+                    let _ = ready!(dst.poll_flush(cx));
+                }
+                return Poll::Ready(Err(PumpError::Framing(self.failed.take().expect("set"))));
+            }
             if self.drain {
                 src.rbuf.advance(self.pending);
                 self.pending = 0;
@@ -114,7 +125,14 @@ impl Pump {
                 if self.dec.is_done() {
                     self.end(dst);
                 } else if !src.rbuf.is_empty() {
-                    match self.dec.next_piece(&src.rbuf)? {
+                    let piece = match self.dec.next_piece(&src.rbuf) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.failed = Some(e);
+                            continue;
+                        }
+                    };
+                    match piece {
                         Piece::Data { skip, len } => {
                             src.rbuf.advance(skip);
                             self.pending = len;

@@ -35,6 +35,7 @@ use super::registry::{AgentConn, AgentStream};
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
 use super::{ConnInfo, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
+use crate::error::HeadError;
 use crate::h1::{self, After, Conn, Settings, Tally};
 use crate::io::Rewind;
 use crate::listener::hyper_upgrade;
@@ -175,7 +176,12 @@ async fn public<S: AgentStream>(
         Judged::Claim => return Public::Claim,
         Judged::BadHead(e) => {
             let text = format!("{e}\n");
-            return Public::BadHead(h1::reply(inb, e.status(), b"", &text, false).await);
+            let status = match e {
+                // hyper's answer before the engine, kept: the head cap is hit first.
+                HeadError::LineTooLong { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                e => e.status(),
+            };
+            return Public::BadHead(h1::reply(inb, status, b"", &text, false).await);
         }
         Judged::Refused(r) => return Public::After(refuse(inb, r, tally).await),
         Judged::Routed(r) => r,
@@ -221,6 +227,7 @@ async fn public<S: AgentStream>(
         response_timeout: Some(cfg.response_timeout),
         trailers: true,
         tally: Some(tally),
+        length_beside_chunked: true,
     };
     let after = tokio::select! {
         a = h1::exchange(inb, &mut out, &route, &settings) => a,
@@ -252,7 +259,7 @@ async fn public<S: AgentStream>(
 /// What the relay makes of a request head.
 enum Judged {
     Claim,
-    BadHead(crate::error::HeadError),
+    BadHead(HeadError),
     Refused(Refusal),
     Routed(Routed),
 }
@@ -275,11 +282,13 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
     {
         return Judged::Claim;
     }
-    let framing = match req.framing() {
+    // D16: both length fields are framed by the coding, and the connection closes after.
+    let (framing, conflict) = match req.forward_framing() {
         Ok(f) => f,
         Err(e) => return Judged::BadHead(e),
     };
     let keep = framing == Framing::Empty
+        && !conflict
         && !http10
         && !connection_names(fields.get_all("connection"), "close");
     let len = req.len;
