@@ -12,7 +12,8 @@
 //! this hop's own (`Content-Length`, or `chunked`), and the [`Route`] decides the target and
 //! the fields it adds or drops; nothing here knows which side is the relay or the agent. The
 //! request body and the response run at the same time in one task (an upstream may answer
-//! while it reads, or before), with `Expect: 100-continue` held as `crate::expect` does.
+//! while it reads, or before), with `Expect: 100-continue` held back until the next hop answers `100` or the wait passes
+//! (decisions D34).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -664,7 +665,7 @@ impl<'l> Flow<'l> {
         }
         if let Up::Held(_) = self.up {
             // A final answer before the body was asked for: it is never sent. Both sides were
-            // told a body follows, so neither connection is reused (`crate::expect`).
+            // told a body follows, so neither connection is reused (D34).
             self.up = Up::Done;
             self.nudged = true;
             self.keep_in = false;

@@ -724,13 +724,6 @@ pub(crate) struct Reservation {
     ip: IpAddr,
 }
 
-impl Reservation {
-    /// The connection's registry.
-    pub(crate) fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-}
-
 impl Drop for Reservation {
     fn drop(&mut self) {
         {
