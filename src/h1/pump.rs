@@ -234,6 +234,14 @@ pub(crate) mod tests {
         framing: Framing,
         enc: Encode,
     ) -> (Result<(), String>, Vec<u8>, Vec<u8>) {
+        copy_with(input, split, Pump::new(framing, enc)).await
+    }
+
+    async fn copy_with(
+        input: &[u8],
+        split: usize,
+        mut pump: Pump,
+    ) -> (Result<(), String>, Vec<u8>, Vec<u8>) {
         let (src_io, mut feed) = tokio::io::duplex(1 << 20);
         let (dst_io, mut sink) = tokio::io::duplex(1 << 20);
         let mut src = Conn::new(src_io, b"", &Limits::default());
@@ -245,7 +253,6 @@ pub(crate) mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let mut pump = Pump::new(framing, enc);
         let res = std::future::poll_fn(|cx| pump.poll(cx, &mut src, &mut dst)).await;
         writer.await.unwrap();
         let rest = src.rbuf.to_vec();
@@ -304,6 +311,52 @@ pub(crate) mod tests {
         assert!(r.unwrap_err().contains("chunk"));
         let (r, _, _) = copy(b"5\r\nab", 4, Framing::Chunked, Encode::Chunked).await;
         assert!(r.unwrap_err().contains("ended early"));
+    }
+
+    #[tokio::test]
+    async fn trailers_pass_when_asked_and_bad_ones_are_errors() {
+        let body: &[u8] = b"3\r\nabc\r\n0\r\nX-Sum: 7\r\nX-B:\tv w\n\r\nNEXT";
+        for split in [1, 2, 5, 1000] {
+            let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+            let (r, out, rest) = copy_with(body, split, pump).await;
+            assert_eq!(r, Ok(()), "split {split}");
+            let tail = b"0\r\nX-Sum: 7\r\nX-B:\tv w\r\n\r\n";
+            assert!(out.ends_with(tail), "split {split}: {out:?}");
+            let mut chunks = out[..out.len() - tail.len()].to_vec();
+            chunks.extend_from_slice(b"0\r\n\r\n");
+            assert_eq!(decode_chunked(&chunks), b"abc", "split {split}");
+            assert!(b"NEXT".starts_with(&rest), "split {split}: {rest:?}");
+            // Dropped by default (D37).
+            let (r, out, _) = copy(body, split, Framing::Chunked, Encode::Chunked).await;
+            assert_eq!((r, decode_chunked(&out)), (Ok(()), b"abc".to_vec()));
+        }
+        // No trailers: the last chunk as always.
+        let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+        let (r, out, _) = copy_with(b"0\r\n\r\n", 1, pump).await;
+        assert_eq!((r, &out[..]), (Ok(()), &b"0\r\n\r\n"[..]));
+        for bad in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nA b: v\r\n\r\n",
+            b"0\r\nA: \x01\r\n\r\n",
+        ] {
+            let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+            let (r, _, _) = copy_with(bad, 3, pump).await;
+            assert!(r.unwrap_err().contains("trailer"), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_was_taken_before_bad_framing_goes_out() {
+        let (r, out, _) = copy(
+            b"3\r\nabc\r\nzz\r\n",
+            1000,
+            Framing::Chunked,
+            Encode::Chunked,
+        )
+        .await;
+        assert!(r.unwrap_err().contains("chunk"));
+        assert_eq!(out, b"3\r\nabc\r\n");
     }
 
     /// A strict decoder of what the pump sends: only `hex CRLF data CRLF`, `0 CRLF CRLF`.

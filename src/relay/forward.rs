@@ -62,14 +62,11 @@ pub(crate) async fn serve<S: AgentStream>(
     loop {
         // Idle (or between requests), then the head: both within the head timeout.
         let deadline = Instant::now() + shared.config.head_timeout;
-        loop {
+        let judged = loop {
             if !inb.rbuf.is_empty() {
-                let mut slots = Slots::new();
-                if !matches!(
-                    head::Request::parse(&inb.rbuf, &mut slots, limits),
-                    Ok(None)
-                ) {
-                    break;
+                match judge(&inb.rbuf, shared) {
+                    Judged::Incomplete => {}
+                    judged => break judged,
                 }
             }
             tokio::select! {
@@ -80,10 +77,10 @@ pub(crate) async fn serve<S: AgentStream>(
                     _ => return None,
                 },
             }
-        }
+        };
         let started = Instant::now();
         let tally = Tally::default();
-        let after = match public(&mut inb, &mut spare, info, shared, soft, &tally).await {
+        let after = match public(&mut inb, judged, &mut spare, info, shared, soft, &tally).await {
             Public::After(after) => after,
             Public::Claim => {
                 // A copy: the read buffer itself must not stay behind a parked connection.
@@ -163,16 +160,18 @@ struct Refusal {
     len: usize,
 }
 
-/// Serve the request whose head is at the front of `inb.rbuf`.
+/// Serve the request whose head is at the front of `inb.rbuf`, as `judged`.
 async fn public<S: AgentStream>(
     inb: &mut Conn<S>,
+    judged: Judged,
     spare: &mut (BytesMut, BytesMut),
     info: &ConnInfo,
     shared: &Arc<Shared>,
     soft: &CancellationToken,
     tally: &Tally,
 ) -> Public {
-    let routed = match judge(&inb.rbuf, shared) {
+    let routed = match judged {
+        Judged::Incomplete => unreachable!("`serve` waits for a complete head"),
         Judged::Claim => return Public::Claim,
         Judged::BadHead(e) => {
             let text = format!("{e}\n");
@@ -258,19 +257,21 @@ async fn public<S: AgentStream>(
 
 /// What the relay makes of a request head.
 enum Judged {
+    /// More bytes are needed.
+    Incomplete,
     Claim,
     BadHead(HeadError),
     Refused(Refusal),
     Routed(Routed),
 }
 
-/// Read the complete head at the front of `buf`: an offer, a malformed head, a request the
+/// Read the head at the front of `buf` (if complete): an offer, a malformed head, a request the
 /// relay refuses itself (Host, route, framing), or where it goes.
 fn judge(buf: &[u8], shared: &Shared) -> Judged {
     let mut slots = Slots::new();
     let req = match head::Request::parse(buf, &mut slots, &shared.public_limits) {
         Ok(Some(r)) => r,
-        Ok(None) => unreachable!("`serve` waits for a complete head"),
+        Ok(None) => return Judged::Incomplete,
         Err(e) => return Judged::BadHead(e),
     };
     let fields = req.fields;
