@@ -95,11 +95,11 @@ run() {
     perf)
       {
         echo "# $label relay, perf record -g, GET 13 B c$conc, $reqs requests"
-        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort dso 2>/dev/null \
+        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
           | grep -v '^#' | grep '%' | head -8
         echo
-        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort sym -g none \
-          --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep '%' | head -40
+        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort dso,sym -g none \
+          --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep '%' | head -40
       } >"$PROFILE_DIR/$label.perf.txt"
       echo "$label relay profile: $PROFILE_DIR/$label.perf.txt"
       sed -n 2,5p "$PROFILE_DIR/$label.perf.txt"
