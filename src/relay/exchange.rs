@@ -68,3 +68,82 @@ impl Route for AgentRoute<'_> {
         format!("the agent went away: {why}\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::proto::head::Slots;
+    use crate::relay::Config;
+
+    /// The fields the route sends for `raw`: the client's it keeps, then its own.
+    fn fields(raw: &str, absolute: bool, http10: bool) -> String {
+        let registry = Registry::new(std::sync::Arc::new(Config::default()));
+        let route = AgentRoute {
+            registry: &registry,
+            name: "demo",
+            path: "/x?q",
+            queue_deadline: Instant::now(),
+            hop: Hop {
+                client: "192.0.2.7".parse().unwrap(),
+                proto: "https",
+                host: Some("demo.localhost"),
+                prefix: None,
+                trust: false,
+            },
+            absolute,
+            http10,
+        };
+        let mut slots = Slots::new();
+        let req = head::Request::parse(raw.as_bytes(), &mut slots, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = BytesMut::new();
+        route.target(req.target, &mut out).unwrap();
+        out.put_slice(b"\r\n");
+        for (name, value) in req.fields.iter() {
+            if !route.drops(name) {
+                out.put_slice(name.as_bytes());
+                out.put_slice(b": ");
+                out.put_slice(value);
+                out.put_slice(b"\r\n");
+            }
+        }
+        route.add_fields(&req, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// The head the relay sends on: the routed target, the routed authority as `Host` for an
+    /// absolute-form request, no expectation from HTTP/1.0, this hop's forwarding fields.
+    #[test]
+    fn request_heads_are_rewritten_for_the_agent() {
+        let got = fields(
+            "GET http://demo.localhost/x?q HTTP/1.0\r\nHost: ignored\r\nExpect: 100-continue\r\n\
+             Forwarded: for=6.6.6.6\r\n\r\n",
+            true,
+            true,
+        );
+        assert!(got.starts_with("/x?q\r\n"), "{got}");
+        assert!(got.contains("\nhost: demo.localhost\r\n"), "{got}");
+        assert!(!got.contains("ignored") && !got.contains("Expect"), "{got}");
+        assert!(
+            got.contains("forwarded: for=192.0.2.7;proto=https;host=\"demo.localhost\"\r\n"),
+            "{got}"
+        );
+        assert!(!got.contains("6.6.6.6"), "{got}");
+
+        // Origin form: the client's own Host stays; HTTP/1.1 keeps its expectation.
+        let got = fields(
+            "GET /x HTTP/1.1\r\nHost: demo.localhost:8080\r\nExpect: 100-continue\r\n\r\n",
+            false,
+            false,
+        );
+        assert!(got.contains("Host: demo.localhost:8080\r\n"), "{got}");
+        assert!(got.contains("Expect: 100-continue\r\n"), "{got}");
+        let hosts = got
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("host:"))
+            .count();
+        assert_eq!(hosts, 1, "{got}");
+    }
+}
