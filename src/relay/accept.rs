@@ -1,14 +1,15 @@
-//! The accept loop and the per-connection hyper server shared by agents and public clients.
+//! The accept loop, and where each connection goes: public traffic to the forwarding engine
+//! ([`super::forward`]), a PTTH offer to a hyper server for the claim ([`super::claim`]).
 //!
 //! Every accepted socket gets `TCP_NODELAY` (small responses must not wait for Nagle) and TCP
 //! keepalive (dead peers are found even when idle), and one permit of the connection cap
 //! ([`super::Config::max_connections`], the way mini-redis caps its connections): a socket
 //! accepted with no permit left is closed at once, before a byte is read (decisions D35). The
-//! permit is held while hyper serves the connection: for a public client until it closes, for
-//! an agent until its switch (a parked connection is counted by the registry instead).
+//! permit is held while the connection is served as HTTP: for a public client until it closes,
+//! for an agent until its switch (a parked connection is counted by the registry instead).
 //!
-//! A request carrying a PTTH offer is an agent claiming a name ([`super::claim`]); every other
-//! request is public and is forwarded ([`super::forward`]).
+//! The engine reads each request head first; a head that is a PTTH offer hands the connection,
+//! with the bytes read so far in front, to hyper for that one request (decisions D59).
 
 use std::convert::Infallible;
 use std::sync::Arc;
