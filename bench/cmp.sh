@@ -9,6 +9,11 @@
 # ptth-serve + ptth-connect on 127.0.0.1, wrk keep-alive GET 13 B at c64 and GET 64 KiB at c8
 # for DURATION seconds each (default 10), ROUNDS times (default 2), alternating the trees so
 # that machine drift hits both. Needs wrk. Everything stays on 127.0.0.1.
+#
+# PROFILE_DIR=DIR adds the relay's profile of each tree, after the rounds, on GET 13 B at c64:
+# one run under `strace -c -f` (syscalls per request: calls / wrk's requests; strace slows the
+# relay, so only the counts mean anything) and one under `perf record -g` (DIR/LABEL.perf.txt:
+# the kernel/user split and the top symbols). Needs strace and perf.
 set -euo pipefail
 
 BASE=${1:?usage: bench/cmp.sh BASE_TREE [CURRENT_TREE]}
@@ -45,9 +50,10 @@ ticks() { # pid -> utime+stime in clock ticks
 PIDS+=($!)
 wait_port "$UP_PORT"
 
-# run TREE LABEL PATH CONC -> prints one result line
+# run TREE LABEL PATH CONC [ATTACH] -> prints one result line; ATTACH (strace|perf) profiles
+# the relay over the measured run (see PROFILE_DIR above).
 run() {
-  local tree=$1 label=$2 path=$3 conc=$4
+  local tree=$1 label=$2 path=$3 conc=$4 attach=${5:-}
   "$tree/target/release/ptth-serve" --listen "127.0.0.1:$RELAY_PORT" >/dev/null 2>&1 &
   local relay=$!
   PIDS+=("$relay")
@@ -64,12 +70,41 @@ run() {
   # Warm up (the agent's pool grows to the concurrency), then measure.
   wrk -t2 -c"$conc" -d2s "$url" >/dev/null 2>&1
   local r0 a0 r1 a1 out
+  local prof=""
+  case "$attach" in
+    strace) strace -c -f -q -o "$PROFILE_DIR/$label.strace" -p "$relay" & prof=$! ;;
+    perf) perf record -q -g -o "$PROFILE_DIR/$label.perf.data" -p "$relay" >/dev/null 2>&1 & prof=$! ;;
+  esac
+  [ -n "$prof" ] && sleep 0.5
   r0=$(ticks "$relay"); a0=$(ticks "$agent")
   out=$(wrk -t2 -c"$conc" -d"${DURATION}s" "$url")
   r1=$(ticks "$relay"); a1=$(ticks "$agent")
+  if [ -n "$prof" ]; then
+    kill -INT "$prof" 2>/dev/null || true
+    wait "$prof" 2>/dev/null || true
+  fi
   local reqs rps
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  case "$attach" in
+    strace)
+      echo "$label relay syscalls per request (strace -c -f, $reqs requests):"
+      awk -v n="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %6.2f\n", $NF, $4 / n }' \
+        "$PROFILE_DIR/$label.strace" | sort -k2 -rn | head -8
+      ;;
+    perf)
+      {
+        echo "# $label relay, perf record -g, GET 13 B c$conc, $reqs requests"
+        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
+          | grep -v '^#' | grep '%' | head -8
+        echo
+        perf report -i "$PROFILE_DIR/$label.perf.data" --stdio --no-children --sort dso,sym -g none \
+          --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep '%' | head -40
+      } >"$PROFILE_DIR/$label.perf.txt"
+      echo "$label relay profile: $PROFILE_DIR/$label.perf.txt"
+      sed -n 2,5p "$PROFILE_DIR/$label.perf.txt"
+      ;;
+  esac
   kill "$agent" "$relay" 2>/dev/null || true
   wait "$agent" "$relay" 2>/dev/null || true
   awk -v l="$label" -v p="$path" -v c="$conc" -v n="$reqs" -v rps="$rps" -v hz="$HZ" \
@@ -89,3 +124,11 @@ for round in $(seq 1 "$ROUNDS"); do
     run "$CUR" current "$1" "$2"
   done
 done
+if [ -n "${PROFILE_DIR:-}" ]; then
+  mkdir -p "$PROFILE_DIR"
+  echo "-- relay profiles (GET 13 B c64)"
+  for attach in strace perf; do
+    run "$BASE" base hello 64 "$attach"
+    run "$CUR" current hello 64 "$attach"
+  done
+fi

@@ -541,6 +541,10 @@ pub fn h1_exchange(data: &[u8]) {
             continue_wait: Duration::from_millis(5),
             closing: &closing,
             tap: tapped.then_some(&CheckTap as &dyn h1::tap::Tap),
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         for _ in 0..8 {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {

@@ -44,7 +44,6 @@
 pub mod agent;
 pub mod dialer;
 pub mod error;
-mod expect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

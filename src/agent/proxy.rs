@@ -155,6 +155,10 @@ impl Proxy {
             continue_wait: CONTINUE_WAIT,
             closing: &closing,
             tap: Some(tap),
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         let mut inbound = Conn::new(server, b"", limits);
         let forward = async move {
@@ -243,6 +247,10 @@ impl Serve for Proxy {
                 continue_wait: CONTINUE_WAIT,
                 closing: &closing,
                 tap,
+                response_timeout: None,
+                trailers: false,
+                tally: None,
+                length_beside_chunked: false,
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request

@@ -45,6 +45,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
     }
 
+    /// A connection on `io` with buffers a caller keeps between connections (they come back
+    /// with [`Conn::into_parts`]), so that a stream waiting for its next use holds none.
+    pub(crate) fn with_buffers(io: IO, rbuf: BytesMut, wbuf: BytesMut, limits: &Limits) -> Self {
+        Conn {
+            io,
+            rbuf,
+            wbuf,
+            scratch: BytesMut::new(),
+            capacity: limits.buffer_bytes.max(limits.max_head_bytes),
+        }
+    }
+
+    /// The stream, the read buffer and the write buffer.
+    pub(crate) fn into_parts(self) -> (IO, BytesMut, BytesMut) {
+        (self.io, self.rbuf, self.wbuf)
+    }
+
     /// One read appended to the read buffer: the count, 0 at EOF.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < self.capacity / 4 {

@@ -12,10 +12,12 @@
 //! this hop's own (`Content-Length`, or `chunked`), and the [`Route`] decides the target and
 //! the fields it adds or drops; nothing here knows which side is the relay or the agent. The
 //! request body and the response run at the same time in one task (an upstream may answer
-//! while it reads, or before), with `Expect: 100-continue` held as `crate::expect` does.
+//! while it reads, or before), with `Expect: 100-continue` held back until the next hop answers `100` or the wait passes
+//! (decisions D34).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -118,6 +120,90 @@ pub(crate) struct Settings<'a> {
     pub(crate) closing: &'a (dyn Fn() -> bool + Sync),
     /// An observer of each exchange (the agent's inspector), or `None`: see `super::tap`.
     pub(crate) tap: Option<&'a dyn Tap>,
+    /// How long the next hop may take to start its response once the request body has gone
+    /// (then `504`); `None`: as long as it likes.
+    pub(crate) response_timeout: Option<Duration>,
+    /// Pass chunked bodies' trailer fields on both ways, and `TE: trailers` when the client
+    /// sent it (so the next hop may send trailers); otherwise both are dropped (D37).
+    pub(crate) trailers: bool,
+    /// Where the exchange reports its status and body bytes, for the caller's metrics.
+    pub(crate) tally: Option<&'a Tally>,
+    /// A request with both `Content-Length` and `Transfer-Encoding` is framed by the coding
+    /// and the connection closes after it (RFC 9112 §6.1, decisions D16); otherwise it is a
+    /// `400`.
+    pub(crate) length_beside_chunked: bool,
+}
+
+/// What one exchange did: the status the client got (the next hop's or this hop's own) and the
+/// body bytes that went each way. Written by [`exchange`] before it returns.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    status: AtomicU16,
+    up: AtomicU64,
+    down: AtomicU64,
+    /// When the tally was made (the request's start, for the caller).
+    started: Instant,
+    /// Microseconds from `started` to the response head (0: none yet).
+    head_micros: AtomicU64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            status: AtomicU16::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            started: Instant::now(),
+            head_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Tally {
+    /// When the tally was made.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// From [`Tally::started`] to the response head (or to now, if none was written).
+    pub(crate) fn head(&self) -> Duration {
+        match self.head_micros.load(Ordering::Relaxed) {
+            0 => self.started.elapsed(),
+            us => Duration::from_micros(us),
+        }
+    }
+
+    fn mark_head(&self) {
+        let us = (self.started.elapsed().as_micros() as u64).max(1);
+        self.head_micros.store(us, Ordering::Relaxed);
+    }
+    /// The final status sent to the client; `None` if none was (the connection was cut).
+    pub(crate) fn status(&self) -> Option<StatusCode> {
+        StatusCode::from_u16(self.status.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Request body bytes sent to the next hop.
+    pub(crate) fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Response body bytes sent to the client.
+    pub(crate) fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// The client got `status`, with no body bytes forwarded (an answer of the caller's own).
+    pub(crate) fn answered(&self, status: StatusCode) {
+        self.mark_head();
+        self.set(Some(status), 0, 0);
+    }
+
+    fn set(&self, status: Option<StatusCode>, up: u64, down: u64) {
+        self.status
+            .store(status.map_or(0, |s| s.as_u16()), Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
+    }
 }
 
 /// Forward one request from `inb` to the next hop (`out`, dialled by the route when absent or
@@ -149,9 +235,20 @@ async fn run<I: ByteStream, R: Route>(
 ) -> After {
     let limits = settings.limits;
     let closing = settings.closing;
+    let tally = settings.tally;
+    if let Some(t) = tally {
+        t.set(None, 0, 0);
+    }
     let mut deadline = None;
     let plan = loop {
-        match plan(&inb.rbuf, &mut inb.scratch, route, limits) {
+        match plan(
+            &inb.rbuf,
+            &mut inb.scratch,
+            route,
+            limits,
+            settings.trailers,
+            settings.length_beside_chunked,
+        ) {
             Ok(Some((plan, len))) => {
                 if let Some(tap) = settings.tap {
                     *cap = Some(Capture::new(&inb.rbuf[..len], tap.body_limit()));
@@ -167,7 +264,7 @@ async fn run<I: ByteStream, R: Route>(
                     *cap = Some(Capture::new(&inb.rbuf[..r.consumed], tap.body_limit()));
                 }
                 bytes::Buf::advance(&mut inb.rbuf, r.consumed);
-                return answer(inb, r, cap).await;
+                return answer(inb, r, cap, tally).await;
             }
         }
         let at = *deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
@@ -197,7 +294,7 @@ async fn run<I: ByteStream, R: Route>(
                     consumed: 0,
                     keep: plan.framing == Framing::Empty && plan.keep_alive,
                 };
-                return answer(inb, r, cap).await;
+                return answer(inb, r, cap, tally).await;
             }
         },
     };
@@ -205,8 +302,12 @@ async fn run<I: ByteStream, R: Route>(
     if let Some(cap) = cap.as_mut() {
         cap.sent = Some(Instant::now());
     }
-    let mut flow = Flow::new(plan, settings.continue_wait, settings.response_limits, cap);
+    let mut flow = Flow::new(plan, settings, cap);
     let res = std::future::poll_fn(|cx| flow.poll(cx, inb, next, closing)).await;
+    if let Some(t) = tally {
+        let (up, down) = flow.bytes();
+        t.set(flow.status, up, down);
+    }
     if let (Err(e), Some(cap)) = (&res, flow.cap.as_mut()) {
         cap.failed = Some(e.to_string());
     }
@@ -222,19 +323,22 @@ async fn run<I: ByteStream, R: Route>(
                 keep: false,
                 consumed: 0,
             };
-            return answer(inb, r, cap).await;
+            return answer(inb, r, cap, tally).await;
         }
         Err(Failed::Outbound(e)) if !flow.answered => {
             debug!(error = %e, "next hop failed");
             *out = None;
             let r = Reject {
-                status: StatusCode::BAD_GATEWAY,
+                status: match e {
+                    OutboundError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
                 text: route.failed(&e),
                 // The inbound side is intact if its request was read whole.
                 keep: flow.keep_in && matches!(flow.up, Up::Done),
                 consumed: 0,
             };
-            return answer(inb, r, cap).await;
+            return answer(inb, r, cap, tally).await;
         }
         Err(e) => {
             // Part of the response went: all that is left is to cut both connections.
@@ -263,6 +367,8 @@ fn plan<R: Route>(
     out: &mut BytesMut,
     route: &R,
     limits: &Limits,
+    trailers: bool,
+    length_beside_chunked: bool,
 ) -> Result<Option<(Plan, usize)>, Reject> {
     if buf.is_empty() {
         return Ok(None);
@@ -271,7 +377,11 @@ fn plan<R: Route>(
     let Some(req) = head::Request::parse(buf, &mut slots, limits).map_err(Reject::head)? else {
         return Ok(None);
     };
-    let framing = req.framing().map_err(Reject::head)?;
+    let (framing, conflict) = if length_beside_chunked {
+        req.forward_framing().map_err(Reject::head)?
+    } else {
+        (req.framing().map_err(Reject::head)?, false)
+    };
     let fields = req.fields;
     let options = |name: &str| connection_names(fields.get_all("connection"), name);
     let has_connection = fields.get_all("connection").next().is_some();
@@ -280,7 +390,7 @@ fn plan<R: Route>(
     let plan = Plan {
         framing,
         head_request: req.method == "HEAD",
-        keep_alive: !http10 && !options("close"),
+        keep_alive: !http10 && !options("close") && !conflict,
         http10,
         upgrade,
         expect_continue: !upgrade
@@ -311,6 +421,9 @@ fn plan<R: Route>(
         put_field(out, name, value);
     }
     route.add_fields(&req, out);
+    if trailers && connection_names(fields.get_all("te"), "trailers") {
+        out.put_slice(b"te: trailers\r\n");
+    }
     if upgrade {
         for v in fields.get_all("upgrade") {
             put_field(out, "upgrade", v);
@@ -367,16 +480,29 @@ enum OutboundError {
     Read(#[source] std::io::Error),
     #[error("writing: {0}")]
     Write(#[source] std::io::Error),
-    #[error("101 Switching Protocols with no Upgrade, or to a request that asked for none")]
+    #[error("the next hop switched protocols with no Upgrade, or on a request that asked for none")]
     UnaskedSwitch,
+    #[error("no response within {0:?} of the end of the request")]
+    Timeout(Duration),
 }
 
 /// Both directions of one exchange, polled together.
 struct Flow<'l> {
     plan: Plan,
+    /// Told when the response head goes ([`Settings::tally`]).
+    tally: Option<&'l Tally>,
     limits: &'l Limits,
     /// What the tap is shown, if there is one.
     cap: &'l mut Option<Capture>,
+    /// Pass trailer fields on ([`Settings::trailers`]).
+    trailers: bool,
+    response_timeout: Option<Duration>,
+    /// Runs from the end of the request body until the response head.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// The final status composed for the inbound side.
+    status: Option<StatusCode>,
+    /// Body bytes of finished pumps: request, response.
+    moved: (u64, u64),
     /// One direction moved the other on (a `100` let the body go): poll again.
     nudged: bool,
     up: Up,
@@ -391,20 +517,25 @@ struct Flow<'l> {
 }
 
 impl<'l> Flow<'l> {
-    fn new(
-        plan: Plan,
-        continue_wait: Duration,
-        limits: &'l Limits,
-        cap: &'l mut Option<Capture>,
-    ) -> Self {
+    fn new(plan: Plan, settings: &Settings<'l>, cap: &'l mut Option<Capture>) -> Self {
         let up = if plan.expect_continue {
-            Up::Held(Box::pin(tokio::time::sleep(continue_wait)))
+            Up::Held(Box::pin(tokio::time::sleep(settings.continue_wait)))
         } else {
-            Up::Body(Pump::new(plan.framing, encode_as(plan.framing)))
+            Up::Body(pump(
+                plan.framing,
+                encode_as(plan.framing),
+                settings.trailers,
+            ))
         };
         Flow {
             plan,
-            limits,
+            tally: settings.tally,
+            limits: settings.response_limits,
+            trailers: settings.trailers,
+            response_timeout: settings.response_timeout,
+            head_timer: None,
+            status: None,
+            moved: (0, 0),
             cap,
             nudged: false,
             up,
@@ -415,6 +546,18 @@ impl<'l> Flow<'l> {
             reuse_out: true,
             switched: false,
         }
+    }
+
+    /// Body bytes moved so far: request, response.
+    fn bytes(&self) -> (u64, u64) {
+        let (mut up, mut down) = self.moved;
+        if let Up::Body(p) = &self.up {
+            up += p.moved;
+        }
+        if let Down::Body(p) = &self.down {
+            down += p.moved;
+        }
+        (up, down)
     }
 
     fn poll<I: ByteStream, O: ByteStream>(
@@ -460,7 +603,10 @@ impl<'l> Flow<'l> {
                 Up::Body(pump) => {
                     let tee = self.cap.as_mut().map(|c| &mut c.request_body);
                     match ready!(pump.poll_tee(cx, inb, out, tee)) {
-                        Ok(()) => self.up = Up::Done,
+                        Ok(()) => {
+                            self.moved.0 += pump.moved;
+                            self.up = Up::Done;
+                        }
                         Err(PumpError::Write(e)) => {
                             // The next hop stopped reading: it may still answer. The body is
                             // read to its end and dropped, and the next hop is not reused.
@@ -483,7 +629,11 @@ impl<'l> Flow<'l> {
                 inb.wbuf.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
             self.continued = true;
-            self.up = Up::Body(Pump::new(self.plan.framing, encode_as(self.plan.framing)));
+            self.up = Up::Body(pump(
+                self.plan.framing,
+                encode_as(self.plan.framing),
+                self.trailers,
+            ));
         }
     }
 
@@ -503,8 +653,20 @@ impl<'l> Flow<'l> {
                     if self.head(inb, out, closing).map_err(outbound)? {
                         continue;
                     }
-                    let n =
-                        ready!(out.poll_fill(cx)).map_err(|e| outbound(OutboundError::Read(e)))?;
+                    let n = match out.poll_fill(cx) {
+                        Poll::Ready(r) => r.map_err(|e| outbound(OutboundError::Read(e)))?,
+                        Poll::Pending => {
+                            if let (Up::Done, Some(d)) = (&self.up, self.response_timeout) {
+                                let t = self
+                                    .head_timer
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                                if t.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(Err(outbound(OutboundError::Timeout(d))));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     if n == 0 {
                         return Poll::Ready(Err(outbound(OutboundError::Closed)));
                     }
@@ -513,6 +675,7 @@ impl<'l> Flow<'l> {
                     let tee = self.cap.as_mut().map(|c| &mut c.response_body);
                     match ready!(pump.poll_tee(cx, out, inb, tee)) {
                         Ok(()) => {
+                            self.moved.1 += pump.moved;
                             self.down = Down::Done;
                             if !matches!(self.up, Up::Done) {
                                 // Answered before the request body was all read: what is left of
@@ -565,7 +728,11 @@ impl<'l> Flow<'l> {
                 }
                 self.continued = true;
                 if let Up::Held(_) = self.up {
-                    self.up = Up::Body(Pump::new(self.plan.framing, encode_as(self.plan.framing)));
+                    self.up = Up::Body(pump(
+                        self.plan.framing,
+                        encode_as(self.plan.framing),
+                        self.trailers,
+                    ));
                     self.nudged = true;
                 }
             } else if !self.plan.http10 {
@@ -582,7 +749,7 @@ impl<'l> Flow<'l> {
         }
         if let Up::Held(_) = self.up {
             // A final answer before the body was asked for: it is never sent. Both sides were
-            // told a body follows, so neither connection is reused (`crate::expect`).
+            // told a body follows, so neither connection is reused (D34).
             self.up = Up::Done;
             self.nudged = true;
             self.keep_in = false;
@@ -594,6 +761,10 @@ impl<'l> Flow<'l> {
                 return Err(OutboundError::UnaskedSwitch);
             }
             self.answered = true;
+            self.status = Some(status);
+            if let Some(t) = self.tally {
+                t.mark_head();
+            }
             put_status(&mut inb.wbuf, &res);
             put_fields(&mut inb.wbuf, res.fields, false);
             for v in res.fields.get_all("upgrade") {
@@ -630,6 +801,10 @@ impl<'l> Flow<'l> {
         // The length of a HEAD or 304 response describes the representation, not this body.
         let keeps_length = self.plan.head_request || status == StatusCode::NOT_MODIFIED;
         self.answered = true;
+        self.status = Some(status);
+        if let Some(t) = self.tally {
+            t.mark_head();
+        }
         put_status(&mut inb.wbuf, &res);
         put_fields(&mut inb.wbuf, res.fields, keeps_length && !conflict);
         match (framing, enc) {
@@ -645,9 +820,15 @@ impl<'l> Flow<'l> {
         }
         inb.wbuf.put_slice(b"\r\n");
         bytes::Buf::advance(&mut out.rbuf, len);
-        self.down = Down::Body(Pump::new(framing, enc));
+        self.down = Down::Body(pump(framing, enc, self.trailers));
         Ok(true)
     }
+}
+
+/// A pump that passes trailer fields on if `trailers`.
+fn pump(framing: Framing, enc: Encode, trailers: bool) -> Pump {
+    let p = Pump::new(framing, enc);
+    if trailers { p.passing_trailers() } else { p }
 }
 
 /// A request body goes on as it came: chunked stays chunked (framed again), a length stays.
@@ -716,26 +897,58 @@ pub(crate) fn put_decimal(out: &mut BytesMut, mut n: u64) {
 
 /// Answer the request at hand with `r` (plain text) and say what becomes of the connection:
 /// kept only if the rejection allows it and the write went.
-async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject, cap: &mut Option<Capture>) -> After {
-    let keep = r.keep;
-    let w = &mut inb.wbuf;
-    let from = w.len();
+async fn answer<I: ByteStream>(
+    inb: &mut Conn<I>,
+    r: Reject,
+    cap: &mut Option<Capture>,
+    tally: Option<&Tally>,
+) -> After {
+    if let Some(t) = tally {
+        t.answered(r.status);
+    }
+    let from = inb.wbuf.len();
+    put_reply_head(&mut inb.wbuf, r.status, b"", r.text.len(), r.keep);
+    if let Some(cap) = cap.as_mut() {
+        cap.answered = Some(Instant::now());
+        cap.response_head = inb.wbuf[from..].to_vec();
+        cap.response_body.see(r.text.as_bytes());
+    }
+    inb.wbuf.put_slice(r.text.as_bytes());
+    sent(inb, r.keep).await
+}
+
+/// Answer the request at hand with this hop's own plain-text response (`fields`: more field
+/// lines, each ending in CRLF) and say what becomes of the connection: kept only if `keep`
+/// and the write went. The caller has consumed the request (or gives up the connection).
+pub(crate) async fn reply<I: ByteStream>(
+    inb: &mut Conn<I>,
+    status: StatusCode,
+    fields: &[u8],
+    text: &str,
+    keep: bool,
+) -> After {
+    put_reply_head(&mut inb.wbuf, status, fields, text.len(), keep);
+    inb.wbuf.put_slice(text.as_bytes());
+    sent(inb, keep).await
+}
+
+/// The head of this hop's own plain-text answer.
+fn put_reply_head(w: &mut BytesMut, status: StatusCode, fields: &[u8], len: usize, keep: bool) {
     w.put_slice(b"HTTP/1.1 ");
-    w.put_slice(r.status.as_str().as_bytes());
+    w.put_slice(status.as_str().as_bytes());
     w.put_u8(b' ');
-    w.put_slice(r.status.canonical_reason().unwrap_or("").as_bytes());
+    w.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     w.put_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-    put_length(w, r.text.len() as u64);
+    put_length(w, len as u64);
+    w.put_slice(fields);
     if !keep {
         w.put_slice(b"connection: close\r\n");
     }
     w.put_slice(b"\r\n");
-    if let Some(cap) = cap.as_mut() {
-        cap.answered = Some(Instant::now());
-        cap.response_head = w[from..].to_vec();
-        cap.response_body.see(r.text.as_bytes());
-    }
-    w.put_slice(r.text.as_bytes());
+}
+
+/// Write what is composed; the connection is kept if `keep` and the write went.
+async fn sent<I: ByteStream>(inb: &mut Conn<I>, keep: bool) -> After {
     match inb.flush().await {
         Ok(()) if keep => After::KeepAlive,
         _ => After::Close,
@@ -743,8 +956,13 @@ async fn answer<I: ByteStream>(inb: &mut Conn<I>, r: Reject, cap: &mut Option<Ca
 }
 
 /// After a `101` ([`After::Switched`]): the bytes each side already sent past its head, then
-/// bytes both ways until either side closes.
-pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(mut inb: Conn<I>, mut out: Conn<O>) {
+/// bytes both ways until either side closes. Returns the bytes copied inbound -> outbound and
+/// back (0, 0 if the tunnel failed).
+pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(
+    mut inb: Conn<I>,
+    mut out: Conn<O>,
+) -> (u64, u64) {
+    let early = (inb.rbuf.len() as u64, out.rbuf.len() as u64);
     let res = async {
         inb.io.write_all(&out.rbuf).await?;
         inb.io.flush().await?;
@@ -754,8 +972,14 @@ pub(crate) async fn tunnel<I: ByteStream, O: ByteStream>(mut inb: Conn<I>, mut o
     }
     .await;
     match res {
-        Ok((up, down)) => debug!(up, down, "upgraded stream closed"),
-        Err(e) => debug!(error = %e, "upgraded stream failed"),
+        Ok((up, down)) => {
+            debug!(up, down, "upgraded stream closed");
+            (up + early.0, down + early.1)
+        }
+        Err(e) => {
+            debug!(error = %e, "upgraded stream failed");
+            (0, 0)
+        }
     }
 }
 
@@ -866,6 +1090,10 @@ mod tests {
             continue_wait: Duration::from_secs(1),
             closing: &closing,
             tap: None,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         let mut afters = Vec::new();
         for _ in 0..n {
@@ -1133,6 +1361,10 @@ mod tests {
             continue_wait: Duration::from_secs(1),
             closing: &closing,
             tap: None,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         for _ in 0..3 {
             assert_eq!(
@@ -1177,6 +1409,10 @@ mod tests {
             continue_wait: Duration::from_secs(1),
             closing: &closing,
             tap: None,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1248,6 +1484,10 @@ mod tests {
             continue_wait: Duration::from_secs(1),
             closing: &closing,
             tap: None,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1292,6 +1532,10 @@ mod tests {
             continue_wait: Duration::from_secs(1),
             closing: &closing,
             tap,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
         };
         exchange(&mut inb, &mut out, &route, &settings).await;
         drop((inb, out, route));

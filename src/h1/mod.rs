@@ -22,4 +22,6 @@ pub(crate) mod tap;
 pub(crate) use conn::Conn;
 #[cfg(test)]
 pub(crate) use exchange::ErrorChain;
-pub(crate) use exchange::{After, BoxError, Route, Settings, exchange, tunnel};
+pub(crate) use exchange::{
+    After, BoxError, Route, Settings, Tally, exchange, put_decimal, reply, tunnel,
+};

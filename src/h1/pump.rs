@@ -56,6 +56,13 @@ pub(crate) struct Pump {
     ended: bool,
     /// The destination is gone: read the body to its end and drop it.
     drain: bool,
+    /// The last chunk (`0\r\n`) is composed: trailer fields follow it.
+    last_chunk: bool,
+    /// Content bytes written to the destination so far.
+    pub(crate) moved: u64,
+    /// The source sent bad framing: what was taken before it goes out first, so the next hop
+    /// sees the body cut where it went bad.
+    failed: Option<BodyError>,
 }
 
 impl Pump {
@@ -69,7 +76,18 @@ impl Pump {
             chunk_open: false,
             ended,
             drain: false,
+            last_chunk: false,
+            moved: 0,
+            failed: None,
         }
+    }
+
+    /// Pass a chunked body's trailer fields on (the default drops them, decisions D37).
+    pub(crate) fn passing_trailers(mut self) -> Self {
+        if self.enc == Encode::Chunked {
+            self.dec.pass_trailers();
+        }
+        self
     }
 
     /// Stop writing: the rest of the body is read and dropped.
@@ -107,6 +125,13 @@ impl Pump {
         D: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
+            if self.failed.is_some() {
+                if !self.drain {
+                    // The flush's own failure does not matter: the framing error is the news.
+                    let _ = ready!(dst.poll_flush(cx));
+                }
+                return Poll::Ready(Err(PumpError::Framing(self.failed.take().expect("set"))));
+            }
             if self.drain {
                 src.rbuf.advance(self.pending);
                 self.pending = 0;
@@ -118,7 +143,14 @@ impl Pump {
                 if self.dec.is_done() {
                     self.end(dst);
                 } else if !src.rbuf.is_empty() {
-                    match self.dec.next_piece(&src.rbuf)? {
+                    let piece = match self.dec.next_piece(&src.rbuf) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.failed = Some(e);
+                            continue;
+                        }
+                    };
+                    match piece {
                         Piece::Data { skip, len } => {
                             src.rbuf.advance(skip);
                             self.pending = len;
@@ -130,6 +162,17 @@ impl Pump {
                         Piece::Done { used } => {
                             src.rbuf.advance(used);
                             self.end(dst);
+                        }
+                        Piece::Trailer { skip, len, end } => {
+                            if !self.drain {
+                                if !self.last_chunk {
+                                    dst.wbuf.put_slice(b"0\r\n");
+                                    self.last_chunk = true;
+                                }
+                                dst.wbuf.put_slice(&src.rbuf[skip..skip + len]);
+                                dst.wbuf.put_slice(b"\r\n");
+                            }
+                            src.rbuf.advance(end);
                         }
                         Piece::More { used } => src.rbuf.advance(used),
                     }
@@ -143,6 +186,7 @@ impl Pump {
                 }
                 src.rbuf.advance(n);
                 self.pending -= n;
+                self.moved += n as u64;
                 if self.pending == 0 && self.chunk_open {
                     self.chunk_open = false;
                     dst.wbuf.put_slice(b"\r\n");
@@ -171,7 +215,11 @@ impl Pump {
     fn end<D>(&mut self, dst: &mut Conn<D>) {
         self.ended = true;
         if self.enc == Encode::Chunked && !self.drain {
-            dst.wbuf.put_slice(b"0\r\n\r\n");
+            dst.wbuf.put_slice(if self.last_chunk {
+                b"\r\n"
+            } else {
+                b"0\r\n\r\n"
+            });
         }
     }
 }
@@ -207,6 +255,14 @@ pub(crate) mod tests {
         framing: Framing,
         enc: Encode,
     ) -> (Result<(), String>, Vec<u8>, Vec<u8>) {
+        copy_with(input, split, Pump::new(framing, enc)).await
+    }
+
+    async fn copy_with(
+        input: &[u8],
+        split: usize,
+        mut pump: Pump,
+    ) -> (Result<(), String>, Vec<u8>, Vec<u8>) {
         let (src_io, mut feed) = tokio::io::duplex(1 << 20);
         let (dst_io, mut sink) = tokio::io::duplex(1 << 20);
         let mut src = Conn::new(src_io, b"", &Limits::default());
@@ -218,7 +274,6 @@ pub(crate) mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let mut pump = Pump::new(framing, enc);
         let res = std::future::poll_fn(|cx| pump.poll(cx, &mut src, &mut dst)).await;
         writer.await.unwrap();
         let rest = src.rbuf.to_vec();
@@ -277,6 +332,52 @@ pub(crate) mod tests {
         assert!(r.unwrap_err().contains("chunk"));
         let (r, _, _) = copy(b"5\r\nab", 4, Framing::Chunked, Encode::Chunked).await;
         assert!(r.unwrap_err().contains("ended early"));
+    }
+
+    #[tokio::test]
+    async fn trailers_pass_when_asked_and_bad_ones_are_errors() {
+        let body: &[u8] = b"3\r\nabc\r\n0\r\nX-Sum: 7\r\nX-B:\tv w\n\r\nNEXT";
+        for split in [1, 2, 5, 1000] {
+            let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+            let (r, out, rest) = copy_with(body, split, pump).await;
+            assert_eq!(r, Ok(()), "split {split}");
+            let tail = b"0\r\nX-Sum: 7\r\nX-B:\tv w\r\n\r\n";
+            assert!(out.ends_with(tail), "split {split}: {out:?}");
+            let mut chunks = out[..out.len() - tail.len()].to_vec();
+            chunks.extend_from_slice(b"0\r\n\r\n");
+            assert_eq!(decode_chunked(&chunks), b"abc", "split {split}");
+            assert!(b"NEXT".starts_with(&rest), "split {split}: {rest:?}");
+            // Dropped by default (D37).
+            let (r, out, _) = copy(body, split, Framing::Chunked, Encode::Chunked).await;
+            assert_eq!((r, decode_chunked(&out)), (Ok(()), b"abc".to_vec()));
+        }
+        // No trailers: the last chunk as always.
+        let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+        let (r, out, _) = copy_with(b"0\r\n\r\n", 1, pump).await;
+        assert_eq!((r, &out[..]), (Ok(()), &b"0\r\n\r\n"[..]));
+        for bad in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nA b: v\r\n\r\n",
+            b"0\r\nA: \x01\r\n\r\n",
+        ] {
+            let pump = Pump::new(Framing::Chunked, Encode::Chunked).passing_trailers();
+            let (r, _, _) = copy_with(bad, 3, pump).await;
+            assert!(r.unwrap_err().contains("trailer"), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_was_taken_before_bad_framing_goes_out() {
+        let (r, out, _) = copy(
+            b"3\r\nabc\r\nzz\r\n",
+            1000,
+            Framing::Chunked,
+            Encode::Chunked,
+        )
+        .await;
+        assert!(r.unwrap_err().contains("chunk"));
+        assert_eq!(out, b"3\r\nabc\r\n");
     }
 
     /// A strict decoder of what the pump sends: only `hex CRLF data CRLF`, `0 CRLF CRLF`.

@@ -200,31 +200,6 @@ where
         res
     }
 
-    /// Send one last request on this connection and let the client go at once, so that
-    /// hyper's connection finishes as soon as this exchange is complete (for a caller that
-    /// takes the stream back then, see `reverse_parts`). The request is prepared and the
-    /// response checked as in [`ReversedClient::try_send`]; the future yields the response and
-    /// whether the connection may be reused ([`ReversedClient::reusable`]).
-    ///
-    /// The client is dropped before the exchange starts, not after its response: dropping it
-    /// later would wake the connection's task once more for every exchange.
-    pub(crate) fn try_send_last(
-        mut self,
-        mut req: Request<B>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, bool), TrySendError<Request<B>>>>
-    + Send
-    + 'static {
-        self.prepare(&mut req);
-        let retired = self.retired;
-        let sent = self.sender.try_send_request(req);
-        drop(self);
-        async move {
-            let mut res = sent.await?;
-            let (conflicting, keep_alive) = check_framing(&mut res);
-            Ok((res, !retired && !conflicting && keep_alive))
-        }
-    }
-
     /// Whether the connection may carry another request once the last response has been read
     /// whole: its framing was clean and the dialer kept the connection open (HTTP/1.1 without
     /// `Connection: close`, RFC 9112 §9.3).

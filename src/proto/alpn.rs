@@ -84,7 +84,7 @@ impl AlpnId {
                 };
                 out.push(hi << 4 | lo);
                 rest = tail;
-            } else if is_tchar(*b) {
+            } else if tokens::is_tchar(*b) {
                 out.push(*b);
                 rest = tail;
             } else {
@@ -103,7 +103,7 @@ impl AlpnId {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(self.0.len());
         for &b in self.0.iter() {
-            if is_tchar(b) && b != b'%' {
+            if tokens::is_tchar(b) && b != b'%' {
                 out.push(char::from(b));
             } else {
                 out.push('%');
@@ -171,11 +171,6 @@ pub(crate) fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// `tchar` (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

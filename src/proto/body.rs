@@ -59,6 +59,16 @@ pub enum Piece {
         /// Bytes consumed.
         used: usize,
     },
+    /// `input[skip..skip + len]` is one trailer field line, without its line end; everything
+    /// up to `end` is consumed. Only from a decoder told to [`BodyDecoder::pass_trailers`].
+    Trailer {
+        /// Framing bytes before the line (the last chunk's size line).
+        skip: usize,
+        /// The field line's length.
+        len: usize,
+        /// Bytes consumed, the line end included.
+        end: usize,
+    },
     /// The body ended after `used` bytes; what follows is not the body's.
     Done {
         /// Bytes consumed.
@@ -79,6 +89,8 @@ pub struct BodyDecoder {
     truncate: bool,
     out: BytesMut,
     truncated: bool,
+    /// Trailer fields are handed out as [`Piece::Trailer`] instead of dropped.
+    pass_trailers: bool,
 }
 
 impl BodyDecoder {
@@ -98,7 +110,14 @@ impl BodyDecoder {
             truncate,
             out: BytesMut::new(),
             truncated: false,
+            pass_trailers: false,
         }
+    }
+
+    /// Hand trailer fields out as [`Piece::Trailer`] (each checked to be a field line), for a
+    /// hop that passes them on; the default drops them.
+    pub fn pass_trailers(&mut self) {
+        self.pass_trailers = true;
     }
 
     /// Whether the whole body has been read.
@@ -139,6 +158,7 @@ impl BodyDecoder {
                     self.keep(&input[start..start + len])?;
                     used = start + len;
                 }
+                Piece::Trailer { end, .. } => used += end,
                 Piece::More { used: n } => return Ok((used + n, false)),
                 Piece::Done { used: n } => return Ok((used + n, true)),
             }
@@ -245,6 +265,16 @@ impl BodyDecoder {
                     } else {
                         State::Trailers { seen, scanned: 0 }
                     };
+                    if line > 0 && self.pass_trailers {
+                        if !is_field_line(&buf[..line]) {
+                            return Err(BodyError::BadChunk("invalid trailer field"));
+                        }
+                        return Ok(Piece::Trailer {
+                            skip: used - line - eol,
+                            len: line,
+                            end: used,
+                        });
+                    }
                 }
             }
         }
@@ -262,6 +292,20 @@ impl BodyDecoder {
         self.out.extend_from_slice(&data[..data.len().min(room)]);
         Ok(())
     }
+}
+
+/// `name: value` with a token name and no control bytes but tab in the value (RFC 9110 §5.1,
+/// §5.5): what a trailer line must be to be passed on as it came.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|&b| crate::proto::tokens::is_tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// [`line_end`], when the first `scanned` bytes are known to hold no `\n`. A `\r` at the

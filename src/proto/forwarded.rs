@@ -2,15 +2,16 @@
 //! `X-Forwarded-For`, `-Host`, `-Proto` and `-Prefix`.
 //!
 //! Pure functions of what the hop knows (the client's address, the scheme it came in on, the
-//! authority it asked for, the path prefix the hop removed), so the rules are unit-tested here
-//! and the relay only calls [`request_head`].
+//! authority it asked for, the path prefix the hop removed), so the rules are unit-tested here;
+//! the relay's engine route asks [`Hop::drops`] which of the client's fields to leave out and
+//! lets [`Hop::write`] write this hop's.
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version, request};
+use bytes::{BufMut, BytesMut};
+use http::header::{HeaderName, HeaderValue};
 
-use super::hop::{Keep, strip_hop_by_hop};
+use super::head::Fields;
 
 /// `X-Forwarded-For`: the client's address.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,123 +40,123 @@ pub const QUEUE_WAIT_FIELD: &str = "ptth-queue-wait";
 /// brackets and, because `[`, `:` and `]` are not token characters, in quotes (§6, §4:
 /// `for="[2001:db8::1]"`). `host` is always quoted; a host with a `"` or `\` would need
 /// escaping and is left out instead (`Host` values never hold them: RFC 9112 §3.2).
+#[cfg(test)]
 pub fn element(client: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
-    let node = if client.is_ipv6() {
-        format!("\"[{client}]\"")
-    } else {
-        client.to_string()
-    };
-    let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host.and_then(|h| h.to_str().ok())
-        && !h.contains(['"', '\\'])
-    {
-        fwd.push_str(&format!(";host=\"{h}\""));
-    }
-    fwd
+    let mut out = BytesMut::new();
+    put_element(&mut out, client, proto, host.and_then(|h| h.to_str().ok()));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Set `Forwarded` and `X-Forwarded-*` for a request from `client` that came in on `proto`
-/// (`http`/`https`) for `host`, with `prefix` removed from its path.
-///
-/// Fields the client sent are dropped, unless `trust` (the client is itself a trusted proxy):
-/// then this hop's `Forwarded` element and address are appended to the first `Forwarded` and
-/// `X-Forwarded-For` lines (`, `-separated), and its `X-Forwarded-Host` and `-Proto` are kept.
-/// `X-Forwarded-Prefix` is this hop's prefix when it removed one.
-pub fn set(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-    prefix: Option<&str>,
-    trust: bool,
-) {
-    let append = |headers: &mut HeaderMap, name: HeaderName, value: String| {
-        let prev = if trust {
-            headers
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        } else {
-            None
-        };
-        let v = match prev {
-            Some(p) => format!("{p}, {value}"),
-            None => value,
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(name, v);
-        }
+fn put_element(out: &mut BytesMut, client: IpAddr, proto: &str, host: Option<&str>) {
+    use std::fmt::Write;
+    // Writing to a BytesMut cannot fail.
+    let _ = if client.is_ipv6() {
+        write!(out, "for=\"[{client}]\"")
+    } else {
+        write!(out, "for={client}")
     };
-    append(headers, header::FORWARDED, element(client, proto, host));
-    append(headers, X_FORWARDED_FOR, client.to_string());
-    if !trust {
-        headers.remove(X_FORWARDED_HOST);
-        headers.remove(X_FORWARDED_PROTO);
-        headers.remove(X_FORWARDED_PREFIX);
-    }
+    out.put_slice(b";proto=");
+    out.put_slice(proto.as_bytes());
     if let Some(h) = host
-        && (!trust || !headers.contains_key(X_FORWARDED_HOST))
+        && !h.contains(['"', '\\'])
     {
-        headers.insert(X_FORWARDED_HOST, h.clone());
-    }
-    if !trust || !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if let Some(p) = prefix.and_then(|p| HeaderValue::from_str(p).ok()) {
-        headers.insert(X_FORWARDED_PREFIX, p);
+        out.put_slice(b";host=\"");
+        out.put_slice(h.as_bytes());
+        out.put_u8(b'"');
     }
 }
 
 /// What a forwarding hop knows about a request it passes on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     /// The client's address.
     pub client: IpAddr,
     /// `http` or `https`, as the client came in.
     pub proto: &'static str,
     /// The authority the request was routed by (its `Host`, or its absolute-form target's).
-    pub host: Option<&'a HeaderValue>,
+    pub host: Option<&'a str>,
     /// The path prefix this hop removed.
     pub prefix: Option<&'a str>,
     /// Keep (append to) the client's own forwarding fields: the client is a trusted proxy.
     pub trust: bool,
-    /// The target to send, in origin form.
-    pub target: Uri,
-    /// The hop-by-hop fields passed on on purpose.
-    pub keep: Keep,
 }
 
-/// Rewrite a request head for the next hop: hop-by-hop fields stripped, `Forwarded` and
-/// `X-Forwarded-*` set ([`set`]), the target in origin form and HTTP/1.1.
-///
-/// A request that came in absolute form is sent with the authority it was routed by as its
-/// `Host` (RFC 9112 §3.2.2: that authority wins over any `Host` sent), so the next hop sees what
-/// this one saw. An expectation in an HTTP/1.0 request is dropped (RFC 9110 §10.1.1: it is
-/// ignored, and the body is on its way without a `100`).
-pub fn request_head(parts: &mut request::Parts, hop: Hop<'_>) {
-    let absolute = parts.uri.authority().is_some();
-    if parts.version == Version::HTTP_10 {
-        parts.headers.remove(header::EXPECT);
+impl Hop<'_> {
+    /// Whether the client's field `name` is left out of the request sent on: [`Hop::write`]
+    /// writes this hop's in its place.
+    ///
+    /// Fields the client sent are dropped, unless `trust` (the client is itself a trusted
+    /// proxy): then this hop's `Forwarded` element and address are appended to the client's
+    /// first `Forwarded` and `X-Forwarded-For` lines (`, `-separated), and its
+    /// `X-Forwarded-Host` and `-Proto` are kept. `X-Forwarded-Prefix` is this hop's prefix when
+    /// it removed one.
+    pub fn drops(&self, name: &str) -> bool {
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
+        if name.eq_ignore_ascii_case("forwarded") || is(&X_FORWARDED_FOR) {
+            return true;
+        }
+        if is(&X_FORWARDED_HOST) || is(&X_FORWARDED_PROTO) {
+            return !self.trust;
+        }
+        is(&X_FORWARDED_PREFIX) && (!self.trust || self.prefix.is_some())
     }
-    strip_hop_by_hop(&mut parts.headers, hop.keep);
-    set(
-        &mut parts.headers,
-        hop.client,
-        hop.proto,
-        hop.host,
-        hop.prefix,
-        hop.trust,
-    );
-    if absolute && let Some(h) = hop.host {
-        parts.headers.insert(header::HOST, h.clone());
+
+    /// Write this hop's forwarding fields, each ending in CRLF; `sent` are the client's fields
+    /// (see [`Hop::drops`] for what is kept of them).
+    pub fn write(&self, sent: Fields<'_, '_>, out: &mut BytesMut) {
+        // The client's first line, when it is trusted and the line is plain visible text.
+        let prev = |name: &str| {
+            sent.get_all(name)
+                .next()
+                .filter(|v| self.trust && v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+        };
+        let put_prev = |out: &mut BytesMut, name: &str| {
+            if let Some(p) = prev(name) {
+                out.put_slice(p);
+                out.put_slice(b", ");
+            }
+        };
+        out.put_slice(b"forwarded: ");
+        put_prev(out, "forwarded");
+        put_element(out, self.client, self.proto, self.host);
+        out.put_slice(b"\r\nx-forwarded-for: ");
+        put_prev(out, X_FORWARDED_FOR.as_str());
+        {
+            use std::fmt::Write;
+            let _ = write!(out, "{}", self.client);
+        }
+        out.put_slice(b"\r\n");
+        let has = |n: &HeaderName| sent.get_all(n.as_str()).next().is_some();
+        if let Some(h) = self.host
+            && (!self.trust || !has(&X_FORWARDED_HOST))
+        {
+            put_field(out, &X_FORWARDED_HOST, h.as_bytes());
+        }
+        if !self.trust || !has(&X_FORWARDED_PROTO) {
+            put_field(out, &X_FORWARDED_PROTO, self.proto.as_bytes());
+        }
+        if let Some(p) = self.prefix
+            && HeaderValue::from_str(p).is_ok()
+        {
+            put_field(out, &X_FORWARDED_PREFIX, p.as_bytes());
+        }
     }
-    parts.uri = hop.target;
-    parts.version = Version::HTTP_11;
+}
+
+fn put_field(out: &mut BytesMut, name: &HeaderName, value: &[u8]) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Limits;
+    use crate::proto::head::{Request, Slots};
+    use http::HeaderMap;
+    use http::header;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -165,15 +166,53 @@ mod tests {
         HeaderValue::from_static(h)
     }
 
-    /// Headers a client sent, claiming to be forwarded already.
-    fn spoofed() -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::FORWARDED, host("for=6.6.6.6"));
-        h.insert(X_FORWARDED_FOR, host("6.6.6.6"));
-        h.insert(X_FORWARDED_HOST, host("evil"));
-        h.insert(X_FORWARDED_PROTO, host("https"));
-        h.insert(X_FORWARDED_PREFIX, host("/evil"));
-        h
+    /// Fields a client sent, claiming to be forwarded already.
+    const SPOOFED: &str = "Forwarded: for=6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\
+        X-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Prefix: /evil\r\n";
+
+    /// The fields sent on for a request with `sent` fields: the client's that `hop` keeps, then
+    /// the ones it writes.
+    fn forward(sent: &str, hop: Hop<'_>) -> HeaderMap {
+        let raw = format!("GET / HTTP/1.1\r\n{sent}\r\n");
+        let mut slots = Slots::new();
+        let req = Request::parse(raw.as_bytes(), &mut slots, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = BytesMut::from("GET / HTTP/1.1\r\n");
+        for (name, value) in req.fields.iter() {
+            if !hop.drops(name) {
+                put_field(
+                    &mut out,
+                    &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value,
+                );
+            }
+        }
+        hop.write(req.fields, &mut out);
+        out.put_slice(b"\r\n");
+        let mut slots = Slots::new();
+        Request::parse(&out, &mut slots, &Limits::default())
+            .unwrap()
+            .unwrap()
+            .fields
+            .to_header_map()
+            .unwrap()
+    }
+
+    fn hop<'a>(
+        client: &str,
+        proto: &'static str,
+        host: Option<&'a str>,
+        prefix: Option<&'a str>,
+        trust: bool,
+    ) -> Hop<'a> {
+        Hop {
+            client: ip(client),
+            proto,
+            host,
+            prefix,
+            trust,
+        }
     }
 
     #[test]
@@ -200,9 +239,10 @@ mod tests {
 
     #[test]
     fn untrusted_client_fields_are_replaced() {
-        let mut h = spoofed();
-        let name = host("demo.localhost");
-        set(&mut h, ip("127.0.0.1"), "http", Some(&name), None, false);
+        let h = forward(
+            SPOOFED,
+            hop("127.0.0.1", "http", Some("demo.localhost"), None, false),
+        );
         assert_eq!(
             h[header::FORWARDED],
             "for=127.0.0.1;proto=http;host=\"demo.localhost\""
@@ -211,9 +251,11 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert!(!h.contains_key(X_FORWARDED_PREFIX));
+        for name in [header::FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST] {
+            assert_eq!(h.get_all(&name).iter().count(), 1, "{name}");
+        }
 
-        let mut h = spoofed();
-        set(&mut h, ip("::1"), "https", None, Some("/demo"), false);
+        let h = forward(SPOOFED, hop("::1", "https", None, Some("/demo"), false));
         assert_eq!(h[header::FORWARDED], "for=\"[::1]\";proto=https");
         assert_eq!(h[X_FORWARDED_FOR], "::1");
         assert!(!h.contains_key(X_FORWARDED_HOST));
@@ -223,15 +265,15 @@ mod tests {
 
     #[test]
     fn trusted_client_fields_are_appended_to() {
-        let mut h = spoofed();
-        let name = host("demo.localhost");
-        set(
-            &mut h,
-            ip("10.0.0.2"),
-            "http",
-            Some(&name),
-            Some("/demo"),
-            true,
+        let h = forward(
+            SPOOFED,
+            hop(
+                "10.0.0.2",
+                "http",
+                Some("demo.localhost"),
+                Some("/demo"),
+                true,
+            ),
         );
         assert_eq!(
             h[header::FORWARDED],
@@ -241,78 +283,15 @@ mod tests {
         assert_eq!(h[X_FORWARDED_HOST], "evil");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_PREFIX], "/demo");
+        assert_eq!(h.get_all(X_FORWARDED_PREFIX).iter().count(), 1);
 
         // Nothing sent: a trusted hop sets the fields as an untrusted one would.
-        let mut h = HeaderMap::new();
-        set(&mut h, ip("10.0.0.2"), "http", Some(&name), None, true);
+        let h = forward(
+            "",
+            hop("10.0.0.2", "http", Some("demo.localhost"), None, true),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.2");
         assert_eq!(h[X_FORWARDED_HOST], "demo.localhost");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
-    }
-
-    /// The head the relay sends on: target and version replaced, hop-by-hop fields gone, the
-    /// routed authority as `Host` for an absolute-form request, no expectation from HTTP/1.0.
-    #[test]
-    fn request_heads_are_rewritten_for_the_next_hop() {
-        let req = http::Request::get("http://demo.localhost/app/x?q")
-            .version(Version::HTTP_10)
-            .header(header::HOST, "ignored")
-            .header(header::EXPECT, "100-continue")
-            .header(header::CONNECTION, "x-hop")
-            .header("x-hop", "1")
-            .header(header::TE, "trailers")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        let name = host("demo.localhost");
-        request_head(
-            &mut parts,
-            Hop {
-                client: ip("192.0.2.7"),
-                proto: "https",
-                host: Some(&name),
-                prefix: None,
-                trust: false,
-                target: Uri::from_static("/x?q"),
-                keep: Keep {
-                    upgrade: false,
-                    te_trailers: true,
-                },
-            },
-        );
-        assert_eq!(parts.uri, "/x?q");
-        assert_eq!(parts.version, Version::HTTP_11);
-        let h = &parts.headers;
-        assert_eq!(h[header::HOST], "demo.localhost");
-        assert!(!h.contains_key(header::EXPECT));
-        assert!(!h.contains_key("x-hop") && !h.contains_key(header::CONNECTION));
-        assert_eq!(h[header::TE], "trailers");
-        assert_eq!(
-            h[header::FORWARDED],
-            "for=192.0.2.7;proto=https;host=\"demo.localhost\""
-        );
-
-        // Origin form: the client's own Host stays; HTTP/1.1 keeps its expectation.
-        let req = http::Request::get("/x")
-            .header(header::HOST, "demo.localhost:8080")
-            .header(header::EXPECT, "100-continue")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = req.into_parts();
-        let routed = host("demo.localhost:8080");
-        request_head(
-            &mut parts,
-            Hop {
-                client: ip("192.0.2.7"),
-                proto: "http",
-                host: Some(&routed),
-                prefix: None,
-                trust: false,
-                target: Uri::from_static("/x"),
-                keep: Keep::default(),
-            },
-        );
-        assert_eq!(parts.headers[header::HOST], "demo.localhost:8080");
-        assert_eq!(parts.headers[header::EXPECT], "100-continue");
     }
 }

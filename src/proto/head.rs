@@ -151,6 +151,18 @@ impl<'h, 'b> Request<'h, 'b> {
         FramingFields::of_fields(self.fields).request()
     }
 
+    /// How a forwarding hop reads the body of this request, and whether the head carried both
+    /// `Content-Length` and `Transfer-Encoding`: then the coding frames it (RFC 9112 §6.1 lets
+    /// a server do that, if it closes the connection afterwards; decisions D16). Otherwise
+    /// [`Request::framing`].
+    pub fn forward_framing(&self) -> Result<(Framing, bool), HeadError> {
+        let f = FramingFields::of_fields(self.fields);
+        if f.coding_line && f.length_line {
+            return Ok((f.coding()?, true));
+        }
+        Ok((f.request()?, false))
+    }
+
     /// The head as `http` types: method, target and fields are checked as `http` checks them.
     pub fn to_parts(self) -> Result<request::Parts, HeadError> {
         let (mut parts, ()) = http::Request::new(()).into_parts();

@@ -6,7 +6,6 @@
 //! `crate::h1`). Callers differ only in what they deliberately let through.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Version, response};
 
 use super::tokens;
 
@@ -53,31 +52,6 @@ pub struct Keep {
     pub upgrade: bool,
     /// Keep `TE: trailers` when it was sent: the next hop may then send trailers.
     pub te_trailers: bool,
-}
-
-impl Keep {
-    /// What the relay passes on toward the agent: `TE: trailers` (so the agent may send
-    /// trailers), and the upgrade pair when the public request is an upgrade.
-    pub fn relay(upgrade: bool) -> Keep {
-        Keep {
-            upgrade,
-            te_trailers: true,
-        }
-    }
-}
-
-/// Whether a request asks to upgrade: an `Upgrade` field and `upgrade` in `Connection` (RFC
-/// 9110 §7.8).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && tokens::connection_has_upgrade(headers)
-}
-
-/// A response on its way back to the client: hop-by-hop fields stripped (but what `keep`
-/// asks for), and this hop's own version, HTTP/1.1, whatever the next hop spoke (RFC 9110
-/// §6.2, decisions D33).
-pub fn pass_response(parts: &mut response::Parts, keep: Keep) {
-    strip_hop_by_hop(&mut parts.headers, keep);
-    parts.version = Version::HTTP_11;
 }
 
 /// Remove `Connection`, every field it names, and the other hop-by-hop fields, except what

@@ -179,7 +179,17 @@ pub fn authority<'a>(
     uri: &'a Uri,
     headers: &'a HeaderMap,
 ) -> Result<Option<&'a str>, HostError> {
-    let mut hosts = headers.get_all(HOST).iter();
+    let hosts = headers.get_all(HOST).iter().map(|h| h.as_bytes());
+    authority_of(version, uri.authority().map(|a| a.as_str()), hosts)
+}
+
+/// [`authority`] over a head's own fields: `target_authority` is the authority of an
+/// absolute-form target, `hosts` the values of its `Host` fields.
+pub fn authority_of<'a>(
+    version: Version,
+    target_authority: Option<&'a str>,
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<&'a str>, HostError> {
     let host = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(HostError::Repeated),
         (Some(h), None) => Some(h),
@@ -187,13 +197,14 @@ pub fn authority<'a>(
         (None, _) => None,
     };
     let host = match host {
-        Some(h) if h.as_bytes().iter().all(|&b| is_authority_byte(b)) => {
-            Some(h.to_str().map_err(|_| HostError::Invalid)?)
+        Some(h) if h.iter().all(|&b| is_authority_byte(b)) => {
+            // Authority bytes are all ASCII.
+            Some(std::str::from_utf8(h).map_err(|_| HostError::Invalid)?)
         }
         Some(_) => return Err(HostError::Invalid),
         None => None,
     };
-    Ok(uri.authority().map(|a| a.as_str()).or(host))
+    Ok(target_authority.or(host))
 }
 
 /// The bytes of `uri-host [ ":" port ]` (RFC 3986 §3.2.2: reg-name, IP literal, port).

@@ -28,6 +28,11 @@ pub fn list_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|m| !m.is_empty())
 }
 
+/// `tchar` (RFC 9110 §5.6.2).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Whether the list field `name` has a member equal to `token`, ignoring ASCII case.
 pub fn has_member(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     members(headers, name).any(|m| m.eq_ignore_ascii_case(token.as_bytes()))

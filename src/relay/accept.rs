@@ -1,14 +1,15 @@
-//! The accept loop and the per-connection hyper server shared by agents and public clients.
+//! The accept loop, and where each connection goes: public traffic to the forwarding engine
+//! ([`super::forward`]), a PTTH offer to a hyper server for the claim ([`super::claim`]).
 //!
 //! Every accepted socket gets `TCP_NODELAY` (small responses must not wait for Nagle) and TCP
 //! keepalive (dead peers are found even when idle), and one permit of the connection cap
 //! ([`super::Config::max_connections`], the way mini-redis caps its connections): a socket
 //! accepted with no permit left is closed at once, before a byte is read (decisions D35). The
-//! permit is held while hyper serves the connection: for a public client until it closes, for
-//! an agent until its switch (a parked connection is counted by the registry instead).
+//! permit is held while the connection is served as HTTP: for a public client until it closes,
+//! for an agent until its switch (a parked connection is counted by the registry instead).
 //!
-//! A request carrying a PTTH offer is an agent claiming a name ([`super::claim`]); every other
-//! request is public and is forwarded ([`super::forward`]).
+//! The engine reads each request head first; a head that is a PTTH offer hands the connection,
+//! with the bytes read so far in front, to hyper for that one request (decisions D59).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
@@ -28,7 +28,7 @@ use tracing::Instrument;
 use super::registry::AgentStream;
 use super::respond::RelayBody;
 use super::{ACCEPT_ERROR_PAUSE, ConnInfo, Shared, claim, forward};
-use crate::listener::hyper_upgrade;
+use crate::io::Rewind;
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
 /// `tls`, each connection first completes a TLS handshake (within the head timeout) with the
@@ -142,9 +142,23 @@ async fn connection<S>(
     soft: CancellationToken,
     permit: Counted,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AgentStream,
 {
     let _permit = permit;
+    let Some(offer) = forward::serve(stream, &info, &shared, &soft).await else {
+        return;
+    };
+    claims(offer, info, shared, soft).await;
+}
+
+/// A connection whose request is a PTTH offer: hyper serves it, with the bytes the engine read
+/// in front, for that one request (an agent that is refused dials again).
+async fn claims<S: AgentStream>(
+    stream: Rewind<S>,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    soft: CancellationToken,
+) {
     let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
@@ -157,7 +171,7 @@ async fn connection<S>(
         .header_read_timeout(shared.config.head_timeout)
         .max_buf_size(limits.hyper_buf_size())
         .title_case_headers(true)
-        .keep_alive(true);
+        .keep_alive(false);
     if let Some(n) = limits.hyper_max_headers() {
         builder.max_headers(n);
     }
@@ -185,8 +199,5 @@ async fn handle<S: AgentStream>(
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
-    if hyper_upgrade::is_ptth_upgrade(&req) {
-        return Ok(claim::claim::<S>(shared, &info, req).await);
-    }
-    Ok(forward::forward(&shared, &info, req).await)
+    Ok(claim::claim::<S>(shared, &info, req).await)
 }

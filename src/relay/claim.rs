@@ -25,6 +25,7 @@ use super::registry::{AgentConn, AgentStream, ReserveError};
 use super::respond::{self, RelayBody};
 use super::route::{self, RouteError};
 use super::{AgentCerts, Config, ConnInfo, Shared};
+use crate::io::Rewind;
 use crate::listener::hyper_upgrade::{self, Rejection};
 use crate::proto::{forwarded, request};
 
@@ -196,13 +197,21 @@ fn rejection(rej: Rejection) -> Response<RelayBody> {
     Response::from_parts(parts, body.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// The switched stream without hyper's wrapper, so that a parked connection holds no buffer.
-/// Bytes the agent sent before the relay's first request are a protocol error (draft §2.1:
-/// after the `101` the relay speaks first).
+/// The switched stream without hyper's wrapper (or the engine's replay of what it read first),
+/// so that a parked connection holds no buffer. Bytes the agent sent before the relay's first
+/// request are a protocol error (draft §2.1: after the `101` the relay speaks first).
 fn agent_stream<S: AgentStream>(upgraded: Upgraded) -> Result<Box<dyn AgentStream>, &'static str> {
-    match upgraded.downcast::<TokioIo<S>>() {
-        Ok(parts) if parts.read_buf.is_empty() => Ok(Box::new(parts.io.into_inner())),
-        Ok(_) => Err("it sent bytes before the relay's first request"),
+    const EARLY: &str = "it sent bytes before the relay's first request";
+    match upgraded.downcast::<TokioIo<Rewind<S>>>() {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            let (unread, io) = parts.io.into_inner().into_parts();
+            if unread.is_empty() {
+                Ok(Box::new(io))
+            } else {
+                Err(EARLY)
+            }
+        }
+        Ok(_) => Err(EARLY),
         Err(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
     }
 }

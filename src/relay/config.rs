@@ -67,16 +67,12 @@ pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 pub const RELAY_CONTINUE_WAIT: Duration = Duration::from_secs(2);
 /// `Retry-After` seconds sent with 503/429.
 pub const RETRY_AFTER_SECS: u64 = 1;
-/// Every read from an agent's connection asks for this much: 64 KiB, which is also the largest
-/// response head accepted from an agent ([`ListenerConfig::read_buf`]).
-///
-/// The relay's client lives for one exchange, so hyper's adaptive buffer (8 KiB, doubling while
-/// reads fill it) restarted small on every response. Measured on a 64 KiB response at c8 under
-/// strace: 5 reads and 5 writes per request with the adaptive buffer, 3 and 3 with this one.
+/// The read buffer of a checked-out agent connection: 64 KiB, which is also the largest
+/// response head accepted from an agent ([`ListenerConfig::read_buf`]). It belongs to the public
+/// connection using the agent's (decisions D60), so a parked connection holds none. (Under
+/// hyper, whose client lived for one exchange, a 64 KiB response at c8 took 5 reads and 5
+/// writes per request with an adaptive 8 KiB buffer, 3 and 3 with this one.)
 pub const AGENT_READ_BUF: usize = 64 * 1024;
-/// How long a finished exchange may take to hand its stream back (the client may still be
-/// sending the last of the request body) before the connection is dropped: 5 s.
-pub(crate) const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 /// Access log lines queued for the writer task: 4096 (about 1 MiB). A request never waits for
 /// the log; past this many unwritten lines, new ones are dropped and counted

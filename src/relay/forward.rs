@@ -1,182 +1,430 @@
-//! One public request: routed, rewritten for the agent, sent over a checked-out connection,
-//! retried once on another connection when it was never sent.
+//! Public connections on the forwarding engine ([`crate::h1`]): each request is routed, gets
+//! an agent connection from the registry, is forwarded in one engine exchange, and the agent
+//! connection is parked again.
 //!
 //! ```text
-//! Host check -> route -> rewrite (proto::forwarded) -> checkout -> exchange | tunnel
-//!                                                          ^-- once more if handed back unsent
+//! head scan -> offer? -> hand the connection to hyper (claim)
+//!           -> Host check -> route -> checkout -> h1::exchange (exchange::AgentRoute) -> park
+//!                                                  |  (dead on arrival: one more checkout)
+//!                                                  +-> 101: h1::tunnel
 //! ```
 //!
 //! Failures map to 404 (no such agent), 503 (the agent is offline, or no idle connection in
 //! time), 502 (agent gone, or a `101` to a request that did not ask to upgrade) and 504 (no
 //! response head in time). A public request body that fails on its way (a bad chunk, a
 //! connection closed early) is the client's fault: 400 if no response has started. A bad
-//! `Host` (RFC 9112 §3.2) is 400 before anything else. A request is retried on another
-//! connection only when hyper hands it back unsent. A body that expects `100 Continue` is held
-//! back until the agent answers `100` (`crate::expect`): the public client's `100` comes from
-//! the agent side, and a refusal from there costs no upload.
+//! `Host` (RFC 9112 §3.2) is 400 before anything else. An agent connection found closed when
+//! the request is about to be written is replaced by one more checkout, once. A body that
+//! expects `100 Continue` is held back until the agent answers `100` (the engine's `Expect`
+//! handling): the public client's `100` comes from the agent side, and a refusal from there
+//! costs no upload.
+//!
+//! Every answered public request is counted at one place, [`finish`].
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, Uri, Version};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use super::exchange::{Attempt, BodyState, Tracked, exchange};
-use super::metrics::{self, Pending};
-use super::registry::{CheckoutError, ForwardBody};
-use super::respond::{self, RelayBody};
+use super::exchange::AgentRoute;
+use super::metrics::Finished;
+use super::registry::{AgentConn, AgentStream, CheckoutError};
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
-use super::{ConnInfo, RELAY_CONTINUE_WAIT, Shared};
-use crate::expect::{Gated, gate};
-use crate::proto::forwarded::{self, Hop};
-use crate::proto::hop::{self, Keep};
+use super::{ConnInfo, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
+use crate::error::HeadError;
+use crate::h1::{self, After, Conn, Settings, Tally};
+use crate::io::Rewind;
+use crate::listener::hyper_upgrade;
+use crate::proto::body::Framing;
+use crate::proto::forwarded::Hop;
+use crate::proto::head::{self, Slots};
+use crate::proto::hop::connection_names;
 use crate::proto::request;
 
-/// Forward one public request.
-pub(crate) async fn forward(
-    shared: &Arc<Shared>,
+/// Serve public requests on `io` until the client closes, the connection idles past the head
+/// timeout, or the drain ends it. A PTTH offer is not public: the connection is handed back,
+/// with the bytes read so far in front, for the claim.
+pub(crate) async fn serve<S: AgentStream>(
+    io: S,
     info: &ConnInfo,
-    req: Request<Incoming>,
-) -> Response<RelayBody> {
-    let mut pending = Pending {
-        metrics: shared.metrics.clone(),
-        name: None,
-        known: false,
-        method: req.method().clone(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
-        client: info.peer,
-        started: Instant::now(),
-        bytes_in: Arc::default(),
-    };
-    let res = forward_inner(shared, info, req, &mut pending).await;
-    metrics::observe(res, pending)
+    shared: &Arc<Shared>,
+    soft: &CancellationToken,
+) -> Option<Rewind<S>> {
+    let limits = &shared.public_limits;
+    let mut inb = Conn::new(io, b"", limits);
+    // The buffers of the agent connection in use, kept here between exchanges so that a
+    // parked connection holds none.
+    let mut spare = (BytesMut::new(), BytesMut::new());
+    loop {
+        // Idle (or between requests), then the head: both within the head timeout.
+        let deadline = Instant::now() + shared.config.head_timeout;
+        let judged = loop {
+            if !inb.rbuf.is_empty() {
+                match judge(&inb.rbuf, shared) {
+                    Judged::Incomplete => {}
+                    judged => break judged,
+                }
+            }
+            tokio::select! {
+                biased;
+                () = soft.cancelled(), if inb.rbuf.is_empty() => return None,
+                r = tokio::time::timeout_at(deadline, inb.fill()) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                },
+            }
+        };
+        let mut count = Count::new(&inb.rbuf, shared.metrics.logs_requests());
+        let after = match public(&mut inb, judged, &mut spare, info, shared, soft, &mut count).await
+        {
+            Public::After(after) => after,
+            Public::Claim => {
+                // A copy: the read buffer itself must not stay behind a parked connection.
+                let already = Bytes::copy_from_slice(&inb.rbuf);
+                return Some(Rewind::new(already, inb.io));
+            }
+            Public::Switched(agent) => {
+                finish(shared, &count, info);
+                tunnel(shared, inb, agent);
+                return None;
+            }
+            Public::BadHead(after) => {
+                // Not a request at all: nothing to count (as hyper's own 400/431 were not).
+                if after == After::KeepAlive {
+                    continue;
+                }
+                return None;
+            }
+        };
+        finish(shared, &count, info);
+        match after {
+            After::KeepAlive => {}
+            After::Close => return None,
+            // `public` gives a switch as `Public::Switched`.
+            After::Switched => return None,
+        }
+    }
 }
 
-/// The response for `req`; `pending` learns the name and whether the relay knows it.
-async fn forward_inner(
-    shared: &Arc<Shared>,
-    info: &ConnInfo,
-    mut req: Request<Incoming>,
-    pending: &mut Pending,
-) -> Response<RelayBody> {
-    let arrived = Instant::now();
-    let cfg = &shared.config;
-    // RFC 9112 §3.2: one Host (none only in HTTP/1.0); an absolute-form target's authority
-    // wins over it (§3.2.2).
-    let host = match request::authority(req.version(), req.uri(), req.headers()) {
-        Ok(h) => h.and_then(|h| HeaderValue::from_str(h).ok()),
-        Err(e) => return respond::closing(respond::text(StatusCode::BAD_REQUEST, e.to_string())),
-    };
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let route = match route(host.as_ref().and_then(|h| h.to_str().ok()), pq, &cfg.domain) {
-        Ok(r) => r,
-        Err(RouteError::NoName) => return respond::no_name(&cfg.domain),
-        Err(e) => return respond::text(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    pending.name = Some(route.name.clone());
-    let Ok(target) = route.path.parse::<Uri>() else {
-        return respond::text(StatusCode::BAD_REQUEST, "invalid request target");
-    };
-    let upgrade = hop::is_upgrade(req.headers());
-    let mut public_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+/// How one request ended.
+enum Public {
+    /// Answered; the tally says how.
+    After(After),
+    /// A PTTH offer: the connection goes to the claim.
+    Claim,
+    /// The agent switched protocols: the two connections become a tunnel.
+    Switched(Conn<AgentConn>),
+    /// The head was refused before it was a request (431, 400).
+    BadHead(After),
+}
 
-    let (mut parts, body) = req.into_parts();
-    forwarded::request_head(
-        &mut parts,
-        Hop {
+/// The one place a finished public request is counted: its status (the agent's, or the relay's
+/// own), its body bytes each way and its duration. `tally.status()` is `None` when the
+/// connection was cut before any answer.
+fn finish(shared: &Shared, count: &Count, info: &ConnInfo) {
+    let (seen, tally) = (count, &count.tally);
+    let Some(status) = tally.status() else {
+        return;
+    };
+    shared.metrics.request(&Finished {
+        name: seen.name.as_deref(),
+        known: seen.known,
+        method: &seen.method,
+        path: &seen.path,
+        status,
+        bytes_in: tally.up(),
+        bytes_out: tally.down(),
+        head: tally.head(),
+        duration: tally.started().elapsed(),
+        client: info.peer,
+    });
+}
+
+/// What the count of a request needs: the engine's tally, and from the head and the route
+/// (see [`finish`]).
+#[derive(Default)]
+struct Count {
+    tally: Tally,
+    method: Method,
+    /// The target as received; kept only when there is an access log to write it to.
+    path: String,
+    /// The name the request was routed to, and whether the relay knew it.
+    name: Option<String>,
+    known: bool,
+}
+
+impl Count {
+    /// The method and (if `keep_path`) the target from the request line at the front of `buf`.
+    fn new(buf: &[u8], keep_path: bool) -> Count {
+        let mut parts = buf.splitn(3, |&b| b == b' ');
+        let method = parts
+            .next()
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or_default();
+        let path = match parts.next() {
+            Some(t) if keep_path => String::from_utf8_lossy(t).into_owned(),
+            _ => String::new(),
+        };
+        Count {
+            method,
+            path,
+            ..Count::default()
+        }
+    }
+}
+
+/// What routing needs from a request head, owned (the head borrows the read buffer).
+struct Routed {
+    name: String,
+    path: String,
+    prefix: Option<String>,
+    host: Option<String>,
+    /// The target was in absolute form: its authority is sent as `Host`.
+    absolute: bool,
+    http10: bool,
+    upgrade: bool,
+    /// The connection can serve another request if this one is refused unread.
+    keep: bool,
+    /// The head's length.
+    len: usize,
+}
+
+/// A relay's own refusal of a request, before any agent is involved.
+struct Refusal {
+    status: StatusCode,
+    text: String,
+    /// The request had no body: the connection may serve the next one.
+    keep: bool,
+    /// The head's length, consumed when the connection is kept.
+    len: usize,
+}
+
+/// Serve the request whose head is at the front of `inb.rbuf`, as `judged`.
+async fn public<S: AgentStream>(
+    inb: &mut Conn<S>,
+    judged: Judged,
+    spare: &mut (BytesMut, BytesMut),
+    info: &ConnInfo,
+    shared: &Arc<Shared>,
+    soft: &CancellationToken,
+    count: &mut Count,
+) -> Public {
+    let tally = &count.tally;
+    let routed = match judged {
+        Judged::Incomplete => unreachable!("`serve` waits for a complete head"),
+        Judged::Claim => return Public::Claim,
+        Judged::BadHead(e) => {
+            let text = format!("{e}\n");
+            let status = match e {
+                // hyper's answer before the engine, kept: the head cap is hit first.
+                HeadError::LineTooLong { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                e => e.status(),
+            };
+            return Public::BadHead(h1::reply(inb, status, b"", &text, false).await);
+        }
+        Judged::Refused(r) => return Public::After(refuse(inb, r, tally).await),
+        Judged::Routed(r) => r,
+    };
+    let cfg = &shared.config;
+    let queue_deadline = Instant::now() + cfg.queue_timeout;
+    let conn = shared.registry.checkout(&routed.name, queue_deadline).await;
+    count.known = !matches!(conn, Err(CheckoutError::Unknown(_)));
+    count.name = Some(routed.name.clone());
+    let conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Refusal {
+                status: e.status(),
+                text: format!("{e}\n"),
+                keep: routed.keep,
+                len: routed.len,
+            };
+            return Public::After(refuse(inb, r, tally).await);
+        }
+    };
+    let route = AgentRoute {
+        registry: &shared.registry,
+        name: &routed.name,
+        path: &routed.path,
+        queue_deadline,
+        hop: Hop {
             client: info.peer.ip(),
             proto: info.proto(),
-            host: host.as_ref(),
-            prefix: route.prefix.as_deref(),
+            host: routed.host.as_deref(),
+            prefix: routed.prefix.as_deref(),
             trust: cfg.trust_forwarded,
-            target,
-            keep: Keep::relay(upgrade),
         },
-    );
-    let (sent_tx, sent_rx) = oneshot::channel();
-    let request_body = Arc::new(BodyState::default());
-    // An upgrade's body (rare) goes as it comes: its exchange is a tunnel, not parked again.
-    let (body, continue_gate) = if upgrade {
-        (Gated::open(body), None)
-    } else {
-        gate(&parts.headers, body, RELAY_CONTINUE_WAIT)
+        absolute: routed.absolute,
+        http10: routed.http10,
+        queue_wait: conn
+            .reservation
+            .queue_wait
+            .then(|| tally.started().elapsed()),
     };
-    let body = Tracked::request(
-        body,
-        pending.bytes_in.clone(),
-        sent_tx,
-        request_body.clone(),
-    )
-    .boxed();
-    let mut out = Request::from_parts(parts, body);
-    // Only this relay writes it (decision D66): a client's own is not passed on.
-    out.headers_mut().remove(forwarded::QUEUE_WAIT_FIELD);
-    if let Some(g) = &continue_gate {
-        g.watch(&mut out);
-    }
-
-    let deadline = Instant::now() + cfg.queue_timeout;
-    let mut retried = false;
-    let mut sent_rx = Some(sent_rx);
-    loop {
-        let conn = shared.registry.checkout(&route.name, deadline).await;
-        pending.known = !matches!(conn, Err(CheckoutError::Unknown(_)));
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => return respond::refusal(e.status(), &e),
+    let rbuf = std::mem::take(&mut spare.0);
+    let wbuf = std::mem::take(&mut spare.1);
+    let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
+    let closing = || soft.is_cancelled();
+    let settings = Settings {
+        limits: &shared.public_limits,
+        response_limits: &shared.agent_limits,
+        continue_wait: RELAY_CONTINUE_WAIT,
+        closing: &closing,
+        response_timeout: Some(cfg.response_timeout),
+        trailers: true,
+        tally: Some(tally),
+        length_beside_chunked: true,
+        tap: None,
+    };
+    let after = tokio::select! {
+        a = h1::exchange(inb, &mut out, &route, &settings) => a,
+        () = shared.hard.cancelled() => After::Close,
+    };
+    if after == After::Switched {
+        return match out.take() {
+            Some(agent) => Public::Switched(agent),
+            None => Public::After(After::Close),
         };
-        if conn.reservation.queue_wait {
-            let waited = arrived.elapsed().as_micros().to_string();
-            if let Ok(v) = HeaderValue::from_str(&waited) {
-                out.headers_mut().insert(forwarded::QUEUE_WAIT_FIELD, v);
-            }
-        }
-        let sent = sent_rx.take().expect("one attempt in flight");
-        if let Some(public) = public_upgrade.take() {
-            return tunnel(shared, conn, out, sent, public, &request_body).await;
-        }
-        let attempt = exchange(
-            shared,
-            conn,
-            out,
-            sent,
-            &request_body,
-            continue_gate.as_ref(),
-        )
-        .await;
-        match attempt {
-            Attempt::Done(res) => return res,
-            Attempt::Unsent(again) if !retried => {
-                // hyper handed the request back before writing a byte of it: one more try on
-                // another connection is safe.
-                retried = true;
-                let (tx, rx) = oneshot::channel();
-                sent_rx = Some(rx);
-                out = again;
-                replace_done(out.body_mut(), tx, request_body.clone());
-            }
-            Attempt::Unsent(_) => return respond::agent_gone(),
-        }
     }
+    if let Some(agent) = out.take() {
+        let (conn, mut rbuf, mut wbuf) = agent.into_parts();
+        if routed.upgrade {
+            // Declined upgrade: the agent may still be set up for the switch.
+            debug!("the agent declined an upgrade; not reusing its connection");
+        } else if !rbuf.is_empty() {
+            debug!("the agent sent bytes after its response; dropping the connection");
+        } else {
+            shared.registry.clone().park(conn);
+        }
+        rbuf.clear();
+        wbuf.clear();
+        *spare = (rbuf, wbuf);
+    }
+    Public::After(after)
 }
 
-/// The request body was handed back unsent: its completion signal must follow the new attempt.
-fn replace_done(body: &mut ForwardBody, tx: oneshot::Sender<()>, state: Arc<BodyState>) {
-    // BoxBody hides the Tracked inside; wrap it again (the old signal fires harmlessly, and
-    // the new counter is not the metrics': the bytes are counted by the inner one).
-    let inner = std::mem::replace(
-        body,
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed(),
+/// What the relay makes of a request head.
+enum Judged {
+    /// More bytes are needed.
+    Incomplete,
+    Claim,
+    BadHead(HeadError),
+    Refused(Refusal),
+    Routed(Routed),
+}
+
+/// Read the head at the front of `buf` (if complete): an offer, a malformed head, a request the
+/// relay refuses itself (Host, route, framing), or where it goes.
+fn judge(buf: &[u8], shared: &Shared) -> Judged {
+    let mut slots = Slots::new();
+    let req = match head::Request::parse(buf, &mut slots, &shared.public_limits) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Judged::Incomplete,
+        Err(e) => return Judged::BadHead(e),
+    };
+    let fields = req.fields;
+    let http10 = req.version == Version::HTTP_10;
+    let has_upgrade = fields.get_all("upgrade").next().is_some();
+    if has_upgrade
+        && let Ok(parts) = req.to_parts()
+        && hyper_upgrade::is_ptth_upgrade(&http::Request::from_parts(parts, ()))
+    {
+        return Judged::Claim;
+    }
+    // D16: both length fields are framed by the coding, and the connection closes after.
+    let (framing, conflict) = match req.forward_framing() {
+        Ok(f) => f,
+        Err(e) => return Judged::BadHead(e),
+    };
+    let keep = framing == Framing::Empty
+        && !conflict
+        && !http10
+        && !connection_names(fields.get_all("connection"), "close");
+    let len = req.len;
+    let refuse = |status, text: String, keep| {
+        Judged::Refused(Refusal {
+            status,
+            text,
+            keep,
+            len,
+        })
+    };
+    let uri = match req.target.starts_with('/') {
+        true => None,
+        false => match req.target.parse::<Uri>() {
+            Ok(u) => Some(u),
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target\n".into(),
+                    false,
+                );
+            }
+        },
+    };
+    // RFC 9112 §3.2: one Host (none only in HTTP/1.0); an absolute-form target's authority
+    // wins over it (§3.2.2).
+    let target_authority = uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str());
+    let host = match request::authority_of(req.version, target_authority, fields.get_all("host")) {
+        Ok(h) => h,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e}\n"), false),
+    };
+    let pq = match &uri {
+        None => req.target,
+        Some(u) => u.path_and_query().map_or("/", |pq| pq.as_str()),
+    };
+    let r = match route(host, pq, &shared.config.domain) {
+        Ok(r) => r,
+        Err(RouteError::NoName) => {
+            let text = format!(
+                "no agent name in the request: use http://NAME.{}/ or /NAME/\n",
+                shared.config.domain
+            );
+            return refuse(StatusCode::NOT_FOUND, text, keep);
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("{e}\n"), keep),
+    };
+    if r.path.parse::<Uri>().is_err() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid request target\n".into(),
+            keep,
+        );
+    }
+    let upgrade = has_upgrade && connection_names(fields.get_all("connection"), "upgrade");
+    Judged::Routed(Routed {
+        name: r.name,
+        path: r.path,
+        prefix: r.prefix,
+        host: host.map(str::to_string),
+        absolute: target_authority.is_some(),
+        http10,
+        upgrade,
+        keep,
+        len,
+    })
+}
+
+/// Answer with a refusal of the relay's own: a `503` or `429` says when to try again.
+async fn refuse<S: AgentStream>(inb: &mut Conn<S>, r: Refusal, tally: &Tally) -> After {
+    tally.answered(r.status);
+    let retry = matches!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
     );
-    *body = Tracked::request(inner, Arc::new(AtomicU64::new(0)), tx, state).boxed();
+    let mut fields = BytesMut::new();
+    if retry {
+        fields.extend_from_slice(b"retry-after: ");
+        crate::h1::put_decimal(&mut fields, RETRY_AFTER_SECS);
+        fields.extend_from_slice(b"\r\n");
+    }
+    if r.keep {
+        // The request has no body: it is consumed whole.
+        bytes::Buf::advance(&mut inb.rbuf, r.len);
+    }
+    h1::reply(inb, r.status, &fields, &r.text, r.keep).await
 }

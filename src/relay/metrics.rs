@@ -23,16 +23,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -40,11 +34,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
 
 use super::access_log::AccessLog;
 use super::registry::{NameState, NameStats};
-use super::respond::RelayBody;
 
 /// Upper bounds of the latency histogram, in seconds (time to the response head).
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -190,6 +182,11 @@ impl Metrics {
             log_dropped,
             access_log,
         }
+    }
+
+    /// Whether requests are written to an access log (which wants each request's target).
+    pub(crate) fn logs_requests(&self) -> bool {
+        self.access_log.is_some()
     }
 
     /// Record one finished public request (and log it).
@@ -341,105 +338,4 @@ fn gauge<L: EncodeLabelSet>(
         g.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
-}
-
-/// What the relay knows of a public request before its response ends.
-pub(crate) struct Pending {
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) name: Option<String>,
-    pub(crate) known: bool,
-    pub(crate) method: Method,
-    pub(crate) path: String,
-    pub(crate) client: SocketAddr,
-    pub(crate) started: Instant,
-    /// The request body's counter (the forwarded body adds to it).
-    pub(crate) bytes_in: Arc<AtomicU64>,
-}
-
-impl Pending {
-    fn finish(self, status: StatusCode, head: Duration, bytes_out: u64) {
-        self.metrics.request(&Finished {
-            name: self.name.as_deref(),
-            known: self.known,
-            method: &self.method,
-            path: &self.path,
-            status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out,
-            head,
-            duration: self.started.elapsed(),
-            client: self.client,
-        });
-    }
-}
-
-/// `res` with a body that records the request as finished when it ends, fails or is dropped.
-pub(crate) fn observe(res: Response<RelayBody>, pending: Pending) -> Response<RelayBody> {
-    let head = pending.started.elapsed();
-    let status = res.status();
-    res.map(|inner| {
-        Observed {
-            inner,
-            bytes_out: 0,
-            status,
-            head,
-            pending: Some(pending),
-        }
-        .boxed_unsync()
-    })
-}
-
-pin_project_lite::pin_project! {
-    struct Observed {
-        #[pin]
-        inner: RelayBody,
-        bytes_out: u64,
-        status: StatusCode,
-        head: Duration,
-        pending: Option<Pending>,
-    }
-
-    impl PinnedDrop for Observed {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(p) = this.pending.take() {
-                p.finish(*this.status, *this.head, *this.bytes_out);
-            }
-        }
-    }
-}
-
-impl Body for Observed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    *this.bytes_out += d.len() as u64;
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                if let Some(p) = this.pending.take() {
-                    p.finish(*this.status, *this.head, *this.bytes_out);
-                }
-            }
-            Poll::Pending => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

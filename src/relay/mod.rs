@@ -7,17 +7,18 @@
 //! ```
 //!
 //! - `config`: every relay default and the one [`Config`].
-//! - `accept`: the accept loop (connection cap, TLS) and one hyper server per connection,
-//!   for agents and public clients alike.
+//! - `accept`: the accept loop (connection cap, TLS); public connections go to `forward`, a
+//!   connection whose request is a PTTH offer to a hyper server for `claim`.
 //! - `claim`: an agent claiming a name: the name, its token, its certificate, its place in the
 //!   counts, the switch, the parking.
 //! - `route`: which name a request is for (pure, fuzzable).
 //! - `registry`: names, parked connections, waiters, counts.
-//! - `forward`: one public request: rewrite, checkout, one retry of an unsent request.
-//! - `exchange`: one request and response over a parked connection (the listener's
-//!   [`crate::listener::ReversedClient`]), and the stream's way back to the pool.
+//! - `forward`: a public connection on the forwarding engine (`crate::h1`): Host, route,
+//!   checkout, one exchange, park; the one place a public request is counted.
+//! - `exchange`: the engine's route toward an agent (target, forwarding fields, the one more
+//!   checkout when a connection is found closed).
 //! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
-//! - `respond`: the relay's own answers (400/404/502/503/504).
+//! - `respond`: the relay's own hyper answers to claims.
 //! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
 //! - `metrics`: the series and the one entry point per finished request, claim, refusal and
 //!   forgotten name; `access_log`: `--access-log`'s lines, written by a task of their own.
@@ -135,6 +136,12 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Cancelled when in-flight work must stop (after the drain).
     pub(crate) hard: CancellationToken,
+    /// The caps of public request heads ([`ListenerConfig::limits`] with
+    /// [`Config::head_timeout`]).
+    pub(crate) public_limits: crate::limits::Limits,
+    /// The caps of agents' response heads and the read buffer of a checked-out connection
+    /// ([`ListenerConfig::read_buf`]).
+    pub(crate) agent_limits: crate::limits::Limits,
 }
 
 /// The settings a running relay can replace ([`RelayHandle::set_tokens`],
@@ -250,6 +257,16 @@ impl Relay {
                 None => None,
             };
         let metrics = Arc::new(Metrics::new(access_log));
+        let public_limits = crate::limits::Limits {
+            head_timeout: config.head_timeout,
+            ..config.listener.limits.clone()
+        };
+        let read_buf = config.listener.read_buf.unwrap_or(AGENT_READ_BUF);
+        let agent_limits = crate::limits::Limits {
+            max_head_bytes: read_buf.max(config.listener.limits.max_head_bytes),
+            buffer_bytes: read_buf,
+            ..config.listener.limits.clone()
+        };
         let config = Arc::new(config);
         let registry = Registry::new(config.clone(), metrics.clone());
         let connections = Arc::new(Semaphore::new(
@@ -271,6 +288,8 @@ impl Relay {
                 metrics,
                 tasks: TaskTracker::new(),
                 hard: CancellationToken::new(),
+                public_limits,
+                agent_limits,
             }),
         })
     }

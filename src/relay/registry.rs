@@ -28,10 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::combinators::BoxBody;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -40,9 +38,6 @@ use tokio_util::sync::CancellationToken;
 use super::Config;
 use super::auth::Secret;
 use super::metrics::Metrics;
-
-/// Body type of requests forwarded to agents.
-pub(crate) type ForwardBody = BoxBody<Bytes, hyper::Error>;
 
 /// A byte stream to an agent (plain TCP or TLS).
 pub(crate) use crate::io::ByteStream as AgentStream;
@@ -64,6 +59,48 @@ impl AgentConn {
             Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
             Poll::Pending
         )
+    }
+}
+
+/// The stream of a checked-out connection, for the engine's exchange: the reservation rides
+/// along (a connection dropped mid-exchange gives its place in the counts back).
+impl AsyncRead for AgentConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -708,11 +745,6 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
-    /// The connection's registry.
-    pub(crate) fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     /// Whether the name had no connection before this one.
     pub(crate) fn first(&self) -> bool {
         self.first
