@@ -1212,6 +1212,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_204_or_304_with_both_length_fields_has_no_body_and_closes() {
+        // Found by the h1_exchange fuzz target: the 204 was framed as chunked and the engine
+        // wrote `transfer-encoding: chunked` on it (D79).
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(
+            r.client,
+            "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+        );
+        assert!(!r.kept, "a confused next hop is not reused (D79)");
+        assert_eq!(
+            r.afters,
+            [After::KeepAlive],
+            "the client's connection is fine"
+        );
+        let r = run(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            false,
+            1,
+        )
+        .await;
+        assert_eq!(r.client, "HTTP/1.1 304 Not Modified\r\n\r\n");
+        assert!(!r.kept);
+    }
+
+    #[tokio::test]
     async fn interim_responses_pass_through() {
         let r = run(
             b"GET / HTTP/1.1\r\n\r\n",

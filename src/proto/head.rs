@@ -242,7 +242,14 @@ impl<'h, 'b> Response<'h, 'b> {
         if head_request {
             return Ok((Framing::Empty, false));
         }
-        if f.coding_line && f.length_line && !self.status.is_informational() {
+        let both = f.coding_line && f.length_line;
+        if matches!(self.status.as_u16(), 204 | 304) {
+            // §6.3 item 1 comes before item 3: these never have a body, whatever the fields
+            // say. Both length fields still mean a confused next hop whose connection is not
+            // to be reused (decision D79).
+            return Ok((Framing::Empty, both));
+        }
+        if both && !self.status.is_informational() {
             return Ok((f.coding().unwrap_or(Framing::UntilClose), true));
         }
         Ok((f.response(self.status)?, false))
