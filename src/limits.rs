@@ -42,6 +42,13 @@ pub const DEFAULT_REVERSED_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`DEFAULT_MAX_HEAD_BYTES`]); a larger head cap grows the buffer to fit.
 pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Size of the first read buffer of a forwarded HTTP/1.1 connection (`crate::h1`): 8 KiB.
+///
+/// Most connections only ever carry small heads, and a public client that connects and waits
+/// would otherwise hold a whole [`DEFAULT_BUFFER_BYTES`] buffer. The buffer grows to its full
+/// size the first time one read fills it (a large head or body is coming), and stays grown.
+pub const FIRST_READ_BYTES: usize = 8 * 1024;
+
 /// How many `204 No Content` answers in a row the dialer re-sends its upgrade request for,
 /// before it reports the refusal: 100 (Yaler sends `204` when no public client came within its
 /// renewal period; each round has its own [`Limits::handshake_timeout`]).

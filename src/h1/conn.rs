@@ -1,6 +1,7 @@
 //! One framed HTTP/1.1 connection: a byte stream, one read buffer and one write buffer.
 //!
-//! Reads go into the read buffer (allocated at the first read, [`Limits::buffer_bytes`]), where
+//! Reads go into the read buffer (allocated at the first read, [`FIRST_READ_BYTES`], and grown
+//! to [`Limits::buffer_bytes`] once a read fills it), where
 //! heads are scanned in place and body content is written out from without a copy. Writes
 //! gather what the engine composes (heads, chunk framing) in the write buffer and send it with
 //! the body bytes that follow in one vectored write.
@@ -12,7 +13,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::limits::Limits;
+use crate::limits::{FIRST_READ_BYTES, Limits};
 
 /// Content up to this size is copied behind composed bytes in the write buffer, so that it
 /// goes in one write even on a stream that does not do vectored writes (TLS).
@@ -29,8 +30,10 @@ pub(crate) struct Conn<IO> {
     /// The next hop's request head, composed before that hop is connected; it then trades
     /// places with the next hop's (empty) write buffer, so no head is allocated per request.
     pub(crate) scratch: BytesMut,
-    /// Size of the read buffer (a head must fit).
+    /// Full size of the read buffer (a head must fit).
     capacity: usize,
+    /// Whether the read buffer has its full size yet (it starts at [`FIRST_READ_BYTES`]).
+    grown: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -42,6 +45,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             wbuf: BytesMut::new(),
             scratch: BytesMut::new(),
             capacity: limits.buffer_bytes.max(limits.max_head_bytes),
+            grown: false,
         }
     }
 
@@ -50,6 +54,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     pub(crate) fn with_buffers(io: IO, rbuf: BytesMut, wbuf: BytesMut, limits: &Limits) -> Self {
         Conn {
             io,
+            grown: rbuf.capacity() > FIRST_READ_BYTES,
             rbuf,
             wbuf,
             scratch: BytesMut::new(),
@@ -64,12 +69,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// One read appended to the read buffer: the count, 0 at EOF.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.capacity / 4 {
+        let size = if self.grown {
+            self.capacity
+        } else {
+            FIRST_READ_BYTES.min(self.capacity)
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < size / 4 {
             // Reclaims the consumed front when the buffer has been read through.
-            self.rbuf
-                .reserve(self.capacity - self.rbuf.len().min(self.capacity / 2));
+            self.rbuf.reserve(size - self.rbuf.len().min(size / 2));
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == spare && !self.grown {
+            // The read filled the buffer: more was waiting than the first size holds.
+            self.grown = true;
+            self.rbuf.reserve(self.capacity - self.rbuf.len());
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// [`Conn::poll_fill`] as a future.
@@ -147,7 +167,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn composed_bytes_and_content_go_together_and_in_order() {
@@ -172,6 +192,27 @@ mod tests {
         want.extend_from_slice(&big);
         want.extend_from_slice(b";small:abc");
         assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_starts_small_and_grows_when_filled() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut c = Conn::new(a, b"", &Limits::default());
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        c.fill().await.unwrap();
+        assert!(
+            c.rbuf.capacity() <= FIRST_READ_BYTES,
+            "a small head, a small buffer"
+        );
+        b.write_all(&vec![b'x'; 3 * FIRST_READ_BYTES])
+            .await
+            .unwrap();
+        let mut got = c.rbuf.len();
+        while got < 3 * FIRST_READ_BYTES + 18 {
+            got += c.fill().await.unwrap();
+        }
+        assert!(c.rbuf.capacity() >= Limits::default().buffer_bytes / 2);
+        assert_eq!(c.rbuf.len(), got, "nothing read was lost in the growth");
     }
 
     #[tokio::test]

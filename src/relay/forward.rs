@@ -89,7 +89,7 @@ pub(crate) async fn serve<S: AgentStream>(
             }
             Public::Switched(agent) => {
                 finish(shared, &count, info);
-                tunnel(shared, inb, agent);
+                tunnel(shared, inb, *agent);
                 return None;
             }
             Public::BadHead(after) => {
@@ -117,7 +117,7 @@ enum Public {
     /// A PTTH offer: the connection goes to the claim.
     Claim,
     /// The agent switched protocols: the two connections become a tunnel.
-    Switched(Conn<AgentConn>),
+    Switched(Box<Conn<AgentConn>>),
     /// The head was refused before it was a request (431, 400).
     BadHead(After),
 }
@@ -286,7 +286,7 @@ async fn public<S: AgentStream>(
     };
     if after == After::Switched {
         return match out.take() {
-            Some(agent) => Public::Switched(agent),
+            Some(agent) => Public::Switched(Box::new(agent)),
             None => Public::After(After::Close),
         };
     }
