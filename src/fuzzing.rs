@@ -536,15 +536,9 @@ pub fn h1_exchange(data: &[u8]) {
         let mut out = None;
         let closing = || false;
         let settings = h1::Settings {
-            limits: &limits,
-            response_limits: &limits,
             continue_wait: Duration::from_millis(5),
-            closing: &closing,
             tap: tapped.then_some(&CheckTap as &dyn h1::tap::Tap),
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
+            ..h1::Settings::new(&limits, &limits, &closing)
         };
         for _ in 0..8 {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {
@@ -686,15 +680,7 @@ pub struct Recorder<IO> {
     out: Arc<Mutex<Vec<u8>>>,
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Recorder<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+crate::io::read_through!(Recorder, inner);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Recorder<IO> {
     fn poll_write(

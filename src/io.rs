@@ -71,6 +71,24 @@ macro_rules! write_through {
 }
 pub(crate) use write_through;
 
+/// `impl AsyncRead` for a wrapper `$ty<IO>` that only watches writes: every read goes straight
+/// to its field `$inner` ([`WriteDeadline`], the fuzz harness's recorder).
+macro_rules! read_through {
+    ($ty:ident, $inner:ident) => {
+        impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for $ty<IO> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$inner).poll_read(cx, buf)
+            }
+        }
+    };
+}
+#[cfg_attr(not(feature = "fuzzing"), allow(unused_imports))]
+pub(crate) use read_through;
+
 /// A stream whose writes fail with `TimedOut` once the peer has taken no byte for `timeout`.
 ///
 /// HTTP/2 has a PING deadline for a peer that stops answering, but a peer that stops
@@ -130,15 +148,7 @@ impl<IO: fmt::Debug> fmt::Debug for WriteDeadline<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for WriteDeadline<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+read_through!(WriteDeadline, inner);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<IO> {
     fn poll_write(

@@ -152,22 +152,45 @@ where
             serve_h2(flipped, svc, config, graceful).await;
             return;
         }
-        let mut serving = std::pin::pin!(flipped.serve(svc, &config.limits));
-        let cancelled = graceful.cancelled();
-        tokio::pin!(cancelled);
-        let mut stopping = false;
-        let res = std::future::poll_fn(|cx| {
-            if !stopping && cancelled.as_mut().poll(cx).is_ready() {
-                stopping = true;
-                serving.as_mut().graceful_shutdown();
-            }
-            serving.as_mut().poll(cx)
-        })
-        .await;
-        if let Err(e) = res {
+        let serving = flipped.serve(svc, &config.limits);
+        if let Err(e) = until_drained(serving, &graceful).await {
             debug!(error = %e, "reversed connection ended with an error");
         }
     }
+}
+
+/// A connection being served that can be asked to finish what it has open and close:
+/// hyper's HTTP/1.1 and HTTP/2 servers, behind [`Flipped::serve`] and [`Flipped::serve_h2`].
+trait Drain: Future<Output = hyper::Result<()>> {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<IO: crate::io::ByteStream, S: HttpService> Drain for crate::dialer::Serving<IO, S> {
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<IO: crate::io::ByteStream, S: HttpService> Drain for crate::dialer::ServingH2<IO, S> {
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+/// Run `serving` to its end; once `graceful` is cancelled, ask it to drain and keep polling it,
+/// so that the request (or the streams) in flight finish instead of being cut.
+async fn until_drained<F: Drain>(serving: F, graceful: &CancellationToken) -> hyper::Result<()> {
+    let mut serving = std::pin::pin!(serving);
+    let mut cancelled = std::pin::pin!(graceful.cancelled());
+    let mut stopping = false;
+    std::future::poll_fn(|cx| {
+        if !stopping && cancelled.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            serving.as_mut().drain();
+        }
+        serving.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Serve HTTP/2 on a `ptth` connection whose relay chose `h2` ([`Flipped::serve_h2`]): the
@@ -179,20 +202,8 @@ pub(super) async fn serve_h2<S: HttpService>(
     config: &Config,
     graceful: CancellationToken,
 ) {
-    // As on HTTP/1.1 (`Hyper::serve`): keep polling after the GOAWAY, so open streams finish.
-    let mut serving = std::pin::pin!(flipped.serve_h2(service, &config.limits));
-    let cancelled = graceful.cancelled();
-    tokio::pin!(cancelled);
-    let mut stopping = false;
-    let res = std::future::poll_fn(|cx| {
-        if !stopping && cancelled.as_mut().poll(cx).is_ready() {
-            stopping = true;
-            serving.as_mut().graceful_shutdown();
-        }
-        serving.as_mut().poll(cx)
-    })
-    .await;
-    match res {
+    let serving = flipped.serve_h2(service, &config.limits);
+    match until_drained(serving, &graceful).await {
         Ok(()) => debug!("reversed HTTP/2 connection closed"),
         Err(e) => debug!(error = %e, "reversed HTTP/2 connection ended with an error"),
     }

@@ -40,7 +40,7 @@ use super::target::Upstream;
 use crate::dialer::Flipped;
 use crate::h1::tap::Tap;
 use crate::h1::{self, After, BoxError, Conn, Route};
-use crate::limits::{CONTINUE_WAIT, Limits};
+use crate::limits::Limits;
 use crate::proto::head;
 use crate::proto::path::{self, AboveRoot, PathError};
 
@@ -150,15 +150,8 @@ impl Proxy {
         // The replay is the only request on its stream: its response says so.
         let closing = || true;
         let settings = h1::Settings {
-            limits,
-            response_limits: &response_limits,
-            continue_wait: CONTINUE_WAIT,
-            closing: &closing,
             tap: Some(tap),
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
+            ..h1::Settings::new(limits, &response_limits, &closing)
         };
         let mut inbound = Conn::new(server, b"", limits);
         let forward = async move {
@@ -242,15 +235,8 @@ impl Serve for Proxy {
             // Busy from the first byte of a request until its response is done.
             let _busy = InFlight::start(&track);
             let settings = h1::Settings {
-                limits,
-                response_limits: &response_limits,
-                continue_wait: CONTINUE_WAIT,
-                closing: &closing,
                 tap,
-                response_timeout: None,
-                trailers: false,
-                tally: None,
-                length_beside_chunked: false,
+                ..h1::Settings::new(limits, &response_limits, &closing)
             };
             match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
                 // A stop between requests is seen by the wait above; a pipelined request

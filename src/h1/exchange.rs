@@ -32,7 +32,7 @@ use super::pump::{Encode, Pump, PumpError};
 use super::tap::{Capture, Tap};
 use crate::error::HeadError;
 use crate::io::ByteStream;
-use crate::limits::Limits;
+use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::body::Framing;
 use crate::proto::head::{self, Fields, Slots};
 use crate::proto::hop::{connection_names, is_hop_by_hop};
@@ -132,6 +132,29 @@ pub(crate) struct Settings<'a> {
     /// and the connection closes after it (RFC 9112 §6.1, decisions D16); otherwise it is a
     /// `400`.
     pub(crate) length_beside_chunked: bool,
+}
+
+impl<'a> Settings<'a> {
+    /// The plain settings of a forwarding hop: [`CONTINUE_WAIT`], no tap, no response
+    /// deadline, trailers dropped, no tally, and `Content-Length` beside chunked refused. A
+    /// caller changes what it needs with struct update syntax.
+    pub(crate) fn new(
+        limits: &'a Limits,
+        response_limits: &'a Limits,
+        closing: &'a (dyn Fn() -> bool + Sync),
+    ) -> Self {
+        Settings {
+            limits,
+            response_limits,
+            continue_wait: CONTINUE_WAIT,
+            closing,
+            tap: None,
+            response_timeout: None,
+            trailers: false,
+            tally: None,
+            length_beside_chunked: false,
+        }
+    }
 }
 
 /// What one exchange did: the status the client got (the next hop's or this hop's own) and the
@@ -1084,17 +1107,7 @@ mod tests {
         let mut inb = Conn::new(inb_io, b"", &limits);
         let mut out = None;
         let closing = || false;
-        let settings = Settings {
-            limits: &limits,
-            response_limits: &limits,
-            continue_wait: Duration::from_secs(1),
-            closing: &closing,
-            tap: None,
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
-        };
+        let settings = Settings::new(&limits, &limits, &closing);
         let mut afters = Vec::new();
         for _ in 0..n {
             let after = tokio::time::timeout(
@@ -1387,17 +1400,7 @@ mod tests {
         let mut inb = Conn::new(inb_io, b"", &limits);
         let mut out = None;
         let closing = || false;
-        let settings = Settings {
-            limits: &limits,
-            response_limits: &limits,
-            continue_wait: Duration::from_secs(1),
-            closing: &closing,
-            tap: None,
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
-        };
+        let settings = Settings::new(&limits, &limits, &closing);
         for _ in 0..3 {
             assert_eq!(
                 exchange(&mut inb, &mut out, &route, &settings).await,
@@ -1435,17 +1438,7 @@ mod tests {
         let mut inb = Conn::new(inb_io, b"", &limits);
         let mut out = None;
         let closing = || false;
-        let settings = Settings {
-            limits: &limits,
-            response_limits: &limits,
-            continue_wait: Duration::from_secs(1),
-            closing: &closing,
-            tap: None,
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
-        };
+        let settings = Settings::new(&limits, &limits, &closing);
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
             After::Switched
@@ -1510,17 +1503,7 @@ mod tests {
         let mut inb = Conn::new(inb_io, b"", &limits);
         let mut out = None;
         let closing = || false;
-        let settings = Settings {
-            limits: &limits,
-            response_limits: &limits,
-            continue_wait: Duration::from_secs(1),
-            closing: &closing,
-            tap: None,
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
-        };
+        let settings = Settings::new(&limits, &limits, &closing);
         assert_eq!(
             exchange(&mut inb, &mut out, &route, &settings).await,
             After::KeepAlive
@@ -1559,15 +1542,8 @@ mod tests {
         let mut out = None;
         let closing = || false;
         let settings = Settings {
-            limits: &limits,
-            response_limits: &limits,
-            continue_wait: Duration::from_secs(1),
-            closing: &closing,
             tap,
-            response_timeout: None,
-            trailers: false,
-            tally: None,
-            length_beside_chunked: false,
+            ..Settings::new(&limits, &limits, &closing)
         };
         exchange(&mut inb, &mut out, &route, &settings).await;
         drop((inb, out, route));

@@ -270,15 +270,12 @@ async fn public<S: AgentStream>(
     let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
     let closing = || soft.is_cancelled();
     let settings = Settings {
-        limits: &shared.public_limits,
-        response_limits: &shared.agent_limits,
         continue_wait: RELAY_CONTINUE_WAIT,
-        closing: &closing,
         response_timeout: Some(cfg.response_timeout),
         trailers: true,
         tally: Some(tally),
         length_beside_chunked: true,
-        tap: None,
+        ..Settings::new(&shared.public_limits, &shared.agent_limits, &closing)
     };
     let after = tokio::select! {
         a = h1::exchange(inb, &mut out, &route, &settings) => a,
