@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -113,9 +113,10 @@ struct ReasonLabels {
 pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    /// The codes each known name has a `requests` series for, so that forgetting the name can
-    /// remove them (a `Family` cannot be searched).
-    codes: Mutex<HashMap<String, Vec<u16>>>,
+    /// Each name's `requests` series by code, looked up by `&str` so that a request of a
+    /// series seen before allocates nothing (the family's own lookup wants owned labels); and
+    /// what forgetting a name removes.
+    series: RwLock<HashMap<String, Vec<(u16, Counter)>>>,
     response_seconds: Histogram,
     bytes: Family<DirectionLabels, Counter>,
     connects: Counter,
@@ -174,7 +175,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            codes: Mutex::default(),
+            series: RwLock::default(),
             response_seconds,
             bytes,
             connects,
@@ -191,18 +192,9 @@ impl Metrics {
 
     /// Record one finished public request (and log it).
     pub(crate) fn request(&self, r: &Finished<'_>) {
-        let labels = RequestLabels {
-            name: r.name.filter(|_| r.known).unwrap_or_default().to_string(),
-            code: r.status.as_u16(),
-        };
-        if self.requests.get(&labels).is_none() && !labels.name.is_empty() {
-            let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = codes.entry(labels.name.clone()).or_default();
-            if !seen.contains(&labels.code) {
-                seen.push(labels.code);
-            }
-        }
-        self.requests.get_or_create(&labels).inc();
+        let name = r.name.filter(|_| r.known).unwrap_or_default();
+        let code = r.status.as_u16();
+        self.series_of(name, code).inc();
         self.response_seconds.observe(r.head.as_secs_f64());
         self.bytes.get_or_create(&TO_AGENT).inc_by(r.bytes_in);
         self.bytes.get_or_create(&TO_PUBLIC).inc_by(r.bytes_out);
@@ -232,16 +224,44 @@ impl Metrics {
     /// The relay forgot `name` (its grace ended): its series go.
     pub(crate) fn forget(&self, name: &str) {
         let codes = self
-            .codes
-            .lock()
+            .series
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
-        for code in codes.unwrap_or_default() {
+        for (code, _) in codes.unwrap_or_default() {
             self.requests.remove(&RequestLabels {
                 name: name.to_string(),
                 code,
             });
         }
+    }
+
+    /// The `requests` counter of (`name`, `code`), made on first use.
+    fn series_of(&self, name: &str, code: u16) -> Counter {
+        let found = |series: &HashMap<String, Vec<(u16, Counter)>>| {
+            let codes = series.get(name)?;
+            codes
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map(|(_, n)| n.clone())
+        };
+        if let Some(n) = found(&self.series.read().unwrap_or_else(|e| e.into_inner())) {
+            return n;
+        }
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = found(&series) {
+            return n;
+        }
+        let labels = RequestLabels {
+            name: name.to_string(),
+            code,
+        };
+        let counter = self.requests.get_or_create(&labels).clone();
+        series
+            .entry(labels.name)
+            .or_default()
+            .push((code, counter.clone()));
+        counter
     }
 
     /// The text exposition, with the pool as it is now.
