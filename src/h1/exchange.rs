@@ -36,6 +36,7 @@ use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::body::Framing;
 use crate::proto::head::{self, Fields, Slots};
 use crate::proto::hop::{connection_names, is_hop_by_hop};
+use crate::proto::put_decimal;
 
 /// A boxed error.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -901,21 +902,6 @@ fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
     put_decimal(out, n);
     out.put_slice(b"\r\n");
-}
-
-/// `n` in decimal, with no formatting machinery.
-pub(crate) fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
 }
 
 /// Answer the request at hand with `r` (plain text) and say what becomes of the connection:

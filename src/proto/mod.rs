@@ -128,6 +128,21 @@ impl FromStr for Protocol {
     }
 }
 
+/// `n` in decimal, with no formatting machinery.
+pub(crate) fn put_decimal(out: &mut bytes::BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    bytes::BufMut::put_slice(out, &digits[i..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

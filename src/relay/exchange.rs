@@ -62,7 +62,7 @@ impl Route for AgentRoute<'_> {
         if let Some(waited) = self.queue_wait {
             out.put_slice(forwarded::QUEUE_WAIT_FIELD.as_bytes());
             out.put_slice(b": ");
-            crate::h1::put_decimal(out, waited.as_micros() as u64);
+            crate::proto::put_decimal(out, waited.as_micros() as u64);
             out.put_slice(b"\r\n");
         }
     }

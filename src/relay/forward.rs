@@ -416,7 +416,7 @@ async fn refuse<S: AgentStream>(inb: &mut Conn<S>, r: Refusal, tally: &Tally) ->
     let mut fields = BytesMut::new();
     if retry {
         fields.extend_from_slice(b"retry-after: ");
-        crate::h1::put_decimal(&mut fields, RETRY_AFTER_SECS);
+        crate::proto::put_decimal(&mut fields, RETRY_AFTER_SECS);
         fields.extend_from_slice(b"\r\n");
     }
     if r.keep {

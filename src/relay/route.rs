@@ -110,7 +110,7 @@ pub fn route(host: Option<&str>, path_and_query: &str, domain: &str) -> Result<R
         let path = if path_and_query.starts_with('/') {
             path::normalize(path_and_query, AboveRoot::Stay)?.into_owned()
         } else {
-            path::normalize(&format!("/{path_and_query}"), AboveRoot::Stay)?.into_owned()
+            path::normalize(&slash(path_and_query), AboveRoot::Stay)?.into_owned()
         };
         return Ok(Route {
             name,
@@ -128,13 +128,21 @@ pub fn route(host: Option<&str>, path_and_query: &str, domain: &str) -> Result<R
     let path = if tail.starts_with('/') {
         path::normalize(tail, AboveRoot::Refuse)?.into_owned()
     } else {
-        format!("/{tail}")
+        slash(tail)
     };
     Ok(Route {
         name: name.to_string(),
         path,
-        prefix: Some(format!("/{name}")),
+        prefix: Some(slash(name)),
     })
+}
+
+/// `/` and `rest`, without the formatting machinery (this runs for every public request).
+fn slash(rest: &str) -> String {
+    let mut s = String::with_capacity(1 + rest.len());
+    s.push('/');
+    s.push_str(rest);
+    s
 }
 
 /// The name an agent claims with its upgrade request: host mode first, then the first path

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Instructions per request in user space, for each half of ptth and of rathole, counted by
+# valgrind's callgrind: exact and repeatable whatever else the machine is doing (a wall-clock
+# or CPU-time figure is not, on a shared 2-core machine). Kernel time is not counted: see
+# bench/side.sh for the kernel/user split under real load.
+#
+#   bash bench/callgrind.sh            # both halves of ptth and of rathole, 13-byte GET, c8
+#   WHO="ptth-relay" bash bench/callgrind.sh
+#
+# One half at a time runs under callgrind (about 50x slower), the rest natively. Counters are
+# zeroed after a warm-up and dumped after a load of LOAD_SECONDS, so start-up and the claim are
+# not counted; the request count comes from wrk. Needs: a release build with symbols
+# (`cargo build --profile profiling --bins`), bench-upstream (release), wrk, valgrind, and
+# rathole at $BENCH_ROOT/cargo/bin (bench/run.sh installs it). Output: one table on stdout,
+# the callgrind files and `callgrind_annotate` of each in $OUT.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+BENCH_ROOT="${BENCH_ROOT:-/tmp/ptth-bench}"
+OUT="${OUT:-$BENCH_ROOT/callgrind-$(date +%Y%m%d-%H%M%S)}"
+PROF="${PROF:-$REPO/target/profiling}"
+UPSTREAM="${UPSTREAM:-$REPO/target/release/examples/bench-upstream}"
+RATHOLE="${RATHOLE:-$BENCH_ROOT/cargo/bin/rathole}"
+WHO="${WHO:-ptth-relay ptth-agent rathole-server rathole-client}"
+CONNS="${CONNS:-8}"
+WARM_SECONDS="${WARM_SECONDS:-3}"
+LOAD_SECONDS="${LOAD_SECONDS:-10}"
+H=127.0.0.1
+UP=19180 PTTH=19185 RH_CTRL=19190 RH_PORT=19183
+mkdir -p "$OUT"
+say() { printf '[callgrind] %s\n' "$*" >&2; }
+for tool in wrk valgrind callgrind_control callgrind_annotate; do
+  command -v "$tool" >/dev/null || { say "$tool is required"; exit 1; }
+done
+for bin in "$PROF/ptth-serve" "$PROF/ptth-connect" "$UPSTREAM"; do
+  [ -x "$bin" ] || { say "missing $bin (cargo build --profile profiling --bins; cargo build --release --example bench-upstream)"; exit 1; }
+done
+
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+
+# start NAME CG CMD...: run CMD (under callgrind if CG=1) in the background, log in $OUT.
+start() {
+  local name="$1" cg="$2"
+  shift 2
+  if [ "$cg" = 1 ]; then
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" "$@" >"$OUT/$name.log" 2>&1 &
+  else
+    "$@" >"$OUT/$name.log" 2>&1 &
+  fi
+  LAST=$!
+  PIDS+=("$LAST")
+}
+
+wait_answer() { # wait_answer URL: until a 200, at most 60 s (valgrind start-up is slow)
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ] && return 0
+    sleep 0.1
+  done
+  say "no answer from $1"; return 1
+}
+
+# measure NAME PID URL: zero PID's counters after a warm-up, load, dump; prints "Ir requests".
+measure() {
+  local name="$1" pid="$2" url="$3"
+  wrk -t1 -c"$CONNS" -d"${WARM_SECONDS}s" "$url" >/dev/null 2>&1 || true
+  callgrind_control -z "$pid" >/dev/null
+  local reqs
+  reqs=$(wrk -t1 -c"$CONNS" -d"${LOAD_SECONDS}s" --timeout 10s "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$pid" >/dev/null
+  sleep 1
+  local f
+  f=$(ls -t "$OUT/$name".*.out* | head -1)
+  local ir
+  ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  callgrind_annotate --inclusive=no "$f" 2>/dev/null | head -60 >"$OUT/$name.top.txt" || true
+  echo "$ir $reqs"
+}
+
+printf '| half | instructions per request | requests counted | callgrind file |\n|---|---:|---:|---|\n'
+start upstream 0 "$UPSTREAM" "$H:$UP"
+wait_answer "http://$H:$UP/hello"
+for who in $WHO; do
+  case "$who" in
+    ptth-relay|ptth-agent)
+      cg_relay=0 cg_agent=0
+      [ "$who" = ptth-relay ] && cg_relay=1 || cg_agent=1
+      start "$who-relay" "$cg_relay" "$PROF/ptth-serve" --listen "$H:$PTTH"
+      relay=$LAST
+      sleep 1
+      start "$who-agent" "$cg_agent" "$PROF/ptth-connect" "http://$H:$PTTH/bench" --to "http://$H:$UP"
+      agent=$LAST
+      url="http://$H:$PTTH/bench/hello"
+      wait_answer "$url"
+      [ "$who" = ptth-relay ] && pid=$relay || pid=$agent
+      [ "$who" = ptth-relay ] && name="$who-relay" || name="$who-agent"
+      ;;
+    rathole-server|rathole-client)
+      [ -x "$RATHOLE" ] || { say "no rathole at $RATHOLE: skipped"; continue; }
+      cat >"$OUT/rs.toml" <<EOF
+[server]
+bind_addr = "$H:$RH_CTRL"
+default_token = "callgrind"
+[server.services.bench]
+bind_addr = "$H:$RH_PORT"
+EOF
+      cat >"$OUT/rc.toml" <<EOF
+[client]
+remote_addr = "$H:$RH_CTRL"
+default_token = "callgrind"
+[client.services.bench]
+local_addr = "$H:$UP"
+EOF
+      cg_s=0 cg_c=0
+      [ "$who" = rathole-server ] && cg_s=1 || cg_c=1
+      start "$who-server" "$cg_s" "$RATHOLE" -s "$OUT/rs.toml"
+      server=$LAST
+      sleep 1
+      start "$who-client" "$cg_c" "$RATHOLE" -c "$OUT/rc.toml"
+      client=$LAST
+      url="http://$H:$RH_PORT/hello"
+      wait_answer "$url"
+      [ "$who" = rathole-server ] && pid=$server || pid=$client
+      [ "$who" = rathole-server ] && name="$who-server" || name="$who-client"
+      ;;
+    *) say "unknown half $who"; continue ;;
+  esac
+  read -r ir reqs < <(measure "$name" "$pid" "$url")
+  per=$(awk -v i="$ir" -v r="$reqs" 'BEGIN { if (r > 0) printf "%.0f", i / r; else print "—" }')
+  printf '| %s | %s | %s | %s |\n' "$who" "$per" "$reqs" "$(ls -t "$OUT/$name".*.out* | head -1)"
+  # Stop this pair (all but the upstream), by PID.
+  for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:1}"; do timeout 20 tail --pid="$p" -f /dev/null 2>/dev/null || true; done
+  PIDS=("${PIDS[0]}")
+done
+say "files in $OUT"
