@@ -39,7 +39,7 @@ use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
 use super::target::Upstream;
 use crate::dialer::Flipped;
 use crate::h1::tap::Tap;
-use crate::h1::{self, After, BoxError, Conn, Route};
+use crate::h1::{self, After, BoxError, Conn, Route, Tally};
 use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::head;
 use crate::proto::path::{self, AboveRoot, PathError};
@@ -241,6 +241,8 @@ impl Serve for Proxy {
             }
             // Busy from the first byte of a request until its response is done.
             let _busy = InFlight::start(&track);
+            // The status and the time to the response head, for the metrics.
+            let tally = Tally::default();
             let settings = h1::Settings {
                 limits,
                 response_limits: &response_limits,
@@ -249,10 +251,14 @@ impl Serve for Proxy {
                 tap,
                 response_timeout: None,
                 trailers: false,
-                tally: None,
+                tally: Some(&tally),
                 length_beside_chunked: false,
             };
-            match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
+            let after = h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
+            if let Some(status) = tally.status() {
+                track.gauge.metrics.request(status, tally.head());
+            }
+            match after {
                 // A stop between requests is seen by the wait above; a pipelined request
                 // behind this one is served only if no stop came.
                 After::KeepAlive if inbound.rbuf.is_empty() || !graceful.is_cancelled() => {}

@@ -147,6 +147,14 @@ struct Settings {
     /// (they are shown as [redacted] otherwise). [default: off]
     #[arg(long)]
     inspect_show_credentials: bool,
+    /// Admin address for /metrics (connections by state, responses by status, upstream
+    /// latency, reconnects), IP:PORT or NAME:PORT (its first address); a non-loopback one needs
+    /// --allow-public-admin. [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = common::listen_addr)]
+    admin: Option<common::ListenAddr>,
+    /// Serve --admin on a non-loopback address (/metrics has no authentication).
+    #[arg(long)]
+    allow_public_admin: bool,
 }
 
 /// A `--token-file` that holds no usable token.
@@ -346,6 +354,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let admin = match &settings.admin {
+        Some(given) => {
+            let addr = common::admin_addr(given, settings.allow_public_admin, "/metrics")?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot listen: {e}"))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let transport = transport(&settings)?;
     let forward_proxy = proxy_settings(&settings)?;
     let token = token(&settings)?;
@@ -395,6 +413,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             proxy.clone(),
             settings.allow_public_inspect,
         ));
+    }
+    if let Some(listener) = admin {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        let agent = agent.clone();
+        // Served until the process ends, like the inspector.
+        tokio::spawn(async move {
+            agent
+                .serve_admin(listener, std::future::pending::<()>())
+                .await
+        });
     }
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");
