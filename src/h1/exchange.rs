@@ -494,6 +494,8 @@ struct Flow<'l> {
     limits: &'l Limits,
     /// What the tap is shown, if there is one.
     cap: &'l mut Option<Capture>,
+    /// Shown the exchange in progress when a response body follows its head.
+    tap: Option<&'l dyn Tap>,
     /// Pass trailer fields on ([`Settings::trailers`]).
     trailers: bool,
     response_timeout: Option<Duration>,
@@ -537,6 +539,7 @@ impl<'l> Flow<'l> {
             status: None,
             moved: (0, 0),
             cap,
+            tap: settings.tap,
             nudged: false,
             up,
             down: Down::Head,
@@ -820,6 +823,12 @@ impl<'l> Flow<'l> {
         }
         inb.wbuf.put_slice(b"\r\n");
         bytes::Buf::advance(&mut out.rbuf, len);
+        if framing != Framing::Empty
+            && let (Some(tap), Some(cap)) = (self.tap, self.cap.as_mut())
+        {
+            // The body may take forever (SSE): the exchange is shown now, and again at its end.
+            tap.progress(cap);
+        }
         self.down = Down::Body(pump(framing, enc, self.trailers));
         Ok(true)
     }

@@ -4,13 +4,16 @@
 //! exchange(): request head ─ request body pieces ─ response head ─ response body pieces ─ end
 //!                 │                  │                    │                  │             │
 //!                 └──────────────────┴───── Capture (bodies kept up to a cap) ───────────┴─> Tap::record
+//!                                                         └─> Tap::progress (a body follows)
 //! ```
 //!
 //! A [`Capture`] exists only when [`super::Settings::tap`] is set: with no tap, the engine's
 //! only cost is an `Option` check at each of the points above (no allocation, no clock read).
 //! With one, body pieces are copied as they are written on (at most [`Tap::body_limit`] bytes
 //! of each body), so forwarding is never held up: a streamed response still goes piece by
-//! piece, and the capture is handed to the tap when the exchange ends.
+//! piece, and the capture is handed to the tap when the exchange ends. When a response body
+//! follows its head, the tap is also shown the exchange as it stands once the head is composed
+//! ([`Tap::progress`]), so that an exchange that never ends (an SSE stream) is seen too.
 
 use std::time::SystemTime;
 
@@ -23,10 +26,17 @@ pub(crate) trait Tap: Send + Sync {
 
     /// One exchange ended: answered by the next hop, or by this hop itself (a `502`, a `400`).
     fn record(&self, capture: Capture);
+
+    /// The response head of an exchange has been composed and its body is to follow: the
+    /// exchange so far (no response body yet). The tap may note in [`Capture::shown`] what it
+    /// made of it, for [`Tap::record`] to find when the exchange ends.
+    fn progress(&self, capture: &mut Capture) {
+        let _ = capture;
+    }
 }
 
 /// One exchange as the engine saw it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Capture {
     /// When the request head was complete.
     pub(crate) started: Instant,
@@ -44,6 +54,9 @@ pub(crate) struct Capture {
     pub(crate) response_body: Kept,
     /// Why the exchange did not end normally; `None` when it did.
     pub(crate) failed: Option<String>,
+    /// What the tap noted when it was shown the exchange in progress (the inspector's entry
+    /// id), if it was.
+    pub(crate) shown: Option<String>,
 }
 
 impl Capture {
@@ -58,6 +71,7 @@ impl Capture {
             response_head: Vec::new(),
             response_body: Kept::new(limit),
             failed: None,
+            shown: None,
         }
     }
 }

@@ -11,7 +11,7 @@
 //! | `POST /api/requests/http` | `{"id": ...}` replays it (edits: `method`, `path`, `headers`, `body`, `body_base64`); `204` |
 //! | `DELETE /api/requests/http` | clears the history; `204` |
 //! | `GET /api/har` | the history as HAR 1.2 |
-//! | `GET /api/events` | new entries as they come (server-sent events) |
+//! | `GET /api/events` | new entries as they come, and entries in progress when they end (server-sent events) |
 //!
 //! A request whose `Host` is not a loopback name is refused unless the inspector is public (a
 //! web page elsewhere cannot reach it by DNS rebinding), and a replay must be sent as
@@ -362,8 +362,10 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `GET /api/events`: one `request` event per new entry (its JSON), `clear` when the history
-/// is cleared, `lagged` when this page fell behind (it reloads the list).
+/// `GET /api/events`: one `request` event per new entry (its JSON; `in_progress` while its
+/// response body has not ended), `update` when an entry in progress ends (the entry, same id),
+/// `clear` when the history is cleared, `lagged` when this page fell behind (it reloads the
+/// list).
 fn events(inspector: &Inspector, redact: bool) -> Response<ApiBody> {
     let mut feed = inspector.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(SSE_QUEUE);
@@ -383,6 +385,7 @@ fn events(inspector: &Inspector, redact: bool) -> Response<ApiBody> {
             };
             let event = match next {
                 Ok(Event::Added(e)) => format!("event: request\ndata: {}\n\n", e.to_json(redact)),
+                Ok(Event::Updated(e)) => format!("event: update\ndata: {}\n\n", e.to_json(redact)),
                 Ok(Event::Cleared) => "event: clear\ndata: {}\n\n".to_string(),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     "event: lagged\ndata: {}\n\n".to_string()

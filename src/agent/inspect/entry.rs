@@ -41,6 +41,9 @@ pub(crate) struct Entry {
     pub(crate) response_body: Kept,
     pub(crate) timing: Timing,
     pub(crate) failed: Option<String>,
+    /// The response head has gone and its body has not ended yet: the entry is replaced when it
+    /// does (its timing and response body are so far).
+    pub(crate) in_progress: bool,
 }
 
 /// A parsed head, and its bytes as they came.
@@ -71,7 +74,12 @@ pub(crate) struct Timing {
 }
 
 impl Entry {
-    pub(crate) fn new(id: String, replay_of: Option<String>, c: Capture) -> Self {
+    pub(crate) fn new(
+        id: String,
+        replay_of: Option<String>,
+        c: Capture,
+        in_progress: bool,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         let request = Head::request(&c.request_head);
         let relay_queue = request
@@ -98,6 +106,7 @@ impl Entry {
             response_body: c.response_body,
             timing,
             failed: c.failed,
+            in_progress,
         }
     }
 
@@ -162,6 +171,7 @@ impl Entry {
             },
             "response": response,
             "replay_of": self.replay_of,
+            "in_progress": self.in_progress,
             "error": self.failed,
             "timing": {
                 "relay_queue_ms": self.timing.relay_queue.map(ms),

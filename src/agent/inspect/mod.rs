@@ -2,7 +2,8 @@
 //! a bounded ring and served on a local page and ngrok's agent API, with replay.
 //!
 //! ```text
-//! proxy (src/h1 engine) ── Tap::record(Capture) ──> Inspector: ring (count and byte bounds)
+//! proxy (src/h1 engine) ── Tap::progress(&Capture) ─> Inspector: ring (count and byte bounds)
+//!                       └─ Tap::record(Capture) ───────┤ (the entry in progress, replaced)
 //!                                                      ├─ broadcast ──> SSE feed (/api/events)
 //! api.rs (hyper, loopback) ── list, get, delete, HAR, curl, page
 //!        └─ replay ── the same engine and upstream route, over an in-memory stream ──┘
@@ -10,7 +11,9 @@
 //!
 //! The forwarding is never held up by it: the engine copies at most
 //! [`InspectConfig::body_limit`] bytes of each body as the pieces go by, and the capture is
-//! handed over when the exchange ends (a lock held for a push). Credentials
+//! handed over (a lock held for a push) when the response head goes, if a body follows (the
+//! entry is then marked in progress: an SSE stream that never ends is seen), and again when the
+//! exchange ends (the entry is replaced, under the same id). Credentials
 //! (`Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`) are kept for replays and
 //! redacted in everything shown, unless [`InspectConfig::redact`] is off.
 
@@ -85,6 +88,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     Added(Arc<Entry>),
+    /// An entry that was in progress has ended (the entry as it is now, same id).
+    Updated(Arc<Entry>),
     Cleared,
 }
 
@@ -116,11 +121,16 @@ impl Inspector {
         &self.inner.config
     }
 
-    /// Record one exchange; `replay_of` names the entry it replays. Returns its id.
-    fn add(&self, capture: Capture, replay_of: Option<String>) -> String {
-        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{n:016x}");
-        let mut entry = Entry::new(id.clone(), replay_of, capture);
+    /// Record one exchange; `replay_of` names the entry it replays. `in_progress`: its
+    /// response body has not ended yet. An exchange shown in progress before
+    /// ([`Capture::shown`]) replaces its entry, if the ring still has it. Returns its id.
+    fn add(&self, capture: Capture, replay_of: Option<String>, in_progress: bool) -> String {
+        let replaces = capture.shown.clone();
+        let id = replaces.clone().unwrap_or_else(|| {
+            let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            format!("{n:016x}")
+        });
+        let mut entry = Entry::new(id.clone(), replay_of, capture, in_progress);
         let max_bytes = self.inner.config.max_bytes;
         if entry.size() > max_bytes {
             entry.drop_bodies();
@@ -128,24 +138,46 @@ impl Inspector {
         let entry = Arc::new(entry);
         {
             let mut ring = self.ring();
-            if entry.size() > max_bytes || self.inner.config.max_requests == 0 {
-                ring.dropped += 1;
-                return id;
-            }
-            while ring.entries.len() >= self.inner.config.max_requests
-                || ring.bytes + entry.size() > max_bytes
-            {
-                let Some(old) = ring.entries.pop_front() else {
-                    break;
+            if let Some(old) = &replaces {
+                // Newest at the back: an entry in progress is usually among the last few.
+                let Some(at) = ring.entries.iter().rposition(|e| &e.id == old) else {
+                    // Evicted (or cleared) while in progress: it stays gone.
+                    return id;
                 };
-                ring.bytes -= old.size();
-                ring.dropped += 1;
+                let old = std::mem::replace(&mut ring.entries[at], entry.clone());
+                ring.bytes = ring.bytes - old.size() + entry.size();
+                // The bodies grew: the oldest others go first, then this one if still too much.
+                while ring.bytes > max_bytes {
+                    let Some(gone) = ring.entries.pop_front() else {
+                        break;
+                    };
+                    ring.bytes -= gone.size();
+                    ring.dropped += 1;
+                }
+            } else {
+                if entry.size() > max_bytes || self.inner.config.max_requests == 0 {
+                    ring.dropped += 1;
+                    return id;
+                }
+                while ring.entries.len() >= self.inner.config.max_requests
+                    || ring.bytes + entry.size() > max_bytes
+                {
+                    let Some(old) = ring.entries.pop_front() else {
+                        break;
+                    };
+                    ring.bytes -= old.size();
+                    ring.dropped += 1;
+                }
+                ring.bytes += entry.size();
+                ring.entries.push_back(entry.clone());
             }
-            ring.bytes += entry.size();
-            ring.entries.push_back(entry.clone());
         }
         // No page listening is no error.
-        let _ = self.inner.feed.send(Event::Added(entry));
+        let event = match replaces {
+            Some(_) => Event::Updated(entry),
+            None => Event::Added(entry),
+        };
+        let _ = self.inner.feed.send(event);
         id
     }
 
@@ -195,7 +227,11 @@ impl Tap for Inspector {
     }
 
     fn record(&self, capture: Capture) {
-        self.add(capture, None);
+        self.add(capture, None, false);
+    }
+
+    fn progress(&self, capture: &mut Capture) {
+        capture.shown = Some(self.add(capture.clone(), None, true));
     }
 }
 
@@ -213,7 +249,15 @@ impl Tap for ReplayTap<'_> {
     }
 
     fn record(&self, capture: Capture) {
-        let id = self.inspector.add(capture, Some(self.of.clone()));
+        let id = self.inspector.add(capture, Some(self.of.clone()), false);
+        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+
+    fn progress(&self, capture: &mut Capture) {
+        let id = self
+            .inspector
+            .add(capture.clone(), Some(self.of.clone()), true);
+        capture.shown = Some(id.clone());
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
 }
