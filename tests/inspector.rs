@@ -128,18 +128,22 @@ async fn setup(config: InspectConfig, ask_queue_wait: bool) -> Setup {
     let second = Arc::new(Notify::new());
     let up = upstream(second.clone()).await;
     let relay = start_relay(Config::default()).await;
-    let inspector = Inspector::new(config);
+    let mut builder = Agent::builder(format!("http://{}/app", relay.addr)).connections(2);
+    if ask_queue_wait {
+        builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
+    }
+    let agent = builder.build().unwrap();
+    // As ptth-connect does: curl commands and the HAR name the agent's public URL.
+    let inspector = Inspector::new(InspectConfig {
+        public_url: Some(agent.public_url().to_string()),
+        ..config
+    });
     let proxy = Proxy::new(&format!("http://{up}"))
         .unwrap()
         .inspect(inspector.clone());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inspector_addr = l.local_addr().unwrap();
     tokio::spawn(inspect::serve(l, inspector, proxy.clone(), false));
-    let mut builder = Agent::builder(format!("http://{}/app", relay.addr)).connections(2);
-    if ask_queue_wait {
-        builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
-    }
-    let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     tokio::spawn(agent.serve_proxy(proxy, async move {
         let _ = rx.await;
@@ -421,6 +425,10 @@ async fn a_request_is_listed_with_ngroks_fields_and_replayed_with_and_without_ed
         assert_eq!(har["log"]["version"], "1.2");
         assert_eq!(har["log"]["entries"].as_array().unwrap().len(), 3);
         assert_eq!(har["log"]["entries"][0]["request"]["method"], "POST");
+        assert_eq!(
+            har["log"]["entries"][0]["request"]["url"],
+            format!("http://{}/app/hook?x=1", s.relay)
+        );
         assert_eq!(har["log"]["entries"][0]["response"]["status"], 200);
 
         // Status, then delete.
@@ -562,6 +570,65 @@ async fn a_streamed_response_passes_unbuffered_with_the_inspector_on() {
         assert_eq!(e["request"]["uri"], "/sse");
         let text = e["response"]["body"]["text"].as_str().unwrap();
         assert_eq!(text, "data: one\n\ndata: two\n\n");
+    })
+    .await;
+}
+
+/// Copy-as-curl names the public URL the request came to (the relay's, with the service's
+/// path), not the upstream or localhost, leaves out what the relay and curl add, and runs as
+/// given: the request goes through the relay to the upstream again.
+#[tokio::test]
+async fn copy_as_curl_targets_the_public_url_and_runs_as_given() {
+    deadline(async {
+        let s = setup(InspectConfig::default(), false).await;
+        let mut feed = Feed::open(&s).await;
+        let (status, _) = public(
+            &s,
+            "PUT",
+            "/items/7?v=2",
+            "Content-Type: application/json\nX-Client: it's me\n",
+            br#"{"n":7}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let e = feed.next_request().await;
+        let id = e["id"].as_str().unwrap();
+        let (status, _, _) = api(&s, "GET", &format!("/api/requests/http/{id}/curl"), None).await;
+        assert_eq!(status, 200);
+        let curl = e["curl"].as_str().unwrap().to_string();
+        let url = format!("'http://{}/app/items/7?v=2'", s.relay);
+        assert!(curl.ends_with(&url), "{curl}");
+        let lower = curl.to_ascii_lowercase();
+        for absent in [
+            "'host:",
+            "'x-forwarded-",
+            "'forwarded:",
+            "'content-length:",
+            "'connection:",
+        ] {
+            assert!(!lower.contains(absent), "{absent} in {curl}");
+        }
+        assert!(curl.contains(r"-H 'X-Client: it'\''s me'"), "{curl}");
+        if std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped running the command: curl is not installed");
+            return;
+        }
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", &format!("{curl} -sS")])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{curl}: {out:?}");
+        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(seen["method"], "PUT");
+        assert_eq!(seen["uri"], "/items/7?v=2");
+        assert_eq!(seen["body"], r#"{"n":7}"#);
+        let again = feed.next_request().await;
+        assert_eq!(again["request"]["uri"], "/items/7?v=2");
     })
     .await;
 }

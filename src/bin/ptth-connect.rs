@@ -331,29 +331,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut proxy = Proxy::with_tls(&settings.to, upstream_tls)?
         .upstream_connections(settings.upstream_connections)
         .host_header(host_header);
-    let inspector = match settings.inspect {
-        Some(addr) => {
-            if !addr.ip().is_loopback() && !settings.allow_public_inspect {
-                anyhow::bail!(
-                    "--inspect {addr} is not a loopback address: the inspector has no \
-                     authentication and replays requests; add --allow-public-inspect if it is \
-                     meant to be reachable from other hosts"
-                );
-            }
-            let inspector = Inspector::new(InspectConfig {
-                body_limit: settings.inspect_body_kib.saturating_mul(1024),
-                max_requests: settings.inspect_max_requests,
-                max_bytes: settings.inspect_max_mib.saturating_mul(1 << 20),
-                redact: !settings.inspect_show_credentials,
-            });
-            proxy = proxy.inspect(inspector.clone());
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("--inspect {addr}: cannot listen: {e}"))?;
-            Some((listener, inspector))
-        }
-        None => None,
-    };
     let admin = match &settings.admin {
         Some(given) => {
             let addr = common::admin_addr(given, settings.allow_public_admin, "/metrics")?;
@@ -389,11 +366,36 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     for (name, value) in settings.headers {
         builder = builder.header(name, value);
     }
-    if inspector.is_some() {
+    if settings.inspect.is_some() {
         // The relay then says how long each request waited for this agent (decision D66).
         builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
     }
     let agent = builder.build()?;
+    let inspector = match settings.inspect {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && !settings.allow_public_inspect {
+                anyhow::bail!(
+                    "--inspect {addr} is not a loopback address: the inspector has no \
+                     authentication and replays requests; add --allow-public-inspect if it is \
+                     meant to be reachable from other hosts"
+                );
+            }
+            let inspector = Inspector::new(InspectConfig {
+                body_limit: settings.inspect_body_kib.saturating_mul(1024),
+                max_requests: settings.inspect_max_requests,
+                max_bytes: settings.inspect_max_mib.saturating_mul(1 << 20),
+                redact: !settings.inspect_show_credentials,
+                // Copy-as-curl and the HAR name the URL the public used.
+                public_url: Some(agent.public_url().to_string()),
+            });
+            proxy = proxy.inspect(inspector.clone());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--inspect {addr}: cannot listen: {e}"))?;
+            Some((listener, inspector))
+        }
+        None => None,
+    };
     tracing::info!(relay = %agent.config().target.url(), upstream = %settings.to, "starting");
     let config = agent.config();
     if let Ok(Some((proxy, origin))) = config.proxy.proxy_for(&config.target.endpoint) {

@@ -49,6 +49,9 @@ pub struct InspectConfig {
     pub max_bytes: usize,
     /// Show credentials as `[redacted]`.
     pub redact: bool,
+    /// Where the public reaches the service (the agent's [`super::Agent::public_url`]): the
+    /// copy-as-curl commands and the HAR's URLs target it. `None`: `http://localhost/`.
+    pub public_url: Option<String>,
 }
 
 impl Default for InspectConfig {
@@ -58,6 +61,7 @@ impl Default for InspectConfig {
             max_requests: DEFAULT_INSPECT_MAX_REQUESTS,
             max_bytes: DEFAULT_INSPECT_MAX_BYTES,
             redact: true,
+            public_url: None,
         }
     }
 }
