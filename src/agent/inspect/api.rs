@@ -125,7 +125,7 @@ async fn route(
             let list: Vec<Value> = inspector
                 .list(limit)
                 .iter()
-                .map(|e| e.to_json(&shown))
+                .map(|e| e.to_json(shown))
                 .collect();
             json_response(
                 StatusCode::OK,
@@ -133,7 +133,7 @@ async fn route(
             )
         }
         (&Method::GET, ["api", "requests", "http", id]) => match inspector.get(id) {
-            Some(e) => json_response(StatusCode::OK, &e.to_json(&shown)),
+            Some(e) => json_response(StatusCode::OK, &e.to_json(shown)),
             None => not_found(id),
         },
         (&Method::GET, ["api", "requests", "http", id, "curl"]) => match inspector.get(id) {
