@@ -141,6 +141,11 @@ def main():
         text = page.eval("document.getElementById('detail').innerText")
         assert "Add the inspector" in text, text
         assert "not-for-the-page" not in text and "[redacted]" in text, text
+        # JSON bodies are pretty-printed: the request's, and the upstream's response.
+        bodies = page.eval("[...document.querySelectorAll('#detail pre.body')].map(p => p.textContent)")
+        assert any('\n  "number": 42,' in b for b in bodies), bodies
+        assert any('\n  "ok": true' in b for b in bodies), bodies
+        print("ok: JSON bodies are pretty-printed")
         page.click("#replay")
         page.wait_for("document.querySelectorAll('#list li').length === 2 && "
                       "document.querySelector('#list li').innerText.includes('replay')",
