@@ -4,7 +4,9 @@
 Usage: inspector_cdp.py CHROMIUM INSPECTOR_URL RELAY_ADDR NAME SCREENSHOT
 
 Loads the page, sends a public request through the relay, waits for it to appear in the live
-list, clicks it, clicks Replay, waits for the replay to appear, and saves a screenshot. Each
+list, clicks it, checks the JSON bodies are pretty-printed, clicks Replay, waits for the replay
+to appear, and saves a screenshot; then opens an SSE stream that stays open, sees its row
+appear at once marked streaming, releases the stream and sees the row completed. Each
 wait is a promise in the page (a MutationObserver on the list) with its own deadline, not a
 sleep. Exit 0 when all of it happened, 77 when the `websocket` package (websocket-client) is
 missing, 1 otherwise.
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 
 try:
@@ -158,6 +161,20 @@ def main():
         with open(screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         print(f"ok: screenshot in {screenshot}")
+
+        # A stream that stays open is listed at once, marked streaming, and completed in place.
+        done = {}
+        stream = threading.Thread(
+            target=lambda: done.setdefault("status", public_request(relay, name, "/events", "", {})))
+        stream.start()
+        row = "[...document.querySelectorAll('#list li')].filter(li => li.innerText.includes('/events'))"
+        page.wait_for(f"{row}.length === 1 && {row}[0].innerText.includes('streaming')",
+                      "an open stream is listed, streaming")
+        assert public_request(relay, name, "/release", "", {}) == 200
+        stream.join(30)
+        assert done.get("status") == 200, done
+        page.wait_for(f"{row}.length === 1 && !{row}[0].innerText.includes('streaming')",
+                      "the stream's row is complete")
         return 0
     finally:
         proc.terminate()
