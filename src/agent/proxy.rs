@@ -39,7 +39,7 @@ use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
 use super::target::Upstream;
 use crate::dialer::Flipped;
 use crate::h1::tap::Tap;
-use crate::h1::{self, After, BoxError, Conn, Route, Tally};
+use crate::h1::{self, After, BoxError, Conn, Record, Route};
 use crate::limits::{CONTINUE_WAIT, Limits};
 use crate::proto::head;
 use crate::proto::path::{self, AboveRoot, PathError};
@@ -157,13 +157,20 @@ impl Proxy {
             tap: Some(tap),
             response_timeout: None,
             trailers: false,
-            tally: None,
             length_beside_chunked: false,
         };
         let mut inbound = Conn::new(server, b"", limits);
         let forward = async move {
             let mut upstream = None;
-            h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
+            let mut record = Record::default();
+            h1::exchange(
+                &mut inbound,
+                &mut upstream,
+                &*self.cfg,
+                &settings,
+                &mut record,
+            )
+            .await;
             // Dropping the stream ends the response for the reader below.
         };
         let client = async {
@@ -242,7 +249,7 @@ impl Serve for Proxy {
             // Busy from the first byte of a request until its response is done.
             let _busy = InFlight::start(&track);
             // The status and the time to the response head, for the metrics.
-            let tally = Tally::default();
+            let mut record = Record::default();
             let settings = h1::Settings {
                 limits,
                 response_limits: &response_limits,
@@ -251,12 +258,18 @@ impl Serve for Proxy {
                 tap,
                 response_timeout: None,
                 trailers: false,
-                tally: Some(&tally),
                 length_beside_chunked: false,
             };
-            let after = h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
-            if let Some(status) = tally.status() {
-                track.gauge.metrics.request(status, tally.head());
+            let after = h1::exchange(
+                &mut inbound,
+                &mut upstream,
+                &*self.cfg,
+                &settings,
+                &mut record,
+            )
+            .await;
+            if let Some(status) = record.status() {
+                track.gauge.metrics.request(status, record.head());
             }
             match after {
                 // A stop between requests is seen by the wait above; a pipelined request

@@ -23,5 +23,5 @@ pub(crate) use conn::Conn;
 #[cfg(test)]
 pub(crate) use exchange::ErrorChain;
 pub(crate) use exchange::{
-    After, BoxError, Route, Settings, Tally, exchange, put_decimal, reply, tunnel,
+    After, BoxError, Record, Route, Settings, exchange, put_decimal, reply, tunnel,
 };

@@ -7,8 +7,10 @@
 //!                                                         └─> Tap::progress (a body follows)
 //! ```
 //!
-//! A [`Capture`] exists only when [`super::Settings::tap`] is set: with no tap, the engine's
-//! only cost is an `Option` check at each of the points above (no allocation, no clock read).
+//! Every exchange writes one [`Record`] (status, bytes, when the response head went), which the
+//! caller reads; a [`Capture`] (the record's `copy`) exists only when [`super::Settings::tap`]
+//! is set: with no tap, the copy costs an `Option` check at each of the points above (no
+//! allocation).
 //! With one, body pieces are copied as they are written on (at most [`Tap::body_limit`] bytes
 //! of each body), so forwarding is never held up: a streamed response still goes piece by
 //! piece, and the capture is handed to the tap when the exchange ends. When a response body
@@ -19,23 +21,27 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use super::exchange::Record;
+
 /// Where captured exchanges go (the agent's inspector).
 pub(crate) trait Tap: Send + Sync {
     /// Most bytes kept of each body; the rest is counted, not kept.
     fn body_limit(&self) -> usize;
 
     /// One exchange ended: answered by the next hop, or by this hop itself (a `502`, a `400`).
-    fn record(&self, capture: Capture);
+    /// `record` says the rest (the status, the bytes, when the response head went).
+    fn record(&self, capture: Capture, record: &Record);
 
     /// The response head of an exchange has been composed and its body is to follow: the
     /// exchange so far (no response body yet). The tap may note in [`Capture::shown`] what it
     /// made of it, for [`Tap::record`] to find when the exchange ends.
-    fn progress(&self, capture: &mut Capture) {
-        let _ = capture;
+    fn progress(&self, capture: &mut Capture, record: &Record) {
+        let _ = (capture, record);
     }
 }
 
-/// One exchange as the engine saw it.
+/// The copy of one exchange a tap is shown: its heads and the start of its bodies, the optional
+/// part of the exchange's [`Record`] (the counts and times are the record's).
 #[derive(Debug, Clone)]
 pub(crate) struct Capture {
     /// When the request head was complete.
@@ -46,9 +52,8 @@ pub(crate) struct Capture {
     pub(crate) request_head: Vec<u8>,
     pub(crate) request_body: Kept,
     /// When the rewritten request head was handed to the next hop's connection (connected).
+    /// (When the response head went is the record's: [`Record::answered_at`].)
     pub(crate) sent: Option<Instant>,
-    /// When the final response head was read.
-    pub(crate) answered: Option<Instant>,
     /// The final response head as the next hop sent it, or the answer this hop composed.
     pub(crate) response_head: Vec<u8>,
     pub(crate) response_body: Kept,
@@ -67,7 +72,6 @@ impl Capture {
             request_head: request_head.to_vec(),
             request_body: Kept::new(limit),
             sent: None,
-            answered: None,
             response_head: Vec::new(),
             response_body: Kept::new(limit),
             failed: None,

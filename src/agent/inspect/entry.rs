@@ -79,10 +79,12 @@ pub(crate) struct Timing {
 }
 
 impl Entry {
+    /// The entry of `c`, whose response head went at `answered` (the exchange's record).
     pub(crate) fn new(
         id: String,
         replay_of: Option<String>,
         c: Capture,
+        answered: Option<tokio::time::Instant>,
         in_progress: bool,
     ) -> Self {
         let now = tokio::time::Instant::now();
@@ -96,7 +98,7 @@ impl Entry {
             connect: c.sent.map(|s| s - c.started),
             upstream: c
                 .sent
-                .zip(c.answered)
+                .zip(answered)
                 .map(|(s, a)| a.saturating_duration_since(s)),
             total: now - c.started,
         };
@@ -523,7 +525,7 @@ mod tests {
     #[test]
     fn urls_are_the_public_ones_in_path_and_host_mode() {
         let head = b"GET /a/b?c=1 HTTP/1.1\r\nHost: relay:8080\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
-        let e = Entry::new("1".into(), None, Capture::new(head, 0), false);
+        let e = Entry::new("1".into(), None, Capture::new(head, 0), None, false);
         let shown = |public_url: Option<&str>| InspectConfig {
             public_url: public_url.map(str::to_string),
             ..InspectConfig::default()

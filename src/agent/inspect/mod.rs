@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 use super::config::{
     DEFAULT_INSPECT_BODY_LIMIT, DEFAULT_INSPECT_MAX_BYTES, DEFAULT_INSPECT_MAX_REQUESTS,
 };
+use crate::h1::Record;
 use crate::h1::tap::{Capture, Tap};
 
 mod api;
@@ -128,13 +129,20 @@ impl Inspector {
     /// Record one exchange; `replay_of` names the entry it replays. `in_progress`: its
     /// response body has not ended yet. An exchange shown in progress before
     /// ([`Capture::shown`]) replaces its entry, if the ring still has it. Returns its id.
-    fn add(&self, capture: Capture, replay_of: Option<String>, in_progress: bool) -> String {
+    fn add(
+        &self,
+        capture: Capture,
+        record: &Record,
+        replay_of: Option<String>,
+        in_progress: bool,
+    ) -> String {
         let replaces = capture.shown.clone();
         let id = replaces.clone().unwrap_or_else(|| {
             let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             format!("{n:016x}")
         });
-        let mut entry = Entry::new(id.clone(), replay_of, capture, in_progress);
+        let answered = record.answered_at();
+        let mut entry = Entry::new(id.clone(), replay_of, capture, answered, in_progress);
         let max_bytes = self.inner.config.max_bytes;
         if entry.size() > max_bytes {
             entry.drop_bodies();
@@ -230,12 +238,12 @@ impl Tap for Inspector {
         self.inner.config.body_limit
     }
 
-    fn record(&self, capture: Capture) {
-        self.add(capture, None, false);
+    fn record(&self, capture: Capture, record: &Record) {
+        self.add(capture, record, None, false);
     }
 
-    fn progress(&self, capture: &mut Capture) {
-        capture.shown = Some(self.add(capture.clone(), None, true));
+    fn progress(&self, capture: &mut Capture, record: &Record) {
+        capture.shown = Some(self.add(capture.clone(), record, None, true));
     }
 }
 
@@ -252,15 +260,17 @@ impl Tap for ReplayTap<'_> {
         self.inspector.inner.config.body_limit
     }
 
-    fn record(&self, capture: Capture) {
-        let id = self.inspector.add(capture, Some(self.of.clone()), false);
+    fn record(&self, capture: Capture, record: &Record) {
+        let id = self
+            .inspector
+            .add(capture, record, Some(self.of.clone()), false);
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
 
-    fn progress(&self, capture: &mut Capture) {
+    fn progress(&self, capture: &mut Capture, record: &Record) {
         let id = self
             .inspector
-            .add(capture.clone(), Some(self.of.clone()), true);
+            .add(capture.clone(), record, Some(self.of.clone()), true);
         capture.shown = Some(id.clone());
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
