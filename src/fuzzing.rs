@@ -544,7 +544,15 @@ pub fn h1_exchange(data: &[u8]) {
             if inb.rbuf.is_empty() && !matches!(inb.fill().await, Ok(n) if n > 0) {
                 break;
             }
-            match h1::exchange(&mut inb, &mut out, &route, &settings).await {
+            match h1::exchange(
+                &mut inb,
+                &mut out,
+                &route,
+                &settings,
+                &mut h1::Record::default(),
+            )
+            .await
+            {
                 h1::After::KeepAlive => {}
                 h1::After::Close => break,
                 h1::After::Switched => {
@@ -574,7 +582,7 @@ impl h1::tap::Tap for CheckTap {
         16
     }
 
-    fn record(&self, c: h1::tap::Capture) {
+    fn record(&self, c: h1::tap::Capture, _record: &h1::Record) {
         for body in [&c.request_body, &c.response_body] {
             assert!(body.bytes.len() <= 16 && body.total >= body.bytes.len() as u64);
         }

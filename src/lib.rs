@@ -33,6 +33,7 @@
 //!   handshake IO ([`ByteStream`] is the one stream trait).
 //! - [`Limits`]: every size cap and deadline, with documented defaults.
 //! - [`Error`]: typed errors, with peer faults split by kind.
+//! - `admin` (private): the admin listener (`/metrics`) both roles serve with `--admin`.
 //!
 //! # Cancel safety
 //! Dropping a handshake future mid-way leaves the stream in an unknown state: close it. Dropping
@@ -41,6 +42,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub(crate) mod admin;
 pub mod agent;
 pub mod dialer;
 pub mod error;

@@ -1,11 +1,12 @@
 //! The request inspector (`ptth-connect --inspect`) through a real relay and a real upstream:
 //! ngrok's agent API (list, limit, get, replay, delete), replay with edits, the ring's count
 //! and byte bounds, the body cap (the public client still gets the whole body), a streamed SSE
-//! response passing unbuffered with the inspector on, redaction, curl and HAR.
+//! response passing unbuffered with the inspector on, an open SSE stream listed in progress,
+//! redaction, curl and HAR.
 //!
-//! Entries are recorded when an exchange ends, which may be just after the public client has
-//! its response: the tests wait on the inspector's own live feed (`/api/events`), never on
-//! time.
+//! Entries appear when a response head goes (in progress while a body follows) and are
+//! complete when the exchange ends, which may be just after the public client has its
+//! response: the tests wait on the inspector's own live feed (`/api/events`), never on time.
 
 mod support;
 
@@ -127,18 +128,22 @@ async fn setup(config: InspectConfig, ask_queue_wait: bool) -> Setup {
     let second = Arc::new(Notify::new());
     let up = upstream(second.clone()).await;
     let relay = start_relay(Config::default()).await;
-    let inspector = Inspector::new(config);
+    let mut builder = Agent::builder(format!("http://{}/app", relay.addr)).connections(2);
+    if ask_queue_wait {
+        builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
+    }
+    let agent = builder.build().unwrap();
+    // As ptth-connect does: curl commands and the HAR name the agent's public URL.
+    let inspector = Inspector::new(InspectConfig {
+        public_url: Some(agent.public_url().to_string()),
+        ..config
+    });
     let proxy = Proxy::new(&format!("http://{up}"))
         .unwrap()
         .inspect(inspector.clone());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inspector_addr = l.local_addr().unwrap();
     tokio::spawn(inspect::serve(l, inspector, proxy.clone(), false));
-    let mut builder = Agent::builder(format!("http://{}/app", relay.addr)).connections(2);
-    if ask_queue_wait {
-        builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
-    }
-    let agent = builder.build().unwrap();
     let (stop, rx) = oneshot::channel::<()>();
     tokio::spawn(agent.serve_proxy(proxy, async move {
         let _ = rx.await;
@@ -237,22 +242,34 @@ impl Feed {
         }
     }
 
-    /// The next `request` event's entry (chunk size lines and other events are skipped).
-    async fn next_request(&mut self) -> Value {
+    /// The next `request` or `update` event: its name and entry (chunk size lines and other
+    /// events are skipped).
+    async fn next_event(&mut self) -> (String, Value) {
         let mut line = String::new();
-        let mut is_request = false;
+        let mut event = None;
         loop {
             line.clear();
             assert!(
                 self.0.read_line(&mut line).await.unwrap() > 0,
                 "feed closed"
             );
-            if line.starts_with("event: request") {
-                is_request = true;
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = Some(name.trim().to_string()).filter(|n| n == "request" || n == "update");
             } else if let Some(data) = line.strip_prefix("data: ")
-                && is_request
+                && let Some(name) = event.take()
             {
-                return serde_json::from_str(data.trim()).unwrap();
+                return (name, serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+
+    /// The next entry whose exchange has ended: a `request` event not in progress, or the
+    /// `update` of one that was.
+    async fn next_request(&mut self) -> Value {
+        loop {
+            let (_, e) = self.next_event().await;
+            if e["in_progress"] == false {
+                return e;
             }
         }
     }
@@ -408,6 +425,10 @@ async fn a_request_is_listed_with_ngroks_fields_and_replayed_with_and_without_ed
         assert_eq!(har["log"]["version"], "1.2");
         assert_eq!(har["log"]["entries"].as_array().unwrap().len(), 3);
         assert_eq!(har["log"]["entries"][0]["request"]["method"], "POST");
+        assert_eq!(
+            har["log"]["entries"][0]["request"]["url"],
+            format!("http://{}/app/hook?x=1", s.relay)
+        );
         assert_eq!(har["log"]["entries"][0]["response"]["status"], 200);
 
         // Status, then delete.
@@ -549,6 +570,134 @@ async fn a_streamed_response_passes_unbuffered_with_the_inspector_on() {
         assert_eq!(e["request"]["uri"], "/sse");
         let text = e["response"]["body"]["text"].as_str().unwrap();
         assert_eq!(text, "data: one\n\ndata: two\n\n");
+    })
+    .await;
+}
+
+/// Copy-as-curl names the public URL the request came to (the relay's, with the service's
+/// path), not the upstream or localhost, leaves out what the relay and curl add, and runs as
+/// given: the request goes through the relay to the upstream again.
+#[tokio::test]
+async fn copy_as_curl_targets_the_public_url_and_runs_as_given() {
+    deadline(async {
+        let s = setup(InspectConfig::default(), false).await;
+        let mut feed = Feed::open(&s).await;
+        let (status, _) = public(
+            &s,
+            "PUT",
+            "/items/7?v=2",
+            "Content-Type: application/json\nX-Client: it's me\n",
+            br#"{"n":7}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let e = feed.next_request().await;
+        let id = e["id"].as_str().unwrap();
+        let (status, _, _) = api(&s, "GET", &format!("/api/requests/http/{id}/curl"), None).await;
+        assert_eq!(status, 200);
+        let curl = e["curl"].as_str().unwrap().to_string();
+        let url = format!("'http://{}/app/items/7?v=2'", s.relay);
+        assert!(curl.ends_with(&url), "{curl}");
+        let lower = curl.to_ascii_lowercase();
+        for absent in [
+            "'host:",
+            "'x-forwarded-",
+            "'forwarded:",
+            "'content-length:",
+            "'connection:",
+        ] {
+            assert!(!lower.contains(absent), "{absent} in {curl}");
+        }
+        assert!(curl.contains(r"-H 'X-Client: it'\''s me'"), "{curl}");
+        if std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped running the command: curl is not installed");
+            return;
+        }
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", &format!("{curl} -sS")])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{curl}: {out:?}");
+        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(seen["method"], "PUT");
+        assert_eq!(seen["uri"], "/items/7?v=2");
+        assert_eq!(seen["body"], r#"{"n":7}"#);
+        let again = feed.next_request().await;
+        assert_eq!(again["request"]["uri"], "/items/7?v=2");
+    })
+    .await;
+}
+
+/// An SSE stream that stays open is listed once its response head has gone, marked in
+/// progress (on the feed and in the API), and the same entry is updated when the stream ends.
+#[tokio::test]
+async fn an_open_sse_stream_is_listed_in_progress_and_updated_when_it_ends() {
+    deadline(async {
+        let s = setup(InspectConfig::default(), false).await;
+        let mut feed = Feed::open(&s).await;
+        let mut tcp = TcpStream::connect(s.relay).await.unwrap();
+        let head = format!(
+            "GET /app/sse HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            s.relay
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let (name, live) = feed.next_event().await;
+        assert_eq!(name, "request");
+        assert_eq!(live["in_progress"], true, "{live}");
+        assert_eq!(live["request"]["uri"], "/sse");
+        assert_eq!(live["response"]["status_code"], 200);
+        assert_eq!(
+            live["response"]["headers"]["Content-Type"][0],
+            "text/event-stream"
+        );
+        let id = live["id"].as_str().unwrap().to_string();
+        // The API shows it while the upstream holds the second event back.
+        let (_, _, list) = api(&s, "GET", "/api/requests/http", None).await;
+        assert_eq!(list["requests"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list["requests"][0]["id"], id.as_str());
+        assert_eq!(list["requests"][0]["in_progress"], true);
+        let (status, _, one) = api(&s, "GET", &format!("/api/requests/http/{id}"), None).await;
+        assert_eq!((status, &one["in_progress"]), (200, &Value::Bool(true)));
+        let (_, _, har) = api(&s, "GET", "/api/har", None).await;
+        assert_eq!(har["log"]["entries"].as_array().unwrap().len(), 1);
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("data: one") {
+            let mut buf = [0u8; 1024];
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the first event");
+            got.extend_from_slice(&buf[..n]);
+        }
+
+        // The stream ends: the same entry, whole.
+        s.second.notify_one();
+        tcp.read_to_end(&mut got).await.unwrap();
+        let (name, done) = feed.next_event().await;
+        assert_eq!(name, "update");
+        assert_eq!(done["id"], id.as_str());
+        assert_eq!(done["in_progress"], false);
+        assert_eq!(
+            done["response"]["body"]["text"],
+            "data: one\n\ndata: two\n\n"
+        );
+        let (_, _, list) = api(&s, "GET", "/api/requests/http", None).await;
+        let all = list["requests"].as_array().unwrap();
+        assert_eq!(all.len(), 1, "replaced, not added: {list}");
+        assert_eq!(all[0]["in_progress"], false);
+        let (_, _, st) = api(&s, "GET", "/api/status", None).await;
+        assert_eq!(st["requests"], 1, "{st}");
+
+        // A response without a body is never in progress: one `request` event, ended.
+        public(&s, "HEAD", "/x", "", b"").await;
+        let (name, e) = feed.next_event().await;
+        assert_eq!(
+            (name.as_str(), &e["in_progress"]),
+            ("request", &Value::Bool(false))
+        );
     })
     .await;
 }

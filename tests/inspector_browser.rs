@@ -2,7 +2,8 @@
 //! DevTools protocol by `tests/browser/inspector_cdp.py` (Python's websocket-client: a short
 //! script instead of a CDP crate and its dependency tree in the build): the real `ptth-serve`
 //! and `ptth-connect --inspect`, a request through the relay appearing live, a click on
-//! Replay, the replay appearing live. Skips with a printed reason without chromium, python3 or
+//! Replay, the replay appearing live, JSON bodies pretty-printed, and an SSE stream that stays
+//! open listed at once as streaming and completed in place when it ends. Skips with a printed reason without chromium, python3 or
 //! websocket-client (`.ci/run` installs them). The screenshot is written to
 //! `$CARGO_TARGET_TMPDIR/inspector.png`, or to `PTTH_INSPECTOR_SCREENSHOT` when set (the
 //! README's `docs/inspector.png` is made that way).
@@ -20,21 +21,47 @@ use tokio::process::Command;
 /// The whole run, Chromium's start included.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// An upstream on 127.0.0.1:0 that answers every request with a small JSON document.
+/// An upstream on 127.0.0.1:0 that answers every request with a small JSON document, except
+/// `/events`: an SSE stream that sends one event, then a second and ends only once a request
+/// to `/release` has come.
 async fn json_upstream() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
-            let svc = hyper::service::service_fn(|_req| async {
-                let body = http_body_util::Full::<bytes::Bytes>::from(r#"{"ok":true,"queued":1}"#);
-                let res = http::Response::builder()
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .unwrap();
-                Ok::<_, std::convert::Infallible>(res)
-            });
+            let release = release.clone();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let release = release.clone();
+                    async move {
+                        let res = match req.uri().path() {
+                            "/events" => {
+                                let (tx, body) = support::channel_body();
+                                tokio::spawn(async move {
+                                    let _ = tx.send(bytes::Bytes::from("data: one\n\n")).await;
+                                    release.notified().await;
+                                    let _ = tx.send(bytes::Bytes::from("data: two\n\n")).await;
+                                });
+                                http::Response::builder()
+                                    .header("content-type", "text/event-stream")
+                                    .body(body)
+                                    .unwrap()
+                            }
+                            path => {
+                                if path == "/release" {
+                                    release.notify_one();
+                                }
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(support::full(r#"{"ok":true,"queued":1}"#))
+                                    .unwrap()
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
@@ -132,6 +159,10 @@ async fn the_page_shows_a_request_live_and_replays_it_in_chromium() {
             "the browser run failed:\n{stdout}\n{stderr}"
         );
         assert!(stdout.contains("ok: the replay appears live"), "{stdout}");
+        assert!(
+            stdout.contains("ok: the stream's row is complete"),
+            "{stdout}"
+        );
         let png = std::fs::read(&shot).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
         println!("{stdout}");

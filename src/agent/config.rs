@@ -358,6 +358,7 @@ impl AgentBuilder {
         Ok(Agent {
             config: Arc::new(self.config(target)?),
             state: Default::default(),
+            metrics: Default::default(),
         })
     }
 

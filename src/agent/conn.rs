@@ -87,6 +87,10 @@ pub(super) struct Gauge {
     pub(super) busy: AtomicUsize,
     /// Parked connections (written by the supervisor).
     pub(super) parked: AtomicUsize,
+    /// Connections being dialled (written by the supervisor), for the metrics.
+    pub(super) dialing: AtomicUsize,
+    /// Where requests and the pool's events are counted (`--admin`).
+    pub(super) metrics: Arc<super::metrics::Metrics>,
     /// Whether the pool may still grow (written by the supervisor).
     pub(super) room: AtomicBool,
     /// Idle connections wanted.
@@ -334,7 +338,7 @@ fn offer_target(target: &Target) -> String {
 
 /// Per-connection request accounting shared by the service wrapper and response bodies.
 pub(super) struct Track {
-    gauge: Arc<Gauge>,
+    pub(super) gauge: Arc<Gauge>,
     events: mpsc::UnboundedSender<Event>,
     in_flight: AtomicUsize,
     served: AtomicBool,
@@ -383,9 +387,12 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::start(&self.track);
+        let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
+            let metrics = &guard.0.gauge.metrics;
+            metrics.request(res.status(), started.elapsed());
             Ok(res.map(|inner| Guarded {
                 inner,
                 _guard: guard,

@@ -54,6 +54,7 @@ mod dial;
 mod forward_h2;
 mod forward_proxy;
 pub mod inspect;
+mod metrics;
 mod pool;
 mod proxy;
 mod state;
@@ -157,6 +158,7 @@ impl AgentError {
 pub struct Agent {
     config: Arc<Config>,
     state: state::StateTx,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Agent {
@@ -183,6 +185,19 @@ impl Agent {
         self.state.subscribe()
     }
 
+    /// Serve the agent's metrics (`/metrics`, Prometheus text format: connections by state,
+    /// responses by status code, upstream latency, reconnects; see the README) on `listener`
+    /// until `stop` completes. The pages have no authentication: bind a private address.
+    /// Clones of an agent share one set of series, so take a clone before `serve`.
+    pub async fn serve_admin(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl Future<Output = ()> + Send,
+    ) {
+        let pages = Arc::new(metrics::AgentPages(self.metrics.clone()));
+        crate::admin::serve(listener, pages, stop).await;
+    }
+
     /// Serve a hyper service through the relay until `shutdown` completes; then stop parking,
     /// let requests in flight finish, and return `Ok(())`.
     ///
@@ -201,6 +216,7 @@ impl Agent {
             conn::Hyper(std::sync::Mutex::new(service)),
             shutdown,
             self.state,
+            self.metrics,
         )
         .await
     }
@@ -214,7 +230,7 @@ impl Agent {
         proxy: proxy::Proxy,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
-        pool::run(self.config, proxy, shutdown, self.state).await
+        pool::run(self.config, proxy, shutdown, self.state, self.metrics).await
     }
 
     /// [`Agent::serve`] for a `tower::Service`, such as an axum `Router`. The service is cloned

@@ -34,6 +34,7 @@ use super::state::{AgentState, StateTx};
 
 use super::config::{MAX_REDIRECTS, QUICK_CLOSE};
 use super::conn::{Dialled, Event, Gauge, Outcome, Serve, Stop, connection};
+use super::metrics::Metrics;
 use super::target::Target;
 use super::{AgentError, Config};
 
@@ -95,6 +96,9 @@ impl Pool {
         self.gauge
             .parked
             .store(self.count(State::Parked), Ordering::Relaxed);
+        self.gauge
+            .dialing
+            .store(self.count(State::Dialing), Ordering::Relaxed);
         self.gauge.room.store(
             self.conns.len() < self.config.max_connections,
             Ordering::Relaxed,
@@ -164,6 +168,7 @@ impl Pool {
                 failures: self.failures,
             });
         }
+        self.gauge.metrics.failed();
         warn!(failures = self.failures, retry_in = ?delay, "{why}");
         true
     }
@@ -182,6 +187,7 @@ impl Pool {
         match event {
             Event::Parked { id, h2 } => {
                 self.set(id, Some(State::Parked));
+                self.gauge.metrics.connected();
                 self.h2 = Some(h2);
                 self.redirects = 0;
                 self.outage_since = None;
@@ -199,6 +205,7 @@ impl Pool {
                         self.config.public_url
                     );
                 } else if let Some(since) = self.unreachable_since.take() {
+                    self.gauge.metrics.reconnected();
                     // Whole milliseconds: the outage's length, not the clock's noise.
                     let outage = Duration::from_millis(since.elapsed().as_millis() as u64);
                     info!(
@@ -289,6 +296,7 @@ pub(crate) async fn run<V: Serve>(
     server: V,
     shutdown: impl std::future::Future<Output = ()> + Send,
     state: StateTx,
+    metrics: Arc<Metrics>,
 ) -> Result<(), AgentError> {
     let server = Arc::new(server);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -297,9 +305,12 @@ pub(crate) async fn run<V: Serve>(
     let gauge = Arc::new(Gauge {
         busy: AtomicUsize::new(0),
         parked: AtomicUsize::new(0),
+        dialing: AtomicUsize::new(0),
         room: AtomicBool::new(true),
         connections: config.connections,
+        metrics: metrics.clone(),
     });
+    metrics.attach(&gauge);
     let mut pool = Pool {
         target: config.target.clone(),
         config,

@@ -39,7 +39,7 @@ use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
 use super::target::Upstream;
 use crate::dialer::Flipped;
 use crate::h1::tap::Tap;
-use crate::h1::{self, After, BoxError, Conn, Route};
+use crate::h1::{self, After, BoxError, Conn, Record, Route};
 use crate::limits::Limits;
 use crate::proto::head;
 use crate::proto::path::{self, AboveRoot, PathError};
@@ -156,7 +156,15 @@ impl Proxy {
         let mut inbound = Conn::new(server, b"", limits);
         let forward = async move {
             let mut upstream = None;
-            h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await;
+            let mut record = Record::default();
+            h1::exchange(
+                &mut inbound,
+                &mut upstream,
+                &*self.cfg,
+                &settings,
+                &mut record,
+            )
+            .await;
             // Dropping the stream ends the response for the reader below.
         };
         let client = async {
@@ -234,11 +242,24 @@ impl Serve for Proxy {
             }
             // Busy from the first byte of a request until its response is done.
             let _busy = InFlight::start(&track);
+            // The status and the time to the response head, for the metrics.
+            let mut record = Record::default();
             let settings = h1::Settings {
                 tap,
                 ..h1::Settings::new(limits, &response_limits, &closing)
             };
-            match h1::exchange(&mut inbound, &mut upstream, &*self.cfg, &settings).await {
+            let after = h1::exchange(
+                &mut inbound,
+                &mut upstream,
+                &*self.cfg,
+                &settings,
+                &mut record,
+            )
+            .await;
+            if let Some(status) = record.status() {
+                track.gauge.metrics.request(status, record.head());
+            }
+            match after {
                 // A stop between requests is seen by the wait above; a pipelined request
                 // behind this one is served only if no stop came.
                 After::KeepAlive if inbound.rbuf.is_empty() || !graceful.is_cancelled() => {}

@@ -147,6 +147,14 @@ struct Settings {
     /// (they are shown as [redacted] otherwise). [default: off]
     #[arg(long)]
     inspect_show_credentials: bool,
+    /// Admin address for /metrics (connections by state, responses by status, upstream
+    /// latency, reconnects), IP:PORT or NAME:PORT (its first address); a non-loopback one needs
+    /// --allow-public-admin. [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = common::listen_addr)]
+    admin: Option<common::ListenAddr>,
+    /// Serve --admin on a non-loopback address (/metrics has no authentication).
+    #[arg(long)]
+    allow_public_admin: bool,
 }
 
 /// A `--token-file` that holds no usable token.
@@ -323,26 +331,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut proxy = Proxy::with_tls(&settings.to, upstream_tls)?
         .upstream_connections(settings.upstream_connections)
         .host_header(host_header);
-    let inspector = match settings.inspect {
-        Some(addr) => {
-            if !addr.ip().is_loopback() && !settings.allow_public_inspect {
-                anyhow::bail!(
-                    "--inspect {addr} is not a loopback address: the inspector has no \
-                     authentication and replays requests; add --allow-public-inspect if it is \
-                     meant to be reachable from other hosts"
-                );
-            }
-            let inspector = Inspector::new(InspectConfig {
-                body_limit: settings.inspect_body_kib.saturating_mul(1024),
-                max_requests: settings.inspect_max_requests,
-                max_bytes: settings.inspect_max_mib.saturating_mul(1 << 20),
-                redact: !settings.inspect_show_credentials,
-            });
-            proxy = proxy.inspect(inspector.clone());
+    let admin = match &settings.admin {
+        Some(given) => {
+            let addr = common::admin_addr(given, settings.allow_public_admin, "/metrics")?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("--inspect {addr}: cannot listen: {e}"))?;
-            Some((listener, inspector))
+                .map_err(|e| anyhow::anyhow!("--admin {addr}: cannot listen: {e}"))?;
+            Some(listener)
         }
         None => None,
     };
@@ -371,11 +366,36 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     for (name, value) in settings.headers {
         builder = builder.header(name, value);
     }
-    if inspector.is_some() {
+    if settings.inspect.is_some() {
         // The relay then says how long each request waited for this agent (decision D66).
         builder = builder.header(TIMING_FIELD, TIMING_QUEUE_WAIT);
     }
     let agent = builder.build()?;
+    let inspector = match settings.inspect {
+        Some(addr) => {
+            if !addr.ip().is_loopback() && !settings.allow_public_inspect {
+                anyhow::bail!(
+                    "--inspect {addr} is not a loopback address: the inspector has no \
+                     authentication and replays requests; add --allow-public-inspect if it is \
+                     meant to be reachable from other hosts"
+                );
+            }
+            let inspector = Inspector::new(InspectConfig {
+                body_limit: settings.inspect_body_kib.saturating_mul(1024),
+                max_requests: settings.inspect_max_requests,
+                max_bytes: settings.inspect_max_mib.saturating_mul(1 << 20),
+                redact: !settings.inspect_show_credentials,
+                // Copy-as-curl and the HAR name the URL the public used.
+                public_url: Some(agent.public_url().to_string()),
+            });
+            proxy = proxy.inspect(inspector.clone());
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--inspect {addr}: cannot listen: {e}"))?;
+            Some((listener, inspector))
+        }
+        None => None,
+    };
     tracing::info!(relay = %agent.config().target.url(), upstream = %settings.to, "starting");
     let config = agent.config();
     if let Ok(Some((proxy, origin))) = config.proxy.proxy_for(&config.target.endpoint) {
@@ -395,6 +415,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             proxy.clone(),
             settings.allow_public_inspect,
         ));
+    }
+    if let Some(listener) = admin {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        let agent = agent.clone();
+        // Served until the process ends, like the inspector.
+        tokio::spawn(async move {
+            agent
+                .serve_admin(listener, std::future::pending::<()>())
+                .await
+        });
     }
     agent.serve_proxy(proxy, common::shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -10,7 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,12 +33,12 @@ struct Settings {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     // No clap default: the default address is used only when --listen-tls is not given either.
-    #[arg(long = "listen", value_name = "ADDR", value_parser = listen_addr, help = format!(
+    #[arg(long = "listen", value_name = "ADDR", value_parser = common::listen_addr, help = format!(
         "Address to listen on for agents and public clients, IP:PORT or NAME:PORT (every \
          address the name resolves to); repeatable. \
          [default: {DEFAULT_LISTEN}, unless --listen-tls is given]"
     ))]
-    listen: Vec<ListenAddr>,
+    listen: Vec<common::ListenAddr>,
     /// Domain for host-mode names (NAME.DOMAIN), without a port: the port is the listener's.
     #[arg(long, default_value = relay::DEFAULT_DOMAIN, value_parser = domain)]
     domain: String,
@@ -98,8 +98,8 @@ struct Settings {
     threads: usize,
     /// Admin address for /metrics and /agents, IP:PORT or NAME:PORT (its first address); a
     /// non-loopback one needs --allow-public-admin. [default: off]
-    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
-    admin: Option<ListenAddr>,
+    #[arg(long, value_name = "ADDR", value_parser = common::listen_addr)]
+    admin: Option<common::ListenAddr>,
     /// Serve --admin on a non-loopback address (/metrics and /agents have no authentication).
     #[arg(long)]
     allow_public_admin: bool,
@@ -110,8 +110,8 @@ struct Settings {
     /// Address to serve HTTPS on (agents and public clients), as --listen; repeatable; needs
     /// --tls-cert and --tls-key. Runs beside --listen; alone, no plain listener is opened.
     /// [default: off]
-    #[arg(long = "listen-tls", value_name = "ADDR", value_parser = listen_addr)]
-    listen_tls: Vec<ListenAddr>,
+    #[arg(long = "listen-tls", value_name = "ADDR", value_parser = common::listen_addr)]
+    listen_tls: Vec<common::ListenAddr>,
     /// PEM certificate chain for the TLS listeners (leaf first).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -125,40 +125,6 @@ struct Settings {
     /// With --client-ca: the agent's certificate must also be valid for NAME.DOMAIN.
     #[arg(long)]
     client_cert_names: bool,
-}
-
-/// A listen address as given (`IP:PORT` or `NAME:PORT`) and the addresses it resolved to.
-#[derive(Debug, Clone)]
-struct ListenAddr {
-    addrs: Vec<SocketAddr>,
-}
-
-/// Read a listen address: `IP:PORT`, `[IPv6]:PORT`, or `NAME:PORT`, resolved now (once, at
-/// start) so that a name that does not resolve is a usage error naming the flag.
-fn listen_addr(s: &str) -> Result<ListenAddr, String> {
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        addrs.push(a);
-    } else {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} has no port: give HOST:PORT"))?;
-        if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(format!("{s:?} is not HOST:PORT"));
-        }
-        for a in s
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        {
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(format!("{s:?} resolves to no address"));
-    }
-    Ok(ListenAddr { addrs })
 }
 
 /// Read `--domain`: a host name, never with a port or a scheme (host mode matches
@@ -187,7 +153,8 @@ impl Settings {
     /// given. `--listen-tls` alone opens no plain listener: a relay set up for TLS does not
     /// also serve plain HTTP unless asked to.
     fn listeners(&self) -> anyhow::Result<(Vec<SocketAddr>, Vec<SocketAddr>)> {
-        let all = |given: &[ListenAddr]| given.iter().flat_map(|l| l.addrs.clone()).collect();
+        let all =
+            |given: &[common::ListenAddr]| given.iter().flat_map(|l| l.addrs.clone()).collect();
         let mut listen: Vec<SocketAddr> = all(&self.listen);
         if listen.is_empty() && self.listen_tls.is_empty() {
             listen.push(
@@ -205,17 +172,10 @@ impl Settings {
     /// The admin address, refused when it is not loopback unless that is asked for: the admin
     /// endpoints have no authentication and list every name and peer.
     fn admin(&self) -> anyhow::Result<Option<SocketAddr>> {
-        let Some(admin) = self.admin.as_ref().map(|a| a.addrs[0]) else {
-            return Ok(None);
-        };
-        if !admin.ip().is_loopback() && !self.allow_public_admin {
-            anyhow::bail!(
-                "--admin {admin} is not a loopback address: /metrics and /agents have no \
-                 authentication; add --allow-public-admin if they are meant to be reachable \
-                 from the network"
-            );
-        }
-        Ok(Some(admin))
+        self.admin
+            .as_ref()
+            .map(|a| common::admin_addr(a, self.allow_public_admin, "/metrics and /agents"))
+            .transpose()
     }
 
     /// The relay's configuration: the one place it is built.

@@ -22,4 +22,4 @@ pub(crate) mod tap;
 pub(crate) use conn::Conn;
 #[cfg(test)]
 pub(crate) use exchange::ErrorChain;
-pub(crate) use exchange::{After, BoxError, Route, Settings, Tally, exchange, reply, tunnel};
+pub(crate) use exchange::{After, BoxError, Record, Route, Settings, exchange, reply, tunnel};

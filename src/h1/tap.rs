@@ -4,17 +4,24 @@
 //! exchange(): request head ─ request body pieces ─ response head ─ response body pieces ─ end
 //!                 │                  │                    │                  │             │
 //!                 └──────────────────┴───── Capture (bodies kept up to a cap) ───────────┴─> Tap::record
+//!                                                         └─> Tap::progress (a body follows)
 //! ```
 //!
-//! A [`Capture`] exists only when [`super::Settings::tap`] is set: with no tap, the engine's
-//! only cost is an `Option` check at each of the points above (no allocation, no clock read).
+//! Every exchange writes one [`Record`] (status, bytes, when the response head went), which the
+//! caller reads; a [`Capture`] (the record's `copy`) exists only when [`super::Settings::tap`]
+//! is set: with no tap, the copy costs an `Option` check at each of the points above (no
+//! allocation).
 //! With one, body pieces are copied as they are written on (at most [`Tap::body_limit`] bytes
 //! of each body), so forwarding is never held up: a streamed response still goes piece by
-//! piece, and the capture is handed to the tap when the exchange ends.
+//! piece, and the capture is handed to the tap when the exchange ends. When a response body
+//! follows its head, the tap is also shown the exchange as it stands once the head is composed
+//! ([`Tap::progress`]), so that an exchange that never ends (an SSE stream) is seen too.
 
 use std::time::SystemTime;
 
 use tokio::time::Instant;
+
+use super::exchange::Record;
 
 /// Where captured exchanges go (the agent's inspector).
 pub(crate) trait Tap: Send + Sync {
@@ -22,11 +29,20 @@ pub(crate) trait Tap: Send + Sync {
     fn body_limit(&self) -> usize;
 
     /// One exchange ended: answered by the next hop, or by this hop itself (a `502`, a `400`).
-    fn record(&self, capture: Capture);
+    /// `record` says the rest (the status, the bytes, when the response head went).
+    fn record(&self, capture: Capture, record: &Record);
+
+    /// The response head of an exchange has been composed and its body is to follow: the
+    /// exchange so far (no response body yet). The tap may note in [`Capture::shown`] what it
+    /// made of it, for [`Tap::record`] to find when the exchange ends.
+    fn progress(&self, capture: &mut Capture, record: &Record) {
+        let _ = (capture, record);
+    }
 }
 
-/// One exchange as the engine saw it.
-#[derive(Debug)]
+/// The copy of one exchange a tap is shown: its heads and the start of its bodies, the optional
+/// part of the exchange's [`Record`] (the counts and times are the record's).
+#[derive(Debug, Clone)]
 pub(crate) struct Capture {
     /// When the request head was complete.
     pub(crate) started: Instant,
@@ -36,14 +52,16 @@ pub(crate) struct Capture {
     pub(crate) request_head: Vec<u8>,
     pub(crate) request_body: Kept,
     /// When the rewritten request head was handed to the next hop's connection (connected).
+    /// (When the response head went is the record's: [`Record::answered_at`].)
     pub(crate) sent: Option<Instant>,
-    /// When the final response head was read.
-    pub(crate) answered: Option<Instant>,
     /// The final response head as the next hop sent it, or the answer this hop composed.
     pub(crate) response_head: Vec<u8>,
     pub(crate) response_body: Kept,
     /// Why the exchange did not end normally; `None` when it did.
     pub(crate) failed: Option<String>,
+    /// What the tap noted when it was shown the exchange in progress (the inspector's entry
+    /// id), if it was.
+    pub(crate) shown: Option<String>,
 }
 
 impl Capture {
@@ -54,10 +72,10 @@ impl Capture {
             request_head: request_head.to_vec(),
             request_body: Kept::new(limit),
             sent: None,
-            answered: None,
             response_head: Vec::new(),
             response_body: Kept::new(limit),
             failed: None,
+            shown: None,
         }
     }
 }

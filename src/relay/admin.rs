@@ -1,23 +1,14 @@
-//! The admin listener: `/metrics` (Prometheus text format) and `/agents` (JSON).
-//!
-//! Off by default; bind it to a private address. The series are `super::metrics`'.
+//! The relay's admin pages: `/metrics` (Prometheus text format) and `/agents` (JSON), served
+//! by the admin listener both roles share (`crate::admin`). The series are `super::metrics`'.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::metrics::Pool;
+use crate::admin::{self, Pages};
 
 /// The Prometheus text exposition, with the pool as it is now.
 pub(crate) fn render(shared: &Shared) -> String {
@@ -28,54 +19,32 @@ pub(crate) fn render(shared: &Shared) -> String {
     })
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            crate::metrics::CONTENT_TYPE,
-            render(&shared),
-        ),
-        "/agents" => (
-            StatusCode::OK,
-            "application/json",
-            serde_json::to_string(&shared.registry.stats()).unwrap_or_else(|_| "[]".into()),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "try /metrics or /agents\n".into(),
-        ),
-    };
-    let mut res = Response::new(Full::from(body));
-    *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-    Ok(res)
+/// The relay's pages.
+struct RelayPages(Arc<Shared>);
+
+impl Pages for RelayPages {
+    fn page(&self, path: &str) -> Option<(&'static str, String)> {
+        match path {
+            "/metrics" => admin::metrics_page(render(&self.0)),
+            "/agents" => Some((
+                "application/json",
+                serde_json::to_string(&self.0.registry.stats()).unwrap_or_else(|_| "[]".into()),
+            )),
+            _ => None,
+        }
+    }
+
+    fn index(&self) -> &'static str {
+        "try /metrics or /agents\n"
+    }
 }
 
 /// Serve the admin endpoints until `stop` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(%e, "admin accept failed");
-                    tokio::time::sleep(super::ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(shared.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    admin::serve(
+        listener,
+        Arc::new(RelayPages(shared)),
+        stop.cancelled_owned(),
+    )
+    .await;
 }

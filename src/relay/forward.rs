@@ -36,7 +36,7 @@ use super::route::{RouteError, route};
 use super::tunnel::tunnel;
 use super::{ConnInfo, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
 use crate::error::HeadError;
-use crate::h1::{self, After, Conn, Settings, Tally};
+use crate::h1::{self, After, Conn, Record, Settings};
 use crate::io::Rewind;
 use crate::listener::hyper_upgrade;
 use crate::proto::body::Framing;
@@ -112,7 +112,7 @@ pub(crate) async fn serve<S: AgentStream>(
 
 /// How one request ended.
 enum Public {
-    /// Answered; the tally says how.
+    /// Answered; the record says how.
     After(After),
     /// A PTTH offer: the connection goes to the claim.
     Claim,
@@ -123,11 +123,11 @@ enum Public {
 }
 
 /// The one place a finished public request is counted: its status (the agent's, or the relay's
-/// own), its body bytes each way and its duration. `tally.status()` is `None` when the
+/// own), its body bytes each way and its duration. `record.status()` is `None` when the
 /// connection was cut before any answer.
 fn finish(shared: &Shared, count: &Count, info: &ConnInfo) {
-    let (seen, tally) = (count, &count.tally);
-    let Some(status) = tally.status() else {
+    let (seen, record) = (count, &count.record);
+    let Some(status) = record.status() else {
         return;
     };
     shared.metrics.request(&Finished {
@@ -136,19 +136,19 @@ fn finish(shared: &Shared, count: &Count, info: &ConnInfo) {
         method: &seen.method,
         path: &seen.path,
         status,
-        bytes_in: tally.up(),
-        bytes_out: tally.down(),
-        head: tally.head(),
-        duration: tally.started().elapsed(),
+        bytes_in: record.up(),
+        bytes_out: record.down(),
+        head: record.head(),
+        duration: record.started().elapsed(),
         client: info.peer,
     });
 }
 
-/// What the count of a request needs: the engine's tally, and from the head and the route
+/// What the count of a request needs: the engine's record, and from the head and the route
 /// (see [`finish`]).
 #[derive(Default)]
 struct Count {
-    tally: Tally,
+    record: Record,
     method: Method,
     /// The target as received; kept only when there is an access log to write it to.
     path: String,
@@ -213,7 +213,6 @@ async fn public<S: AgentStream>(
     soft: &CancellationToken,
     count: &mut Count,
 ) -> Public {
-    let tally = &count.tally;
     let routed = match judged {
         Judged::Incomplete => unreachable!("`serve` waits for a complete head"),
         Judged::Claim => return Public::Claim,
@@ -226,7 +225,7 @@ async fn public<S: AgentStream>(
             };
             return Public::BadHead(h1::reply(inb, status, b"", &text, false).await);
         }
-        Judged::Refused(r) => return Public::After(refuse(inb, r, tally).await),
+        Judged::Refused(r) => return Public::After(refuse(inb, r, &mut count.record).await),
         Judged::Routed(r) => r,
     };
     let cfg = &shared.config;
@@ -243,7 +242,7 @@ async fn public<S: AgentStream>(
                 keep: routed.keep,
                 len: routed.len,
             };
-            return Public::After(refuse(inb, r, tally).await);
+            return Public::After(refuse(inb, r, &mut count.record).await);
         }
     };
     let route = AgentRoute {
@@ -263,7 +262,7 @@ async fn public<S: AgentStream>(
         queue_wait: conn
             .reservation
             .queue_wait
-            .then(|| tally.started().elapsed()),
+            .then(|| count.record.started().elapsed()),
     };
     let rbuf = std::mem::take(&mut spare.0);
     let wbuf = std::mem::take(&mut spare.1);
@@ -273,12 +272,11 @@ async fn public<S: AgentStream>(
         continue_wait: RELAY_CONTINUE_WAIT,
         response_timeout: Some(cfg.response_timeout),
         trailers: true,
-        tally: Some(tally),
         length_beside_chunked: true,
         ..Settings::new(&shared.public_limits, &shared.agent_limits, &closing)
     };
     let after = tokio::select! {
-        a = h1::exchange(inb, &mut out, &route, &settings) => a,
+        a = h1::exchange(inb, &mut out, &route, &settings, &mut count.record) => a,
         () = shared.hard.cancelled() => After::Close,
     };
     if after == After::Switched {
@@ -407,8 +405,8 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
 }
 
 /// Answer with a refusal of the relay's own: a `503` or `429` says when to try again.
-async fn refuse<S: AgentStream>(inb: &mut Conn<S>, r: Refusal, tally: &Tally) -> After {
-    tally.answered(r.status);
+async fn refuse<S: AgentStream>(inb: &mut Conn<S>, r: Refusal, record: &mut Record) -> After {
+    record.answered(r.status);
     let retry = matches!(
         r.status,
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

@@ -4,7 +4,9 @@
 Usage: inspector_cdp.py CHROMIUM INSPECTOR_URL RELAY_ADDR NAME SCREENSHOT
 
 Loads the page, sends a public request through the relay, waits for it to appear in the live
-list, clicks it, clicks Replay, waits for the replay to appear, and saves a screenshot. Each
+list, clicks it, checks the JSON bodies are pretty-printed, clicks Replay, waits for the replay
+to appear, and saves a screenshot; then opens an SSE stream that stays open, sees its row
+appear at once marked streaming, releases the stream and sees the row completed. Each
 wait is a promise in the page (a MutationObserver on the list) with its own deadline, not a
 sleep. Exit 0 when all of it happened, 77 when the `websocket` package (websocket-client) is
 missing, 1 otherwise.
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 
 try:
@@ -141,6 +144,11 @@ def main():
         text = page.eval("document.getElementById('detail').innerText")
         assert "Add the inspector" in text, text
         assert "not-for-the-page" not in text and "[redacted]" in text, text
+        # JSON bodies are pretty-printed: the request's, and the upstream's response.
+        bodies = page.eval("[...document.querySelectorAll('#detail pre.body')].map(p => p.textContent)")
+        assert any('\n  "number": 42,' in b for b in bodies), bodies
+        assert any('\n  "ok": true' in b for b in bodies), bodies
+        print("ok: JSON bodies are pretty-printed")
         page.click("#replay")
         page.wait_for("document.querySelectorAll('#list li').length === 2 && "
                       "document.querySelector('#list li').innerText.includes('replay')",
@@ -153,6 +161,20 @@ def main():
         with open(screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         print(f"ok: screenshot in {screenshot}")
+
+        # A stream that stays open is listed at once, marked streaming, and completed in place.
+        done = {}
+        stream = threading.Thread(
+            target=lambda: done.setdefault("status", public_request(relay, name, "/events", "", {})))
+        stream.start()
+        row = "[...document.querySelectorAll('#list li')].filter(li => li.innerText.includes('/events'))"
+        page.wait_for(f"{row}.length === 1 && {row}[0].innerText.includes('streaming')",
+                      "an open stream is listed, streaming")
+        assert public_request(relay, name, "/release", "", {}) == 200
+        stream.join(30)
+        assert done.get("status") == 200, done
+        page.wait_for(f"{row}.length === 1 && !{row}[0].innerText.includes('streaming')",
+                      "the stream's row is complete")
         return 0
     finally:
         proc.terminate()

@@ -11,7 +11,7 @@
 //! | `POST /api/requests/http` | `{"id": ...}` replays it (edits: `method`, `path`, `headers`, `body`, `body_base64`); `204` |
 //! | `DELETE /api/requests/http` | clears the history; `204` |
 //! | `GET /api/har` | the history as HAR 1.2 |
-//! | `GET /api/events` | new entries as they come (server-sent events) |
+//! | `GET /api/events` | new entries as they come, and entries in progress when they end (server-sent events) |
 //!
 //! A request whose `Host` is not a loopback name is refused unless the inspector is public (a
 //! web page elsewhere cannot reach it by DNS rebinding), and a replay must be sent as
@@ -89,7 +89,7 @@ async fn route(
             "the inspector answers only requests to a loopback host (localhost, 127.0.0.1, [::1])\n",
         );
     }
-    let redact = inspector.config().redact;
+    let shown = inspector.config();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -125,7 +125,7 @@ async fn route(
             let list: Vec<Value> = inspector
                 .list(limit)
                 .iter()
-                .map(|e| e.to_json(redact))
+                .map(|e| e.to_json(shown))
                 .collect();
             json_response(
                 StatusCode::OK,
@@ -133,11 +133,11 @@ async fn route(
             )
         }
         (&Method::GET, ["api", "requests", "http", id]) => match inspector.get(id) {
-            Some(e) => json_response(StatusCode::OK, &e.to_json(redact)),
+            Some(e) => json_response(StatusCode::OK, &e.to_json(shown)),
             None => not_found(id),
         },
         (&Method::GET, ["api", "requests", "http", id, "curl"]) => match inspector.get(id) {
-            Some(e) => text(StatusCode::OK, &format!("{}\n", e.curl(redact))),
+            Some(e) => text(StatusCode::OK, &format!("{}\n", e.curl(shown))),
             None => not_found(id),
         },
         (&Method::DELETE, ["api", "requests", "http"]) => {
@@ -148,7 +148,7 @@ async fn route(
         (&Method::GET, ["api", "har"]) => {
             let mut list = inspector.list(usize::MAX);
             list.reverse();
-            let entries: Vec<Value> = list.iter().map(|e| e.to_har(redact)).collect();
+            let entries: Vec<Value> = list.iter().map(|e| e.to_har(shown)).collect();
             let har = json!({"log": {
                 "version": "1.2",
                 "creator": {"name": "ptth-connect", "version": env!("CARGO_PKG_VERSION")},
@@ -161,7 +161,7 @@ async fn route(
             );
             res
         }
-        (&Method::GET, ["api", "events"]) => events(inspector, redact),
+        (&Method::GET, ["api", "events"]) => events(inspector),
         (_, ["api", ..]) | (_, [""]) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "no such method on this resource\n",
@@ -362,10 +362,13 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `GET /api/events`: one `request` event per new entry (its JSON), `clear` when the history
-/// is cleared, `lagged` when this page fell behind (it reloads the list).
-fn events(inspector: &Inspector, redact: bool) -> Response<ApiBody> {
+/// `GET /api/events`: one `request` event per new entry (its JSON; `in_progress` while its
+/// response body has not ended), `update` when an entry in progress ends (the entry, same id),
+/// `clear` when the history is cleared, `lagged` when this page fell behind (it reloads the
+/// list).
+fn events(inspector: &Inspector) -> Response<ApiBody> {
     let mut feed = inspector.subscribe();
+    let shown = inspector.config().clone();
     let (tx, rx) = mpsc::channel::<Bytes>(SSE_QUEUE);
     tokio::spawn(async move {
         if tx
@@ -382,7 +385,8 @@ fn events(inspector: &Inspector, redact: bool) -> Response<ApiBody> {
                 next = feed.recv() => next,
             };
             let event = match next {
-                Ok(Event::Added(e)) => format!("event: request\ndata: {}\n\n", e.to_json(redact)),
+                Ok(Event::Added(e)) => format!("event: request\ndata: {}\n\n", e.to_json(&shown)),
+                Ok(Event::Updated(e)) => format!("event: update\ndata: {}\n\n", e.to_json(&shown)),
                 Ok(Event::Cleared) => "event: clear\ndata: {}\n\n".to_string(),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     "event: lagged\ndata: {}\n\n".to_string()

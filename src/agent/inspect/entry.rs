@@ -9,7 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::InspectConfig;
 use crate::h1::tap::{Capture, Kept};
+use crate::proto::forwarded::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
+};
+use crate::proto::hop::is_hop_by_hop;
 
 /// Fields whose values are shown as `[redacted]` by default (credentials and sessions).
 const REDACTED: [&str; 4] = [
@@ -41,6 +46,9 @@ pub(crate) struct Entry {
     pub(crate) response_body: Kept,
     pub(crate) timing: Timing,
     pub(crate) failed: Option<String>,
+    /// The response head has gone and its body has not ended yet: the entry is replaced when it
+    /// does (its timing and response body are so far).
+    pub(crate) in_progress: bool,
 }
 
 /// A parsed head, and its bytes as they came.
@@ -71,7 +79,14 @@ pub(crate) struct Timing {
 }
 
 impl Entry {
-    pub(crate) fn new(id: String, replay_of: Option<String>, c: Capture) -> Self {
+    /// The entry of `c`, whose response head went at `answered` (the exchange's record).
+    pub(crate) fn new(
+        id: String,
+        replay_of: Option<String>,
+        c: Capture,
+        answered: Option<tokio::time::Instant>,
+        in_progress: bool,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         let request = Head::request(&c.request_head);
         let relay_queue = request
@@ -83,7 +98,7 @@ impl Entry {
             connect: c.sent.map(|s| s - c.started),
             upstream: c
                 .sent
-                .zip(c.answered)
+                .zip(answered)
                 .map(|(s, a)| a.saturating_duration_since(s)),
             total: now - c.started,
         };
@@ -98,6 +113,7 @@ impl Entry {
             response_body: c.response_body,
             timing,
             failed: c.failed,
+            in_progress,
         }
     }
 
@@ -126,7 +142,8 @@ impl Entry {
 
     /// ngrok's captured-request object, with this inspector's additions (`replay_of`, bodies,
     /// `timing`, `curl`).
-    pub(crate) fn to_json(&self, redact_on: bool) -> Value {
+    pub(crate) fn to_json(&self, shown: &InspectConfig) -> Value {
+        let redact_on = shown.redact;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let raw = |head: &Head, body: &Kept| {
             let mut bytes = shown_head(&head.raw, redact_on);
@@ -162,6 +179,7 @@ impl Entry {
             },
             "response": response,
             "replay_of": self.replay_of,
+            "in_progress": self.in_progress,
             "error": self.failed,
             "timing": {
                 "relay_queue_ms": self.timing.relay_queue.map(ms),
@@ -169,16 +187,17 @@ impl Entry {
                 "upstream_ms": self.timing.upstream.map(ms),
                 "total_ms": ms(self.timing.total),
             },
-            "curl": self.curl(redact_on),
+            "curl": self.curl(shown),
         })
     }
 
-    /// The request as a curl command line against `origin` (the public URL's origin is not
-    /// known here: the request goes to the path on whatever base the user gives).
-    pub(crate) fn curl(&self, redact_on: bool) -> String {
+    /// The request as a curl command line against the public URL it came to
+    /// ([`InspectConfig::public_url`]): what the client sent, without the fields the relay and
+    /// curl write themselves (`Host`, the framing, hop-by-hop and forwarding fields).
+    pub(crate) fn curl(&self, shown: &InspectConfig) -> String {
         let mut cmd = format!("curl -X {}", shell_quote(&self.request.first));
-        for (name, value) in shown_fields(&self.request.fields, redact_on) {
-            if is_relay_field(&name) {
+        for (name, value) in shown_fields(&self.request.fields, shown.redact) {
+            if is_relay_field(&name) || is_curls_field(&name) {
                 continue;
             }
             cmd.push_str(" -H ");
@@ -191,22 +210,33 @@ impl Entry {
             )));
         }
         cmd.push(' ');
-        cmd.push_str(&shell_quote(&format!(
-            "http://localhost{}",
-            self.request.second
-        )));
+        cmd.push_str(&shell_quote(&self.public_url(shown)));
         cmd
     }
 
+    /// The URL the public client asked for: the public URL (which names the service) with the
+    /// request's path and query under it.
+    pub(crate) fn public_url(&self, shown: &InspectConfig) -> String {
+        let base = shown.public_url.as_deref().unwrap_or("http://localhost/");
+        let base = base.trim_end_matches('/');
+        let target = &self.request.second;
+        if target.starts_with('/') {
+            format!("{base}{target}")
+        } else {
+            // `*` or an absolute form: the service's root.
+            format!("{base}/")
+        }
+    }
+
     /// One HAR 1.2 entry.
-    pub(crate) fn to_har(&self, redact_on: bool) -> Value {
+    pub(crate) fn to_har(&self, shown: &InspectConfig) -> Value {
+        let redact_on = shown.redact;
         let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
         let pairs = |fields: &[(String, String)]| {
             shown_fields(fields, redact_on)
                 .map(|(n, v)| json!({"name": n, "value": v}))
                 .collect::<Vec<_>>()
         };
-        let host = self.request.field("host").unwrap_or("localhost");
         let response = match &self.response {
             Some(h) => json!({
                 "status": h.first.parse::<u16>().unwrap_or(0),
@@ -231,7 +261,7 @@ impl Entry {
         };
         let mut request = json!({
             "method": self.request.first,
-            "url": format!("http://{host}{}", self.request.second),
+            "url": self.public_url(shown),
             "httpVersion": self.request.version,
             "cookies": [],
             "headers": pairs(&self.request.fields),
@@ -268,6 +298,24 @@ impl Entry {
 /// Whether a field is one the relay adds for this hop (not part of what the client sent).
 fn is_relay_field(name: &str) -> bool {
     name.eq_ignore_ascii_case(QUEUE_WAIT_FIELD)
+        || name.eq_ignore_ascii_case("forwarded")
+        || [
+            X_FORWARDED_FOR,
+            X_FORWARDED_HOST,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_PREFIX,
+        ]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f.as_str()))
+}
+
+/// Whether curl writes a field itself: `Host` from the URL, the framing from `--data-binary`,
+/// and the hop-by-hop fields of its own connection.
+fn is_curls_field(name: &str) -> bool {
+    ["host", "content-length", "transfer-encoding"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+        || is_hop_by_hop(name)
 }
 
 impl Head {
@@ -472,6 +520,28 @@ mod tests {
     fn names_are_shown_in_gos_canonical_case() {
         assert_eq!(canonical("content-type"), "Content-Type");
         assert_eq!(canonical("X-FORWARDED-FOR"), "X-Forwarded-For");
+    }
+
+    #[test]
+    fn urls_are_the_public_ones_in_path_and_host_mode() {
+        let head = b"GET /a/b?c=1 HTTP/1.1\r\nHost: relay:8080\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
+        let e = Entry::new("1".into(), None, Capture::new(head, 0), None, false);
+        let shown = |public_url: Option<&str>| InspectConfig {
+            public_url: public_url.map(str::to_string),
+            ..InspectConfig::default()
+        };
+        let path_mode = shown(Some("http://relay:8080/app/"));
+        assert_eq!(e.public_url(&path_mode), "http://relay:8080/app/a/b?c=1");
+        let host_mode = shown(Some("https://app.relay.example/"));
+        assert_eq!(
+            e.public_url(&host_mode),
+            "https://app.relay.example/a/b?c=1"
+        );
+        assert_eq!(e.public_url(&shown(None)), "http://localhost/a/b?c=1");
+        assert_eq!(
+            e.curl(&host_mode),
+            "curl -X 'GET' 'https://app.relay.example/a/b?c=1'"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! a bounded ring and served on a local page and ngrok's agent API, with replay.
 //!
 //! ```text
-//! proxy (src/h1 engine) ── Tap::record(Capture) ──> Inspector: ring (count and byte bounds)
+//! proxy (src/h1 engine) ── Tap::progress(&Capture) ─> Inspector: ring (count and byte bounds)
+//!                       └─ Tap::record(Capture) ───────┤ (the entry in progress, replaced)
 //!                                                      ├─ broadcast ──> SSE feed (/api/events)
 //! api.rs (hyper, loopback) ── list, get, delete, HAR, curl, page
 //!        └─ replay ── the same engine and upstream route, over an in-memory stream ──┘
@@ -10,7 +11,9 @@
 //!
 //! The forwarding is never held up by it: the engine copies at most
 //! [`InspectConfig::body_limit`] bytes of each body as the pieces go by, and the capture is
-//! handed over when the exchange ends (a lock held for a push). Credentials
+//! handed over (a lock held for a push) when the response head goes, if a body follows (the
+//! entry is then marked in progress: an SSE stream that never ends is seen), and again when the
+//! exchange ends (the entry is replaced, under the same id). Credentials
 //! (`Authorization`, `Cookie`, `Set-Cookie`, `Proxy-Authorization`) are kept for replays and
 //! redacted in everything shown, unless [`InspectConfig::redact`] is off.
 
@@ -23,6 +26,7 @@ use tokio::sync::broadcast;
 use super::config::{
     DEFAULT_INSPECT_BODY_LIMIT, DEFAULT_INSPECT_MAX_BYTES, DEFAULT_INSPECT_MAX_REQUESTS,
 };
+use crate::h1::Record;
 use crate::h1::tap::{Capture, Tap};
 
 mod api;
@@ -46,6 +50,9 @@ pub struct InspectConfig {
     pub max_bytes: usize,
     /// Show credentials as `[redacted]`.
     pub redact: bool,
+    /// Where the public reaches the service (the agent's [`super::Agent::public_url`]): the
+    /// copy-as-curl commands and the HAR's URLs target it. `None`: `http://localhost/`.
+    pub public_url: Option<String>,
 }
 
 impl Default for InspectConfig {
@@ -55,6 +62,7 @@ impl Default for InspectConfig {
             max_requests: DEFAULT_INSPECT_MAX_REQUESTS,
             max_bytes: DEFAULT_INSPECT_MAX_BYTES,
             redact: true,
+            public_url: None,
         }
     }
 }
@@ -85,6 +93,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     Added(Arc<Entry>),
+    /// An entry that was in progress has ended (the entry as it is now, same id).
+    Updated(Arc<Entry>),
     Cleared,
 }
 
@@ -116,11 +126,23 @@ impl Inspector {
         &self.inner.config
     }
 
-    /// Record one exchange; `replay_of` names the entry it replays. Returns its id.
-    fn add(&self, capture: Capture, replay_of: Option<String>) -> String {
-        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{n:016x}");
-        let mut entry = Entry::new(id.clone(), replay_of, capture);
+    /// Record one exchange; `replay_of` names the entry it replays. `in_progress`: its
+    /// response body has not ended yet. An exchange shown in progress before
+    /// ([`Capture::shown`]) replaces its entry, if the ring still has it. Returns its id.
+    fn add(
+        &self,
+        capture: Capture,
+        record: &Record,
+        replay_of: Option<String>,
+        in_progress: bool,
+    ) -> String {
+        let replaces = capture.shown.clone();
+        let id = replaces.clone().unwrap_or_else(|| {
+            let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            format!("{n:016x}")
+        });
+        let answered = record.answered_at();
+        let mut entry = Entry::new(id.clone(), replay_of, capture, answered, in_progress);
         let max_bytes = self.inner.config.max_bytes;
         if entry.size() > max_bytes {
             entry.drop_bodies();
@@ -128,24 +150,46 @@ impl Inspector {
         let entry = Arc::new(entry);
         {
             let mut ring = self.ring();
-            if entry.size() > max_bytes || self.inner.config.max_requests == 0 {
-                ring.dropped += 1;
-                return id;
-            }
-            while ring.entries.len() >= self.inner.config.max_requests
-                || ring.bytes + entry.size() > max_bytes
-            {
-                let Some(old) = ring.entries.pop_front() else {
-                    break;
+            if let Some(old) = &replaces {
+                // Newest at the back: an entry in progress is usually among the last few.
+                let Some(at) = ring.entries.iter().rposition(|e| &e.id == old) else {
+                    // Evicted (or cleared) while in progress: it stays gone.
+                    return id;
                 };
-                ring.bytes -= old.size();
-                ring.dropped += 1;
+                let old = std::mem::replace(&mut ring.entries[at], entry.clone());
+                ring.bytes = ring.bytes - old.size() + entry.size();
+                // The bodies grew: the oldest others go first, then this one if still too much.
+                while ring.bytes > max_bytes {
+                    let Some(gone) = ring.entries.pop_front() else {
+                        break;
+                    };
+                    ring.bytes -= gone.size();
+                    ring.dropped += 1;
+                }
+            } else {
+                if entry.size() > max_bytes || self.inner.config.max_requests == 0 {
+                    ring.dropped += 1;
+                    return id;
+                }
+                while ring.entries.len() >= self.inner.config.max_requests
+                    || ring.bytes + entry.size() > max_bytes
+                {
+                    let Some(old) = ring.entries.pop_front() else {
+                        break;
+                    };
+                    ring.bytes -= old.size();
+                    ring.dropped += 1;
+                }
+                ring.bytes += entry.size();
+                ring.entries.push_back(entry.clone());
             }
-            ring.bytes += entry.size();
-            ring.entries.push_back(entry.clone());
         }
         // No page listening is no error.
-        let _ = self.inner.feed.send(Event::Added(entry));
+        let event = match replaces {
+            Some(_) => Event::Updated(entry),
+            None => Event::Added(entry),
+        };
+        let _ = self.inner.feed.send(event);
         id
     }
 
@@ -194,8 +238,12 @@ impl Tap for Inspector {
         self.inner.config.body_limit
     }
 
-    fn record(&self, capture: Capture) {
-        self.add(capture, None);
+    fn record(&self, capture: Capture, record: &Record) {
+        self.add(capture, record, None, false);
+    }
+
+    fn progress(&self, capture: &mut Capture, record: &Record) {
+        capture.shown = Some(self.add(capture.clone(), record, None, true));
     }
 }
 
@@ -212,8 +260,18 @@ impl Tap for ReplayTap<'_> {
         self.inspector.inner.config.body_limit
     }
 
-    fn record(&self, capture: Capture) {
-        let id = self.inspector.add(capture, Some(self.of.clone()));
+    fn record(&self, capture: Capture, record: &Record) {
+        let id = self
+            .inspector
+            .add(capture, record, Some(self.of.clone()), false);
+        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+
+    fn progress(&self, capture: &mut Capture, record: &Record) {
+        let id = self
+            .inspector
+            .add(capture.clone(), record, Some(self.of.clone()), true);
+        capture.shown = Some(id.clone());
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
 }

@@ -1,10 +1,13 @@
 //! What both binaries do the same way around the library: log setup, the stop signal, the
-//! runtime, error reports, duration values ([`duration`]) and layered settings ([`settings`]).
+//! runtime, error reports, duration values ([`duration`]), listen addresses ([`listen_addr`]),
+//! the `--admin` address guard ([`admin_addr`]) and layered settings ([`settings`]).
 //!
 //! Cargo builds only `src/bin/*.rs` and `src/bin/*/main.rs` as binaries, so this folder is a
 //! plain module that each binary includes with `mod common;`.
 
 pub mod settings;
+
+use std::net::{SocketAddr, ToSocketAddrs};
 
 /// A duration as the flags and the settings file take it: what `humantime` reads (`500ms`,
 /// `30s`, `2m`, `1h`, `1h 30m`, `2days`), or a bare number of seconds, which the flags always
@@ -91,6 +94,58 @@ pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     line
+}
+
+/// A listen address as given (`IP:PORT` or `NAME:PORT`) and the addresses it resolved to.
+#[derive(Debug, Clone)]
+pub struct ListenAddr {
+    /// Every address it names, each once, in the resolver's order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Read a listen address: `IP:PORT`, `[IPv6]:PORT`, or `NAME:PORT`, resolved now (once, at
+/// start) so that a name that does not resolve is a usage error naming the flag.
+pub fn listen_addr(s: &str) -> Result<ListenAddr, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        addrs.push(a);
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} has no port: give HOST:PORT"))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{s:?} is not HOST:PORT"));
+        }
+        for a in s
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{s:?} resolves to no address"));
+    }
+    Ok(ListenAddr { addrs })
+}
+
+/// The address of `--admin` (its first address): refused when it is not loopback unless
+/// `--allow-public-admin` is given, since the admin pages (`pages`) have no authentication.
+pub fn admin_addr(
+    given: &ListenAddr,
+    allow_public: bool,
+    pages: &str,
+) -> anyhow::Result<SocketAddr> {
+    let admin = given.addrs[0];
+    if !admin.ip().is_loopback() && !allow_public {
+        anyhow::bail!(
+            "--admin {admin} is not a loopback address: {pages} have no authentication; add \
+             --allow-public-admin if they are meant to be reachable from the network"
+        );
+    }
+    Ok(admin)
 }
 
 #[cfg(test)]
