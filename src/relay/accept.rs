@@ -36,6 +36,7 @@ use crate::io::Rewind;
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: bool,
+    fleet_peer: bool,
     shared: Arc<Shared>,
     soft: CancellationToken,
 ) {
@@ -70,6 +71,7 @@ pub(crate) async fn serve(
                     peer,
                     tls: false,
                     client_cert: None,
+                    fleet_peer,
                 };
                 tasks.spawn(connection(stream, info, shared, soft, permit).instrument(span));
             }
@@ -99,6 +101,7 @@ pub(crate) async fn serve(
                             peer,
                             tls: true,
                             client_cert: crate::tls::peer_certificate(&stream),
+                            fleet_peer,
                         };
                         connection(stream, info, shared, soft, permit).await
                     }
