@@ -111,6 +111,7 @@ async fn upstream(name: &'static str) -> String {
 struct Relay {
     public: u16,
     admin: u16,
+    peer: u16,
     child: Option<Child>,
     /// Kept open: the relay's standard output after its banner.
     _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
@@ -253,6 +254,7 @@ async fn scenario() {
         relays.push(Relay {
             public,
             admin,
+            peer,
             child: Some(child),
             _stdout: stdout,
         });
@@ -382,6 +384,21 @@ async fn scenario() {
         s
     };
     assert_eq!(ins, 2.0 * NAMES.len() as f64);
+
+    // A client's own hop marker stops the forward, and earns its `Forwarded` no trust.
+    let marked = |port: u16| async move {
+        let req = "GET /alpha/ HTTP/1.1\r\nHost: localhost\r\nPTTH-Fleet-Hop: 1\r\n\
+                   Forwarded: for=6.6.6.6\r\nConnection: close\r\n\r\n";
+        tokio::time::timeout(WAIT, support::raw_exchange(local(port), req.as_bytes()))
+            .await
+            .unwrap()
+    };
+    let h = holder["alpha"];
+    let raw = marked(relays[(h + 1) % 3].public).await;
+    assert_eq!(support::status_of(&raw), 404, "{raw}");
+    let raw = marked(relays[h].public).await;
+    assert_eq!(support::status_of(&raw), 200, "{raw}");
+    assert!(!raw.contains("6.6.6.6"), "{raw}");
 
     // No name is taken with another token, on any relay.
     for (i, r) in relays.iter().enumerate() {

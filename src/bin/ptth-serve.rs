@@ -126,7 +126,7 @@ struct Settings {
     #[arg(long)]
     client_cert_names: bool,
     /// Join a fleet of relays that share names through Redis: redis://HOST:PORT[/DB]. Needs
-    /// --advertise. [default: off, names are this relay's alone]
+    /// --advertise. [default: off]
     #[arg(long, value_name = "URL")]
     registry: Option<String>,
     /// With --registry: the URL other relays of the fleet reach this relay's peer listener

@@ -32,7 +32,8 @@ use crate::io::Rewind;
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
 /// `tls`, each connection first completes a TLS handshake (within the head timeout) with the
-/// TLS configuration in force when it was accepted.
+/// TLS configuration in force when it was accepted. With `fleet_peer`, the listener is the
+/// fleet's peer listener: its requests come from other relays.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: bool,

@@ -154,7 +154,7 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PEER_IDLE_PER_PEER: usize = 64;
 
 /// The fleet: several relays that serve one name space, sharing which relay holds which name
-/// through Redis (decisions D93–D99).
+/// through Redis (decisions D93–D97).
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// The Redis URL, `redis://HOST:PORT[/DB]`.

@@ -1,5 +1,5 @@
 //! The fleet: several relays serving one name space, with Redis as the shared registry of which
-//! relay holds which name (`--registry`, decisions D93–D99).
+//! relay holds which name (`--registry`, decisions D93–D97).
 //!
 //! ```text
 //! claim (first connection of a name) ──▶ CLAIM script: ptth:name:{name} = {relay, token} + TTL

@@ -231,6 +231,16 @@ async fn public<S: AgentStream>(
     let tally = &count.tally;
     let routed = match judged {
         Judged::Incomplete => unreachable!("`serve` waits for a complete head"),
+        Judged::Claim if info.fleet_peer => {
+            let r = Refusal {
+                status: StatusCode::FORBIDDEN,
+                text: "the fleet's peer listener takes no agent claims: dial a public listener\n"
+                    .into(),
+                keep: false,
+                len: 0,
+            };
+            return Public::After(refuse(inb, r, tally).await);
+        }
         Judged::Claim => return Public::Claim,
         Judged::BadHead(e) => {
             let text = format!("{e}\n");
@@ -245,17 +255,21 @@ async fn public<S: AgentStream>(
         Judged::Routed(r) => r,
     };
     let cfg = &shared.config;
-    let from_peer = info.fleet_peer || routed.hop_marked;
-    if from_peer {
+    if info.fleet_peer {
         shared.metrics.fleet_forward(false);
     }
+    // A marked request on a public listener is not forwarded either, but its forwarding
+    // fields are not trusted: only the peer listener's are (D94).
     if let Some(fleet) = &shared.fleet
-        && !from_peer
+        && !info.fleet_peer
+        && !routed.hop_marked
         && !shared.registry.connected(&routed.name)
         && let Some(url) = fleet.holder(&routed.name).await
         && let Some(authority) = fleet::authority(&url)
     {
-        count.known = true;
+        // Not a name of this relay's: no per-name series here (the holder counts it under
+        // its name; nothing here would ever remove the series).
+        count.known = false;
         count.name = Some(routed.name.clone());
         return to_peer(inb, fleet, authority, &routed, info, shared, soft, tally).await;
     }
@@ -286,7 +300,7 @@ async fn public<S: AgentStream>(
             host: routed.host.as_deref(),
             prefix: routed.prefix.as_deref(),
             // Another relay of the fleet wrote the client's `Forwarded` (D94).
-            trust: cfg.trust_forwarded || from_peer,
+            trust: cfg.trust_forwarded || info.fleet_peer,
         },
         absolute: routed.absolute,
         http10: routed.http10,
