@@ -46,7 +46,7 @@ wait_port() {
 }
 
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >"$ROOT/redis.log" 2>&1 &
-pids+=($!)
+pids+=($!); pid_redis=$!
 "$BIN/examples/bench-upstream" "127.0.0.1:$UP" >"$ROOT/upstream.log" 2>&1 &
 pids+=($!)
 wait_port "$REDIS"; wait_port "$UP"
@@ -68,29 +68,34 @@ done
 
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# One wrk run at port $1: prints "requests cpu_us_a cpu_us_b".
+# One wrk run at port $1: prints "requests cpu_us_a cpu_us_b cpu_us_redis".
 run() {
-  local a0 b0 a1 b1 out reqs
-  a0=$(cpu "$pid_a"); b0=$(cpu "$pid_b")
+  local a0 b0 r0 a1 b1 r1 out reqs
+  a0=$(cpu "$pid_a"); b0=$(cpu "$pid_b"); r0=$(cpu "$pid_redis")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/$NAME/hello")
-  a1=$(cpu "$pid_a"); b1=$(cpu "$pid_b")
+  a1=$(cpu "$pid_a"); b1=$(cpu "$pid_b"); r1=$(cpu "$pid_redis")
   echo "$out" >>"$ROOT/wrk.log"
   if echo "$out" | grep -q "Non-2xx"; then say "errors in the run at $1:"; echo "$out" >&2; exit 1; fi
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  echo "$reqs $(( (a1 - a0) * 1000000 / ticks )) $(( (b1 - b0) * 1000000 / ticks ))"
+  echo "$reqs $(( (a1 - a0) * 1000000 / ticks )) $(( (b1 - b0) * 1000000 / ticks ))" \
+    "$(( (r1 - r0) * 1000000 / ticks ))"
 }
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$B/$NAME/hello" >/dev/null # warm up (peer connections)
 say "rounds: $ROUNDS x ($DURATION local at A, $DURATION forwarded via B), $CONNS connections"
-printf '%-6s %-10s %10s %10s %14s\n' round path "req/s" "cpu µs/req" "(A / B µs/req)"
+printf '%-6s %-10s %8s %14s %10s %10s %12s\n' round path "req/s" "relays µs/req" "A µs/req" \
+  "B µs/req" "redis µs/req"
 secs=${DURATION%s}
+row() { # round, path, requests, cpu A, cpu B, cpu redis (µs)
+  printf '%-6s %-10s %8d %14.1f %10.1f %10.1f %12.1f\n' "$1" "$2" $(($3 / secs)) \
+    "$(echo "($4 + $5) / $3" | bc -l)" "$(echo "$4 / $3" | bc -l)" "$(echo "$5 / $3" | bc -l)" \
+    "$(echo "$6 / $3" | bc -l)"
+}
 for r in $(seq "$ROUNDS"); do
-  read -r n ca cb < <(run "$A")
-  printf '%-6s %-10s %10d %10.1f %14s\n' "$r" local $((n / secs)) "$(echo "($ca + $cb) / $n" | bc -l)" \
-    "$(printf '%.1f / %.1f' "$(echo "$ca / $n" | bc -l)" "$(echo "$cb / $n" | bc -l)")"
-  read -r n ca cb < <(run "$B")
-  printf '%-6s %-10s %10d %10.1f %14s\n' "$r" forwarded $((n / secs)) "$(echo "($ca + $cb) / $n" | bc -l)" \
-    "$(printf '%.1f / %.1f' "$(echo "$ca / $n" | bc -l)" "$(echo "$cb / $n" | bc -l)")"
+  read -r n ca cb cr < <(run "$A")
+  row "$r" local "$n" "$ca" "$cb" "$cr"
+  read -r n ca cb cr < <(run "$B")
+  row "$r" forwarded "$n" "$ca" "$cb" "$cr"
 done
 curl -s "http://127.0.0.1:$B/$NAME/hello" -o /dev/null
 say "logs in $ROOT"

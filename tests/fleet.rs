@@ -407,6 +407,12 @@ async fn scenario() {
             409,
             "relay {i}"
         );
+        // The peer listener is for forwards only.
+        assert_eq!(
+            claim_status(r.peer, "zulu", "tok-a").await,
+            403,
+            "relay {i}"
+        );
     }
     assert!(served(lb, "alpha").await);
 
