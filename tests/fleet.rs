@@ -517,3 +517,27 @@ async fn scenario() {
     }
     drop(agents);
 }
+
+/// `deploy/nginx.conf`, the balancer's nginx equivalent, is a valid nginx configuration.
+#[tokio::test]
+async fn the_nginx_equivalent_is_valid() {
+    let nginx = ["/usr/sbin/nginx", "nginx"]
+        .into_iter()
+        .find(|n| found(n) || std::path::Path::new(n).exists());
+    let Some(nginx) = nginx else {
+        eprintln!("skipping the nginx check: nginx is not installed (apt-get install nginx-light)");
+        return;
+    };
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(nginx)
+        .args(["-t", "-c", conf, "-p"])
+        .arg(dir.path())
+        .args(["-e", "stderr"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nginx -t: {text}");
+    assert!(text.contains("test is successful"), "{text}");
+}

@@ -904,6 +904,34 @@ mod tests {
         assert_eq!(r.total(), 0);
     }
 
+    /// A claim the fleet refused leaves this relay no hold on the name (D93), and the names
+    /// held are listed with their owners' fingerprints for the fleet's records.
+    #[tokio::test]
+    async fn a_claim_cancelled_by_the_fleet_leaves_no_hold() {
+        let r = registry(16);
+        let (t1, t2) = (Secret::new("t1"), Secret::new("t2"));
+        let first = r.reserve("app", Some(t1), peer(), "http").unwrap();
+        assert!(r.connected("app"));
+        assert_eq!(
+            r.owners(),
+            vec![("app".into(), Secret::new("t1").fingerprint())]
+        );
+        first.cancel();
+        assert!(!r.connected("app"));
+        assert!(r.stats().is_empty());
+        assert!(r.owners().is_empty());
+        assert_eq!(r.total(), 0);
+        let kept = r.reserve("app", Some(t2), peer(), "http").unwrap();
+        assert!(kept.first());
+        // A second connection's cancel leaves the name to the first.
+        let second = r
+            .reserve("app", Some(Secret::new("t2")), peer(), "http")
+            .unwrap();
+        second.cancel();
+        assert!(r.connected("app"));
+        assert_eq!(r.owners().len(), 1);
+    }
+
     /// A refused claim on a new name leaves no name behind (nothing would expire it).
     #[tokio::test]
     async fn a_refused_claim_leaves_no_name() {
