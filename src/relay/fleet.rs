@@ -254,9 +254,8 @@ impl Fleet {
                 held = now;
             }
         }
-        // Stopping: the names go with this relay (its agents will claim them elsewhere).
-        let gone: Vec<String> = held.into_iter().collect();
-        let _ = self.refresh_all(&[], &gone).await;
+        // Stopping: the records are left to expire rather than deleted, so that for one more
+        // TTL no other token can take a name whose agent is on its way to another relay.
     }
 
     /// A kept connection to the peer at `authority`, or a new one within
