@@ -3,7 +3,8 @@
 //! to loopback ports), with `ptth-connect` agents claiming through the balancer. Shows requests
 //! served with and without a forward, no name taken with another token on any relay, a
 //! partitioned relay answered by a bounded timeout, a relay killed (its in-flight requests get
-//! 502, its names heal, the others never notice) and Redis stopped and started again.
+//! 502, its names heal, the others never notice), Redis stopped and started again, and an
+//! agent's grace held across relays.
 //!
 //! Skips, saying why, without `redis-server` or `haproxy` (`.ci/run` installs both).
 
@@ -514,6 +515,28 @@ async fn scenario() {
             || served(local(relays[o].public), name),
         )
         .await;
+    }
+
+    // The grace holds across relays: an agent that left keeps its name (503 offline, not 404,
+    // at every relay; another token refused everywhere).
+    let echo = NAMES.iter().position(|n| *n == "echo").unwrap();
+    let mut gone = agents.remove(echo);
+    gone.start_kill().unwrap();
+    gone.wait().await.unwrap();
+    let h = now_holder["echo"];
+    until("echo's agent gone at its relay", || {
+        let r = &relays[h];
+        async move { !r.names().await.contains(&"echo".to_string()) }
+    })
+    .await;
+    for i in live.iter().copied() {
+        let (status, raw) = get(local(relays[i].public), "localhost", "/echo/", WAIT).await;
+        assert_eq!(status, 503, "echo at relay {i} in its grace: {raw}");
+        assert_eq!(
+            claim_status(relays[i].public, "echo", "tok-b").await,
+            409,
+            "relay {i}"
+        );
     }
     drop(agents);
 }
