@@ -125,6 +125,22 @@ struct Settings {
     /// With --client-ca: the agent's certificate must also be valid for NAME.DOMAIN.
     #[arg(long)]
     client_cert_names: bool,
+    /// Join a fleet of relays that share names through Redis: redis://HOST:PORT[/DB]. Needs
+    /// --advertise. [default: off]
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// With --registry: the URL other relays of the fleet reach this relay's peer listener
+    /// at, http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// With --registry: where the peer listener binds (forwards from other relays; keep it off
+    /// the public network). [default: the --advertise address]
+    #[arg(long, value_name = "ADDR", value_parser = common::listen_addr)]
+    peer_listen: Option<common::ListenAddr>,
+    /// With --registry: how long a name's record lives in Redis unless this relay refreshes
+    /// it (every third of it).
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_REGISTRY_TTL))]
+    registry_ttl: Dur,
 }
 
 /// Read `--domain`: a host name, never with a port or a scheme (host mode matches
@@ -167,6 +183,38 @@ impl Settings {
             anyhow::bail!("--listen-tls needs --tls-cert and --tls-key");
         }
         Ok((listen, all(&self.listen_tls)))
+    }
+
+    /// The fleet settings: --registry and --advertise together, the peer listener at the
+    /// advertised address unless --peer-listen says otherwise.
+    fn fleet(&self) -> anyhow::Result<Option<relay::FleetConfig>> {
+        let (registry, advertise) = match (&self.registry, &self.advertise) {
+            (None, None) => {
+                if self.peer_listen.is_some() {
+                    anyhow::bail!("--peer-listen needs --registry and --advertise");
+                }
+                return Ok(None);
+            }
+            (Some(r), Some(a)) => (r.clone(), a.trim_end_matches('/').to_string()),
+            _ => anyhow::bail!("--registry and --advertise go together"),
+        };
+        let peer_listen = match &self.peer_listen {
+            Some(l) => l.addrs[0],
+            None => {
+                let authority = advertise.strip_prefix("http://").ok_or_else(|| {
+                    anyhow::anyhow!("--advertise {advertise:?} is not http://HOST:PORT")
+                })?;
+                common::listen_addr(authority)
+                    .map_err(|e| anyhow::anyhow!("--advertise: {e}; give --peer-listen"))?
+                    .addrs[0]
+            }
+        };
+        Ok(Some(relay::FleetConfig {
+            registry,
+            advertise,
+            peer_listen,
+            ttl: self.registry_ttl.into(),
+        }))
     }
 
     /// The admin address, refused when it is not loopback unless that is asked for: the admin
@@ -233,6 +281,7 @@ impl Settings {
             max_connections: self.max_connections,
             listener,
             admin: self.admin()?,
+            fleet: self.fleet()?,
             access_log: self.access_log.as_ref().map(|p| {
                 if p.as_os_str() == "-" {
                     AccessLogTarget::Stdout
@@ -309,6 +358,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(bound) = handle.admin_addr() {
         let a = reachable(bound);
         println!("admin:   http://{a}/metrics  http://{a}/agents");
+    }
+    if let Some(f) = &settings.advertise {
+        println!("fleet:   peers reach this relay at {f}");
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(hup, settings, handle));

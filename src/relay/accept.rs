@@ -32,10 +32,12 @@ use crate::io::Rewind;
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
 /// `tls`, each connection first completes a TLS handshake (within the head timeout) with the
-/// TLS configuration in force when it was accepted.
+/// TLS configuration in force when it was accepted. With `fleet_peer`, the listener is the
+/// fleet's peer listener: its requests come from other relays.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: bool,
+    fleet_peer: bool,
     shared: Arc<Shared>,
     soft: CancellationToken,
 ) {
@@ -70,6 +72,7 @@ pub(crate) async fn serve(
                     peer,
                     tls: false,
                     client_cert: None,
+                    fleet_peer,
                 };
                 tasks.spawn(connection(stream, info, shared, soft, permit).instrument(span));
             }
@@ -99,6 +102,7 @@ pub(crate) async fn serve(
                             peer,
                             tls: true,
                             client_cert: crate::tls::peer_certificate(&stream),
+                            fleet_peer,
                         };
                         connection(stream, info, shared, soft, permit).await
                     }

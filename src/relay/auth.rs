@@ -27,6 +27,14 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The token's SHA-256, in hex: what the fleet's shared registry stores in its place.
+    pub(crate) fn fingerprint(&self) -> String {
+        let d = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
+        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")

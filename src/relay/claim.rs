@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::auth::{self, AuthError, Secret, Tokens};
+use super::fleet::Claimed;
 use super::metrics::Refusal;
 use super::registry::{AgentConn, AgentStream, ReserveError};
 use super::respond::{self, RelayBody};
@@ -98,13 +99,25 @@ pub(crate) async fn claim<S: AgentStream>(
     if let Err(rej) = hyper_upgrade::check(&req, listener) {
         return rejection(rej);
     }
-    let (name, reservation) = match admit(&shared, info, &req) {
+    let (name, reservation, fingerprint) = match admit(&shared, info, &req) {
         Ok(x) => x,
         Err(e) => {
             shared.metrics.refused(e.reason());
             return e.into_response();
         }
     };
+    // The fleet's claim: only for the name's first connection here (the refresh keeps the
+    // record of a name this relay holds already).
+    if let Some(fleet) = &shared.fleet
+        && reservation.first()
+        && let Claimed::Taken(holder) = fleet.claim(&name, &fingerprint).await
+    {
+        reservation.cancel();
+        tracing::info!(peer = %info.peer, %name, %holder, "agent refused: another token holds the name on another relay of the fleet");
+        let e = ClaimError::Reserve(ReserveError::Taken);
+        shared.metrics.refused(e.reason());
+        return e.into_response();
+    }
     let offer = match hyper_upgrade::offer(req, listener).await {
         Ok(o) => o,
         Err(rej) => return rejection(rej),
@@ -138,12 +151,12 @@ pub(crate) async fn claim<S: AgentStream>(
 }
 
 /// The name the offer claims, and its place in the counts once its token and certificate
-/// pass.
+/// pass, with the fingerprint of its token (empty for an anonymous agent).
 fn admit(
     shared: &Arc<Shared>,
     info: &ConnInfo,
     req: &Request<Incoming>,
-) -> Result<(String, super::registry::Reservation), ClaimError> {
+) -> Result<(String, super::registry::Reservation, String), ClaimError> {
     let cfg = &shared.config;
     let host = request::authority(req.version(), req.uri(), req.headers())
         .ok()
@@ -158,6 +171,7 @@ fn admit(
     let owner = credentials.inspect_err(|e| {
         tracing::info!(peer = %info.peer, %name, "agent refused: {e}");
     })?;
+    let fingerprint = owner.as_ref().map(Secret::fingerprint).unwrap_or_default();
     let mut reservation = shared
         .registry
         .reserve(&name, owner, info.peer, info.proto())?;
@@ -169,7 +183,7 @@ fn admit(
             v.as_bytes()
                 .eq_ignore_ascii_case(forwarded::TIMING_QUEUE_WAIT.as_bytes())
         });
-    Ok((name, reservation))
+    Ok((name, reservation, fingerprint))
 }
 
 /// The token that holds `name` for this claim: `None` on a relay without a token file.

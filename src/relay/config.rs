@@ -133,6 +133,38 @@ pub struct Config {
     pub agent_certs: AgentCerts,
     /// Where to write one JSON line per public request. Default `None` (off).
     pub access_log: Option<AccessLogTarget>,
+    /// Share names with other relays through Redis (`--registry`). Default `None`: this relay's
+    /// own in-memory registry only.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// Default `--registry-ttl`: how long a name's record in the shared registry lives unless its
+/// relay refreshes it (every third of it): 10 s, so a relay that dies is forgotten within
+/// seconds, and a Redis hiccup of a few seconds costs nothing.
+pub const DEFAULT_REGISTRY_TTL: Duration = Duration::from_secs(10);
+/// How long one call to the shared registry may take before it counts as failed: 1 s. A
+/// public request for a name held elsewhere waits for one such call.
+pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a forward waits to connect to the relay that holds the name: 2 s (then `502`).
+/// Loopback and a LAN answer in well under a millisecond; a peer that does not answer
+/// within 2 s is partitioned away or gone.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle keep-alive connections kept per peer relay: 64; more at once are dialled and closed
+/// after their request.
+pub const PEER_IDLE_PER_PEER: usize = 64;
+
+/// The fleet: several relays that serve one name space, sharing which relay holds which name
+/// through Redis (decisions D93–D97).
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The Redis URL, `redis://HOST:PORT[/DB]`.
+    pub registry: String,
+    /// The URL other relays reach this relay's peer listener at (`http://HOST:PORT`).
+    pub advertise: String,
+    /// Where the peer listener binds: forwards from other relays arrive there.
+    pub peer_listen: SocketAddr,
+    /// Default [`DEFAULT_REGISTRY_TTL`].
+    pub ttl: Duration,
 }
 
 /// Where the access log goes.
@@ -190,6 +222,7 @@ impl Default for Config {
             tls: None,
             agent_certs: AgentCerts::Off,
             access_log: None,
+            fleet: None,
         }
     }
 }

@@ -48,6 +48,8 @@ impl Route for AgentRoute<'_> {
             || (self.http10 && name.eq_ignore_ascii_case("expect"))
             // Only this relay writes it (D66): a client's own is not passed on.
             || name.eq_ignore_ascii_case(forwarded::QUEUE_WAIT_FIELD)
+            // The fleet's hop marker is between relays (D94).
+            || name.eq_ignore_ascii_case(super::fleet::HOP_FIELD)
     }
 
     fn add_fields(&self, req: &head::Request<'_, '_>, out: &mut BytesMut) {

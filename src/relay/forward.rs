@@ -19,17 +19,23 @@
 //! handling): the public client's `100` comes from the agent side, and a refusal from there
 //! costs no upload.
 //!
+//! With a fleet (`--registry`), a request for a name that has no connection here and that
+//! another relay holds goes to that relay instead, in the same kind of exchange
+//! ([`super::fleet::PeerRoute`]), unless it came from another relay already (decisions D94).
+//!
 //! Every answered public request is counted at one place, [`finish`].
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Uri, Version};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::exchange::AgentRoute;
+use super::fleet::{self, Fleet, PeerRoute};
 use super::metrics::Finished;
 use super::registry::{AgentConn, AgentStream, CheckoutError};
 use super::route::{RouteError, route};
@@ -92,6 +98,11 @@ pub(crate) async fn serve<S: AgentStream>(
                 tunnel(shared, inb, *agent);
                 return None;
             }
+            Public::SwitchedPeer(peer) => {
+                finish(shared, &count, info);
+                tunnel(shared, inb, *peer);
+                return None;
+            }
             Public::BadHead(after) => {
                 // Not a request at all: nothing to count (as hyper's own 400/431 were not).
                 if after == After::KeepAlive {
@@ -118,6 +129,8 @@ enum Public {
     Claim,
     /// The agent switched protocols: the two connections become a tunnel.
     Switched(Box<Conn<AgentConn>>),
+    /// The same through the relay of the fleet that holds the name.
+    SwitchedPeer(Box<Conn<TcpStream>>),
     /// The head was refused before it was a request (431, 400).
     BadHead(After),
 }
@@ -189,6 +202,8 @@ struct Routed {
     upgrade: bool,
     /// The connection can serve another request if this one is refused unread.
     keep: bool,
+    /// The request carries the fleet's hop marker: another relay sent it, it goes no further.
+    hop_marked: bool,
     /// The head's length.
     len: usize,
 }
@@ -215,6 +230,16 @@ async fn public<S: AgentStream>(
 ) -> Public {
     let routed = match judged {
         Judged::Incomplete => unreachable!("`serve` waits for a complete head"),
+        Judged::Claim if info.fleet_peer => {
+            let r = Refusal {
+                status: StatusCode::FORBIDDEN,
+                text: "the fleet's peer listener takes no agent claims: dial a public listener\n"
+                    .into(),
+                keep: false,
+                len: 0,
+            };
+            return Public::After(refuse(inb, r, &mut count.record).await);
+        }
         Judged::Claim => return Public::Claim,
         Judged::BadHead(e) => {
             let text = format!("{e}\n");
@@ -229,6 +254,34 @@ async fn public<S: AgentStream>(
         Judged::Routed(r) => r,
     };
     let cfg = &shared.config;
+    if info.fleet_peer {
+        shared.metrics.fleet_forward(false);
+    }
+    // A marked request on a public listener is not forwarded either, but its forwarding
+    // fields are not trusted: only the peer listener's are (D94).
+    if let Some(fleet) = &shared.fleet
+        && !info.fleet_peer
+        && !routed.hop_marked
+        && !shared.registry.connected(&routed.name)
+        && let Some(url) = fleet.holder(&routed.name).await
+        && let Some(authority) = fleet::authority(&url)
+    {
+        // Not a name of this relay's: no per-name series here (the holder counts it under
+        // its name; nothing here would ever remove the series).
+        count.known = false;
+        count.name = Some(routed.name.clone());
+        return to_peer(
+            inb,
+            fleet,
+            authority,
+            &routed,
+            info,
+            shared,
+            soft,
+            &mut count.record,
+        )
+        .await;
+    }
     let queue_deadline = Instant::now() + cfg.queue_timeout;
     let conn = shared.registry.checkout(&routed.name, queue_deadline).await;
     count.known = !matches!(conn, Err(CheckoutError::Unknown(_)));
@@ -255,7 +308,8 @@ async fn public<S: AgentStream>(
             proto: info.proto(),
             host: routed.host.as_deref(),
             prefix: routed.prefix.as_deref(),
-            trust: cfg.trust_forwarded,
+            // Another relay of the fleet wrote the client's `Forwarded` (D94).
+            trust: cfg.trust_forwarded || info.fleet_peer,
         },
         absolute: routed.absolute,
         http10: routed.http10,
@@ -298,6 +352,62 @@ async fn public<S: AgentStream>(
         rbuf.clear();
         wbuf.clear();
         *spare = (rbuf, wbuf);
+    }
+    Public::After(after)
+}
+
+/// Forward the request to the relay of the fleet at `authority`, which holds its name, over a
+/// kept connection to it (decisions D94).
+#[allow(clippy::too_many_arguments)]
+async fn to_peer<S: AgentStream>(
+    inb: &mut Conn<S>,
+    fleet: &Fleet,
+    authority: &str,
+    routed: &Routed,
+    info: &ConnInfo,
+    shared: &Arc<Shared>,
+    soft: &CancellationToken,
+    record: &mut Record,
+) -> Public {
+    let cfg = &shared.config;
+    fleet.metrics().fleet_forward(true);
+    let route = PeerRoute {
+        fleet,
+        authority,
+        hop: Hop {
+            client: info.peer.ip(),
+            proto: info.proto(),
+            host: routed.host.as_deref(),
+            prefix: None,
+            trust: cfg.trust_forwarded,
+        },
+    };
+    let closing = || soft.is_cancelled();
+    // The peer holds the request as long as its own queue and response timeouts allow; past
+    // both, the peer is partitioned away: 504 (decisions D96).
+    let settings = Settings {
+        continue_wait: RELAY_CONTINUE_WAIT,
+        response_timeout: Some(cfg.queue_timeout + cfg.response_timeout),
+        trailers: true,
+        length_beside_chunked: true,
+        ..Settings::new(&shared.public_limits, &shared.agent_limits, &closing)
+    };
+    let mut out = None;
+    let after = tokio::select! {
+        a = h1::exchange(inb, &mut out, &route, &settings, record) => a,
+        () = shared.hard.cancelled() => After::Close,
+    };
+    if after == After::Switched {
+        return match out.take() {
+            Some(peer) => Public::SwitchedPeer(Box::new(peer)),
+            None => Public::After(After::Close),
+        };
+    }
+    if let Some(peer) = out.take() {
+        let (tcp, rbuf, _) = peer.into_parts();
+        if rbuf.is_empty() && !routed.upgrade {
+            fleet.keep(authority, tcp);
+        }
     }
     Public::After(after)
 }
@@ -401,6 +511,7 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
         upgrade,
         keep,
         len,
+        hop_marked: fields.get_all(fleet::HOP_FIELD).next().is_some(),
     })
 }
 

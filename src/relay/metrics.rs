@@ -20,6 +20,10 @@
 //!   `ptth_waiting_requests{name}`, `ptth_names{state}`, `ptth_http_connections`: the pool as
 //!   it is at the scrape.
 //! - `ptth_access_log_dropped_total`, `ptth_build_info{version}`, `process_*`.
+//! - The fleet (`--registry`): `ptth_fleet_forwards_total{direction="out"|"in"}` (requests sent
+//!   to the relay that holds their name, and received from another relay),
+//!   `ptth_fleet_registry_errors_total` (Redis calls that failed or timed out) and
+//!   `ptth_fleet_registry_seconds` (histogram of the Redis round trips that succeeded).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -123,7 +127,13 @@ pub(crate) struct Metrics {
     refusals: Family<ReasonLabels, Counter>,
     log_dropped: Counter,
     access_log: Option<AccessLog>,
+    fleet_forwards: Family<DirectionLabels, Counter>,
+    fleet_errors: Counter,
+    fleet_seconds: Histogram,
 }
+
+/// Upper bounds of the Redis round-trip histogram, in seconds.
+const REGISTRY_BUCKETS: [f64; 8] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0];
 
 const TO_AGENT: DirectionLabels = DirectionLabels {
     direction: "to_agent",
@@ -172,7 +182,28 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             log_dropped.clone(),
         );
+        let fleet_forwards = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "ptth_fleet_forwards",
+            "Requests forwarded to the relay that holds their name (out) or from another relay (in)",
+            fleet_forwards.clone(),
+        );
+        let fleet_errors = Counter::default();
+        registry.register(
+            "ptth_fleet_registry_errors",
+            "Calls to the shared registry (Redis) that failed or timed out",
+            fleet_errors.clone(),
+        );
+        let fleet_seconds = Histogram::new(REGISTRY_BUCKETS);
+        registry.register(
+            "ptth_fleet_registry_seconds",
+            "Round trips to the shared registry (Redis) that succeeded",
+            fleet_seconds.clone(),
+        );
         Metrics {
+            fleet_forwards,
+            fleet_errors,
+            fleet_seconds,
             registry,
             requests,
             series: RwLock::default(),
@@ -262,6 +293,24 @@ impl Metrics {
             .or_default()
             .push((code, counter.clone()));
         counter
+    }
+
+    /// A request was forwarded to another relay of the fleet (`out`) or arrived from one.
+    pub(crate) fn fleet_forward(&self, out: bool) {
+        let direction = if out { "out" } else { "in" };
+        self.fleet_forwards
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// A call to the shared registry failed.
+    pub(crate) fn registry_error(&self) {
+        self.fleet_errors.inc();
+    }
+
+    /// A call to the shared registry took `took`.
+    pub(crate) fn registry_call(&self, took: Duration) {
+        self.fleet_seconds.observe(took.as_secs_f64());
     }
 
     /// The text exposition, with the pool as it is now.

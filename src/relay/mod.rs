@@ -20,6 +20,8 @@
 //! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
 //! - `respond`: the relay's own hyper answers to claims.
 //! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
+//! - `fleet`: the shared registry in Redis (`--registry`) and forwards to the relay that holds
+//!   a name.
 //! - `metrics`: the series and the one entry point per finished request, claim, refusal and
 //!   forgotten name; `access_log`: `--access-log`'s lines, written by a task of their own.
 
@@ -30,6 +32,7 @@ mod auth;
 mod claim;
 mod config;
 mod exchange;
+mod fleet;
 mod forward;
 mod metrics;
 mod registry;
@@ -94,6 +97,10 @@ pub enum RelayError {
     /// [`Config::agent_certs`] asks for client certificates but there is no TLS listener.
     #[error("agent certificates are required but no TLS listener with a client CA is configured")]
     AgentCertsWithoutTls,
+    /// The fleet's registry URL is not a Redis URL, or the advertised URL is not
+    /// `http://HOST:PORT`.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// Socket trouble.
     #[error("{context}: {source}")]
     Io {
@@ -114,6 +121,9 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
     /// The TLS client certificate, verified against the client CA, if one was sent.
     pub client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The connection came in on the fleet's peer listener: its requests were forwarded by
+    /// another relay (its `Forwarded` is kept, and they are never forwarded again).
+    pub fleet_peer: bool,
 }
 
 impl ConnInfo {
@@ -142,6 +152,8 @@ pub(crate) struct Shared {
     /// The caps of agents' response heads and the read buffer of a checked-out connection
     /// ([`ListenerConfig::read_buf`]).
     pub(crate) agent_limits: crate::limits::Limits,
+    /// The fleet (`--registry`), if this relay is part of one.
+    pub(crate) fleet: Option<Arc<fleet::Fleet>>,
 }
 
 /// The settings a running relay can replace ([`RelayHandle::set_tokens`],
@@ -184,6 +196,8 @@ impl Shared {
 pub struct Relay {
     listeners: Vec<(TcpListener, bool)>,
     admin: Option<TcpListener>,
+    /// The fleet's peer listener.
+    peer: Option<TcpListener>,
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
@@ -257,6 +271,27 @@ impl Relay {
                 None => None,
             };
         let metrics = Arc::new(Metrics::new(access_log));
+        let (fleet, peer) = match &config.fleet {
+            Some(f) => {
+                if fleet::authority(&f.advertise).is_none() {
+                    return Err(RelayError::Fleet(format!(
+                        "the advertised URL {:?} is not http://HOST:PORT",
+                        f.advertise
+                    )));
+                }
+                let peer =
+                    TcpListener::bind(f.peer_listen)
+                        .await
+                        .map_err(|source| RelayError::Io {
+                            context: "binding the fleet's peer listener",
+                            source,
+                        })?;
+                let fleet = fleet::Fleet::new(f.clone(), metrics.clone())
+                    .map_err(|e| RelayError::Fleet(e.to_string()))?;
+                (Some(Arc::new(fleet)), Some(peer))
+            }
+            None => (None, None),
+        };
         let public_limits = crate::limits::Limits {
             head_timeout: config.head_timeout,
             ..config.listener.limits.clone()
@@ -275,6 +310,7 @@ impl Relay {
         Ok(Relay {
             listeners,
             admin,
+            peer,
             addrs,
             tls_addrs,
             shared: Arc::new(Shared {
@@ -290,6 +326,7 @@ impl Relay {
                 hard: CancellationToken::new(),
                 public_limits,
                 agent_limits,
+                fleet,
             }),
         })
     }
@@ -309,7 +346,26 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
         let soft = CancellationToken::new();
         for (l, tls) in self.listeners {
-            tokio::spawn(accept::serve(l, tls, self.shared.clone(), soft.clone()));
+            tokio::spawn(accept::serve(
+                l,
+                tls,
+                false,
+                self.shared.clone(),
+                soft.clone(),
+            ));
+        }
+        if let Some(l) = self.peer {
+            tokio::spawn(accept::serve(
+                l,
+                false,
+                true,
+                self.shared.clone(),
+                soft.clone(),
+            ));
+        }
+        if let Some(f) = &self.shared.fleet {
+            let stop = self.shared.hard.child_token();
+            tokio::spawn(f.clone().keep_records(self.shared.registry.clone(), stop));
         }
         if let Some(a) = self.admin {
             tokio::spawn(admin::serve(a, self.shared.clone(), soft.clone()));

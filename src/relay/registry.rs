@@ -724,6 +724,31 @@ impl Registry {
         out
     }
 
+    /// Whether `name` has a live connection here (a request for it is served here, not
+    /// forwarded to another relay of the fleet).
+    pub(crate) fn connected(&self, name: &str) -> bool {
+        self.names()
+            .get(name)
+            .is_some_and(|s| !s.lock().conns.is_empty())
+    }
+
+    /// Every name this relay holds (connected, or in its grace), with the fingerprint of its
+    /// owner's token (empty for anonymous agents): what the fleet's records say.
+    pub(crate) fn owners(&self) -> Vec<(String, String)> {
+        let slots: Vec<Arc<Slot>> = self.names().values().cloned().collect();
+        let now = Instant::now();
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let st = slot.lock();
+                (st.phase(&self.config, now) != Phase::Gone).then(|| {
+                    let owner = st.owner.as_ref().map(Secret::fingerprint);
+                    (slot.name.clone(), owner.unwrap_or_default())
+                })
+            })
+            .collect()
+    }
+
     /// All agent connections.
     pub(crate) fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
@@ -748,6 +773,24 @@ impl Reservation {
     /// Whether the name had no connection before this one.
     pub(crate) fn first(&self) -> bool {
         self.first
+    }
+
+    /// Undo a claim that the fleet refused (another token holds the name on another relay):
+    /// the place in the counts goes, and so does this relay's hold on the name when this was
+    /// its only connection, so that the name's real owner can still claim it here.
+    pub(crate) fn cancel(self) {
+        let (registry, slot) = (self.registry.clone(), self.slot.clone());
+        drop(self);
+        let mut names = registry.names();
+        let ours = names.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, &slot));
+        let mut st = slot.lock();
+        if ours && st.conns.is_empty() {
+            st.owner = None;
+            st.empty_since = None;
+            st.waiters.clear();
+            drop(st);
+            names.remove(&slot.name);
+        }
     }
 }
 
@@ -859,6 +902,34 @@ mod tests {
         assert_eq!(r.stats().len(), 0);
         assert_eq!(r.expiries().len(), 0);
         assert_eq!(r.total(), 0);
+    }
+
+    /// A claim the fleet refused leaves this relay no hold on the name (D93), and the names
+    /// held are listed with their owners' fingerprints for the fleet's records.
+    #[tokio::test]
+    async fn a_claim_cancelled_by_the_fleet_leaves_no_hold() {
+        let r = registry(16);
+        let (t1, t2) = (Secret::new("t1"), Secret::new("t2"));
+        let first = r.reserve("app", Some(t1), peer(), "http").unwrap();
+        assert!(r.connected("app"));
+        assert_eq!(
+            r.owners(),
+            vec![("app".into(), Secret::new("t1").fingerprint())]
+        );
+        first.cancel();
+        assert!(!r.connected("app"));
+        assert!(r.stats().is_empty());
+        assert!(r.owners().is_empty());
+        assert_eq!(r.total(), 0);
+        let kept = r.reserve("app", Some(t2), peer(), "http").unwrap();
+        assert!(kept.first());
+        // A second connection's cancel leaves the name to the first.
+        let second = r
+            .reserve("app", Some(Secret::new("t2")), peer(), "http")
+            .unwrap();
+        second.cancel();
+        assert!(r.connected("app"));
+        assert_eq!(r.owners().len(), 1);
     }
 
     /// A refused claim on a new name leaves no name behind (nothing would expire it).

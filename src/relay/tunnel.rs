@@ -7,15 +7,16 @@
 use std::sync::Arc;
 
 use super::Shared;
-use super::registry::{AgentConn, AgentStream};
+use super::registry::AgentStream;
 use crate::h1::{self, Conn};
 
-/// Join the public connection and the agent's, in a task of the relay's (a drain lets open
+/// Join the public connection and the agent's (or, for a forward, the connection to the relay
+/// of the fleet that holds the name), in a task of the relay's (a drain lets open
 /// tunnels run until the drain timeout instead of cutting them).
-pub(super) fn tunnel<S: AgentStream>(
+pub(super) fn tunnel<S: AgentStream, A: AgentStream>(
     shared: &Arc<Shared>,
     public: Conn<S>,
-    agent: Conn<AgentConn>,
+    agent: Conn<A>,
 ) {
     let hard = shared.hard.clone();
     let metrics = shared.metrics.clone();
