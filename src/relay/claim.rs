@@ -98,12 +98,9 @@ pub(crate) async fn claim<S: AgentStream>(
     if let Err(rej) = hyper_upgrade::check(&req, listener) {
         return rejection(rej);
     }
-    let (name, reservation) = match admit(&shared, info, &req) {
+    let (name, reservation) = match admit_or_refuse(&shared, info, &req) {
         Ok(x) => x,
-        Err(e) => {
-            shared.metrics.refused(e.reason());
-            return e.into_response();
-        }
+        Err(res) => return res,
     };
     let offer = match hyper_upgrade::offer(req, listener).await {
         Ok(o) => o,
@@ -135,6 +132,38 @@ pub(crate) async fn claim<S: AgentStream>(
         .instrument(span),
     );
     res
+}
+
+/// [`admit`], with a refusal counted and turned into its response: the claim's checks, for
+/// the upgrade and for a long poll (`super::long_poll`) alike.
+pub(crate) fn admit_or_refuse(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Result<(String, super::registry::Reservation), Response<RelayBody>> {
+    admit(shared, info, req).map_err(|e| {
+        shared.metrics.refused(e.reason());
+        e.into_response()
+    })
+}
+
+/// The name a long-poll reply is for, once its token passes (a reply takes no place in the
+/// counts: its poll did).
+pub(crate) fn authorize(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+) -> Result<String, Response<RelayBody>> {
+    let host = request::authority(req.version(), req.uri(), req.headers())
+        .ok()
+        .flatten();
+    let checked = route::claim(host, req.uri().path(), &shared.config.domain)
+        .map_err(ClaimError::from)
+        .and_then(|name| {
+            token(shared.tokens().as_deref(), req, &name)
+                .map(|_| name)
+                .map_err(ClaimError::from)
+        });
+    checked.map_err(ClaimError::into_response)
 }
 
 /// The name the offer claims, and its place in the counts once its token and certificate

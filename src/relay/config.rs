@@ -57,6 +57,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 /// Default `--head-timeout`: a request head must arrive within 10 s (slow-loris); also the idle
 /// timeout of public keep-alive connections.
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay holds a long poll before it answers `204` (the agent polls again): under
+/// the 60 s idle timeouts common in front of servers (nginx's `proxy_read_timeout`).
+pub const DEFAULT_LONG_POLL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
 /// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
@@ -133,6 +136,8 @@ pub struct Config {
     pub agent_certs: AgentCerts,
     /// Where to write one JSON line per public request. Default `None` (off).
     pub access_log: Option<AccessLogTarget>,
+    /// How long a long poll is held. Default [`DEFAULT_LONG_POLL_TIMEOUT`].
+    pub long_poll_timeout: Duration,
 }
 
 /// Where the access log goes.
@@ -190,6 +195,7 @@ impl Default for Config {
             tls: None,
             agent_certs: AgentCerts::Off,
             access_log: None,
+            long_poll_timeout: DEFAULT_LONG_POLL_TIMEOUT,
         }
     }
 }

@@ -43,6 +43,7 @@ use crate::proto::body::Framing;
 use crate::proto::forwarded::Hop;
 use crate::proto::head::{self, Slots};
 use crate::proto::hop::connection_names;
+use crate::proto::long_poll;
 use crate::proto::request;
 
 /// Serve public requests on `io` until the client closes, the connection idles past the head
@@ -297,6 +298,8 @@ async fn public<S: AgentStream>(
             debug!("the agent declined an upgrade; not reusing its connection");
         } else if !rbuf.is_empty() {
             debug!("the agent sent bytes after its response; dropping the connection");
+        } else if conn.reservation.one_shot {
+            // A long-poll connection: dropping it ends the poll's body, so the agent knows.
         } else {
             shared.registry.clone().park(conn);
         }
@@ -333,6 +336,10 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
         && let Ok(parts) = req.to_parts()
         && hyper_upgrade::is_ptth_upgrade(&http::Request::from_parts(parts, ()))
     {
+        return Judged::Claim;
+    }
+    // A long-poll request is the agent's too (spec-notes/long-poll.md).
+    if fields.get_all(long_poll::FIELD).next().is_some() {
         return Judged::Claim;
     }
     // D16: both length fields are framed by the coding, and the connection closes after.

@@ -17,6 +17,8 @@
 //!   checkout, one exchange, park; the one place a public request is counted.
 //! - `exchange`: the engine's route toward an agent (target, forwarding fields, the one more
 //!   checkout when a connection is found closed).
+//! - `long_poll`: the long-poll transport: a claim and a reversed connection made of a held
+//!   poll and a reply, for agents whose `Upgrade` cannot pass.
 //! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
 //! - `respond`: the relay's own hyper answers to claims.
 //! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
@@ -31,6 +33,7 @@ mod claim;
 mod config;
 mod exchange;
 mod forward;
+mod long_poll;
 mod metrics;
 mod registry;
 mod respond;
@@ -142,6 +145,8 @@ pub(crate) struct Shared {
     /// The caps of agents' response heads and the read buffer of a checked-out connection
     /// ([`ListenerConfig::read_buf`]).
     pub(crate) agent_limits: crate::limits::Limits,
+    /// The long-poll exchanges waiting for their reply.
+    pub(crate) long_poll: long_poll::Exchanges,
 }
 
 /// The settings a running relay can replace ([`RelayHandle::set_tokens`],
@@ -290,6 +295,7 @@ impl Relay {
                 hard: CancellationToken::new(),
                 public_limits,
                 agent_limits,
+                long_poll: long_poll::Exchanges::default(),
             }),
         })
     }

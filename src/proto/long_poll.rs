@@ -1,0 +1,15 @@
+//! The long-poll transport's vocabulary (spec-notes/long-poll.md), shared by the relay and the
+//! agent: the field that marks a long-poll request and says which kind it is, and the field
+//! that names an exchange.
+
+/// The field that marks a long-poll request: `PTTH-Long-Poll: poll` or `reply`.
+pub(crate) const FIELD: &str = "ptth-long-poll";
+/// A poll: claim one virtual connection and wait for a request on it.
+pub(crate) const POLL: &[u8] = b"poll";
+/// A reply: the response to the exchange that [`EXCHANGE_FIELD`] names.
+pub(crate) const REPLY: &[u8] = b"reply";
+/// The exchange an answered poll started, and the one a reply answers.
+pub(crate) const EXCHANGE_FIELD: &str = "ptth-exchange";
+/// The media type of an answered poll's body and of a reply's body: HTTP/1.1 message bytes
+/// (RFC 9112 §10.1).
+pub(crate) const MEDIA_TYPE: &str = "message/http";

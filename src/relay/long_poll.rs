@@ -1,0 +1,338 @@
+//! The long-poll transport (spec-notes/long-poll.md): for agents whose `Upgrade` cannot reach
+//! the relay (an nginx in front of it, a serverless front), a reversed connection made of two
+//! ordinary requests.
+//!
+//! ```text
+//! agent ── POST /NAME  PTTH-Long-Poll: poll ──▶ claim checks ─▶ a virtual connection, parked
+//!            (held until a public request is written to it, or 204 at the deadline)
+//!      ◀── 200 PTTH-Exchange: ID, body = the public request as HTTP/1.1 bytes, streamed
+//! agent ── POST /NAME  PTTH-Long-Poll: reply  PTTH-Exchange: ID, body = the response bytes ──▶
+//!      ◀── 204 once the body is read
+//! ```
+//!
+//! The virtual connection ([`Virtual`]) is a byte stream like any parked agent connection:
+//! what the relay's engine writes to it is the body of the held poll's response, what it reads
+//! is the body of the reply. So the registry, checkout, the engine's exchange (streaming both
+//! ways, `Expect`, trailers, upgrades) and the metrics run unchanged; the one difference is
+//! that a virtual connection carries one exchange (`Reservation::one_shot`): it is dropped, not
+//! parked again, which ends the poll's response body and tells the agent the exchange is over.
+//! Many exchanges in flight at once are many polls outstanding.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::AgentConn;
+use super::respond::{self, RelayBody};
+use super::{ConnInfo, Shared, claim};
+use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE, POLL, REPLY};
+
+/// Bytes buffered each way between the engine and a poll or reply body: the back-pressure
+/// window of a virtual connection.
+pub(crate) const PIPE_BYTES: usize = 64 * 1024;
+
+/// The exchanges whose poll has been answered and whose reply has not arrived yet.
+#[derive(Default)]
+pub(crate) struct Exchanges {
+    next: AtomicU64,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// Where an exchange's reply goes: the other end of its virtual connection.
+struct Pending {
+    name: String,
+    to_engine: WriteHalf<DuplexStream>,
+}
+
+impl Exchanges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh exchange id: a counter (unique) and a random part (not guessable from the ids
+    /// an agent has seen). The reply needs the name's token as well.
+    fn id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{n:x}-{:016x}", fastrand::u64(..))
+    }
+}
+
+/// Answer a long-poll request (`PTTH-Long-Poll: poll` or `reply`).
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    info: &ConnInfo,
+    soft: CancellationToken,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
+    if req.method() != Method::POST {
+        let mut res = respond::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "long-poll requests are POST",
+        );
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let kind = req.headers().get(FIELD).map(|v| v.as_bytes().to_vec());
+    match kind.as_deref() {
+        Some(POLL) => poll(shared, info, soft, req).await,
+        Some(REPLY) => reply(shared, req).await,
+        _ => respond::text(
+            StatusCode::BAD_REQUEST,
+            "PTTH-Long-Poll must be \"poll\" or \"reply\"",
+        ),
+    }
+}
+
+/// A poll: the claim's checks and counts, then a virtual connection parked for the name. The
+/// poll is answered when the engine starts writing a request to it (`200`, the request as the
+/// body), or `204` when the deadline passes first.
+async fn poll(
+    shared: Arc<Shared>,
+    info: &ConnInfo,
+    soft: CancellationToken,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
+    let (name, mut reservation) = match claim::admit_or_refuse(&shared, info, &req) {
+        Ok(x) => x,
+        Err(res) => return res,
+    };
+    reservation.one_shot = true;
+    let (engine_end, our_end) = tokio::io::duplex(PIPE_BYTES);
+    let (mut from_engine, to_engine) = tokio::io::split(our_end);
+    let gate = Arc::new(Mutex::new(Gate::Open));
+    let io = Virtual {
+        io: engine_end,
+        gate: gate.clone(),
+    };
+    if reservation.first() {
+        tracing::info!(%name, peer = %info.peer, "agent claimed the name (long poll)");
+    }
+    shared.metrics.claimed();
+    shared.registry.park(AgentConn {
+        io: Box::new(io),
+        reservation,
+    });
+    let mut first = BytesMut::with_capacity(PIPE_BYTES);
+    let deadline = tokio::time::sleep(shared.config.long_poll_timeout);
+    tokio::pin!(deadline);
+    let read = loop {
+        tokio::select! {
+            r = from_engine.read_buf(&mut first) => break r,
+            // The drain: no new exchange starts; the agent polls again elsewhere.
+            () = &mut deadline => {}
+            () = soft.cancelled() => {}
+        }
+        // Closed unless the engine has begun: then its bytes are on their way.
+        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+        if *g == Gate::Open {
+            *g = Gate::Closed;
+            return no_content();
+        }
+    };
+    match read {
+        Ok(n) if n > 0 => {}
+        // The relay dropped the connection unused (it is stopping).
+        _ => return no_content(),
+    }
+    let id = shared.long_poll.id();
+    shared.long_poll.lock().insert(
+        id.clone(),
+        Pending {
+            name: name.clone(),
+            to_engine,
+        },
+    );
+    let body = PollBody {
+        first: Some(first.freeze()),
+        from_engine,
+        buf: BytesMut::new(),
+        id: id.clone(),
+        shared: shared.clone(),
+    };
+    let mut res = Response::new(body.boxed_unsync());
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(MEDIA_TYPE));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // nginx: pass the body on as it comes (a public request body is streamed).
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(EXCHANGE_FIELD, v);
+    }
+    res
+}
+
+/// A reply: its body is the response to the exchange's request, copied to the engine as it
+/// arrives; `204` once it is all read (or the exchange has ended and nothing more is wanted).
+async fn reply(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RelayBody> {
+    let name = match claim::authorize(&shared, &req) {
+        Ok(n) => n,
+        Err(res) => return res,
+    };
+    let Some(id) = req
+        .headers()
+        .get(EXCHANGE_FIELD)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return respond::text(StatusCode::BAD_REQUEST, "a reply needs PTTH-Exchange");
+    };
+    let pending = {
+        let mut map = shared.long_poll.lock();
+        match map.get(id) {
+            Some(p) if p.name == name => map.remove(id),
+            _ => None,
+        }
+    };
+    let Some(Pending { mut to_engine, .. }) = pending else {
+        return respond::text(
+            StatusCode::NOT_FOUND,
+            "no such exchange (unknown, already answered, or over)",
+        );
+    };
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            // The agent's reply was cut: the engine sees the response end early.
+            tracing::debug!("long-poll reply body failed");
+            break;
+        };
+        if let Ok(data) = frame.into_data()
+            && to_engine.write_all(&data).await.is_err()
+        {
+            // The exchange is over (answered, or the public client left).
+            break;
+        }
+    }
+    let _ = to_engine.shutdown().await;
+    no_content()
+}
+
+fn no_content() -> Response<RelayBody> {
+    let mut res = respond::text(StatusCode::NO_CONTENT, "");
+    *res.body_mut() = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    res.headers_mut().remove(CONTENT_TYPE);
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Whether the engine has written to a virtual connection, and whether the poll gave up on it.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Parked, nothing written.
+    Open,
+    /// The engine wrote: the poll answers `200`.
+    Started,
+    /// The poll answered `204`: the connection reads as closed and refuses writes (the engine
+    /// then takes another connection).
+    Closed,
+}
+
+/// The relay's side of a virtual connection: writes go to the poll's response body, reads
+/// come from the reply's body. The gate makes "the engine wrote" and "the poll's deadline
+/// passed" exclusive.
+struct Virtual {
+    io: DuplexStream,
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl Virtual {
+    fn closed(&self) -> bool {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) == Gate::Closed
+    }
+}
+
+impl AsyncRead for Virtual {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.closed() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Virtual {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let gate = self.gate.clone();
+        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+        if *g == Gate::Closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        *g = Gate::Started;
+        // Under the lock: the poll cannot give up between the check and the write.
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The body of an answered poll: the bytes the engine writes, until it drops the virtual
+/// connection. Dropping the body forgets the exchange if its reply never came.
+struct PollBody {
+    first: Option<Bytes>,
+    from_engine: ReadHalf<DuplexStream>,
+    buf: BytesMut,
+    id: String,
+    shared: Arc<Shared>,
+}
+
+impl Body for PollBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let this = &mut *self;
+        this.buf.reserve(PIPE_BYTES);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut this.from_engine), cx, &mut this.buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(n)) if n > 0 => {
+                Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
+            }
+            // The end (the engine dropped the connection), or a pipe error, which cannot
+            // happen on an in-memory pipe: either way the request is over.
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for PollBody {
+    fn drop(&mut self) {
+        self.shared.long_poll.lock().remove(&self.id);
+    }
+}
