@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::config::{Wire, falls_back};
 use super::dial::{self, BoxedIo};
+use super::long_poll;
 use super::target::Target;
 use super::{AgentError, Config};
 use crate::dialer::Flipped;
@@ -245,7 +247,10 @@ pub(super) async fn connection<V: Serve>(
 }
 
 /// Dial and upgrade: a parked (flipped) connection, or why there is none.
-async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outcome> {
+async fn park(target: &Target, config: &Arc<Config>) -> Result<Flipped<BoxedIo>, Outcome> {
+    if config.long_polls() {
+        return long_poll::park(target, config).await;
+    }
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
     let request = upgrade_request(
         target,
@@ -254,12 +259,30 @@ async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outc
         config.token.as_ref(),
         &config.headers,
     );
-    crate::dialer::handshake(io, &request, &config.limits)
+    let flipped = crate::dialer::handshake(io, &request, &config.limits)
         .await
         .map_err(|e| match e {
             Error::Refused(r) => Outcome::Refused(r),
             e => Outcome::Failed(AgentError::Handshake(e)),
-        })
+        });
+    match flipped {
+        Err(Outcome::Refused(r)) if config.wire == Wire::Auto && falls_back(r.status) => {
+            // The upgrade does not pass (an intermediary answered, or took the offer for a
+            // public request): every connection long-polls from now on.
+            if !config
+                .fell_back
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    relay = %target.url(),
+                    status = %r.status,
+                    "the upgrade did not reach the relay; falling back to long polling"
+                );
+            }
+            long_poll::park(target, config).await
+        }
+        other => other,
+    }
 }
 
 /// The upgrade request for `target`: its path names the service, its authority is `Host`.
