@@ -43,6 +43,10 @@ pub enum Wire {
     LongPoll,
 }
 
+/// A long poll not answered within this time is held by the relay: the connection counts as
+/// parked (a refusal comes at once, before the relay waits for anything).
+pub const LONG_POLL_HELD: Duration = Duration::from_millis(250);
+
 /// Whether `status`, the answer to an upgrade offer in [`Wire::Auto`], means "the upgrade
 /// does not pass here": something that is not a PTTH relay answered (or one that was sent the
 /// offer without its `Upgrade`, and took it for a public request).

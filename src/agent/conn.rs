@@ -211,7 +211,9 @@ pub(super) async fn connection<V: Serve>(
     stop: Stop,
 ) {
     let outcome = tokio::select! {
-        o = park(&target, &config) => o,
+        o = park(&target, &config, || {
+            let _ = events.send(Event::Parked { id, h2: false });
+        }) => o,
         () = stop.graceful.cancelled() => Err(Outcome::Cancelled),
     };
     let outcome = match outcome {
@@ -247,9 +249,14 @@ pub(super) async fn connection<V: Serve>(
 }
 
 /// Dial and upgrade: a parked (flipped) connection, or why there is none.
-async fn park(target: &Target, config: &Arc<Config>) -> Result<Flipped<BoxedIo>, Outcome> {
+/// `held` is told when a long poll is held (long polling parks without a handshake).
+async fn park(
+    target: &Target,
+    config: &Arc<Config>,
+    held: impl FnOnce(),
+) -> Result<Flipped<BoxedIo>, Outcome> {
     if config.long_polls() {
-        return long_poll::park(target, config).await;
+        return long_poll::park(target, config, held).await;
     }
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
     let request = upgrade_request(
@@ -279,7 +286,7 @@ async fn park(target: &Target, config: &Arc<Config>) -> Result<Flipped<BoxedIo>,
                     "the upgrade did not reach the relay; falling back to long polling"
                 );
             }
-            long_poll::park(target, config).await
+            long_poll::park(target, config, held).await
         }
         other => other,
     }

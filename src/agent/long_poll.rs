@@ -29,6 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
 use tracing::debug;
 
+use super::config::LONG_POLL_HELD;
 use super::conn::Outcome;
 use super::dial::{self, BoxedIo};
 use super::target::Target;
@@ -42,13 +43,31 @@ use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE};
 const PIPE_BYTES: usize = 64 * 1024;
 
 /// Poll until the relay sends a request: the exchange as a connection to serve, or why there
-/// is none (a refusal, or a failure to reach the relay).
+/// is none (a refusal, or a failure to reach the relay). `held` is called once a poll has
+/// gone unanswered for [`LONG_POLL_HELD`]: the relay has accepted it and holds it, which is
+/// what a parked connection is.
 pub(super) async fn park(
     target: &Target,
     config: &Arc<Config>,
+    held: impl FnOnce(),
 ) -> Result<Flipped<BoxedIo>, Outcome> {
+    let mut held = Some(held);
     loop {
-        let res = send(target, config, "poll", None, empty()).await?;
+        let sent = send(target, config, "poll", None, empty());
+        tokio::pin!(sent);
+        let res = match held.take() {
+            None => sent.await?,
+            Some(held_now) => tokio::select! {
+                r = &mut sent => {
+                    held = Some(held_now);
+                    r?
+                }
+                () = tokio::time::sleep(LONG_POLL_HELD) => {
+                    held_now();
+                    sent.await?
+                }
+            },
+        };
         match res.status() {
             StatusCode::NO_CONTENT => continue,
             StatusCode::OK => {}
