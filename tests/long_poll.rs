@@ -1,0 +1,344 @@
+//! The long-poll transport end to end (spec-notes/long-poll.md), with the real binaries:
+//! `ptth-serve`, and `ptth-connect` forwarding to an upstream of this test. First with
+//! `--transport long-poll` straight to the relay; then behind a real nginx (Debian's
+//! nginx-light, started by the test in the foreground on a loopback port and stopped by its
+//! PID) configured as a plain reverse proxy with no `Upgrade` pass-through, where the agent in
+//! its default `--transport auto` falls back by itself. Each serves a GET, a large streamed
+//! POST, an SSE stream whose events arrive one by one (the next is sent only after the public
+//! client has read the one before), and several requests in flight at once. Skipped with the
+//! reason when nginx is missing.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use support::bins::{agent_addr, banner, line_with, serve};
+use support::{TestBody, channel_body, deadline, full};
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{Barrier, mpsc};
+
+/// Requests the concurrency check keeps in flight at once (each is answered only when all have
+/// arrived at the upstream).
+const IN_FLIGHT: usize = 4;
+/// The large POST: 4 MiB, sent in 64 KiB chunks.
+const LARGE: usize = 4 << 20;
+const CHUNK: usize = 64 << 10;
+
+type Body = TestBody;
+
+/// The upstream: `/hello`, `/count` (the POST body's length and byte sum), `/sse` (events
+/// from the test's channel), `/together` (answers once [`IN_FLIGHT`] of them are waiting).
+struct Upstream {
+    url: String,
+    events: mpsc::Sender<Bytes>,
+}
+
+async fn upstream() -> Upstream {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (events, sse) = channel_body();
+    let sse = Arc::new(Mutex::new(Some(sse)));
+    let barrier = Arc::new(Barrier::new(IN_FLIGHT));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let (sse, barrier) = (sse.clone(), barrier.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (sse, barrier) = (sse.clone(), barrier.clone());
+                async move { Ok::<_, Infallible>(answer(req, sse, barrier).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    Upstream {
+        url: format!("http://{addr}"),
+        events,
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    sse: Arc<Mutex<Option<Body>>>,
+    barrier: Arc<Barrier>,
+) -> Response<Body> {
+    let text = |s: String| Response::new(full(s));
+    match req.uri().path() {
+        "/hello" => text("hello".into()),
+        "/count" => {
+            let mut body = req.into_body();
+            let (mut len, mut sum) = (0usize, 0u64);
+            while let Some(Ok(f)) = body.frame().await {
+                if let Ok(d) = f.into_data() {
+                    len += d.len();
+                    sum += d.iter().map(|&b| u64::from(b)).sum::<u64>();
+                }
+            }
+            text(format!("len={len} sum={sum}"))
+        }
+        "/sse" => {
+            let body = sse.lock().unwrap().take().expect("one SSE request");
+            let mut res = Response::new(body);
+            res.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            res
+        }
+        "/together" => {
+            let waited = tokio::time::timeout(Duration::from_secs(30), barrier.wait()).await;
+            text(if waited.is_ok() { "together" } else { "alone" }.into())
+        }
+        _ => {
+            let mut res = text("no".into());
+            *res.status_mut() = StatusCode::NOT_FOUND;
+            res
+        }
+    }
+}
+
+/// A public request to `addr` for `/demo{path}`, on a connection of its own.
+async fn public(addr: SocketAddr, method: &str, path: &str, body: Body) -> Response<Incoming> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("/demo{path}"))
+        .header("host", "localhost")
+        .body(body)
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
+async fn text(res: Response<Incoming>) -> (StatusCode, String) {
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn empty() -> Body {
+    full("")
+}
+
+/// GET until the agent serves it (it may still be on its way), bounded in count.
+async fn first_get(addr: SocketAddr) -> String {
+    for _ in 0..200 {
+        let (status, body) = text(public(addr, "GET", "/hello", empty()).await).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the agent never served /hello");
+}
+
+/// Everything the agent must serve through `addr`, as any parked agent does.
+async fn serves_everything(addr: SocketAddr, up: &Upstream) {
+    assert_eq!(first_get(addr).await, "hello");
+
+    // A large POST, streamed chunk by chunk, counted at the upstream.
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        for i in 0..LARGE / CHUNK {
+            let chunk = Bytes::from(vec![(i % 251) as u8; CHUNK]);
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let expect_sum: u64 = (0..LARGE / CHUNK)
+        .map(|i| (i % 251) as u64 * CHUNK as u64)
+        .sum();
+    let (status, body) = text(public(addr, "POST", "/count", body).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, format!("len={LARGE} sum={expect_sum}"));
+
+    // SSE: each event reaches the public client before the next is sent.
+    let res = public(addr, "GET", "/sse", empty()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    for i in 0..3 {
+        let event = format!("data: {i}\n\n");
+        up.events.send(Bytes::from(event.clone())).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < event.len() {
+            let frame = body.frame().await.expect("the stream ended").unwrap();
+            if let Ok(d) = frame.into_data() {
+                got.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&got), event);
+    }
+
+    // Several requests in flight at once: each is answered only when all have arrived.
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        tasks.push(tokio::spawn(async move {
+            text(public(addr, "GET", "/together", empty()).await).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), (StatusCode::OK, "together".to_string()));
+    }
+}
+
+/// `ptth-serve` on 127.0.0.1:0 with a short long-poll deadline (polls end in `204` and are
+/// sent again during the test): the child and its address.
+async fn relay() -> (Child, impl Sized, SocketAddr) {
+    let mut relay = serve(&["--listen", "127.0.0.1:0", "--long-poll-timeout", "2s"]);
+    let (text, out) = banner(&mut relay, "agents:").await;
+    // The rest of its output stays open: a relay must not write into a closed pipe.
+    (relay, out, agent_addr(&text, "http"))
+}
+
+/// `ptth-connect` for `relay_url`, forwarding to `to`, with `args`; its stderr piped.
+fn agent(relay_url: &str, to: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
+        .args([
+            relay_url,
+            "--to",
+            to,
+            "--connections",
+            &IN_FLIGHT.to_string(),
+        ])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("PTTH_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_long_polling_agent_serves_get_a_large_post_sse_and_many_at_once() {
+    deadline(async {
+        let (_relay, _out, addr) = relay().await;
+        let up = upstream().await;
+        let mut agent = agent(
+            &format!("http://{addr}/demo"),
+            &up.url,
+            &["--transport", "long-poll"],
+        );
+        let mut err = BufReader::new(agent.stderr.take().unwrap());
+        let connected = line_with(&mut err, "connected to the relay").await;
+        assert!(connected.is_ok(), "{connected:?}");
+        // Past the poll deadline: the held polls were answered 204 and sent again.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        serves_everything(addr, &up).await;
+    })
+    .await;
+}
+
+/// Debian's nginx, or why the nginx test cannot run here.
+fn nginx() -> Result<PathBuf, String> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| "nginx is not installed (apt-get install nginx-light)".to_string())
+}
+
+/// nginx in the foreground (`daemon off`, `master_process off`: one process, its PID ours),
+/// with its configuration, pid file, logs and temporary files in a temporary directory.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// A plain reverse proxy to `relay` on a free loopback port. What it does not do is the
+    /// point: no `Upgrade`/`Connection` pass-through (nginx drops both, as by default). It
+    /// streams both ways (`proxy_request_buffering off`, `proxy_buffering off`) and takes
+    /// bodies of any size: the settings a long-poll deployment needs (README).
+    fn start(binary: &PathBuf, relay: SocketAddr) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+               fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+                   proxy_pass http://{relay};\n      proxy_http_version 1.1;\n\
+                   proxy_set_header Host $http_host;\n      proxy_request_buffering off;\n\
+                   proxy_buffering off;\n      client_max_body_size 0;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not listen: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn behind_an_nginx_that_drops_upgrade_the_agent_falls_back_by_itself() {
+    let binary = match nginx() {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    deadline(async {
+        let (_relay, _out, addr) = relay().await;
+        let nginx = Nginx::start(&binary, addr);
+        let up = upstream().await;
+        // The default transport (auto), through nginx.
+        let mut agent = agent(&format!("http://{}/demo", nginx.addr), &up.url, &[]);
+        let mut err = BufReader::new(agent.stderr.take().unwrap());
+        let fell = line_with(&mut err, "falling back to long polling").await;
+        assert!(fell.is_ok(), "{fell:?}");
+        // Public requests through nginx too.
+        serves_everything(nginx.addr, &up).await;
+    })
+    .await;
+}
