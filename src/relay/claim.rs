@@ -76,7 +76,7 @@ impl ClaimError {
 
     /// The refusal as the relay's response: a missing or wrong token is asked for again with
     /// `WWW-Authenticate: Bearer`.
-    fn into_response(self) -> Response<RelayBody> {
+    pub(crate) fn into_response(self) -> Response<RelayBody> {
         let mut res = respond::refusal(self.status(), &self);
         if matches!(self, ClaimError::Token(AuthError::Invalid)) {
             res.headers_mut()
@@ -98,9 +98,9 @@ pub(crate) async fn claim<S: AgentStream>(
     if let Err(rej) = hyper_upgrade::check(&req, listener) {
         return rejection(rej);
     }
-    let (name, reservation) = match admit_or_refuse(&shared, info, &req) {
+    let (name, reservation) = match admit_counted(&shared, info, &req) {
         Ok(x) => x,
-        Err(res) => return res,
+        Err(e) => return e.into_response(),
     };
     let offer = match hyper_upgrade::offer(req, listener).await {
         Ok(o) => o,
@@ -134,17 +134,14 @@ pub(crate) async fn claim<S: AgentStream>(
     res
 }
 
-/// [`admit`], with a refusal counted and turned into its response: the claim's checks, for
-/// the upgrade and for a long poll (`super::long_poll`) alike.
-pub(crate) fn admit_or_refuse(
+/// [`admit`], with a refusal counted: the claim's checks, for the upgrade and for a long poll
+/// (`super::long_poll`) alike.
+pub(crate) fn admit_counted(
     shared: &Arc<Shared>,
     info: &ConnInfo,
     req: &Request<Incoming>,
-) -> Result<(String, super::registry::Reservation), Response<RelayBody>> {
-    admit(shared, info, req).map_err(|e| {
-        shared.metrics.refused(e.reason());
-        e.into_response()
-    })
+) -> Result<(String, super::registry::Reservation), ClaimError> {
+    admit(shared, info, req).inspect_err(|e| shared.metrics.refused(e.reason()))
 }
 
 /// The name a long-poll reply is for, once its token passes (a reply takes no place in the
@@ -152,18 +149,13 @@ pub(crate) fn admit_or_refuse(
 pub(crate) fn authorize(
     shared: &Arc<Shared>,
     req: &Request<Incoming>,
-) -> Result<String, Response<RelayBody>> {
+) -> Result<String, ClaimError> {
     let host = request::authority(req.version(), req.uri(), req.headers())
         .ok()
         .flatten();
-    let checked = route::claim(host, req.uri().path(), &shared.config.domain)
-        .map_err(ClaimError::from)
-        .and_then(|name| {
-            token(shared.tokens().as_deref(), req, &name)
-                .map(|_| name)
-                .map_err(ClaimError::from)
-        });
-    checked.map_err(ClaimError::into_response)
+    let name = route::claim(host, req.uri().path(), &shared.config.domain)?;
+    token(shared.tokens().as_deref(), req, &name)?;
+    Ok(name)
 }
 
 /// The name the offer claims, and its place in the counts once its token and certificate

@@ -107,9 +107,9 @@ async fn poll(
     soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
-    let (name, mut reservation) = match claim::admit_or_refuse(&shared, info, &req) {
+    let (name, mut reservation) = match claim::admit_counted(&shared, info, &req) {
         Ok(x) => x,
-        Err(res) => return res,
+        Err(e) => return e.into_response(),
     };
     reservation.one_shot = true;
     let (engine_end, our_end) = tokio::io::duplex(PIPE_BYTES);
@@ -181,7 +181,7 @@ async fn poll(
 async fn reply(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RelayBody> {
     let name = match claim::authorize(&shared, &req) {
         Ok(n) => n,
-        Err(res) => return res,
+        Err(e) => return e.into_response(),
     };
     let Some(id) = req
         .headers()
