@@ -342,3 +342,107 @@ async fn behind_an_nginx_that_drops_upgrade_the_agent_falls_back_by_itself() {
     })
     .await;
 }
+
+/// One long-poll request (`kind`) to the in-process relay at `addr` for `/demo`, on a
+/// connection of its own.
+async fn lp(
+    addr: SocketAddr,
+    method: &str,
+    kind: &str,
+    token: Option<&str>,
+    exchange: Option<&str>,
+    body: Body,
+) -> Response<Incoming> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/demo")
+        .header("host", addr.to_string())
+        .header("ptth-long-poll", kind);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(x) = exchange {
+        req = req.header("ptth-exchange", x);
+    }
+    sender.send_request(req.body(body).unwrap()).await.unwrap()
+}
+
+/// The wire as spec-notes/long-poll.md states it, by hand: the refusals and what each status
+/// means, a held poll's `204`, and one exchange (the request as the poll's body, the response
+/// as the reply's body).
+#[tokio::test]
+async fn the_long_poll_wire_statuses_and_one_exchange_by_hand() {
+    use ptth::relay::Tokens;
+    deadline(async {
+        let mut cfg = support::anonymous();
+        cfg.tokens = Some(Tokens::parse("demo good\nother rival\n").unwrap());
+        cfg.long_poll_timeout = Duration::from_millis(300);
+        let relay = support::start_relay(cfg).await;
+        let addr = relay.addr;
+        let status = |r: Response<Incoming>| r.status();
+
+        let no_token = lp(addr, "POST", "poll", None, None, empty()).await;
+        assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(no_token.headers()["www-authenticate"], "Bearer");
+        let other = lp(addr, "POST", "poll", Some("rival"), None, empty()).await;
+        assert_eq!(status(other), StatusCode::FORBIDDEN);
+        let get = lp(addr, "GET", "poll", Some("good"), None, empty()).await;
+        assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(get.headers()["allow"], "POST");
+        let bad = lp(addr, "POST", "pol", Some("good"), None, empty()).await;
+        assert_eq!(status(bad), StatusCode::BAD_REQUEST);
+        let unnamed = lp(addr, "POST", "reply", Some("good"), None, empty()).await;
+        assert_eq!(status(unnamed), StatusCode::BAD_REQUEST);
+        let unknown = lp(addr, "POST", "reply", Some("good"), Some("1-2"), empty()).await;
+        assert_eq!(status(unknown), StatusCode::NOT_FOUND);
+
+        // Nothing to do before the deadline: 204, and the connection is no longer counted.
+        let idle = lp(addr, "POST", "poll", Some("good"), None, empty()).await;
+        assert_eq!(status(idle), StatusCode::NO_CONTENT);
+        relay
+            .handle
+            .wait_until(|h| support::connections(h, "demo") == 0)
+            .await;
+
+        // One exchange by hand.
+        let polling = tokio::spawn(lp(addr, "POST", "poll", Some("good"), None, empty()));
+        relay
+            .handle
+            .wait_until(|h| support::connections(h, "demo") == 1)
+            .await;
+        let public = tokio::spawn(async move {
+            text(public(addr, "GET", "/x?y=1", empty()).await).await
+        });
+        let res = polling.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "message/http");
+        let id = res.headers()["ptth-exchange"].to_str().unwrap().to_string();
+        let mut body = res.into_body();
+        let mut request = Vec::new();
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let frame = body.frame().await.expect("the request ended").unwrap();
+            request.extend_from_slice(&frame.into_data().unwrap());
+        }
+        let request = String::from_utf8(request).unwrap();
+        assert!(request.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{request}");
+        // A reply for the exchange needs the name's token too.
+        let wrong = lp(addr, "POST", "reply", Some("rival"), Some(&id), empty()).await;
+        assert_eq!(status(wrong), StatusCode::FORBIDDEN);
+        let response = full("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let replied = lp(addr, "POST", "reply", Some("good"), Some(&id), response).await;
+        assert_eq!(status(replied), StatusCode::NO_CONTENT);
+        assert_eq!(public.await.unwrap(), (StatusCode::OK, "ok".to_string()));
+        // The exchange over, the poll's body ends; a second reply finds nothing.
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        let again = lp(addr, "POST", "reply", Some("good"), Some(&id), empty()).await;
+        assert_eq!(status(again), StatusCode::NOT_FOUND);
+    })
+    .await;
+}
