@@ -259,13 +259,21 @@ async fn park(
         return long_poll::park(target, config, held).await;
     }
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
-    let request = upgrade_request(
+    let mut request = upgrade_request(
         target,
         &config.upgrade_method(),
         config.protocol,
         config.token.as_ref(),
         &config.headers,
     );
+    if config.wire == Wire::Auto {
+        // Says "this was an offer" to a relay that gets it with `Upgrade` removed on the way:
+        // it answers 426, and the agent falls back (spec-notes/long-poll.md).
+        request.headers.insert(
+            crate::proto::long_poll::FIELD,
+            http::HeaderValue::from_static("offer"),
+        );
+    }
     let flipped = crate::dialer::handshake(io, &request, &config.limits)
         .await
         .map_err(|e| match e {

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::AgentConn;
 use super::respond::{self, RelayBody};
 use super::{ConnInfo, Shared, claim};
-use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE, POLL, REPLY};
+use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE, OFFER, POLL, REPLY};
 
 /// Bytes buffered each way between the engine and a poll or reply body: the back-pressure
 /// window of a virtual connection.
@@ -78,6 +78,17 @@ pub(crate) async fn handle(
     soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
+    let kind = req.headers().get(FIELD).map(|v| v.as_bytes().to_vec());
+    if kind.as_deref() == Some(OFFER) {
+        // The offer's `Upgrade` was removed on the way: tell the agent to long-poll.
+        let mut res = respond::text(
+            StatusCode::UPGRADE_REQUIRED,
+            "the upgrade did not reach the relay (an intermediary removed Upgrade); use long polling",
+        );
+        res.headers_mut()
+            .insert(http::header::UPGRADE, HeaderValue::from_static("PTTH/0.9"));
+        return res;
+    }
     if req.method() != Method::POST {
         let mut res = respond::text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -87,7 +98,6 @@ pub(crate) async fn handle(
             .insert(ALLOW, HeaderValue::from_static("POST"));
         return res;
     }
-    let kind = req.headers().get(FIELD).map(|v| v.as_bytes().to_vec());
     match kind.as_deref() {
         Some(POLL) => poll(shared, info, soft, req).await,
         Some(REPLY) => reply(shared, req).await,
