@@ -18,3 +18,8 @@ pub(crate) const EXCHANGE_FIELD: &str = "ptth-exchange";
 /// The media type of an answered poll's body and of a reply's body: HTTP/1.1 message bytes
 /// (RFC 9112 §10.1).
 pub(crate) const MEDIA_TYPE: &str = "message/http";
+/// On a reply: more parts of the same response follow (`?1`, RFC 8941 boolean). A browser
+/// cannot stream a request body over HTTP/1.1, so its agent sends a streamed response as parts.
+pub(crate) const MORE_FIELD: &str = "ptth-more";
+/// Where the relay serves the browser agent's script.
+pub(crate) const AGENT_JS_PATH: &str = "/.ptth/agent.js";

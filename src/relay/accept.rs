@@ -200,9 +200,7 @@ async fn handle<S: AgentStream>(
     soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
-    if req.headers().contains_key(crate::proto::long_poll::FIELD)
-        && !crate::listener::hyper_upgrade::is_ptth_upgrade(&req)
-    {
+    if long_poll::is_ours(&req) && !crate::listener::hyper_upgrade::is_ptth_upgrade(&req) {
         return Ok(long_poll::handle(shared, &info, soft, req).await);
     }
     Ok(claim::claim::<S>(shared, &info, req).await)

@@ -138,6 +138,22 @@ pub struct Config {
     pub access_log: Option<AccessLogTarget>,
     /// How long a long poll is held. Default [`DEFAULT_LONG_POLL_TIMEOUT`].
     pub long_poll_timeout: Duration,
+    /// The browser origins (`https://app.example`) allowed to use the long-poll requests
+    /// (CORS); `None` allows every origin, the default: the requests carry the token in
+    /// `Authorization`, never a cookie, so an origin gains nothing it was not given.
+    pub long_poll_origins: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Whether a browser page of `origin` may use the long-poll requests.
+    pub(crate) fn long_poll_origin_allowed(&self, origin: &[u8]) -> bool {
+        match &self.long_poll_origins {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
 }
 
 /// Where the access log goes.
@@ -196,6 +212,7 @@ impl Default for Config {
             agent_certs: AgentCerts::Off,
             access_log: None,
             long_poll_timeout: DEFAULT_LONG_POLL_TIMEOUT,
+            long_poll_origins: None,
         }
     }
 }

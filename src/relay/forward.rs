@@ -338,8 +338,15 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
     {
         return Judged::Claim;
     }
-    // A long-poll request is the agent's too (spec-notes/long-poll.md).
-    if fields.get_all(long_poll::FIELD).next().is_some() {
+    // A long-poll request is the agent's too (spec-notes/long-poll.md), and so are a browser's
+    // CORS preflight for one and the browser agent's script.
+    if fields.get_all(long_poll::FIELD).next().is_some()
+        || super::long_poll::is_preflight(
+            req.method,
+            fields.get_all("access-control-request-headers"),
+        )
+        || (req.method == "GET" && req.target == long_poll::AGENT_JS_PATH)
+    {
         return Judged::Claim;
     }
     // D16: both length fields are framed by the coding, and the connection closes after.

@@ -21,12 +21,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ALLOW,
+    CACHE_CONTROL, CONTENT_TYPE, ORIGIN, VARY,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -39,7 +43,41 @@ use tokio_util::sync::CancellationToken;
 use super::registry::AgentConn;
 use super::respond::{self, RelayBody};
 use super::{ConnInfo, Shared, claim};
-use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE, OFFER, POLL, REPLY};
+use crate::proto::long_poll::{
+    AGENT_JS_PATH, EXCHANGE_FIELD, FIELD, MEDIA_TYPE, MORE_FIELD, OFFER, POLL, REPLY,
+};
+
+/// The browser agent (issue 16 part 3): `ptth.serve(relayUrl, name, handler, { token })`.
+const AGENT_JS: &str = include_str!("agent.js");
+/// The request fields a browser's long-poll requests carry, for CORS preflights.
+const ALLOW_HEADERS: &str = "authorization, content-type, ptth-long-poll, ptth-exchange, ptth-more";
+/// The response fields the browser agent reads.
+const EXPOSE_HEADERS: &str = "ptth-exchange, www-authenticate, retry-after";
+/// How long a browser may cache a preflight's answer (seconds).
+const PREFLIGHT_MAX_AGE: &str = "600";
+
+/// Whether a request is a CORS preflight for a long-poll request: `OPTIONS` asking to send
+/// `PTTH-Long-Poll`.
+pub(crate) fn is_preflight<'a>(method: &str, mut asked: impl Iterator<Item = &'a [u8]>) -> bool {
+    method == "OPTIONS"
+        && asked.any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(FIELD.as_bytes()))
+        })
+}
+
+/// Whether hyper's request is the relay's to answer here: a long-poll request, its preflight,
+/// or the browser agent's script.
+pub(crate) fn is_ours<B>(req: &Request<B>) -> bool {
+    let asked = req
+        .headers()
+        .get_all(ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .map(|v| v.as_bytes());
+    req.headers().contains_key(FIELD)
+        || is_preflight(req.method().as_str(), asked)
+        || (req.method() == Method::GET && req.uri().path() == AGENT_JS_PATH)
+}
 
 /// Bytes buffered each way between the engine and a poll or reply body: the back-pressure
 /// window of a virtual connection.
@@ -56,6 +94,9 @@ pub(crate) struct Exchanges {
 struct Pending {
     name: String,
     to_engine: WriteHalf<DuplexStream>,
+    /// Set (under the map's lock) when the poll's body is gone: the exchange is over, and a
+    /// reply part must not put the exchange back.
+    over: Arc<AtomicBool>,
 }
 
 impl Exchanges {
@@ -71,14 +112,65 @@ impl Exchanges {
     }
 }
 
-/// Answer a long-poll request (`PTTH-Long-Poll: poll` or `reply`).
+/// Answer a long-poll request (`PTTH-Long-Poll: poll` or `reply`), a preflight for one, or a
+/// request for the browser agent; a browser's origin gets CORS fields when it is allowed.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     info: &ConnInfo,
     soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
+    let origin = req.headers().get(ORIGIN).cloned();
+    let allowed = origin
+        .as_ref()
+        .filter(|o| shared.config.long_poll_origin_allowed(o.as_bytes()));
+    let mut res = answer(shared.clone(), info, soft, req).await;
+    if let Some(origin) = allowed {
+        let h = res.headers_mut();
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
+        );
+        h.append(VARY, HeaderValue::from_static("origin"));
+    }
+    res
+}
+
+async fn answer(
+    shared: Arc<Shared>,
+    info: &ConnInfo,
+    soft: CancellationToken,
+    req: Request<Incoming>,
+) -> Response<RelayBody> {
     let kind = req.headers().get(FIELD).map(|v| v.as_bytes().to_vec());
+    if kind.is_none() {
+        if req.method() == Method::OPTIONS {
+            let mut res = no_content();
+            let h = res.headers_mut();
+            h.insert(
+                ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("POST"),
+            );
+            h.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(ALLOW_HEADERS),
+            );
+            h.insert(
+                ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static(PREFLIGHT_MAX_AGE),
+            );
+            return res;
+        }
+        let mut res = respond::text(StatusCode::OK, AGENT_JS.trim_end());
+        let h = res.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+        return res;
+    }
     if kind.as_deref() == Some(OFFER) {
         // The offer's `Upgrade` was removed on the way: tell the agent to long-poll.
         let mut res = respond::text(
@@ -160,11 +252,13 @@ async fn poll(
         _ => return no_content(),
     }
     let id = shared.long_poll.id();
+    let over = Arc::new(AtomicBool::new(false));
     shared.long_poll.lock().insert(
         id.clone(),
         Pending {
             name: name.clone(),
             to_engine,
+            over: over.clone(),
         },
     );
     let body = PollBody {
@@ -172,6 +266,7 @@ async fn poll(
         from_engine,
         buf: BytesMut::new(),
         id: id.clone(),
+        over,
         shared: shared.clone(),
     };
     let mut res = Response::new(body.boxed_unsync());
@@ -188,6 +283,7 @@ async fn poll(
 
 /// A reply: its body is the response to the exchange's request, copied to the engine as it
 /// arrives; `204` once it is all read (or the exchange has ended and nothing more is wanted).
+/// With `PTTH-More: ?1` the exchange stays open for the next part.
 async fn reply(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RelayBody> {
     let name = match claim::authorize(&shared, &req) {
         Ok(n) => n,
@@ -207,25 +303,52 @@ async fn reply(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RelayBod
             _ => None,
         }
     };
-    let Some(Pending { mut to_engine, .. }) = pending else {
+    let more = req
+        .headers()
+        .get(MORE_FIELD)
+        .is_some_and(|v| v.as_bytes() == b"?1");
+    let id = id.to_string();
+    let Some(Pending {
+        name,
+        mut to_engine,
+        over,
+    }) = pending
+    else {
         return respond::text(
             StatusCode::NOT_FOUND,
             "no such exchange (unknown, already answered, or over)",
         );
     };
     let mut body = req.into_body();
+    let mut whole = true;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             // The agent's reply was cut: the engine sees the response end early.
             tracing::debug!("long-poll reply body failed");
+            whole = false;
             break;
         };
         if let Ok(data) = frame.into_data()
             && to_engine.write_all(&data).await.is_err()
         {
             // The exchange is over (answered, or the public client left).
+            whole = false;
             break;
         }
+    }
+    if more && whole {
+        let mut map = shared.long_poll.lock();
+        if !over.load(Ordering::Acquire) {
+            map.insert(
+                id,
+                Pending {
+                    name,
+                    to_engine,
+                    over,
+                },
+            );
+        }
+        return no_content();
     }
     let _ = to_engine.shutdown().await;
     no_content()
@@ -313,6 +436,7 @@ struct PollBody {
     from_engine: ReadHalf<DuplexStream>,
     buf: BytesMut,
     id: String,
+    over: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
@@ -343,6 +467,8 @@ impl Body for PollBody {
 
 impl Drop for PollBody {
     fn drop(&mut self) {
-        self.shared.long_poll.lock().remove(&self.id);
+        let mut map = self.shared.long_poll.lock();
+        self.over.store(true, Ordering::Release);
+        map.remove(&self.id);
     }
 }
