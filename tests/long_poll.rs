@@ -446,3 +446,116 @@ async fn the_long_poll_wire_statuses_and_one_exchange_by_hand() {
     })
     .await;
 }
+
+/// A request to `addr` for `/demo` with `fields`, on a connection of its own.
+async fn with_fields(
+    addr: SocketAddr,
+    method: &str,
+    fields: &[(&str, &str)],
+    body: Body,
+) -> Response<Incoming> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/demo")
+        .header("host", addr.to_string());
+    for (k, v) in fields {
+        req = req.header(*k, *v);
+    }
+    sender.send_request(req.body(body).unwrap()).await.unwrap()
+}
+
+/// What a browser needs, by hand: CORS preflights and fields for an allowed origin only, and
+/// a response sent as reply parts (`PTTH-More: ?1`) reaching the public client part by part.
+#[tokio::test]
+async fn cors_for_allowed_origins_and_a_response_in_reply_parts() {
+    deadline(async {
+        let mut cfg = support::anonymous();
+        cfg.long_poll_origins = Some(vec!["http://page.example".into()]);
+        let relay = support::start_relay(cfg).await;
+        let addr = relay.addr;
+        let ask = [
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, ptth-long-poll",
+            ),
+        ];
+        let good = with_fields(
+            addr,
+            "OPTIONS",
+            &[ask[0], ask[1], ("origin", "http://page.example")],
+            empty(),
+        )
+        .await;
+        assert_eq!(good.status(), StatusCode::NO_CONTENT);
+        let h = good.headers();
+        assert_eq!(h["access-control-allow-origin"], "http://page.example");
+        assert_eq!(h["access-control-allow-methods"], "POST");
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("ptth-long-poll") && allowed.contains("authorization"));
+        let other = with_fields(
+            addr,
+            "OPTIONS",
+            &[ask[0], ask[1], ("origin", "http://other.example")],
+            empty(),
+        )
+        .await;
+        assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+        let polling = tokio::spawn(with_fields(
+            addr,
+            "POST",
+            &[
+                ("ptth-long-poll", "poll"),
+                ("origin", "http://page.example"),
+            ],
+            empty(),
+        ));
+        relay
+            .handle
+            .wait_until(|h| support::connections(h, "demo") == 1)
+            .await;
+        let res_public = tokio::spawn(public(addr, "GET", "/parts", empty()));
+        let res = polling.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.headers()["access-control-allow-origin"],
+            "http://page.example"
+        );
+        let exposed = res.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap();
+        assert!(exposed.contains("ptth-exchange"), "{exposed}");
+        let id = res.headers()["ptth-exchange"].to_str().unwrap().to_string();
+        let part = |body: &'static str, more: bool| {
+            let mut f = vec![("ptth-long-poll", "reply"), ("ptth-exchange", id.as_str())];
+            if more {
+                f.push(("ptth-more", "?1"));
+            }
+            async move { with_fields(addr, "POST", &f, full(body)).await }
+        };
+        let first = part(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+            true,
+        )
+        .await;
+        assert_eq!(first.status(), StatusCode::NO_CONTENT);
+        let public_res = res_public.await.unwrap();
+        assert_eq!(public_res.status(), StatusCode::OK);
+        let mut body = public_res.into_body();
+        let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&got[..], b"first\n");
+        let last = part("7\r\nsecond\n\r\n0\r\n\r\n", false).await;
+        assert_eq!(last.status(), StatusCode::NO_CONTENT);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"second\n");
+        let late = part("", true).await;
+        assert_eq!(late.status(), StatusCode::NOT_FOUND);
+    })
+    .await;
+}
