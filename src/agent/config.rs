@@ -33,7 +33,7 @@ pub use crate::shutdown::DEFAULT_DRAIN_TIMEOUT;
 #[non_exhaustive]
 pub enum Wire {
     /// Offer the upgrade; fall back to long polling for good when the answer shows that the
-    /// upgrade did not reach a PTTH relay (`400`, `404`, `405`, `426`, or a `2xx` that ignored
+    /// upgrade did not reach a PTTH relay (`404`, `405`, `426`, or a `2xx` that ignored
     /// `Upgrade`: [`falls_back`]).
     #[default]
     Auto,
@@ -49,13 +49,15 @@ pub const LONG_POLL_HELD: Duration = Duration::from_millis(250);
 
 /// Whether `status`, the answer to an upgrade offer in [`Wire::Auto`], means "the upgrade
 /// does not pass here": something that is not a PTTH relay answered (or one that was sent the
-/// offer without its `Upgrade`, and took it for a public request).
+/// offer without its `Upgrade`, and took it for a public request). Not `400`: that is how a
+/// PTTH listener refuses a malformed offer, which long polling would not mend (decisions
+/// D108); `--transport long-poll` serves a front that answers `400` to any `Upgrade`.
 pub fn falls_back(status: http::StatusCode) -> bool {
     use http::StatusCode as S;
     status.is_success()
         || matches!(
             status,
-            S::BAD_REQUEST | S::NOT_FOUND | S::METHOD_NOT_ALLOWED | S::UPGRADE_REQUIRED
+            S::NOT_FOUND | S::METHOD_NOT_ALLOWED | S::UPGRADE_REQUIRED
         )
 }
 

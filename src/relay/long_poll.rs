@@ -230,20 +230,26 @@ async fn poll(
         reservation,
     });
     let mut first = BytesMut::with_capacity(PIPE_BYTES);
-    let deadline = tokio::time::sleep(shared.config.long_poll_timeout);
-    tokio::pin!(deadline);
-    let read = loop {
+    let give_up = async {
         tokio::select! {
-            r = from_engine.read_buf(&mut first) => break r,
-            // The drain: no new exchange starts; the agent polls again elsewhere.
-            () = &mut deadline => {}
+            () = tokio::time::sleep(shared.config.long_poll_timeout) => {}
             () = soft.cancelled() => {}
         }
-        // Closed unless the engine has begun: then its bytes are on their way.
-        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
-        if *g == Gate::Open {
-            *g = Gate::Closed;
-            return no_content();
+    };
+    let read = tokio::select! {
+        r = from_engine.read_buf(&mut first) => r,
+        // The deadline, or the drain (no new exchange starts; the agent polls again
+        // elsewhere).
+        () = give_up => {
+            // Closed unless the engine has begun: then its bytes are in the pipe already.
+            {
+                let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+                if *g == Gate::Open {
+                    *g = Gate::Closed;
+                    return no_content();
+                }
+            }
+            from_engine.read_buf(&mut first).await
         }
     };
     match read {
