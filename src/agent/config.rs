@@ -47,6 +47,10 @@ pub enum Wire {
 /// parked (a refusal comes at once, before the relay waits for anything).
 pub const LONG_POLL_HELD: Duration = Duration::from_millis(250);
 
+/// Bytes buffered between the agent's server and a long-poll reply's body: the back-pressure
+/// window of a long-poll exchange, as the relay's (`relay::LONG_POLL_PIPE`).
+pub const LONG_POLL_PIPE: usize = 64 * 1024;
+
 /// Whether `status`, the answer to an upgrade offer in [`Wire::Auto`], means "the upgrade
 /// does not pass here": something that is not a PTTH relay answered (or one that was sent the
 /// offer without its `Upgrade`, and took it for a public request). Not `400`: that is how a

@@ -29,18 +29,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
 use tracing::debug;
 
-use super::config::LONG_POLL_HELD;
+use super::config::{LONG_POLL_HELD, LONG_POLL_PIPE as PIPE_BYTES};
 use super::conn::Outcome;
 use super::dial::{self, BoxedIo};
 use super::target::Target;
 use super::{AgentError, Config};
 use crate::dialer::Flipped;
-use crate::error::{Error, Refusal};
+use crate::error::Refusal;
 use crate::proto::Protocol;
 use crate::proto::long_poll::{EXCHANGE_FIELD, FIELD, MEDIA_TYPE};
-
-/// Bytes buffered between the agent's server and the reply's body: its back-pressure window.
-const PIPE_BYTES: usize = 64 * 1024;
 
 /// Poll until the relay sends a request: the exchange as a connection to serve, or why there
 /// is none (a refusal, or a failure to reach the relay). `held` is called once a poll has
@@ -74,9 +71,10 @@ pub(super) async fn park(
             _ => return Err(refused(res, config).await),
         }
         let Some(id) = res.headers().get(EXCHANGE_FIELD).cloned() else {
-            return Err(failed(Error::Closed {
-                phase: "a long poll (a 200 without PTTH-Exchange)",
-            }));
+            return Err(failed(
+                "the relay answered a poll 200 without PTTH-Exchange",
+                None,
+            ));
         };
         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
         let reply = ReplyBody {
@@ -117,12 +115,7 @@ async fn send(
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|source| {
-            failed(Error::Hyper {
-                context: "starting a long-poll request",
-                source,
-            })
-        })?;
+        .map_err(|e| failed("starting a long-poll request", Some(e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(%e, "long-poll connection ended with an error");
@@ -130,11 +123,10 @@ async fn send(
     });
     let mut req = Request::new(body);
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = target.path.parse().map_err(|_| {
-        failed(Error::Closed {
-            phase: "a long poll (the relay path is no request target)",
-        })
-    })?;
+    *req.uri_mut() = target
+        .path
+        .parse()
+        .map_err(|_| failed("the relay URL's path is no request target", None))?;
     let h = req.headers_mut();
     for (name, value) in &config.headers {
         h.append(name, value.clone());
@@ -153,16 +145,14 @@ async fn send(
             h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
     }
-    sender.send_request(req).await.map_err(|source| {
-        failed(Error::Hyper {
-            context: "a long-poll request",
-            source,
-        })
-    })
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| failed("a long-poll request failed", Some(e)))
 }
 
-fn failed(e: Error) -> Outcome {
-    Outcome::Failed(AgentError::Handshake(e))
+fn failed(what: &'static str, source: Option<hyper::Error>) -> Outcome {
+    Outcome::Failed(AgentError::LongPoll { what, source })
 }
 
 /// A poll answered with anything but `200` or `204`: a refusal, with its body up to the cap,

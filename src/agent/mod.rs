@@ -138,6 +138,15 @@ pub enum AgentError {
     /// The upgrade handshake failed (retried with backoff while running).
     #[error("upgrade handshake with the relay: {0}")]
     Handshake(#[source] crate::Error),
+    /// A long-poll request to the relay failed (retried with backoff while running).
+    #[error("long polling the relay: {what}")]
+    LongPoll {
+        /// What went wrong.
+        what: &'static str,
+        /// hyper's error, when the request itself failed.
+        #[source]
+        source: Option<hyper::Error>,
+    },
     /// The relay answered `401` or `403`: the token is missing or wrong. The agent stops.
     #[error("the relay refused the agent's credentials ({status}): {detail}")]
     Unauthorized {

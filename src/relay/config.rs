@@ -60,6 +60,9 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the relay holds a long poll before it answers `204` (the agent polls again): under
 /// the 60 s idle timeouts common in front of servers (nginx's `proxy_read_timeout`).
 pub const DEFAULT_LONG_POLL_TIMEOUT: Duration = Duration::from_secs(25);
+/// Bytes buffered each way between the engine and a long poll's or a reply's body: the
+/// back-pressure window of a long-poll exchange (a slow public client slows the reply).
+pub const LONG_POLL_PIPE: usize = 64 * 1024;
 /// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
 /// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);

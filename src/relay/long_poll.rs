@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::AgentConn;
 use super::respond::{self, RelayBody};
-use super::{ConnInfo, Shared, claim};
+use super::{ConnInfo, LONG_POLL_PIPE as PIPE_BYTES, Shared, claim};
 use crate::proto::long_poll::{
     AGENT_JS_PATH, EXCHANGE_FIELD, FIELD, MEDIA_TYPE, MORE_FIELD, OFFER, POLL, REPLY,
 };
@@ -78,10 +78,6 @@ pub(crate) fn is_ours<B>(req: &Request<B>) -> bool {
         || is_preflight(req.method().as_str(), asked)
         || (req.method() == Method::GET && req.uri().path() == AGENT_JS_PATH)
 }
-
-/// Bytes buffered each way between the engine and a poll or reply body: the back-pressure
-/// window of a virtual connection.
-pub(crate) const PIPE_BYTES: usize = 64 * 1024;
 
 /// The exchanges whose poll has been answered and whose reply has not arrived yet.
 #[derive(Default)]
