@@ -27,6 +27,44 @@ pub use super::backoff::{
 };
 pub use crate::shutdown::DEFAULT_DRAIN_TIMEOUT;
 
+/// How the agent's connections reach the relay: an upgraded connection, or the long-poll
+/// transport of ordinary requests (spec-notes/long-poll.md) where `Upgrade` cannot pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Wire {
+    /// Offer the upgrade; fall back to long polling for good when the answer shows that the
+    /// upgrade did not reach a PTTH relay (`404`, `405`, `426`, or a `2xx` that ignored
+    /// `Upgrade`: [`falls_back`]).
+    #[default]
+    Auto,
+    /// Only the upgrade.
+    Upgrade,
+    /// Only long polling.
+    LongPoll,
+}
+
+/// A long poll not answered within this time is held by the relay: the connection counts as
+/// parked (a refusal comes at once, before the relay waits for anything).
+pub const LONG_POLL_HELD: Duration = Duration::from_millis(250);
+
+/// Bytes buffered between the agent's server and a long-poll reply's body: the back-pressure
+/// window of a long-poll exchange, as the relay's (`relay::LONG_POLL_PIPE`).
+pub const LONG_POLL_PIPE: usize = 64 * 1024;
+
+/// Whether `status`, the answer to an upgrade offer in [`Wire::Auto`], means "the upgrade
+/// does not pass here": something that is not a PTTH relay answered (or one that was sent the
+/// offer without its `Upgrade`, and took it for a public request). Not `400`: that is how a
+/// PTTH listener refuses a malformed offer, which long polling would not mend (decisions
+/// D108); `--transport long-poll` serves a front that answers `400` to any `Upgrade`.
+pub fn falls_back(status: http::StatusCode) -> bool {
+    use http::StatusCode as S;
+    status.is_success()
+        || matches!(
+            status,
+            S::NOT_FOUND | S::METHOD_NOT_ALLOWED | S::UPGRADE_REQUIRED
+        )
+}
+
 /// Protocol offered in `Upgrade` by default: `PTTH/0.9`, the original design's token and what
 /// the relay this crate ships expects first (decisions D1); `PTTH/1.0` on request.
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Ptth09;
@@ -208,6 +246,22 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Told of each failure the agent counts.
     pub on_failure: Option<FailureHook>,
+    /// Upgrade, long polling, or the upgrade with a fallback. Default: [`Wire::Auto`].
+    pub wire: Wire,
+    /// In [`Wire::Auto`]: set once an answer to an offer said the upgrade cannot pass; every
+    /// connection long-polls from then on.
+    pub(crate) fell_back: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Config {
+    /// Whether connections long-poll now.
+    pub(crate) fn long_polls(&self) -> bool {
+        match self.wire {
+            Wire::LongPoll => true,
+            Wire::Upgrade => false,
+            Wire::Auto => self.fell_back.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 /// Builder for [`Agent`]; every setter documents its default.
@@ -228,6 +282,7 @@ pub struct AgentBuilder {
     connect_timeout: Duration,
     drain_timeout: Duration,
     on_failure: Option<FailureHook>,
+    wire: Wire,
 }
 
 impl AgentBuilder {
@@ -249,7 +304,15 @@ impl AgentBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             on_failure: None,
+            wire: Wire::Auto,
         }
+    }
+
+    /// How connections reach the relay: [`Wire::Auto`] (the default), [`Wire::Upgrade`] or
+    /// [`Wire::LongPoll`].
+    pub fn wire(mut self, wire: Wire) -> Self {
+        self.wire = wire;
+        self
     }
 
     /// Bearer token, sent as `Authorization: Bearer <token>`. Default: none.
@@ -420,6 +483,8 @@ impl AgentBuilder {
             connect_timeout: self.connect_timeout,
             drain_timeout: self.drain_timeout,
             on_failure: self.on_failure,
+            wire: self.wire,
+            fell_back: Arc::default(),
         })
     }
 }

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::config::{Wire, falls_back};
 use super::dial::{self, BoxedIo};
+use super::long_poll;
 use super::target::Target;
 use super::{AgentError, Config};
 use crate::dialer::Flipped;
@@ -224,7 +226,9 @@ pub(super) async fn connection<V: Serve>(
     stop: Stop,
 ) {
     let outcome = tokio::select! {
-        o = park(&target, &config) => o,
+        o = park(&target, &config, || {
+            let _ = events.send(Event::Parked { id, h2: false });
+        }) => o,
         () = stop.graceful.cancelled() => Err(Outcome::Cancelled),
     };
     let outcome = match outcome {
@@ -260,21 +264,55 @@ pub(super) async fn connection<V: Serve>(
 }
 
 /// Dial and upgrade: a parked (flipped) connection, or why there is none.
-async fn park(target: &Target, config: &Config) -> Result<Flipped<BoxedIo>, Outcome> {
+/// `held` is told when a long poll is held (long polling parks without a handshake).
+async fn park(
+    target: &Target,
+    config: &Arc<Config>,
+    held: impl FnOnce(),
+) -> Result<Flipped<BoxedIo>, Outcome> {
+    if config.long_polls() {
+        return long_poll::park(target, config, held).await;
+    }
     let io = dial::relay(target, config).await.map_err(Outcome::Failed)?;
-    let request = upgrade_request(
+    let mut request = upgrade_request(
         target,
         &config.upgrade_method(),
         config.protocol,
         config.token.as_ref(),
         &config.headers,
     );
-    crate::dialer::handshake(io, &request, &config.limits)
+    if config.wire == Wire::Auto {
+        // Says "this was an offer" to a relay that gets it with `Upgrade` removed on the way:
+        // it answers 426, and the agent falls back (spec-notes/long-poll.md).
+        request.headers.insert(
+            crate::proto::long_poll::FIELD,
+            http::HeaderValue::from_static("offer"),
+        );
+    }
+    let flipped = crate::dialer::handshake(io, &request, &config.limits)
         .await
         .map_err(|e| match e {
             Error::Refused(r) => Outcome::Refused(r),
             e => Outcome::Failed(AgentError::Handshake(e)),
-        })
+        });
+    match flipped {
+        Err(Outcome::Refused(r)) if config.wire == Wire::Auto && falls_back(r.status) => {
+            // The upgrade does not pass (an intermediary answered, or took the offer for a
+            // public request): every connection long-polls from now on.
+            if !config
+                .fell_back
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    relay = %target.url(),
+                    status = %r.status,
+                    "the upgrade did not reach the relay; falling back to long polling"
+                );
+            }
+            long_poll::park(target, config, held).await
+        }
+        other => other,
+    }
 }
 
 /// The upgrade request for `target`: its path names the service, its authority is `Host`.

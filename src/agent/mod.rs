@@ -20,6 +20,8 @@
 //!   CONNECT tunnel through a forward proxy to the relay ([`Transport`]).
 //! - `forward_proxy`: which forward proxy the relay connections go through (curl's
 //!   environment variables, `NO_PROXY`), and its URL and credentials ([`ProxySettings`]).
+//! - `long_poll`: the long-poll transport (ordinary requests where `Upgrade` cannot pass): a
+//!   held poll and a streamed reply make a virtual connection served as a parked one.
 //! - `pool`: the supervisor: counts, backoff, dial decisions, drain.
 //! - `conn`: one connection's life: dial -> handshake -> serve -> outcome.
 //! - `proxy`: the service that forwards to a local upstream ([`Proxy`]); `forward_h2`: the same
@@ -54,6 +56,7 @@ mod dial;
 mod forward_h2;
 mod forward_proxy;
 pub mod inspect;
+mod long_poll;
 mod metrics;
 mod pool;
 mod proxy;
@@ -68,7 +71,7 @@ pub use config::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_H2_CONNECTIONS, DEFAULT_INSPECT_ADDR,
     DEFAULT_INSPECT_BODY_LIMIT, DEFAULT_INSPECT_MAX_BYTES, DEFAULT_INSPECT_MAX_REQUESTS,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_METHOD, DEFAULT_PROTOCOL, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-    DEFAULT_UPSTREAM_CONNECTIONS, MAX_REDIRECTS, QUICK_CLOSE,
+    DEFAULT_UPSTREAM_CONNECTIONS, MAX_REDIRECTS, QUICK_CLOSE, Wire, falls_back,
 };
 pub use dial::{AgentIo, Transport};
 pub use forward_proxy::{
@@ -136,6 +139,15 @@ pub enum AgentError {
     /// The upgrade handshake failed (retried with backoff while running).
     #[error("upgrade handshake with the relay: {0}")]
     Handshake(#[source] crate::Error),
+    /// A long-poll request to the relay failed (retried with backoff while running).
+    #[error("long polling the relay: {what}")]
+    LongPoll {
+        /// What went wrong.
+        what: &'static str,
+        /// hyper's error, when the request itself failed.
+        #[source]
+        source: Option<hyper::Error>,
+    },
     /// The relay answered `401` or `403`: the token is missing or wrong. The agent stops.
     #[error("the relay refused the agent's credentials ({status}): {detail}")]
     Unauthorized {

@@ -19,7 +19,7 @@ use ptth::Protocol;
 use ptth::agent::inspect::{self, InspectConfig, Inspector, TIMING_FIELD, TIMING_QUEUE_WAIT};
 use ptth::agent::{
     self, Agent, AgentError, ConfigError, HostHeader, NoProxy, Proxy, ProxyError, ProxyOrigin,
-    ProxySettings, Transport, UrlError,
+    ProxySettings, Transport, UrlError, Wire,
 };
 use ptth::tls::TlsFailure;
 
@@ -85,6 +85,11 @@ struct Settings {
     #[arg(long, value_name = "N", default_value_t = agent::DEFAULT_UPSTREAM_CONNECTIONS,
           value_parser = at_least_one)]
     upstream_connections: usize,
+
+    /// How connections reach the relay: auto (the upgrade; long polling when the answer shows
+    /// it cannot pass, as behind an nginx without Upgrade pass-through), upgrade, or long-poll.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "upgrade", "long-poll"])]
+    transport: String,
 
     /// Method of the upgrade request (ptth is always GET).
     #[arg(long, default_value_t = agent::DEFAULT_METHOD.to_string(), value_parser = ["POST", "GET"])]
@@ -352,6 +357,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .method(settings.method.parse()?)
         .drain_timeout(settings.drain_timeout.into())
         .proxy(forward_proxy)
+        .wire(match settings.transport.as_str() {
+            "upgrade" => Wire::Upgrade,
+            "long-poll" => Wire::LongPoll,
+            _ => Wire::Auto,
+        })
         .on_failure(|e| {
             if let Some(h) = hint(e) {
                 tracing::warn!("hint: {h}");

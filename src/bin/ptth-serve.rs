@@ -65,6 +65,13 @@ struct Settings {
     /// come back, before 503 offline at once (at most --grace).
     #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_RECONNECT_WINDOW))]
     reconnect_window: Dur,
+    /// How long a long poll (agents whose Upgrade cannot pass) is held before 204.
+    #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_LONG_POLL_TIMEOUT))]
+    long_poll_timeout: Dur,
+    /// Browser origins allowed to use long polling (CORS), comma-separated, or `*` for any
+    /// (the browser agent at /.ptth/agent.js).
+    #[arg(long, value_name = "LIST", default_value = "*")]
+    long_poll_origins: String,
     /// Time for in-flight requests after SIGINT/SIGTERM.
     #[arg(long, value_parser = common::duration, default_value_t = Dur::from(relay::DEFAULT_DRAIN_TIMEOUT))]
     drain_timeout: Dur,
@@ -271,6 +278,16 @@ impl Settings {
             response_timeout: self.response_timeout.into(),
             grace: self.grace.into(),
             reconnect_window: self.reconnect_window.into(),
+            long_poll_timeout: self.long_poll_timeout.into(),
+            long_poll_origins: match self.long_poll_origins.trim() {
+                "*" => None,
+                list => Some(
+                    list.split(',')
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect(),
+                ),
+            },
             drain_timeout: self.drain_timeout.into(),
             head_timeout: self.head_timeout.into(),
             tcp_keepalive: self.tcp_keepalive.into(),

@@ -52,6 +52,16 @@ pub struct Flipped<IO> {
 }
 
 impl<IO> Flipped<IO> {
+    /// A connection that is reversed without a handshake of its own (the agent's long-poll
+    /// transport): served as if `protocol` had been switched to.
+    pub(crate) fn virtual_connection(io: IO, protocol: Protocol) -> Flipped<IO> {
+        Flipped {
+            io: Rewind::new(bytes::Bytes::new(), io),
+            protocol,
+            alpn: None,
+        }
+    }
+
     /// The protocol the listener switched to.
     pub fn protocol(&self) -> Protocol {
         self.protocol

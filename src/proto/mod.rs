@@ -22,6 +22,7 @@ pub(crate) mod connect;
 pub(crate) mod forwarded;
 pub(crate) mod head;
 pub(crate) mod hop;
+pub(crate) mod long_poll;
 pub mod origin;
 pub(crate) mod path;
 pub mod request;

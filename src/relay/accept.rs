@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use super::registry::AgentStream;
 use super::respond::RelayBody;
-use super::{ACCEPT_ERROR_PAUSE, ConnInfo, Shared, claim, forward};
+use super::{ACCEPT_ERROR_PAUSE, ConnInfo, Shared, claim, forward, long_poll};
 use crate::io::Rewind;
 
 /// Accept on `listener` until `soft` is cancelled; each connection runs in `shared.tasks`. With
@@ -165,8 +165,8 @@ async fn claims<S: AgentStream>(
 ) {
     let info = Arc::new(info);
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req| handle::<S>(shared.clone(), info.clone(), req))
+        let (shared, soft) = (shared.clone(), soft.clone());
+        service_fn(move |req| handle::<S>(shared.clone(), info.clone(), soft.clone(), req))
     };
     let limits = &shared.config.listener.limits;
     let mut builder = http1::Builder::new();
@@ -201,7 +201,11 @@ async fn claims<S: AgentStream>(
 async fn handle<S: AgentStream>(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<RelayBody>, Infallible> {
+    if long_poll::is_ours(&req) && !crate::listener::hyper_upgrade::is_ptth_upgrade(&req) {
+        return Ok(long_poll::handle(shared, &info, soft, req).await);
+    }
     Ok(claim::claim::<S>(shared, &info, req).await)
 }

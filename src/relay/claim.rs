@@ -77,7 +77,7 @@ impl ClaimError {
 
     /// The refusal as the relay's response: a missing or wrong token is asked for again with
     /// `WWW-Authenticate: Bearer`.
-    fn into_response(self) -> Response<RelayBody> {
+    pub(crate) fn into_response(self) -> Response<RelayBody> {
         let mut res = respond::refusal(self.status(), &self);
         if matches!(self, ClaimError::Token(AuthError::Invalid)) {
             res.headers_mut()
@@ -99,25 +99,10 @@ pub(crate) async fn claim<S: AgentStream>(
     if let Err(rej) = hyper_upgrade::check(&req, listener) {
         return rejection(rej);
     }
-    let (name, reservation, fingerprint) = match admit(&shared, info, &req) {
+    let (name, reservation) = match admit_counted(&shared, info, &req).await {
         Ok(x) => x,
-        Err(e) => {
-            shared.metrics.refused(e.reason());
-            return e.into_response();
-        }
+        Err(e) => return e.into_response(),
     };
-    // The fleet's claim: only for the name's first connection here (the refresh keeps the
-    // record of a name this relay holds already).
-    if let Some(fleet) = &shared.fleet
-        && reservation.first()
-        && let Claimed::Taken(holder) = fleet.claim(&name, &fingerprint).await
-    {
-        reservation.cancel();
-        tracing::info!(peer = %info.peer, %name, %holder, "agent refused: another token holds the name on another relay of the fleet");
-        let e = ClaimError::Reserve(ReserveError::Taken);
-        shared.metrics.refused(e.reason());
-        return e.into_response();
-    }
     let offer = match hyper_upgrade::offer(req, listener).await {
         Ok(o) => o,
         Err(rej) => return rejection(rej),
@@ -148,6 +133,44 @@ pub(crate) async fn claim<S: AgentStream>(
         .instrument(span),
     );
     res
+}
+
+/// [`admit`], then the fleet's claim, with a refusal counted: the claim's checks, for the
+/// upgrade and for a long poll (`super::long_poll`) alike.
+pub(crate) async fn admit_counted(
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    req: &Request<Incoming>,
+) -> Result<(String, super::registry::Reservation), ClaimError> {
+    let (name, reservation, fingerprint) =
+        admit(shared, info, req).inspect_err(|e| shared.metrics.refused(e.reason()))?;
+    // The fleet's claim: only for the name's first connection here (the refresh keeps the
+    // record of a name this relay holds already).
+    if let Some(fleet) = &shared.fleet
+        && reservation.first()
+        && let Claimed::Taken(holder) = fleet.claim(&name, &fingerprint).await
+    {
+        reservation.cancel();
+        tracing::info!(peer = %info.peer, %name, %holder, "agent refused: another token holds the name on another relay of the fleet");
+        let e = ClaimError::Reserve(ReserveError::Taken);
+        shared.metrics.refused(e.reason());
+        return Err(e);
+    }
+    Ok((name, reservation))
+}
+
+/// The name a long-poll reply is for, once its token passes (a reply takes no place in the
+/// counts: its poll did).
+pub(crate) fn authorize(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+) -> Result<String, ClaimError> {
+    let host = request::authority(req.version(), req.uri(), req.headers())
+        .ok()
+        .flatten();
+    let name = route::claim(host, req.uri().path(), &shared.config.domain)?;
+    token(shared.tokens().as_deref(), req, &name)?;
+    Ok(name)
 }
 
 /// The name the offer claims, and its place in the counts once its token and certificate

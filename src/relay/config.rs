@@ -57,6 +57,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 /// Default `--head-timeout`: a request head must arrive within 10 s (slow-loris); also the idle
 /// timeout of public keep-alive connections.
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay holds a long poll before it answers `204` (the agent polls again): under
+/// the 60 s idle timeouts common in front of servers (nginx's `proxy_read_timeout`).
+pub const DEFAULT_LONG_POLL_TIMEOUT: Duration = Duration::from_secs(25);
+/// Bytes buffered each way between the engine and a long poll's or a reply's body: the
+/// back-pressure window of a long-poll exchange (a slow public client slows the reply).
+pub const LONG_POLL_PIPE: usize = 64 * 1024;
 /// Default TCP keepalive idle time on every socket: 10 s, so a dead parked connection is dropped
 /// within about 10 + 3 × 5 s even when the agent vanished without a FIN.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
@@ -133,6 +139,12 @@ pub struct Config {
     pub agent_certs: AgentCerts,
     /// Where to write one JSON line per public request. Default `None` (off).
     pub access_log: Option<AccessLogTarget>,
+    /// How long a long poll is held. Default [`DEFAULT_LONG_POLL_TIMEOUT`].
+    pub long_poll_timeout: Duration,
+    /// The browser origins (`https://app.example`) allowed to use the long-poll requests
+    /// (CORS); `None` allows every origin, the default: the requests carry the token in
+    /// `Authorization`, never a cookie, so an origin gains nothing it was not given.
+    pub long_poll_origins: Option<Vec<String>>,
     /// Share names with other relays through Redis (`--registry`). Default `None`: this relay's
     /// own in-memory registry only.
     pub fleet: Option<FleetConfig>,
@@ -165,6 +177,18 @@ pub struct FleetConfig {
     pub peer_listen: SocketAddr,
     /// Default [`DEFAULT_REGISTRY_TTL`].
     pub ttl: Duration,
+}
+
+impl Config {
+    /// Whether a browser page of `origin` may use the long-poll requests.
+    pub(crate) fn long_poll_origin_allowed(&self, origin: &[u8]) -> bool {
+        match &self.long_poll_origins {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
 }
 
 /// Where the access log goes.
@@ -223,6 +247,8 @@ impl Default for Config {
             agent_certs: AgentCerts::Off,
             access_log: None,
             fleet: None,
+            long_poll_timeout: DEFAULT_LONG_POLL_TIMEOUT,
+            long_poll_origins: None,
         }
     }
 }

@@ -49,6 +49,7 @@ use crate::proto::body::Framing;
 use crate::proto::forwarded::Hop;
 use crate::proto::head::{self, Slots};
 use crate::proto::hop::connection_names;
+use crate::proto::long_poll;
 use crate::proto::request;
 
 /// Serve public requests on `io` until the client closes, the connection idles past the head
@@ -346,6 +347,8 @@ async fn public<S: AgentStream>(
             debug!("the agent declined an upgrade; not reusing its connection");
         } else if !rbuf.is_empty() {
             debug!("the agent sent bytes after its response; dropping the connection");
+        } else if conn.reservation.one_shot {
+            // A long-poll connection: dropping it ends the poll's body, so the agent knows.
         } else {
             shared.registry.clone().park(conn);
         }
@@ -437,6 +440,17 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
     if has_upgrade
         && let Ok(parts) = req.to_parts()
         && hyper_upgrade::is_ptth_upgrade(&http::Request::from_parts(parts, ()))
+    {
+        return Judged::Claim;
+    }
+    // A long-poll request is the agent's too (spec-notes/long-poll.md), and so are a browser's
+    // CORS preflight for one and the browser agent's script.
+    if fields.get_all(long_poll::FIELD).next().is_some()
+        || super::long_poll::is_preflight(
+            req.method,
+            fields.get_all("access-control-request-headers"),
+        )
+        || (req.method == "GET" && req.target == long_poll::AGENT_JS_PATH)
     {
         return Judged::Claim;
     }

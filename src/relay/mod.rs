@@ -17,6 +17,8 @@
 //!   checkout, one exchange, park; the one place a public request is counted.
 //! - `exchange`: the engine's route toward an agent (target, forwarding fields, the one more
 //!   checkout when a connection is found closed).
+//! - `long_poll`: the long-poll transport: a claim and a reversed connection made of a held
+//!   poll and a reply, for agents whose `Upgrade` cannot pass.
 //! - `tunnel`: a public upgrade (WebSocket) over an agent's connection.
 //! - `respond`: the relay's own hyper answers to claims.
 //! - `auth`: the token file; `admin`: `/metrics` and `/agents`.
@@ -34,6 +36,7 @@ mod config;
 mod exchange;
 mod fleet;
 mod forward;
+mod long_poll;
 mod metrics;
 mod registry;
 mod respond;
@@ -154,6 +157,8 @@ pub(crate) struct Shared {
     pub(crate) agent_limits: crate::limits::Limits,
     /// The fleet (`--registry`), if this relay is part of one.
     pub(crate) fleet: Option<Arc<fleet::Fleet>>,
+    /// The long-poll exchanges waiting for their reply.
+    pub(crate) long_poll: long_poll::Exchanges,
 }
 
 /// The settings a running relay can replace ([`RelayHandle::set_tokens`],
@@ -327,6 +332,7 @@ impl Relay {
                 public_limits,
                 agent_limits,
                 fleet,
+                long_poll: long_poll::Exchanges::default(),
             }),
         })
     }

@@ -449,6 +449,7 @@ impl Registry {
             proto,
             first,
             queue_wait: false,
+            one_shot: false,
         })
     }
 
@@ -767,6 +768,9 @@ pub(crate) struct Reservation {
     /// The agent asked for `PTTH-Queue-Wait` on the requests this connection carries (its
     /// claim said `PTTH-Timing: queue-wait`, decision D66).
     pub(crate) queue_wait: bool,
+    /// The connection carries one exchange and is dropped after it, not parked again (a
+    /// long-poll virtual connection, `super::long_poll`).
+    pub(crate) one_shot: bool,
 }
 
 impl Reservation {
