@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request in user space, for each half of ptth and of rathole, counted by
+# Instructions per request in user space, for each half of ptth and of rathole, and for nginx
+# as one HTTP-aware hop (the floor of what one hop that parses HTTP costs), counted by
 # valgrind's callgrind: exact and repeatable whatever else the machine is doing (a wall-clock
 # or CPU-time figure is not, on a shared 2-core machine). Kernel time is not counted: see
 # bench/side.sh for the kernel/user split under real load.
@@ -21,12 +22,12 @@ OUT="${OUT:-$BENCH_ROOT/callgrind-$(date +%Y%m%d-%H%M%S)}"
 PROF="${PROF:-$REPO/target/profiling}"
 UPSTREAM="${UPSTREAM:-$REPO/target/release/examples/bench-upstream}"
 RATHOLE="${RATHOLE:-$BENCH_ROOT/cargo/bin/rathole}"
-WHO="${WHO:-ptth-relay ptth-agent rathole-server rathole-client}"
+WHO="${WHO:-ptth-relay ptth-agent rathole-server rathole-client nginx}"
 CONNS="${CONNS:-8}"
 WARM_SECONDS="${WARM_SECONDS:-3}"
 LOAD_SECONDS="${LOAD_SECONDS:-10}"
 H=127.0.0.1
-UP=19180 PTTH=19185 RH_CTRL=19190 RH_PORT=19183
+UP=19180 PTTH=19185 RH_CTRL=19190 RH_PORT=19183 NGX=19181
 mkdir -p "$OUT"
 say() { printf '[callgrind] %s\n' "$*" >&2; }
 for tool in wrk valgrind callgrind_control callgrind_annotate; do
@@ -127,6 +128,41 @@ EOF
       wait_answer "$url"
       [ "$who" = rathole-server ] && pid=$server || pid=$client
       [ "$who" = rathole-server ] && name="$who-server" || name="$who-client"
+      ;;
+    nginx)
+      NGINX_BIN=/usr/sbin/nginx
+      [ -x "$NGINX_BIN" ] || { say "no nginx: skipped"; continue; }
+      mkdir -p "$OUT/nginx"
+      # One process (no master, one worker), so callgrind follows all of it.
+      cat >"$OUT/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $OUT/nginx/body;
+    proxy_temp_path $OUT/nginx/proxy;
+    fastcgi_temp_path $OUT/nginx/fastcgi;
+    uwsgi_temp_path $OUT/nginx/uwsgi;
+    scgi_temp_path $OUT/nginx/scgi;
+    upstream up { server $H:$UP; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen $H:$NGX;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+      start nginx-hop 1 "$NGINX_BIN" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
+      pid=$LAST name=nginx-hop url="http://$H:$NGX/hello"
+      wait_answer "$url"
       ;;
     *) say "unknown half $who"; continue ;;
   esac
