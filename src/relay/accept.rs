@@ -162,7 +162,8 @@ async fn claims<S: AgentStream>(
     let info = Arc::new(info);
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| handle::<S>(shared.clone(), info.clone(), req))
+        let soft = soft.clone();
+        service_fn(move |req| handle::<S>(shared.clone(), info.clone(), req, soft.clone()))
     };
     let limits = &shared.config.listener.limits;
     let mut builder = http1::Builder::new();
@@ -198,6 +199,7 @@ async fn handle<S: AgentStream>(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     req: Request<Incoming>,
+    soft: CancellationToken,
 ) -> Result<Response<RelayBody>, Infallible> {
-    Ok(claim::claim::<S>(shared, &info, req).await)
+    Ok(claim::claim::<S>(shared, &info, req, soft).await)
 }
