@@ -195,15 +195,11 @@ async fn serve_h2(
         Err(e) => return tracing::debug!(%e, "switch failed"),
     };
     // hyper's wrapper replays what it read past the offer: the preface answer may be there.
-    let (client, conn) = match crate::listener::reverse_h2::<_, Incoming>(
-        TokioIo::new(upgraded),
-        listener,
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => return tracing::info!("starting HTTP/2 on the agent connection: {e}"),
-    };
+    let (client, conn) =
+        match crate::listener::reverse_h2::<_, Incoming>(TokioIo::new(upgraded), listener).await {
+            Ok(x) => x,
+            Err(e) => return tracing::info!("starting HTTP/2 on the agent connection: {e}"),
+        };
     let registry: &Arc<Registry> = &shared.registry;
     shared.metrics.claimed();
     for r in &reservations {

@@ -37,9 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::exchange::{AgentRoute, OverH2};
-use super::respond;
 use super::metrics::Finished;
 use super::registry::{AgentConn, AgentStream, CheckoutError, H2Lease, Leased, Want};
+use super::respond;
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
 use super::{ConnInfo, H2_BRIDGE_BUF, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
@@ -239,7 +239,10 @@ async fn public<S: AgentStream>(
     let cfg = &shared.config;
     let queue_deadline = Instant::now() + cfg.queue_timeout;
     let want = if routed.upgrade { Want::H1 } else { Want::Any };
-    let leased = shared.registry.lease(&routed.name, queue_deadline, want).await;
+    let leased = shared
+        .registry
+        .lease(&routed.name, queue_deadline, want)
+        .await;
     count.known = !matches!(leased, Err(CheckoutError::Unknown(_)));
     count.name = Some(routed.name.clone());
     let leased = match leased {

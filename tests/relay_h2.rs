@@ -1,0 +1,429 @@
+//! The relay serving public requests over agents' HTTP/2 transposed connections (`Upgrade:
+//! ptth` with `ALPN: h2`, draft-kazuho-ptth-ptth; decisions D81–D86).
+//!
+//! Two agents: the real `ptth-connect --protocol ptth` through the real `ptth-serve` (64
+//! requests at once over its two connections, a large body each way, the metrics), and a
+//! third-party HTTP/2 backend, the Python `h2` package (tests/h2/backend.py), dialing the
+//! library relay (a stream reset mid-body, several origins and their tokens, the drain's
+//! GOAWAY, an upgrade refused with its reason). A test that needs Python `h2` skips with the
+//! reason when it is missing. Nothing waits on a clock: every step waits for what a peer
+//! printed or for the relay's own counts, under the one deadline.
+
+mod support;
+
+use std::convert::Infallible;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use ptth::relay::{Config, Tokens};
+use serde_json::Value;
+use support::bins::{self, banner};
+use support::{TestBody, TestRelay, deadline, full, send, start_relay};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::Notify;
+
+/// Public requests at once.
+const MANY: usize = 64;
+/// The large body, each way.
+const LARGE: usize = 8 * 1024 * 1024;
+
+fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// `GET path` on a fresh public connection with `Host: host`: (status, body or the error that
+/// cut it short).
+async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, Result<Bytes, String>) {
+    let req = Request::get(path)
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    let res = send(addr, req).await;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await;
+    (
+        status,
+        body.map(|b| b.to_bytes()).map_err(|e| e.to_string()),
+    )
+}
+
+/// The upstream behind `ptth-connect`: `/together` answers once [`MANY`] are open at once,
+/// `/echo` the body back, `/large` [`LARGE`] bytes.
+async fn upstream() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let all_here = Arc::new(Notify::new());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let (arrived, all_here) = (arrived.clone(), all_here.clone());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (arrived, all_here) = (arrived.clone(), all_here.clone());
+                async move {
+                    let body: Full<Bytes> = match req.uri().path() {
+                        "/together" => {
+                            let here = all_here.notified();
+                            if arrived.fetch_add(1, Ordering::AcqRel) + 1 >= MANY {
+                                all_here.notify_waiters();
+                            } else {
+                                here.await;
+                            }
+                            Full::from("together")
+                        }
+                        "/echo" => Full::new(req.into_body().collect().await.unwrap().to_bytes()),
+                        "/large" => Full::from(vec![b'L'; LARGE]),
+                        p => Full::from(format!("{p} from upstream")),
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// One line of the admin's `/metrics` that starts with `series`, its value.
+async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let raw = bins::get(admin, &admin.to_string(), "/metrics").await;
+    raw.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// `ptth-connect --protocol ptth` through `ptth-serve`: 64 public requests served at once over
+/// the agent's two HTTP/2 connections (the upstream answers only when all 64 are there), then a
+/// large body each way; the metrics count the connections as `h2`.
+#[tokio::test]
+async fn ptth_connect_serves_64_at_once_over_two_connections() {
+    deadline(async {
+        let mut relay = bins::serve(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        let (text, _out) = banner(&mut relay, "admin:").await;
+        let addr = bins::agent_addr(&text, "http");
+        let admin: std::net::SocketAddr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("admin:   http://"))
+            .and_then(|l| l.split('/').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let to = upstream().await;
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
+            .args([&format!("http://{addr}/app"), "--to", &to])
+            .args([
+                "--protocol",
+                "ptth",
+                "--proxy",
+                "",
+                "--upstream-connections",
+                "64",
+            ])
+            .env_remove("PTTH_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let h2 = "ptth_agent_connections_by_protocol{protocol=\"h2\"}";
+        while metric(admin, h2).await != Some(2.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let host = addr.to_string();
+        let requests = (0..MANY).map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { get(addr, &host, "/app/together").await })
+        });
+        for r in futures_join(requests).await {
+            let (status, body) = r;
+            assert_eq!(status, 200);
+            assert_eq!(body.unwrap(), "together");
+        }
+        assert_eq!(metric(admin, h2).await, Some(2.0));
+        assert_eq!(metric(admin, "ptth_agent_connections ").await, Some(2.0));
+        // A large body up and a large body down.
+        let up = vec![b'U'; LARGE];
+        let req = Request::post("/app/echo")
+            .header("host", &host)
+            .body(full(up.clone()))
+            .unwrap();
+        let res = send(addr, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.into_body().collect().await.unwrap().to_bytes() == up);
+        let (status, body) = get(addr, &host, "/app/large").await;
+        assert_eq!(status, 200);
+        assert_eq!(body.unwrap().len(), LARGE);
+        // Nothing is left open.
+        assert_eq!(
+            metric(admin, "ptth_h2_streams_open{name=\"app\"}").await,
+            Some(0.0)
+        );
+        agent.kill().await.unwrap();
+        relay.kill().await.unwrap();
+    })
+    .await;
+}
+
+/// Wait for every task.
+async fn futures_join<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Whether the Python `h2` package can run; otherwise why not (the test then skips).
+fn python_h2() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import h2"])
+        .output()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the Python h2 package is missing (apt-get install python3-h2, or pip install h2): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// tests/h2/backend.py dialing `relay` with `target` (and a token): its stdin (a line releases
+/// `/hold`) and its JSON lines.
+struct Backend {
+    child: Child,
+    out: Lines<BufReader<ChildStdout>>,
+}
+
+impl Backend {
+    fn dial(relay: &TestRelay, together: usize, target: &str, token: Option<&str>) -> Backend {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2");
+        let mut child = Command::new("python3")
+            .arg(format!("{dir}/backend.py"))
+            .args([
+                relay.addr.port().to_string(),
+                together.to_string(),
+                LARGE.to_string(),
+                target.to_string(),
+            ])
+            .args(token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        Backend { child, out }
+    }
+
+    /// The next JSON line; panics when the backend ends first.
+    async fn line(&mut self) -> Value {
+        let line = self.out.next_line().await.unwrap();
+        let line = line.expect("the backend ended without another line");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Let the held requests go.
+    async fn release(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"release\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+}
+
+/// The well-known target registering `names` under the relay's domain (`localhost`).
+fn well_known(names: &[&str], port: u16) -> String {
+    let origins: Vec<String> = names
+        .iter()
+        .map(|n| format!("http%3A%2F%2F{n}.localhost%3A{port}"))
+        .collect();
+    format!("/.well-known/ptth/{}/", origins.join(","))
+}
+
+/// Wait until `name` has `n` HTTP/2 connections at the relay.
+async fn wait_h2(relay: &TestRelay, name: &str, n: usize) {
+    relay
+        .handle
+        .wait_until(|h| {
+            h.stats()
+                .iter()
+                .any(|s| s.name == name && s.h2_connections == n)
+        })
+        .await;
+}
+
+/// The third-party backend serves public requests: many at once on its one connection, large
+/// bodies each way, and a stream it resets mid-body fails that request only, while the others
+/// on the same connection complete. The relay's drain ends the connection with GOAWAY
+/// (NO_ERROR).
+#[tokio::test]
+async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
+    if let Err(why) = python_h2() {
+        println!(
+            "SKIPPED python_backend_serves_the_public_and_a_reset_fails_only_its_request: {why}"
+        );
+        return;
+    }
+    deadline(async {
+        let mut relay = start_relay(Config::default()).await;
+        let port = relay.addr.port();
+        let mut backend = Backend::dial(&relay, 8, &well_known(&["py"], port), None);
+        assert_eq!(backend.line().await["switched"], true);
+        wait_h2(&relay, "py", 1).await;
+        let addr = relay.addr;
+        let host = format!("py.localhost:{port}");
+        // Eight that the backend answers only together, and one it resets, all at once.
+        let reset = {
+            let host = host.clone();
+            tokio::spawn(async move { get(addr, &host, "/reset").await })
+        };
+        let together: Vec<_> = (0..8)
+            .map(|_| {
+                let host = host.clone();
+                tokio::spawn(async move { get(addr, &host, "/together").await })
+            })
+            .collect();
+        // The reset may reach the relay before or after the response head: a 502, or a body
+        // cut short.
+        let (status, body) = reset.await.unwrap();
+        assert!(
+            status == 502 || (status == 200 && body.is_err()),
+            "a reset stream must fail: {status} {body:?}"
+        );
+        for (status, body) in futures_join(together.into_iter()).await {
+            assert_eq!(status, 200);
+            assert_eq!(body.unwrap(), "together");
+        }
+        // Large bodies each way, on the same connection; path mode (`/py`) works too.
+        let up = vec![b'U'; LARGE];
+        let req = Request::post("/py/echo")
+            .header("host", addr.to_string())
+            .body(full(up.clone()))
+            .unwrap();
+        let res = send(addr, req).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.into_body().collect().await.unwrap().to_bytes() == up);
+        let (status, body) = get(addr, &host, "/large").await;
+        assert_eq!(status, 200);
+        assert_eq!(body.unwrap().len(), LARGE);
+        // The agent's connection is still the one, and nothing stays open.
+        let st = relay.handle.stats();
+        assert_eq!((st[0].h2_connections, st[0].h2_streams), (1, 0));
+        // An upgrade cannot go over HTTP/2 here: 502 with the reason.
+        let raw = support::raw_exchange(
+            addr,
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\n\
+                 Upgrade: websocket\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(support::status_of(&raw), 502, "{raw}");
+        assert!(raw.contains("HTTP/1.1 one"), "{raw}");
+        relay.shutdown();
+        let summary = backend.line().await;
+        assert_eq!(summary["goaway"], 0, "{summary}");
+        assert_eq!(summary["requests"], 11, "{summary}");
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
+/// The drain: a request open on the backend's stream when the relay is told to stop is
+/// answered in full; only then does the relay send GOAWAY and close.
+#[tokio::test]
+async fn the_drain_lets_an_open_stream_finish_then_sends_goaway() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED the_drain_lets_an_open_stream_finish_then_sends_goaway: {why}");
+        return;
+    }
+    deadline(async {
+        let mut relay = start_relay(Config::default()).await;
+        let port = relay.addr.port();
+        let mut backend = Backend::dial(&relay, 2, &well_known(&["py"], port), None);
+        assert_eq!(backend.line().await["switched"], true);
+        wait_h2(&relay, "py", 1).await;
+        let addr = relay.addr;
+        let held = tokio::spawn(async move { get(addr, "py.localhost", "/hold").await });
+        assert_eq!(backend.line().await["held"], 1);
+        relay.shutdown();
+        // The drain has begun when the listener is gone.
+        relay
+            .handle
+            .wait_until(|h| h.stats().iter().all(|s| s.h2_connections == 0))
+            .await;
+        backend.release().await;
+        let (status, body) = held.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.unwrap(), "held, then answered");
+        let summary = backend.line().await;
+        assert_eq!(summary["goaway"], 0, "{summary}");
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
+/// A backend registering several origins is checked for every one: a token for one of them
+/// only is refused (`403`, naming the other) and nothing is registered; a token for all serves
+/// every name over the one connection. An origin outside the relay's domain is refused too.
+#[tokio::test]
+async fn every_origin_is_authorised_and_each_becomes_a_name() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED every_origin_is_authorised_and_each_becomes_a_name: {why}");
+        return;
+    }
+    deadline(async {
+        let mut cfg = Config::default();
+        cfg.tokens = Some(Tokens::parse("alpha ta\n* master\n").unwrap());
+        let mut relay = start_relay(cfg).await;
+        let port = relay.addr.port();
+        let both = well_known(&["alpha", "beta"], port);
+        let mut refused = Backend::dial(&relay, 1, &both, Some("ta"));
+        let line = refused.line().await;
+        assert_eq!(line["refused"], 403, "{line}");
+        assert!(line["body"].as_str().unwrap().contains("beta"), "{line}");
+        assert!(relay.handle.stats().is_empty());
+        assert_eq!(relay.handle.agents(), 0);
+        let foreign = "/.well-known/ptth/http%3A%2F%2Fexample.com/";
+        let mut refused = Backend::dial(&relay, 1, foreign, Some("master"));
+        let line = refused.line().await;
+        assert_eq!(line["refused"], 403, "{line}");
+        assert!(
+            line["body"].as_str().unwrap().contains("not served"),
+            "{line}"
+        );
+
+        let others = well_known(&["beta", "gamma"], port);
+        let mut backend = Backend::dial(&relay, 1, &others, Some("master"));
+        let line = backend.line().await;
+        assert_eq!(line["switched"], true, "{line}");
+        wait_h2(&relay, "beta", 1).await;
+        wait_h2(&relay, "gamma", 1).await;
+        for name in ["beta", "gamma"] {
+            let (status, body) = get(relay.addr, &format!("{name}.localhost"), "/x").await;
+            assert_eq!(status, 200);
+            assert_eq!(body.unwrap(), "/x from python");
+            let (status, body) = get(relay.addr, "localhost", &format!("/{name}/y")).await;
+            assert_eq!(status, 200);
+            assert_eq!(body.unwrap(), "/y from python");
+        }
+        relay.shutdown();
+        assert_eq!(backend.line().await["goaway"], 0);
+        relay.task.await.unwrap();
+    })
+    .await;
+}
