@@ -387,8 +387,10 @@ async fn every_origin_is_authorised_and_each_becomes_a_name() {
         return;
     }
     deadline(async {
-        let mut cfg = Config::default();
-        cfg.tokens = Some(Tokens::parse("alpha ta\n* master\n").unwrap());
+        let cfg = Config {
+            tokens: Some(Tokens::parse("alpha ta\n* master\n").unwrap()),
+            ..Config::default()
+        };
         let mut relay = start_relay(cfg).await;
         let port = relay.addr.port();
         let both = well_known(&["alpha", "beta"], port);
