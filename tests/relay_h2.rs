@@ -266,8 +266,9 @@ async fn wait_h2(relay: &TestRelay, name: &str, n: usize) {
 }
 
 /// The third-party backend serves public requests: many at once on its one connection, large
-/// bodies each way, and a stream it resets mid-body fails that request only, while the others
-/// on the same connection complete. The relay's drain ends the connection with GOAWAY
+/// bodies each way, a public client that reads nothing stalls only its own stream, and a
+/// stream the backend resets mid-body fails that request only, while the others on the same
+/// connection complete. The relay's drain ends the connection with GOAWAY
 /// (NO_ERROR).
 #[tokio::test]
 async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
@@ -285,6 +286,15 @@ async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
         wait_h2(&relay, "py", 1).await;
         let addr = relay.addr;
         let host = format!("py.localhost:{port}");
+        // A public client that asks for the large body and reads none of it: its stream's
+        // window fills, and everything below still moves on the same connection.
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let ask = format!("GET /large HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        stalled.write_all(ask.as_bytes()).await.unwrap();
+        relay
+            .handle
+            .wait_until(|h| h.stats().iter().any(|s| s.h2_streams == 1))
+            .await;
         // Eight that the backend answers only together, and one it resets, all at once.
         let reset = {
             let host = host.clone();
@@ -319,9 +329,14 @@ async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
         let (status, body) = get(addr, &host, "/large").await;
         assert_eq!(status, 200);
         assert_eq!(body.unwrap().len(), LARGE);
-        // The agent's connection is still the one, and nothing stays open.
-        let st = relay.handle.stats();
-        assert_eq!((st[0].h2_connections, st[0].h2_streams), (1, 0));
+        // The stalled client goes; its stream is reset and nothing stays open. The agent's
+        // connection is still the one.
+        drop(stalled);
+        relay
+            .handle
+            .wait_until(|h| h.stats()[0].h2_streams == 0)
+            .await;
+        assert_eq!(relay.handle.stats()[0].h2_connections, 1);
         // An upgrade cannot go over HTTP/2 here: 502 with the reason.
         let raw = support::raw_exchange(
             addr,
@@ -337,7 +352,7 @@ async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
         relay.shutdown();
         let summary = backend.line().await;
         assert_eq!(summary["goaway"], 0, "{summary}");
-        assert_eq!(summary["requests"], 11, "{summary}");
+        assert_eq!(summary["requests"], 12, "{summary}");
         relay.task.await.unwrap();
     })
     .await;
