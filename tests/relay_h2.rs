@@ -55,7 +55,8 @@ async fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, Result
 }
 
 /// The upstream behind `ptth-connect`: `/together` answers once [`MANY`] are open at once,
-/// `/echo` the body back, `/large` [`LARGE`] bytes.
+/// `/echo` the body back, `/large` [`LARGE`] bytes, `/ws` a WebSocket upgrade that echoes the
+/// bytes.
 async fn upstream() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -68,6 +69,9 @@ async fn upstream() -> String {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (arrived, all_here) = (arrived.clone(), all_here.clone());
                 async move {
+                    if req.uri().path() == "/ws" {
+                        return Ok::<_, Infallible>(echo_upgrade(req));
+                    }
                     let body: Full<Bytes> = match req.uri().path() {
                         "/together" => {
                             let here = all_here.notified();
@@ -87,12 +91,62 @@ async fn upstream() -> String {
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .with_upgrades(),
             );
         }
     });
     format!("http://{addr}")
 }
+
+/// `101` to a WebSocket upgrade (no frames are parsed: the bytes come back as they are).
+fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    tokio::spawn(async move {
+        let upgraded = hyper::upgrade::on(req).await.unwrap();
+        let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let mut res = Response::new(Full::default());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    h.insert("connection", http::HeaderValue::from_static("upgrade"));
+    res
+}
+
+/// `ptth-serve` with an admin listener and `ptth-connect --protocol ptth` for `/app` in front of
+/// [`upstream`], once both of the agent's HTTP/2 connections are counted: (relay, agent,
+/// public address, admin address).
+async fn relay_and_agent() -> (Child, Child, std::net::SocketAddr, std::net::SocketAddr) {
+    let mut relay = bins::serve(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let (text, _out) = banner(&mut relay, "admin:").await;
+    let addr = bins::agent_addr(&text, "http");
+    let admin: std::net::SocketAddr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("admin:   http://"))
+        .and_then(|l| l.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let to = upstream().await;
+    let agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
+        .args([&format!("http://{addr}/app"), "--to", &to])
+        .args(["--protocol", "ptth", "--proxy", "", "--upstream-connections", "64"])
+        .env_remove("PTTH_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    while metric(admin, H2_CONNECTIONS).await != Some(2.0) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (relay, agent, addr, admin)
+}
+
+/// The metric series of HTTP/2 agent connections.
+const H2_CONNECTIONS: &str = "ptth_agent_connections_by_protocol{protocol=\"h2\"}";
 
 /// One line of the admin's `/metrics` that starts with `series`, its value.
 async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
@@ -107,38 +161,7 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn ptth_connect_serves_64_at_once_over_two_connections() {
     deadline(async {
-        let mut relay = bins::serve(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-        let (text, _out) = banner(&mut relay, "admin:").await;
-        let addr = bins::agent_addr(&text, "http");
-        let admin: std::net::SocketAddr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("admin:   http://"))
-            .and_then(|l| l.split('/').next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        let to = upstream().await;
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-            .args([&format!("http://{addr}/app"), "--to", &to])
-            .args([
-                "--protocol",
-                "ptth",
-                "--proxy",
-                "",
-                "--upstream-connections",
-                "64",
-            ])
-            .env_remove("PTTH_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let h2 = "ptth_agent_connections_by_protocol{protocol=\"h2\"}";
-        while metric(admin, h2).await != Some(2.0) {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let (mut relay, mut agent, addr, admin) = relay_and_agent().await;
         let host = addr.to_string();
         let requests = (0..MANY).map(|_| {
             let host = host.clone();
@@ -149,7 +172,7 @@ async fn ptth_connect_serves_64_at_once_over_two_connections() {
             assert_eq!(status, 200);
             assert_eq!(body.unwrap(), "together");
         }
-        assert_eq!(metric(admin, h2).await, Some(2.0));
+        assert_eq!(metric(admin, H2_CONNECTIONS).await, Some(2.0));
         assert_eq!(metric(admin, "ptth_agent_connections ").await, Some(2.0));
         // A large body up and a large body down.
         let up = vec![b'U'; LARGE];
@@ -168,6 +191,53 @@ async fn ptth_connect_serves_64_at_once_over_two_connections() {
             metric(admin, "ptth_h2_streams_open{name=\"app\"}").await,
             Some(0.0)
         );
+        agent.kill().await.unwrap();
+        relay.kill().await.unwrap();
+    })
+    .await;
+}
+
+/// A public WebSocket upgrade to an agent with only HTTP/2 connections goes over RFC 8441
+/// extended CONNECT (`ptth-connect` advertises `SETTINGS_ENABLE_CONNECT_PROTOCOL`): the relay
+/// answers `101` with the `Sec-WebSocket-Accept` of the client's key, and bytes go both ways.
+#[tokio::test]
+async fn a_websocket_goes_over_extended_connect() {
+    use tokio::io::AsyncReadExt;
+    deadline(async {
+        let (mut relay, mut agent, addr, admin) = relay_and_agent().await;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!(
+                "GET /app/ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = support::read_head(&mut tcp).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        assert!(lower.contains("upgrade: websocket"), "{head}");
+        assert_eq!(
+            metric(admin, "ptth_h2_streams_open{name=\"app\"}").await,
+            Some(1.0)
+        );
+        for msg in [&b"first frame"[..], &[0x81, 0x02, b'h', b'i'][..]] {
+            tcp.write_all(msg).await.unwrap();
+            let mut back = vec![0; msg.len()];
+            tcp.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }
+        drop(tcp);
+        while metric(admin, "ptth_h2_streams_open{name=\"app\"}").await != Some(0.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         agent.kill().await.unwrap();
         relay.kill().await.unwrap();
     })
@@ -337,18 +407,20 @@ async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
             .wait_until(|h| h.stats()[0].h2_streams == 0)
             .await;
         assert_eq!(relay.handle.stats()[0].h2_connections, 1);
-        // An upgrade cannot go over HTTP/2 here: 502 with the reason.
+        // This backend does not advertise SETTINGS_ENABLE_CONNECT_PROTOCOL, and has no HTTP/1.1
+        // connection: an upgrade is 502 with the reason.
         let raw = support::raw_exchange(
             addr,
             format!(
-                "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade\r\n\
-                 Upgrade: websocket\r\n\r\n"
+                "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: upgrade, close\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
             )
             .as_bytes(),
         )
         .await;
         assert_eq!(support::status_of(&raw), 502, "{raw}");
-        assert!(raw.contains("HTTP/1.1 one"), "{raw}");
+        assert!(raw.contains("extended CONNECT"), "{raw}");
         relay.shutdown();
         let summary = backend.line().await;
         assert_eq!(summary["goaway"], 0, "{summary}");
@@ -387,6 +459,44 @@ async fn the_drain_lets_an_open_stream_finish_then_sends_goaway() {
         assert_eq!(body.unwrap(), "held, then answered");
         let summary = backend.line().await;
         assert_eq!(summary["goaway"], 0, "{summary}");
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
+/// An agent's GOAWAY retires its connection: the request it answered completes, the relay
+/// lets the connection go, and later requests go to the name's other connection.
+#[tokio::test]
+async fn an_agents_goaway_retires_its_connection() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED an_agents_goaway_retires_its_connection: {why}");
+        return;
+    }
+    deadline(async {
+        let mut relay = start_relay(Config::default()).await;
+        let port = relay.addr.port();
+        let target = well_known(&["py"], port);
+        let mut first = Backend::dial(&relay, 1, &target, None);
+        assert_eq!(first.line().await["switched"], true);
+        wait_h2(&relay, "py", 1).await;
+        let mut second = Backend::dial(&relay, 1, &target, None);
+        assert_eq!(second.line().await["switched"], true);
+        wait_h2(&relay, "py", 2).await;
+        // Both are idle, so the first connection (the first of the least busy) takes it.
+        let (status, body) = get(relay.addr, "py.localhost", "/goaway").await;
+        assert_eq!(status, 200);
+        assert_eq!(body.unwrap(), "going away");
+        wait_h2(&relay, "py", 1).await;
+        let summary = first.line().await;
+        assert_eq!(summary["requests"], 1, "{summary}");
+        for _ in 0..8 {
+            let (status, body) = get(relay.addr, "py.localhost", "/after").await;
+            assert_eq!(status, 200);
+            assert_eq!(body.unwrap(), "/after from python");
+        }
+        relay.shutdown();
+        let summary = second.line().await;
+        assert_eq!((summary["requests"].as_u64(), summary["goaway"].as_u64()), (Some(8), Some(0)));
         relay.task.await.unwrap();
     })
     .await;

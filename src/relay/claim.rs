@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::{self, AuthError, Secret, Tokens};
+use super::h2_settings::Sniff;
 use super::metrics::Refusal;
 use super::registry::{AgentConn, AgentStream, H2Client, Registry, Reservation, ReserveError};
 use super::respond::{self, RelayBody};
@@ -195,15 +196,16 @@ async fn serve_h2(
         Err(e) => return tracing::debug!(%e, "switch failed"),
     };
     // hyper's wrapper replays what it read past the offer: the preface answer may be there.
-    let (client, conn) =
-        match crate::listener::reverse_h2::<_, Incoming>(TokioIo::new(upgraded), listener).await {
-            Ok(x) => x,
-            Err(e) => return tracing::info!("starting HTTP/2 on the agent connection: {e}"),
-        };
+    // The agent's first SETTINGS is watched for extended CONNECT (RFC 8441).
+    let (io, connect) = Sniff::new(TokioIo::new(upgraded));
+    let (client, conn) = match crate::listener::reverse_h2::<_, Incoming>(io, listener).await {
+        Ok(x) => x,
+        Err(e) => return tracing::info!("starting HTTP/2 on the agent connection: {e}"),
+    };
     let registry: &Arc<Registry> = &shared.registry;
     shared.metrics.claimed();
     for r in &reservations {
-        registry.add_h2(r, H2Client::clone(&client));
+        registry.add_h2(r, H2Client::clone(&client), connect.clone());
     }
     drop(client);
     let names = reservations.len();

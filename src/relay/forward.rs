@@ -39,10 +39,10 @@ use tracing::debug;
 use super::exchange::{AgentRoute, OverH2};
 use super::metrics::Finished;
 use super::registry::{AgentConn, AgentStream, CheckoutError, H2Lease, Leased, Want};
-use super::respond;
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
 use super::{ConnInfo, H2_BRIDGE_BUF, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
+use super::{respond, websocket};
 use crate::error::HeadError;
 use crate::h1::{self, After, Conn, Settings, Tally};
 use crate::io::Rewind;
@@ -99,6 +99,11 @@ pub(crate) async fn serve<S: AgentStream>(
                 tunnel(shared, inb, agent);
                 return None;
             }
+            Public::SwitchedOverH2(pipe) => {
+                finish(shared, &count, info);
+                tunnel(shared, inb, pipe);
+                return None;
+            }
             Public::BadHead(after) => {
                 // Not a request at all: nothing to count (as hyper's own 400/431 were not).
                 if after == After::KeepAlive {
@@ -125,6 +130,9 @@ enum Public {
     Claim,
     /// The agent switched protocols: the two connections become a tunnel.
     Switched(Conn<AgentConn>),
+    /// The same over an HTTP/2 agent: the pipe to the bridge, which holds the extended
+    /// CONNECT stream (RFC 8441).
+    SwitchedOverH2(Conn<tokio::io::DuplexStream>),
     /// The head was refused before it was a request (431, 400).
     BadHead(After),
 }
@@ -238,7 +246,11 @@ async fn public<S: AgentStream>(
     };
     let cfg = &shared.config;
     let queue_deadline = Instant::now() + cfg.queue_timeout;
-    let want = if routed.upgrade { Want::H1 } else { Want::Any };
+    let want = if routed.upgrade {
+        Want::Upgrade
+    } else {
+        Want::Any
+    };
     let leased = shared
         .registry
         .lease(&routed.name, queue_deadline, want)
@@ -292,7 +304,7 @@ async fn public<S: AgentStream>(
     let conn = match leased {
         Leased::H1(conn) => conn,
         Leased::H2(lease) => {
-            return Public::After(over_h2(inb, lease, &route, &settings, spare, shared).await);
+            return over_h2(inb, lease, &route, &settings, spare, shared).await;
         }
     };
     let rbuf = std::mem::take(&mut spare.0);
@@ -337,7 +349,7 @@ async fn over_h2<S: AgentStream>(
     settings: &Settings<'_>,
     spare: &mut (BytesMut, BytesMut),
     shared: &Arc<Shared>,
-) -> After {
+) -> Public {
     let (near, far) = tokio::io::duplex(H2_BRIDGE_BUF);
     let bridge = tokio::spawn(bridge_h2(far, lease));
     let rbuf = std::mem::take(&mut spare.0);
@@ -348,6 +360,14 @@ async fn over_h2<S: AgentStream>(
         a = h1::exchange(inb, &mut out, &route, settings) => a,
         () = shared.hard.cancelled() => After::Close,
     };
+    if after == After::Switched {
+        // The bridge answered an extended CONNECT's `200` with the `101`: it runs on, splicing
+        // the stream onto the pipe.
+        return match out.take() {
+            Some(pipe) => Public::SwitchedOverH2(pipe),
+            None => Public::After(After::Close),
+        };
+    }
     bridge.abort();
     if let Some(agent) = out.take() {
         let (_, mut rbuf, mut wbuf) = agent.into_parts();
@@ -355,11 +375,7 @@ async fn over_h2<S: AgentStream>(
         wbuf.clear();
         *spare = (rbuf, wbuf);
     }
-    match after {
-        // An HTTP/2 response is never a `101` (RFC 9113 §8.6); hyper refuses one.
-        After::Switched => After::Close,
-        a => a,
-    }
+    Public::After(after)
 }
 
 /// The far end of [`over_h2`]'s pipe: one request read as HTTP/1.1, sent on a new stream of
@@ -368,10 +384,12 @@ async fn over_h2<S: AgentStream>(
 async fn bridge_h2(io: tokio::io::DuplexStream, lease: H2Lease) {
     let lease = Arc::new(lease);
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let mut client = lease.client.clone();
         let lease = lease.clone();
         async move {
-            let res = match client.send(req).await {
+            if websocket::is_upgrade(&req) {
+                return Ok(websocket::over_h2(req, lease).await);
+            }
+            let res = match lease.client.clone().send(req).await {
                 Ok(res) => res.map(http_body_util::BodyExt::boxed_unsync),
                 Err(e) => {
                     debug!(error = %e, "the HTTP/2 stream to the agent failed");
@@ -387,6 +405,7 @@ async fn bridge_h2(io: tokio::io::DuplexStream, lease: H2Lease) {
     builder.auto_date_header(false);
     if let Err(e) = builder
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades()
         .await
     {
         debug!(error = %e, "the HTTP/2 bridge ended");

@@ -31,11 +31,13 @@ mod claim;
 mod config;
 mod exchange;
 mod forward;
+mod h2_settings;
 mod metrics;
 mod registry;
 mod respond;
 pub(crate) mod route;
 mod tunnel;
+mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Config;
 use super::auth::Secret;
+use super::h2_settings::ConnectProtocol;
 use super::metrics::Metrics;
 use crate::listener::ReversedH2Client;
 
@@ -59,6 +60,8 @@ struct H2Entry {
     client: H2Client,
     open: Arc<AtomicUsize>,
     queue_wait: bool,
+    /// The agent allowed RFC 8441 extended CONNECT.
+    connect: ConnectProtocol,
 }
 
 /// What a public request gets from [`Registry::lease`]: a checked-out HTTP/1.1 connection, or a
@@ -75,8 +78,11 @@ pub(crate) enum Leased {
 pub(crate) enum Want {
     /// HTTP/2 first, else HTTP/1.1.
     Any,
-    /// HTTP/1.1 only: an upgrade (WebSocket) runs over the byte stream.
+    /// HTTP/1.1 only.
     H1,
+    /// An upgrade (WebSocket): an HTTP/1.1 connection (the byte stream as it is), else, when
+    /// the name has only HTTP/2 ones, a stream for RFC 8441 extended CONNECT (decisions D85).
+    Upgrade,
 }
 
 /// One open stream on a name's HTTP/2 connection (see [`Leased::H2`]).
@@ -84,6 +90,8 @@ pub(crate) struct H2Lease {
     pub(crate) client: H2Client,
     /// The agent asked for `PTTH-Queue-Wait` (decision D66).
     pub(crate) queue_wait: bool,
+    /// The agent allowed RFC 8441 extended CONNECT on this connection.
+    pub(crate) connect: ConnectProtocol,
     open: Arc<AtomicUsize>,
     registry: Arc<Registry>,
 }
@@ -298,11 +306,12 @@ pub(crate) enum CheckoutError {
     /// The name has connections, but none became idle before the deadline.
     #[error("no connection of {0:?} became free in time")]
     Timeout(String),
-    /// An upgrade needs an HTTP/1.1 connection and the agent has only HTTP/2 ones (RFC 8441
-    /// extended CONNECT is not carried yet, decisions D85).
+    /// An upgrade needs an HTTP/1.1 connection, or an HTTP/2 one whose agent allowed RFC 8441
+    /// extended CONNECT, and the agent has neither (decisions D85).
     #[error(
-        "the agent for {0:?} has only HTTP/2 connections, and an upgrade (WebSocket) needs an \
-         HTTP/1.1 one (extended CONNECT over HTTP/2 is not carried yet)"
+        "the agent for {0:?} has no HTTP/1.1 connection, and its HTTP/2 connections do not \
+         allow extended CONNECT (RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL): an upgrade \
+         (WebSocket) cannot reach it"
     )]
     NeedsH1(String),
 }
@@ -564,7 +573,7 @@ impl Registry {
         let mut rx = {
             let mut st = slot.lock();
             if want == Want::Any
-                && let Some(lease) = self.h2_lease(&mut st)
+                && let Some(lease) = self.h2_lease(&mut st, false)
             {
                 drop(st);
                 self.bump();
@@ -581,7 +590,15 @@ impl Registry {
                 self.bump();
                 return Ok(Leased::H1(conn));
             }
-            if want == Want::H1 && !st.h2.is_empty() && st.conns.len() == st.h2.len() {
+            if want == Want::Upgrade
+                && let Some(lease) = self.h2_lease(&mut st, true)
+            {
+                drop(st);
+                drop(dead);
+                self.bump();
+                return Ok(Leased::H2(lease));
+            }
+            if want != Want::Any && !st.h2.is_empty() && st.conns.len() == st.h2.len() {
                 drop(st);
                 drop(dead);
                 return Err(CheckoutError::NeedsH1(name.to_string()));
@@ -639,17 +656,18 @@ impl Registry {
     }
 
     /// A stream on the slot's HTTP/2 connection with the fewest open streams, if it has a live
-    /// one.
-    fn h2_lease(self: &Arc<Self>, st: &mut SlotState) -> Option<H2Lease> {
+    /// one (that allowed extended CONNECT, with `connect`).
+    fn h2_lease(self: &Arc<Self>, st: &mut SlotState, connect: bool) -> Option<H2Lease> {
         let entry = st
             .h2
             .iter()
-            .filter(|e| !e.client.is_closed())
+            .filter(|e| !e.client.is_closed() && (!connect || e.connect.enabled()))
             .min_by_key(|e| e.open.load(Ordering::Acquire))?;
         entry.open.fetch_add(1, Ordering::AcqRel);
         Some(H2Lease {
             client: entry.client.clone(),
             queue_wait: entry.queue_wait,
+            connect: entry.connect.clone(),
             open: entry.open.clone(),
             registry: self.clone(),
         })
@@ -658,7 +676,13 @@ impl Registry {
     /// Add an HTTP/2 connection to its reservation's name: it serves the requests waiting there
     /// at once, and later ones beside the name's other connections. It stays until
     /// [`Registry::retire_h2`] or until its reservation is dropped.
-    pub(crate) fn add_h2(self: &Arc<Self>, reservation: &Reservation, client: H2Client) {
+    /// `connect` is what the agent's first SETTINGS says about extended CONNECT.
+    pub(crate) fn add_h2(
+        self: &Arc<Self>,
+        reservation: &Reservation,
+        client: H2Client,
+        connect: ConnectProtocol,
+    ) {
         let slot = &reservation.slot;
         {
             let mut st = slot.lock();
@@ -667,13 +691,14 @@ impl Registry {
                 client,
                 open: Arc::new(AtomicUsize::new(0)),
                 queue_wait: reservation.queue_wait,
+                connect,
             });
             let waiters: Vec<_> = st.waiters.drain(..).collect();
             for w in waiters {
                 if w.is_closed() {
                     continue;
                 }
-                let Some(lease) = self.h2_lease(&mut st) else {
+                let Some(lease) = self.h2_lease(&mut st, false) else {
                     break;
                 };
                 // A waiter that went away in between drops its lease, which only counts down.

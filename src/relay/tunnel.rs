@@ -3,19 +3,21 @@
 //! closes (or the drain ends), and the agent's connection is never parked again (its
 //! reservation goes when the tunnel ends). An agent that declines the upgrade answers an
 //! ordinary response, which the exchange passes on; `forward` does not reuse that connection.
+//! Over HTTP/2 the agent's side is the pipe to the bridge, which splices an extended CONNECT
+//! stream (RFC 8441) onto it.
 
 use std::sync::Arc;
 
 use super::Shared;
-use super::registry::{AgentConn, AgentStream};
+use super::registry::AgentStream;
 use crate::h1::{self, Conn};
 
 /// Join the public connection and the agent's, in a task of the relay's (a drain lets open
 /// tunnels run until the drain timeout instead of cutting them).
-pub(super) fn tunnel<S: AgentStream>(
+pub(super) fn tunnel<S: AgentStream, A: AgentStream>(
     shared: &Arc<Shared>,
     public: Conn<S>,
-    agent: Conn<AgentConn>,
+    agent: Conn<A>,
 ) {
     let hard = shared.hard.clone();
     let metrics = shared.metrics.clone();

@@ -7,6 +7,7 @@ Usage: backend.py PORT TOGETHER LARGE [TARGET [TOKEN]]
   /large     LARGE bytes of b"P"
   /reset     a response head and 16 KiB, then RST_STREAM(INTERNAL_ERROR)
   /hold      answered once a line arrives on stdin (tests/relay_h2.rs: the drain)
+  /goaway    answered, then GOAWAY(NO_ERROR) with this stream as the last
   other      "PATH from python"
 Prints {"switched": true} after the 101, and one JSON summary line on stdout when the listener
 ends the connection. An offer that is not switched prints {"refused": STATUS, "body": TEXT}.
@@ -98,6 +99,9 @@ def main():
                     elif path == "/hold":
                         held.append(sid)
                         print(json.dumps({"held": len(held)}), flush=True)
+                    elif path == "/goaway":
+                        respond(sid, b"going away")
+                        conn.close_connection(error_code=0, last_stream_id=sid)
                     elif path == "/large":
                         respond(sid, b"P" * large)
                     elif path != "/reset":
