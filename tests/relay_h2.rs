@@ -131,7 +131,14 @@ async fn relay_and_agent() -> (Child, Child, std::net::SocketAddr, std::net::Soc
     let to = upstream().await;
     let agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
         .args([&format!("http://{addr}/app"), "--to", &to])
-        .args(["--protocol", "ptth", "--proxy", "", "--upstream-connections", "64"])
+        .args([
+            "--protocol",
+            "ptth",
+            "--proxy",
+            "",
+            "--upstream-connections",
+            "64",
+        ])
         .env_remove("PTTH_TOKEN")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -496,7 +503,45 @@ async fn an_agents_goaway_retires_its_connection() {
         }
         relay.shutdown();
         let summary = second.line().await;
-        assert_eq!((summary["requests"].as_u64(), summary["goaway"].as_u64()), (Some(8), Some(0)));
+        assert_eq!(
+            (summary["requests"].as_u64(), summary["goaway"].as_u64()),
+            (Some(8), Some(0))
+        );
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
+/// PING finds a dead agent: a backend that stops answering (the process is stopped, its socket
+/// stays open) loses its connection within the keepalive deadline, and the name has none.
+#[tokio::test]
+async fn ping_finds_an_agent_that_stopped_answering() {
+    if let Err(why) = python_h2() {
+        println!("SKIPPED ping_finds_an_agent_that_stopped_answering: {why}");
+        return;
+    }
+    deadline(async {
+        let mut cfg = Config::default();
+        cfg.listener.limits.h2.keep_alive_interval = Some(std::time::Duration::from_millis(200));
+        cfg.listener.limits.h2.keep_alive_timeout = std::time::Duration::from_millis(500);
+        let mut relay = start_relay(cfg).await;
+        let port = relay.addr.port();
+        let mut backend = Backend::dial(&relay, 1, &well_known(&["py"], port), None);
+        assert_eq!(backend.line().await["switched"], true);
+        wait_h2(&relay, "py", 1).await;
+        let (status, _) = get(relay.addr, "py.localhost", "/x").await;
+        assert_eq!(status, 200);
+        let pid = backend.child.id().unwrap().to_string();
+        let stop = Command::new("kill").args(["-STOP", &pid]).status().await;
+        assert!(stop.unwrap().success());
+        relay
+            .handle
+            .wait_until(|h| h.stats().iter().all(|s| s.h2_connections == 0))
+            .await;
+        assert_eq!(relay.handle.agents(), 0);
+        let _ = Command::new("kill").args(["-CONT", &pid]).status().await;
+        backend.child.kill().await.unwrap();
+        relay.shutdown();
         relay.task.await.unwrap();
     })
     .await;
