@@ -85,6 +85,19 @@ pub(crate) enum Want {
     Upgrade,
 }
 
+/// A public request waiting for a connection of a name.
+struct Waiter {
+    want: Want,
+    tx: oneshot::Sender<Leased>,
+}
+
+impl Waiter {
+    /// The request went away (its deadline passed, or its client).
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// One open stream on a name's HTTP/2 connection (see [`Leased::H2`]).
 pub(crate) struct H2Lease {
     pub(crate) client: H2Client,
@@ -197,7 +210,7 @@ struct SlotState {
     /// Every live connection of this name, with the agent's address.
     conns: HashMap<u64, SocketAddr>,
     idle: VecDeque<Parked>,
-    waiters: VecDeque<oneshot::Sender<Leased>>,
+    waiters: VecDeque<Waiter>,
     /// The HTTP/2 connections serving this name (each also in `conns`).
     h2: Vec<H2Entry>,
     /// The token that holds the name: while any of its connections is alive, and through the
@@ -624,7 +637,7 @@ impl Registry {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
+            st.waiters.push_back(Waiter { want, tx });
             rx
         };
         drop(dead);
@@ -693,16 +706,22 @@ impl Registry {
                 queue_wait: reservation.queue_wait,
                 connect,
             });
-            let waiters: Vec<_> = st.waiters.drain(..).collect();
+            // Every waiter that can use HTTP/2 is served now; the others keep their places.
+            let waiters: Vec<Waiter> = st.waiters.drain(..).collect();
             for w in waiters {
                 if w.is_closed() {
                     continue;
                 }
-                let Some(lease) = self.h2_lease(&mut st, false) else {
-                    break;
+                let lease = match w.want {
+                    Want::H1 => None,
+                    Want::Any | Want::Upgrade => self.h2_lease(&mut st, false),
                 };
-                // A waiter that went away in between drops its lease, which only counts down.
-                let _ = w.send(Leased::H2(lease));
+                match lease {
+                    // A waiter that went away in between drops its lease, which only counts
+                    // down.
+                    Some(lease) => drop(w.tx.send(Leased::H2(lease))),
+                    None => st.waiters.push_back(w),
+                }
             }
         }
         self.bump();
@@ -831,7 +850,7 @@ impl Registry {
         {
             let mut st = slot.lock();
             while let Some(w) = st.waiters.pop_front() {
-                match w.send(Leased::H1(conn)) {
+                match w.tx.send(Leased::H1(conn)) {
                     Ok(()) => {
                         drop(st);
                         self.bump();
