@@ -25,8 +25,9 @@
 //! exchange runs the same engine against one end of a bounded in-memory pipe, and on the other
 //! end a hyper HTTP/1.1 server hands the request to the agent's HTTP/2 sender as a new stream
 //! ([`over_h2`], decisions D83). Both bodies stream through the pipe and the stream's flow
-//! control, so a slow public reader holds back its own stream only. An upgrade needs the byte
-//! stream of an HTTP/1.1 connection: a name with only HTTP/2 ones answers it `502`.
+//! control, so a slow public reader holds back its own stream only. An upgrade takes an
+//! HTTP/1.1 connection of the name, else a stream for RFC 8441 extended CONNECT
+//! ([`websocket`]) when the agent allowed it, else `502` with the reason (D85).
 
 use std::sync::Arc;
 
