@@ -547,6 +547,41 @@ async fn ping_finds_an_agent_that_stopped_answering() {
     .await;
 }
 
+/// `ptth` with only `http/1.1` offered inside: the relay answers `101` with `ALPN: http%2F1.1`
+/// and the connection is a 2009 one (parked, one reversed HTTP/1.1 exchange at a time).
+#[tokio::test]
+async fn ptth_with_http11_inside_is_parked_the_2009_way() {
+    deadline(async {
+        let mut relay = start_relay(Config::default()).await;
+        let addr = relay.addr;
+        let mut agent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let offer = format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: ptth\r\n\
+             ALPN: http%2F1.1\r\n\r\n",
+            well_known(&["old"], addr.port())
+        );
+        agent.write_all(offer.as_bytes()).await.unwrap();
+        let head = support::read_head(&mut agent).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("alpn: http%2f1.1"), "{head}");
+        relay.handle.wait_idle("old", 1).await;
+        assert_eq!(relay.handle.stats()[0].h2_connections, 0);
+        let public = tokio::spawn(async move { get(addr, "old.localhost", "/x").await });
+        let req = support::read_head(&mut agent).await;
+        assert!(req.starts_with("GET /x HTTP/1.1"), "{req}");
+        agent
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let (status, body) = public.await.unwrap();
+        assert_eq!((status, body.unwrap()), (200, Bytes::from("ok")));
+        relay.handle.wait_idle("old", 1).await;
+        relay.shutdown();
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
 /// A backend registering several origins is checked for every one: a token for one of them
 /// only is refused (`403`, naming the other) and nothing is registered; a token for all serves
 /// every name over the one connection. An origin outside the relay's domain is refused too.
