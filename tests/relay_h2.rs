@@ -582,6 +582,44 @@ async fn ptth_with_http11_inside_is_parked_the_2009_way() {
     .await;
 }
 
+/// An agent that answers the relay's HTTP/2 preface with a client preface of its own (the
+/// wrong side): the relay's connection fails and is closed, nothing stays registered, and a
+/// public request for the name is `503` (reconnecting, then offline), not a hang.
+#[tokio::test]
+async fn a_client_preface_from_the_agent_ends_its_connection() {
+    use tokio::io::AsyncReadExt;
+    deadline(async {
+        let cfg = Config {
+            reconnect_window: std::time::Duration::ZERO,
+            ..Config::default()
+        };
+        let mut relay = start_relay(cfg).await;
+        let addr = relay.addr;
+        let mut agent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let offer = format!(
+            "GET {} HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: ptth\r\n\
+             ALPN: h2\r\n\r\n",
+            well_known(&["wrong"], addr.port())
+        );
+        agent.write_all(offer.as_bytes()).await.unwrap();
+        let head = support::read_head(&mut agent).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        agent
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // The relay reads the preface as a broken frame and closes (after a GOAWAY, perhaps).
+        let mut rest = Vec::new();
+        let _ = agent.read_to_end(&mut rest).await;
+        relay.handle.wait_until(|h| h.agents() == 0).await;
+        let (status, _) = get(addr, "wrong.localhost", "/").await;
+        assert_eq!(status, 503);
+        relay.shutdown();
+        relay.task.await.unwrap();
+    })
+    .await;
+}
+
 /// A backend registering several origins is checked for every one: a token for one of them
 /// only is refused (`403`, naming the other) and nothing is registered; a token for all serves
 /// every name over the one connection. An origin outside the relay's domain is refused too.
