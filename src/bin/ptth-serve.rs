@@ -369,7 +369,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 a.ip()
             );
         }
-        println!("agents:  dial {scheme}://{a}/NAME (Upgrade: PTTH/0.9 or PTTH/1.0)");
+        println!(
+            "agents:  dial {scheme}://{a}/NAME (Upgrade: PTTH/0.9, PTTH/1.0, or ptth with ALPN h2)"
+        );
         println!("public:  {scheme}://{a}/NAME/...  or  {scheme}://NAME.{domain}:{port}/...");
     }
     if let Some(bound) = handle.admin_addr() {

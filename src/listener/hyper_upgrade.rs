@@ -84,10 +84,11 @@ impl Rejection {
     }
 }
 
-/// Whether a request carries a PTTH offer at all (an `Upgrade` member naming a PTTH version we
-/// know), so a server can tell "agent" from "ordinary request" before judging it.
+/// Whether a request carries a PTTH offer at all (an `Upgrade` member naming a protocol we know:
+/// `PTTH/0.9`, `PTTH/1.0` or the IETF `ptth`), so a server can tell "agent" from "ordinary
+/// request" before judging it (whether this listener accepts that protocol is [`check`]'s).
 pub fn is_ptth_upgrade<B>(req: &Request<B>) -> bool {
-    crate::proto::tokens::offered_protocol(req.headers(), &Protocol::ALL).is_some()
+    crate::proto::tokens::offered_protocol(req.headers(), &Protocol::KNOWN).is_some()
 }
 
 /// Judge `req` as a PTTH offer, without reading its body: the first thing [`offer`] does. A
@@ -218,6 +219,21 @@ impl Offer<OnUpgrade> {
 mod tests {
     use super::*;
     use http::header::{CONNECTION, UPGRADE};
+
+    #[test]
+    fn every_known_protocol_is_a_ptth_upgrade() {
+        let offer = |upgrade: &str| {
+            Request::get("/q")
+                .header("upgrade", upgrade)
+                .header("connection", "upgrade")
+                .body(())
+                .unwrap()
+        };
+        for p in ["PTTH/0.9", "PTTH/1.0", "ptth", "websocket, ptth"] {
+            assert!(is_ptth_upgrade(&offer(p)), "{p}");
+        }
+        assert!(!is_ptth_upgrade(&offer("websocket")));
+    }
 
     #[tokio::test]
     async fn a_426_names_only_the_accepted_protocols() {

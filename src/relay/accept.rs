@@ -207,5 +207,5 @@ async fn handle<S: AgentStream>(
     if long_poll::is_ours(&req) && !crate::listener::hyper_upgrade::is_ptth_upgrade(&req) {
         return Ok(long_poll::handle(shared, &info, soft, req).await);
     }
-    Ok(claim::claim::<S>(shared, &info, req).await)
+    Ok(claim::claim::<S>(shared, &info, req, soft).await)
 }

@@ -71,6 +71,10 @@ pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(10);
 /// agent the agent's own (shorter) wait, or its upstream, decides when the `100` comes; this
 /// one only covers dialers that never answer the expectation.
 pub const RELAY_CONTINUE_WAIT: Duration = Duration::from_secs(2);
+/// The in-memory pipe between a public exchange and its HTTP/2 stream to the agent: 64 KiB
+/// each way, about one HTTP/2 default window, so a slow public reader holds at most this much
+/// beside its stream's window (decisions D83).
+pub const H2_BRIDGE_BUF: usize = 64 * 1024;
 /// `Retry-After` seconds sent with 503/429.
 pub const RETRY_AFTER_SECS: u64 = 1;
 /// The read buffer of a checked-out agent connection: 64 KiB, which is also the largest
@@ -238,6 +242,8 @@ impl Default for Config {
             head_timeout: DEFAULT_HEAD_TIMEOUT,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
             listener: ListenerConfig {
+                // `ptth` (draft-kazuho-ptth-ptth) beside the 2009 tokens (decisions D82).
+                rules: crate::proto::request::OfferRules::with_transposed(),
                 limits: Limits::default(),
                 read_buf: Some(AGENT_READ_BUF),
                 ..ListenerConfig::default()

@@ -82,6 +82,35 @@ impl Route for AgentRoute<'_> {
     }
 }
 
+/// An [`AgentRoute`] whose next hop is the pipe to an HTTP/2 stream ([`super::forward`]): the
+/// same request rewriting; no second connection to try (the pipe is never found closed before
+/// the request, and a failed stream is not retried: it may have reached the agent).
+pub(super) struct OverH2<'r, 'a>(pub(super) &'r AgentRoute<'a>);
+
+impl Route for OverH2<'_, '_> {
+    type Io = tokio::io::DuplexStream;
+
+    fn target(&self, target: &str, out: &mut BytesMut) -> Result<(), String> {
+        self.0.target(target, out)
+    }
+
+    fn drops(&self, name: &str) -> bool {
+        self.0.drops(name)
+    }
+
+    fn add_fields(&self, req: &head::Request<'_, '_>, out: &mut BytesMut) {
+        self.0.add_fields(req, out)
+    }
+
+    async fn connect(&self) -> Result<tokio::io::DuplexStream, BoxError> {
+        Err("the pipe to the agent's HTTP/2 stream closed".into())
+    }
+
+    fn failed(&self, why: &dyn std::fmt::Display) -> String {
+        self.0.failed(why)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

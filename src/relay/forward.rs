@@ -24,6 +24,14 @@
 //! ([`super::fleet::PeerRoute`]), unless it came from another relay already (decisions D94).
 //!
 //! Every answered public request is counted at one place, [`finish`].
+//!
+//! A name served over HTTP/2 (`ptth` with `ALPN: h2`) is *leased*, not checked out: the
+//! exchange runs the same engine against one end of a bounded in-memory pipe, and on the other
+//! end a hyper HTTP/1.1 server hands the request to the agent's HTTP/2 sender as a new stream
+//! ([`over_h2`], decisions D83). Both bodies stream through the pipe and the stream's flow
+//! control, so a slow public reader holds back its own stream only. An upgrade takes an
+//! HTTP/1.1 connection of the name, else a stream for RFC 8441 extended CONNECT
+//! ([`websocket`]) when the agent allowed it, else `502` with the reason (D85).
 
 use std::sync::Arc;
 
@@ -34,23 +42,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::exchange::AgentRoute;
+use super::exchange::{AgentRoute, OverH2};
 use super::fleet::{self, Fleet, PeerRoute};
 use super::metrics::Finished;
-use super::registry::{AgentConn, AgentStream, CheckoutError};
+use super::registry::{AgentConn, AgentStream, CheckoutError, H2Lease, Leased, Want};
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
-use super::{ConnInfo, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
+use super::{ConnInfo, H2_BRIDGE_BUF, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
+use super::{respond, websocket};
 use crate::error::HeadError;
 use crate::h1::{self, After, Conn, Record, Settings};
 use crate::io::Rewind;
-use crate::listener::hyper_upgrade;
 use crate::proto::body::Framing;
 use crate::proto::forwarded::Hop;
 use crate::proto::head::{self, Slots};
 use crate::proto::hop::connection_names;
 use crate::proto::long_poll;
-use crate::proto::request;
+use crate::proto::{Protocol, request};
 
 /// Serve public requests on `io` until the client closes, the connection idles past the head
 /// timeout, or the drain ends it. A PTTH offer is not public: the connection is handed back,
@@ -104,6 +112,11 @@ pub(crate) async fn serve<S: AgentStream>(
                 tunnel(shared, inb, *peer);
                 return None;
             }
+            Public::SwitchedOverH2(pipe) => {
+                finish(shared, &count, info);
+                tunnel(shared, inb, *pipe);
+                return None;
+            }
             Public::BadHead(after) => {
                 // Not a request at all: nothing to count (as hyper's own 400/431 were not).
                 if after == After::KeepAlive {
@@ -132,6 +145,9 @@ enum Public {
     Switched(Box<Conn<AgentConn>>),
     /// The same through the relay of the fleet that holds the name.
     SwitchedPeer(Box<Conn<TcpStream>>),
+    /// The same over an HTTP/2 agent: the pipe to the bridge, which holds the extended
+    /// CONNECT stream (RFC 8441).
+    SwitchedOverH2(Box<Conn<tokio::io::DuplexStream>>),
     /// The head was refused before it was a request (431, 400).
     BadHead(After),
 }
@@ -284,10 +300,18 @@ async fn public<S: AgentStream>(
         .await;
     }
     let queue_deadline = Instant::now() + cfg.queue_timeout;
-    let conn = shared.registry.checkout(&routed.name, queue_deadline).await;
-    count.known = !matches!(conn, Err(CheckoutError::Unknown(_)));
+    let want = if routed.upgrade {
+        Want::Upgrade
+    } else {
+        Want::Any
+    };
+    let leased = shared
+        .registry
+        .lease(&routed.name, queue_deadline, want)
+        .await;
+    count.known = !matches!(leased, Err(CheckoutError::Unknown(_)));
     count.name = Some(routed.name.clone());
-    let conn = match conn {
+    let leased = match leased {
         Ok(c) => c,
         Err(e) => {
             let r = Refusal {
@@ -314,14 +338,12 @@ async fn public<S: AgentStream>(
         },
         absolute: routed.absolute,
         http10: routed.http10,
-        queue_wait: conn
-            .reservation
-            .queue_wait
-            .then(|| count.record.started().elapsed()),
+        queue_wait: match &leased {
+            Leased::H1(conn) => conn.reservation.queue_wait,
+            Leased::H2(lease) => lease.queue_wait,
+        }
+        .then(|| count.record.started().elapsed()),
     };
-    let rbuf = std::mem::take(&mut spare.0);
-    let wbuf = std::mem::take(&mut spare.1);
-    let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
     let closing = || soft.is_cancelled();
     let settings = Settings {
         continue_wait: RELAY_CONTINUE_WAIT,
@@ -330,6 +352,24 @@ async fn public<S: AgentStream>(
         length_beside_chunked: true,
         ..Settings::new(&shared.public_limits, &shared.agent_limits, &closing)
     };
+    let conn = match leased {
+        Leased::H1(conn) => conn,
+        Leased::H2(lease) => {
+            return over_h2(
+                inb,
+                lease,
+                &route,
+                &settings,
+                spare,
+                shared,
+                &mut count.record,
+            )
+            .await;
+        }
+    };
+    let rbuf = std::mem::take(&mut spare.0);
+    let wbuf = std::mem::take(&mut spare.1);
+    let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
     let after = tokio::select! {
         a = h1::exchange(inb, &mut out, &route, &settings, &mut count.record) => a,
         () = shared.hard.cancelled() => After::Close,
@@ -415,6 +455,82 @@ async fn to_peer<S: AgentStream>(
     Public::After(after)
 }
 
+/// One exchange over a stream of the agent's HTTP/2 connection: the engine writes the request
+/// into a pipe of [`H2_BRIDGE_BUF`] bytes each way and reads the response from it, as from an
+/// HTTP/1.1 agent; a hyper HTTP/1.1 server on the pipe's other end sends it as an HTTP/2
+/// request and writes the response back. The bridge ends with the exchange: a response still
+/// streaming (the public client went away) resets its stream, and nothing else.
+async fn over_h2<S: AgentStream>(
+    inb: &mut Conn<S>,
+    lease: H2Lease,
+    route: &AgentRoute<'_>,
+    settings: &Settings<'_>,
+    spare: &mut (BytesMut, BytesMut),
+    shared: &Arc<Shared>,
+    record: &mut Record,
+) -> Public {
+    let (near, far) = tokio::io::duplex(H2_BRIDGE_BUF);
+    let bridge = tokio::spawn(bridge_h2(far, lease));
+    let rbuf = std::mem::take(&mut spare.0);
+    let wbuf = std::mem::take(&mut spare.1);
+    let mut out = Some(Conn::with_buffers(near, rbuf, wbuf, &shared.agent_limits));
+    let route = OverH2(route);
+    let after = tokio::select! {
+        a = h1::exchange(inb, &mut out, &route, settings, record) => a,
+        () = shared.hard.cancelled() => After::Close,
+    };
+    if after == After::Switched {
+        // The bridge answered an extended CONNECT's `200` with the `101`: it runs on, splicing
+        // the stream onto the pipe.
+        return match out.take() {
+            Some(pipe) => Public::SwitchedOverH2(Box::new(pipe)),
+            None => Public::After(After::Close),
+        };
+    }
+    bridge.abort();
+    if let Some(agent) = out.take() {
+        let (_, mut rbuf, mut wbuf) = agent.into_parts();
+        rbuf.clear();
+        wbuf.clear();
+        *spare = (rbuf, wbuf);
+    }
+    Public::After(after)
+}
+
+/// The far end of [`over_h2`]'s pipe: one request read as HTTP/1.1, sent on a new stream of
+/// the lease's connection. A stream that fails before its response head is the relay's `502`
+/// with the reason; one that fails later cuts the response short, which the engine passes on.
+async fn bridge_h2(io: tokio::io::DuplexStream, lease: H2Lease) {
+    let lease = Arc::new(lease);
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let lease = lease.clone();
+        async move {
+            if websocket::is_upgrade(&req) {
+                return Ok(websocket::over_h2(req, lease).await);
+            }
+            let res = match lease.client.clone().send(req).await {
+                Ok(res) => res.map(http_body_util::BodyExt::boxed_unsync),
+                Err(e) => {
+                    debug!(error = %e, "the HTTP/2 stream to the agent failed");
+                    respond::refusal(StatusCode::BAD_GATEWAY, &e)
+                }
+            };
+            drop(lease);
+            Ok::<_, std::convert::Infallible>(res)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The agent's fields as they are: no `Date` of the bridge's own.
+    builder.auto_date_header(false);
+    if let Err(e) = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        debug!(error = %e, "the HTTP/2 bridge ended");
+    }
+}
+
 /// What the relay makes of a request head.
 enum Judged {
     /// More bytes are needed.
@@ -439,7 +555,9 @@ fn judge(buf: &[u8], shared: &Shared) -> Judged {
     let has_upgrade = fields.get_all("upgrade").next().is_some();
     if has_upgrade
         && let Ok(parts) = req.to_parts()
-        && hyper_upgrade::is_ptth_upgrade(&http::Request::from_parts(parts, ()))
+        // Every protocol this crate knows, `ptth` too: the claim refuses one the relay's rules
+        // do not accept.
+        && crate::proto::tokens::offered_protocol(&parts.headers, &Protocol::KNOWN).is_some()
     {
         return Judged::Claim;
     }

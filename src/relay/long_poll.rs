@@ -205,8 +205,10 @@ async fn poll(
     soft: CancellationToken,
     req: Request<Incoming>,
 ) -> Response<RelayBody> {
-    let (name, mut reservation) = match claim::admit_counted(&shared, info, &req).await {
-        Ok(x) => x,
+    let (name, mut reservation) = match claim::admit_counted(&shared, info, &req, &[], false).await
+    {
+        // Without origins, one name.
+        Ok((name, reservation, _)) => (name, reservation),
         Err(e) => return e.into_response(),
     };
     reservation.one_shot = true;

@@ -381,6 +381,24 @@ impl Collector for Pool {
                 ([("state", label)], n)
             }),
         )?;
+        // `ptth` connections that run HTTP/2 carry many streams each (decisions D86). A
+        // connection that registered several origins counts once per name.
+        let h2: usize = self.names.iter().map(|s| s.h2_connections).sum();
+        gauge(
+            &mut encoder,
+            "ptth_agent_connections_by_protocol",
+            "Live agent connections by the protocol inside them.",
+            [
+                ([("protocol", "http/1.1")], self.agents.saturating_sub(h2)),
+                ([("protocol", "h2")], h2),
+            ],
+        )?;
+        gauge(
+            &mut encoder,
+            "ptth_h2_streams_open",
+            "Streams open per name on its HTTP/2 agent connections.",
+            per_name(|s| s.h2_streams),
+        )?;
         gauge(
             &mut encoder,
             "ptth_http_connections",

@@ -36,12 +36,14 @@ mod config;
 mod exchange;
 mod fleet;
 mod forward;
+mod h2_settings;
 mod long_poll;
 mod metrics;
 mod registry;
 mod respond;
 pub(crate) mod route;
 mod tunnel;
+mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -17,6 +17,13 @@
 //! is forgotten. One sweeper task per relay (`Registry::sweep`) makes these changes on time,
 //! from a queue ordered by deadline: nothing waits for a request to arrive, and no task or
 //! timer exists per name.
+//!
+//! A `ptth` connection that chose HTTP/2 (draft-kazuho-ptth-ptth) is not checked out: it is
+//! *leased* (`Registry::lease`, decisions D81). Its sender stays in the slot, and every lease
+//! clones it and counts one open stream, so one connection carries many exchanges at once; a
+//! lease takes the name's HTTP/2 connection with the fewest open streams, and the agent's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` is enforced by the HTTP/2 client itself (a stream past it
+//! waits in the client for one to close).
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,6 +36,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::StatusCode;
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -37,7 +45,76 @@ use tokio_util::sync::CancellationToken;
 
 use super::Config;
 use super::auth::Secret;
+use super::h2_settings::ConnectProtocol;
 use super::metrics::Metrics;
+use crate::listener::ReversedH2Client;
+
+/// The HTTP/2 client of a transposed connection: requests go to the agent with their bodies
+/// as the relay's bridge read them ([`super::forward`]).
+pub(crate) type H2Client = ReversedH2Client<Incoming>;
+
+/// A name's HTTP/2 connection in its slot: the sender, and its open streams.
+struct H2Entry {
+    /// The reservation's id (one connection has one entry per name it serves).
+    id: u64,
+    client: H2Client,
+    open: Arc<AtomicUsize>,
+    queue_wait: bool,
+    /// The agent allowed RFC 8441 extended CONNECT.
+    connect: ConnectProtocol,
+}
+
+/// What a public request gets from [`Registry::lease`]: a checked-out HTTP/1.1 connection, or a
+/// stream's share of an HTTP/2 one.
+pub(crate) enum Leased {
+    /// The connection, taken exclusively until it is parked again.
+    H1(AgentConn),
+    /// A clone of the HTTP/2 sender; dropping the lease closes its count of open streams.
+    H2(H2Lease),
+}
+
+/// Which connections a request can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// HTTP/2 first, else HTTP/1.1.
+    Any,
+    /// HTTP/1.1 only.
+    H1,
+    /// An upgrade (WebSocket): an HTTP/1.1 connection (the byte stream as it is), else, when
+    /// the name has only HTTP/2 ones, a stream for RFC 8441 extended CONNECT (decisions D85).
+    Upgrade,
+}
+
+/// A public request waiting for a connection of a name.
+struct Waiter {
+    want: Want,
+    tx: oneshot::Sender<Leased>,
+}
+
+impl Waiter {
+    /// The request went away (its deadline passed, or its client).
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// One open stream on a name's HTTP/2 connection (see [`Leased::H2`]).
+pub(crate) struct H2Lease {
+    pub(crate) client: H2Client,
+    /// The agent asked for `PTTH-Queue-Wait` (decision D66).
+    pub(crate) queue_wait: bool,
+    /// The agent allowed RFC 8441 extended CONNECT on this connection.
+    pub(crate) connect: ConnectProtocol,
+    open: Arc<AtomicUsize>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for H2Lease {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.registry.bump();
+    }
+}
 
 /// A byte stream to an agent (plain TCP or TLS).
 pub(crate) use crate::io::ByteStream as AgentStream;
@@ -133,7 +210,9 @@ struct SlotState {
     /// Every live connection of this name, with the agent's address.
     conns: HashMap<u64, SocketAddr>,
     idle: VecDeque<Parked>,
-    waiters: VecDeque<oneshot::Sender<AgentConn>>,
+    waiters: VecDeque<Waiter>,
+    /// The HTTP/2 connections serving this name (each also in `conns`).
+    h2: Vec<H2Entry>,
     /// The token that holds the name: while any of its connections is alive, and through the
     /// grace after the last one left.
     owner: Option<Secret>,
@@ -240,6 +319,14 @@ pub(crate) enum CheckoutError {
     /// The name has connections, but none became idle before the deadline.
     #[error("no connection of {0:?} became free in time")]
     Timeout(String),
+    /// An upgrade needs an HTTP/1.1 connection, or an HTTP/2 one whose agent allowed RFC 8441
+    /// extended CONNECT, and the agent has neither (decisions D85).
+    #[error(
+        "the agent for {0:?} has no HTTP/1.1 connection, and its HTTP/2 connections do not \
+         allow extended CONNECT (RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL): an upgrade \
+         (WebSocket) cannot reach it"
+    )]
+    NeedsH1(String),
 }
 
 impl CheckoutError {
@@ -250,6 +337,7 @@ impl CheckoutError {
             CheckoutError::Offline(_) | CheckoutError::QueueFull(_) | CheckoutError::Timeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            CheckoutError::NeedsH1(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -284,6 +372,10 @@ pub struct NameStats {
     pub peers: Vec<String>,
     /// Connected, reconnecting or offline.
     pub state: NameState,
+    /// Connections running HTTP/2 (`ptth` with `ALPN: h2`); the others are HTTP/1.1.
+    pub h2_connections: usize,
+    /// Streams open on them.
+    pub h2_streams: usize,
 }
 
 /// An entry in the sweeper's queue: look at `slot` again at `at`.
@@ -463,12 +555,27 @@ impl Registry {
         }
     }
 
-    /// Take an idle, live connection for `name`, waiting for one until `deadline`.
+    /// Take an idle, live HTTP/1.1 connection for `name`, waiting for one until `deadline`.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         name: &str,
         deadline: Instant,
     ) -> Result<AgentConn, CheckoutError> {
+        match self.lease(name, deadline, Want::H1).await? {
+            Leased::H1(conn) => Ok(conn),
+            Leased::H2(_) => Err(CheckoutError::NeedsH1(name.to_string())),
+        }
+    }
+
+    /// A connection for one request to `name`: a stream on its least busy HTTP/2 connection
+    /// (unless `want` is [`Want::H1`]), else an idle HTTP/1.1 connection, waiting for either
+    /// until `deadline`.
+    pub(crate) async fn lease(
+        self: &Arc<Self>,
+        name: &str,
+        deadline: Instant,
+        want: Want,
+    ) -> Result<Leased, CheckoutError> {
         let slot = self
             .names()
             .get(name)
@@ -479,6 +586,13 @@ impl Registry {
         let mut dead = Vec::new();
         let mut rx = {
             let mut st = slot.lock();
+            if want == Want::Any
+                && let Some(lease) = self.h2_lease(&mut st, false)
+            {
+                drop(st);
+                self.bump();
+                return Ok(Leased::H2(lease));
+            }
             while let Some(p) = st.idle.pop_front() {
                 let Some(mut conn) = p.take() else { continue };
                 if !conn.is_alive() {
@@ -488,7 +602,20 @@ impl Registry {
                 drop(st);
                 drop(dead);
                 self.bump();
-                return Ok(conn);
+                return Ok(Leased::H1(conn));
+            }
+            if want == Want::Upgrade
+                && let Some(lease) = self.h2_lease(&mut st, true)
+            {
+                drop(st);
+                drop(dead);
+                self.bump();
+                return Ok(Leased::H2(lease));
+            }
+            if want != Want::Any && !st.h2.is_empty() && st.conns.len() == st.h2.len() {
+                drop(st);
+                drop(dead);
+                return Err(CheckoutError::NeedsH1(name.to_string()));
             }
             // Connected or reconnecting: wait. The sweeper lets go of the waiters when the
             // reconnect window ends without a connection; forgetting a name is its job too.
@@ -511,7 +638,7 @@ impl Registry {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(tx);
+            st.waiters.push_back(Waiter { want, tx });
             rx
         };
         drop(dead);
@@ -527,6 +654,9 @@ impl Registry {
             }
         };
         let got = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(Leased::H2(_))) if want == Want::H1 => {
+                Err(CheckoutError::NeedsH1(name.to_string()))
+            }
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(_)) => Err(unserved()),
             Err(_) => {
@@ -537,6 +667,77 @@ impl Registry {
         };
         self.bump();
         got
+    }
+
+    /// A stream on the slot's HTTP/2 connection with the fewest open streams, if it has a live
+    /// one (that allowed extended CONNECT, with `connect`).
+    fn h2_lease(self: &Arc<Self>, st: &mut SlotState, connect: bool) -> Option<H2Lease> {
+        let entry = st
+            .h2
+            .iter()
+            .filter(|e| !e.client.is_closed() && (!connect || e.connect.enabled()))
+            .min_by_key(|e| e.open.load(Ordering::Acquire))?;
+        entry.open.fetch_add(1, Ordering::AcqRel);
+        Some(H2Lease {
+            client: entry.client.clone(),
+            queue_wait: entry.queue_wait,
+            connect: entry.connect.clone(),
+            open: entry.open.clone(),
+            registry: self.clone(),
+        })
+    }
+
+    /// Add an HTTP/2 connection to its reservation's name: it serves the requests waiting there
+    /// at once, and later ones beside the name's other connections. It stays until
+    /// [`Registry::retire_h2`] or until its reservation is dropped.
+    /// `connect` is what the agent's first SETTINGS says about extended CONNECT.
+    pub(crate) fn add_h2(
+        self: &Arc<Self>,
+        reservation: &Reservation,
+        client: H2Client,
+        connect: ConnectProtocol,
+    ) {
+        let slot = &reservation.slot;
+        {
+            let mut st = slot.lock();
+            st.h2.push(H2Entry {
+                id: reservation.id,
+                client,
+                open: Arc::new(AtomicUsize::new(0)),
+                queue_wait: reservation.queue_wait,
+                connect,
+            });
+            // Every waiter that can use HTTP/2 is served now; the others keep their places.
+            let waiters: Vec<Waiter> = st.waiters.drain(..).collect();
+            for w in waiters {
+                if w.is_closed() {
+                    continue;
+                }
+                let lease = match w.want {
+                    Want::H1 => None,
+                    Want::Any | Want::Upgrade => self.h2_lease(&mut st, false),
+                };
+                match lease {
+                    // A waiter that went away in between drops its lease, which only counts
+                    // down.
+                    Some(lease) => drop(w.tx.send(Leased::H2(lease))),
+                    None => st.waiters.push_back(w),
+                }
+            }
+        }
+        self.bump();
+    }
+
+    /// Take a connection's HTTP/2 sender out of its name: no new stream goes to it. Its open
+    /// streams finish; once the last sender clone is dropped the client sends GOAWAY (the
+    /// relay's drain).
+    pub(crate) fn retire_h2(&self, reservation: &Reservation) {
+        reservation
+            .slot
+            .lock()
+            .h2
+            .retain(|e| e.id != reservation.id);
+        self.bump();
     }
 
     /// Queue a look at `slot` at `at`, unless one at or before `at` is queued already.
@@ -650,13 +851,14 @@ impl Registry {
         {
             let mut st = slot.lock();
             while let Some(w) = st.waiters.pop_front() {
-                match w.send(conn) {
+                match w.tx.send(Leased::H1(conn)) {
                     Ok(()) => {
                         drop(st);
                         self.bump();
                         return;
                     }
-                    Err(c) => conn = c,
+                    Err(Leased::H1(c)) => conn = c,
+                    Err(Leased::H2(_)) => unreachable!("an HTTP/1.1 connection was sent"),
                 }
             }
             let cell: Cell = Arc::new(Mutex::new(Some(conn)));
@@ -677,6 +879,7 @@ impl Registry {
             let parked: Vec<Parked> = {
                 let mut st = slot.lock();
                 st.waiters.clear();
+                st.h2.clear();
                 st.idle.drain(..).collect()
             };
             // Outside the lock: dropping a connection releases its reservation, which locks.
@@ -714,7 +917,9 @@ impl Registry {
                     name: slot.name.clone(),
                     connections: st.conns.len(),
                     idle: st.idle.len(),
-                    busy: st.conns.len().saturating_sub(st.idle.len()),
+                    busy: st.conns.len().saturating_sub(st.idle.len() + st.h2.len()),
+                    h2_connections: st.h2.len(),
+                    h2_streams: st.h2.iter().map(|e| e.open.load(Ordering::Acquire)).sum(),
                     waiting: st.waiters.iter().filter(|w| !w.is_closed()).count(),
                     peers,
                     state,
@@ -804,6 +1009,7 @@ impl Drop for Reservation {
             let mut st = self.slot.lock();
             st.conns.remove(&self.id);
             st.idle.retain(|p| p.id != self.id);
+            st.h2.retain(|e| e.id != self.id);
             if st.conns.is_empty() {
                 tracing::info!(
                     name = %self.slot.name,

@@ -3,6 +3,8 @@
 //! closes (or the drain ends), and the agent's connection is never parked again (its
 //! reservation goes when the tunnel ends). An agent that declines the upgrade answers an
 //! ordinary response, which the exchange passes on; `forward` does not reuse that connection.
+//! Over HTTP/2 the agent's side is the pipe to the bridge, which splices an extended CONNECT
+//! stream (RFC 8441) onto it.
 
 use std::sync::Arc;
 

@@ -1,15 +1,20 @@
 """A third-party ptth BACKEND: dials the listener with the ptth offer, then serves HTTP/2.
 
-Usage: backend.py PORT TOGETHER LARGE
+Usage: backend.py PORT TOGETHER LARGE [TARGET [TOKEN]]
+  TARGET     the offer's target (default: one origin, http://py.example); TOKEN: a Bearer token
   /together  answered only once TOGETHER of them are open at once (proves multiplexing)
   /echo      the request body back
   /large     LARGE bytes of b"P"
   /reset     a response head and 16 KiB, then RST_STREAM(INTERNAL_ERROR)
+  /hold      answered once a line arrives on stdin (tests/relay_h2.rs: the drain)
+  /goaway    answered, then GOAWAY(NO_ERROR) with this stream as the last
   other      "PATH from python"
-Prints one JSON summary line on stdout when the listener ends the connection.
+Prints {"switched": true} after the 101, and one JSON summary line on stdout when the listener
+ends the connection. An offer that is not switched prints {"refused": STATUS, "body": TEXT}.
 """
 
 import json
+import select
 import sys
 
 import h2.config
@@ -23,16 +28,25 @@ import common
 def main():
     port, together, large = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     sock = common.connect(port)
-    target = "/.well-known/ptth/http%3A%2F%2Fpy.example/"
+    target = sys.argv[4] if len(sys.argv) > 4 else "/.well-known/ptth/http%3A%2F%2Fpy.example/"
+    auth = "Authorization: Bearer %s\r\n" % sys.argv[5] if len(sys.argv) > 5 else ""
     sock.sendall(
         (
             "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: upgrade\r\n"
-            "Upgrade: ptth\r\nALPN: h2, http%%2F1.1\r\n\r\n" % (target, port)
+            "Upgrade: ptth\r\nALPN: h2, http%%2F1.1\r\n%s\r\n" % (target, port, auth)
         ).encode()
     )
     status, fields, rest = common.read_head(sock)
     if not status.startswith("HTTP/1.1 101"):
-        common.fail("not switched: %s" % status)
+        length = int(fields.get("content-length", ["0"])[0])
+        while len(rest) < length:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        code = int(status.split(" ")[1])
+        print(json.dumps({"refused": code, "body": rest.decode("utf-8", "replace")}), flush=True)
+        return
     if common.members(fields, "upgrade") != ["ptth"]:
         common.fail("101 Upgrade: %r" % fields.get("upgrade"))
     chosen = [common.alpn_decode(m) for m in common.members(fields, "alpn")]
@@ -44,8 +58,9 @@ def main():
     )
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
+    print(json.dumps({"switched": True}), flush=True)
 
-    paths, bodies, waiting, pending = {}, {}, [], {}
+    paths, bodies, waiting, pending, held = {}, {}, [], {}, []
     summary = {"requests": 0, "goaway": None, "preface_in_101_segment": bool(rest)}
 
     def respond(sid, body):
@@ -54,6 +69,7 @@ def main():
         common.flush(conn, pending)
 
     data = rest
+    stdin_open = True
     while True:
         if data:
             for event in conn.receive_data(data):
@@ -80,6 +96,12 @@ def main():
                             waiting.clear()
                     elif path == "/echo":
                         respond(sid, bodies[sid])
+                    elif path == "/hold":
+                        held.append(sid)
+                        print(json.dumps({"held": len(held)}), flush=True)
+                    elif path == "/goaway":
+                        respond(sid, b"going away")
+                        conn.close_connection(error_code=0, last_stream_id=sid)
                     elif path == "/large":
                         respond(sid, b"P" * large)
                     elif path != "/reset":
@@ -93,9 +115,24 @@ def main():
         out = conn.data_to_send()
         if out:
             sock.sendall(out)
-        data = sock.recv(65536)
-        if not data:
-            break
+        data = b""
+        watched = [sock, sys.stdin] if stdin_open else [sock]
+        readable, _, _ = select.select(watched, [], [], common.TIMEOUT)
+        if not readable:
+            common.fail("nothing to read for %d s" % common.TIMEOUT)
+        if sys.stdin in readable:
+            # At the end of stdin (none was given) only the socket is watched.
+            stdin_open = bool(sys.stdin.readline())
+            for sid in held:
+                respond(sid, b"held, then answered")
+            held.clear()
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+        if sock in readable:
+            data = sock.recv(65536)
+            if not data:
+                break
     print(json.dumps(summary), flush=True)
 
 
