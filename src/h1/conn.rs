@@ -87,7 +87,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         if n == spare && !self.grown {
             // The read filled the buffer: more was waiting than the first size holds.
             self.grown = true;
-            self.rbuf.reserve(self.capacity - self.rbuf.len());
+            // `reserve` may have reclaimed a larger allocation than asked for (a lent buffer
+            // that was grown before), so the buffer can already hold more than `capacity`.
+            self.rbuf
+                .reserve(self.capacity.saturating_sub(self.rbuf.len()));
         }
         Poll::Ready(Ok(n))
     }
@@ -213,6 +216,27 @@ mod tests {
         }
         assert!(c.rbuf.capacity() >= Limits::default().buffer_bytes / 2);
         assert_eq!(c.rbuf.len(), got, "nothing read was lost in the growth");
+    }
+
+    #[tokio::test]
+    async fn a_lent_buffer_larger_than_the_cap_is_filled_without_overflow() {
+        // A buffer grown before, emptied, then lent again: its capacity looks small after the
+        // advance, but the allocation behind it is larger than the full size (found by the
+        // soak run: the growth's subtraction overflowed and the connection's task panicked).
+        let limits = Limits::default();
+        let mut big = BytesMut::with_capacity(4 * limits.buffer_bytes);
+        big.extend_from_slice(&vec![b'y'; 4 * limits.buffer_bytes - 16]);
+        big.advance(big.len());
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut c = Conn::with_buffers(a, big, BytesMut::new(), &limits);
+        b.write_all(&vec![b'x'; 3 * limits.buffer_bytes])
+            .await
+            .unwrap();
+        let mut got = 0;
+        while got < 3 * limits.buffer_bytes {
+            got += c.fill().await.unwrap();
+        }
+        assert_eq!(c.rbuf.len(), got);
     }
 
     #[tokio::test]
