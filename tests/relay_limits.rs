@@ -173,6 +173,41 @@ async fn slow_loris_is_closed_within_head_timeout() {
     .await
 }
 
+/// The head timeout also bounds the idle time between keep-alive requests, counted afresh after
+/// each answer: requests spaced at 60% of it keep the connection, then silence closes it.
+#[tokio::test]
+async fn keep_alive_idle_is_closed_within_head_timeout_counted_from_the_last_answer() {
+    deadline(async {
+        let timeout = Duration::from_millis(500);
+        let mut cfg = anonymous();
+        cfg.head_timeout = timeout;
+        let relay = start_relay(cfg).await;
+        let _agent = start_agent(&relay, "app", 1, None, echo_handler("app")).await;
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for i in 0..3 {
+            if i > 0 {
+                tokio::time::sleep(timeout * 6 / 10).await;
+            }
+            s.write_all(b"GET /app/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        }
+        let t0 = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        let took = t0.elapsed();
+        assert!(
+            took >= timeout * 8 / 10 && took <= Duration::from_secs(3),
+            "closed after {took:?}"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn reconnect_storm_is_refused_quickly_without_leaks() {
     const ATTEMPTS: usize = 200;

@@ -74,9 +74,16 @@ pub(crate) async fn serve<S: AgentStream>(
     // The buffers of the agent connection in use, kept here between exchanges so that a
     // parked connection holds none.
     let mut spare = (BytesMut::new(), BytesMut::new());
+    // One timer for the connection's life, moved later before each request. A timer made per
+    // request lands earlier than the driver's next wakeup (the exchange's response timer), and
+    // tokio then wakes its driver: an eventfd write and an extra epoll round per request (seen
+    // with strace at c1). Moving a registered timer later costs no wheel work at all.
+    let idle = tokio::time::sleep(shared.config.head_timeout);
+    tokio::pin!(idle);
     loop {
         // Idle (or between requests), then the head: both within the head timeout.
-        let deadline = Instant::now() + shared.config.head_timeout;
+        idle.as_mut()
+            .reset(Instant::now() + shared.config.head_timeout);
         let judged = loop {
             if !inb.rbuf.is_empty() {
                 match judge(&inb.rbuf, shared) {
@@ -87,10 +94,11 @@ pub(crate) async fn serve<S: AgentStream>(
             tokio::select! {
                 biased;
                 () = soft.cancelled(), if inb.rbuf.is_empty() => return None,
-                r = tokio::time::timeout_at(deadline, inb.fill()) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
+                r = inb.fill() => match r {
+                    Ok(n) if n > 0 => {}
                     _ => return None,
                 },
+                () = &mut idle => return None,
             }
         };
         let mut count = Count::new(&inb.rbuf, shared.metrics.logs_requests());
