@@ -21,7 +21,6 @@ use ptth::agent::{Agent, Proxy};
 use ptth::relay::Config;
 use support::*;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// An upstream that answers `/status/NNN` with that status, and `/hold` only when `release`
 /// gets a message.
@@ -115,10 +114,7 @@ async fn the_proxy_agent_counts_connections_by_state_responses_by_code_and_laten
         let agent = builder(relay.addr, "app").connections(2).build().unwrap();
         let admin = admin(&agent).await;
         let proxy = Proxy::new(&format!("http://{up}")).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-            let _ = rx.await;
-        }));
+        let running = run_proxy(agent, proxy);
         relay.handle.wait_idle("app", 2).await;
 
         let text = scrape_until(admin, |t| {
@@ -197,8 +193,7 @@ async fn the_proxy_agent_counts_connections_by_state_responses_by_code_and_laten
         // Other paths name the one page there is.
         let (status, _, text) = get(admin, "/agents", None).await;
         assert_eq!((status, text.as_str()), (404, "try /metrics\n"));
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -215,18 +210,14 @@ async fn an_unreachable_upstream_is_counted_as_502() {
         let agent = builder(relay.addr, "app").connections(1).build().unwrap();
         let admin = admin(&agent).await;
         let proxy = Proxy::new(&format!("http://{gone_addr}")).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-            let _ = rx.await;
-        }));
+        let running = run_proxy(agent, proxy);
         relay.handle.wait_idle("app", 1).await;
         assert_eq!(public(relay.addr, "/app/x").await, 502);
         scrape_until(admin, |t| {
             value(t, r#"ptth_agent_requests_total{code="502"}"#) == Some(1.0)
         })
         .await;
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -245,10 +236,7 @@ async fn a_user_service_is_counted_by_code() {
             }
             Ok::<_, Infallible>(res)
         });
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve(service, async move {
-            let _ = rx.await;
-        }));
+        let running = run_agent(agent, service);
         relay.handle.wait_idle("app", 1).await;
         assert_eq!(public(relay.addr, "/app/teapot").await, 418);
         assert_eq!(public(relay.addr, "/app/x").await, 200);
@@ -261,8 +249,7 @@ async fn a_user_service_is_counted_by_code() {
             Some(1.0),
             "{text}"
         );
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -272,27 +259,18 @@ async fn a_user_service_is_counted_by_code() {
 #[tokio::test]
 async fn an_outage_counts_one_failure_and_one_reconnect() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = builder(relay.local_addr().unwrap(), "demo")
-            .connections(1)
-            .build()
-            .unwrap();
+        let (relay, agent) = stand_in("demo").await;
         let admin = admin(&agent).await;
-        let (stop, rx) = oneshot::channel::<()>();
         let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(full("hi")))
         });
-        let task = tokio::spawn(agent.serve(service, async move {
-            let _ = rx.await;
-        }));
+        let running = run_agent(agent, service);
         let (_, first) = accept_parked(&relay).await;
         scrape_until(admin, |t| {
             value(t, "ptth_agent_relay_connects_total") == Some(1.0)
         })
         .await;
-        drop(first);
-        let (cut, _) = relay.accept().await.unwrap();
-        drop(cut);
+        outage(&relay, first).await;
         let (_, _back) = accept_parked(&relay).await;
         let text = scrape_until(admin, |t| {
             value(t, "ptth_agent_reconnects_total") == Some(1.0)
@@ -303,8 +281,7 @@ async fn an_outage_counts_one_failure_and_one_reconnect() {
             value(&text, "ptth_agent_relay_failures_total").unwrap() >= 1.0,
             "{text}"
         );
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }

@@ -18,8 +18,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use ptth::relay::Tokens;
-use support::{TestBody, deadline, full};
-use tokio::net::{TcpListener, TcpStream};
+use support::{TestBody, deadline, full, status_text as text};
+use tokio::net::TcpListener;
 
 fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -89,24 +89,7 @@ async fn page_server(html: String) -> SocketAddr {
 
 /// A public request to the relay for `/web{path}`.
 async fn public(addr: SocketAddr, method: &str, path: &str, body: TestBody) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/web{path}"))
-        .header("host", "localhost")
-        .body(body)
-        .unwrap();
-    sender.send_request(req).await.unwrap()
-}
-
-async fn text(res: Response<Incoming>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    support::request(addr, method, &format!("/web{path}"), body).await
 }
 
 /// Chromium, killed by its PID when dropped.
@@ -131,16 +114,11 @@ async fn a_page_in_chromium_serves_a_name_through_the_relay() {
         let addr = relay.addr;
 
         // The library as the relay serves it.
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         let js = Request::get("/.ptth/agent.js")
             .header("host", addr.to_string())
             .body(full(""))
             .unwrap();
-        let res = sender.send_request(js).await.unwrap();
+        let res = support::send(addr, js).await;
         assert_eq!(
             res.headers()["content-type"],
             "text/javascript; charset=utf-8"

@@ -23,9 +23,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use support::bins::{agent_addr, banner, line_with, serve};
-use support::{TestBody, channel_body, deadline, full};
+use support::{TestBody, channel_body, deadline, full, status_text as text};
 use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{Barrier, mpsc};
 
@@ -110,24 +110,7 @@ async fn answer(
 
 /// A public request to `addr` for `/demo{path}`, on a connection of its own.
 async fn public(addr: SocketAddr, method: &str, path: &str, body: Body) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/demo{path}"))
-        .header("host", "localhost")
-        .body(body)
-        .unwrap();
-    sender.send_request(req).await.unwrap()
-}
-
-async fn text(res: Response<Incoming>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    support::request(addr, method, &format!("/demo{path}"), body).await
 }
 
 fn empty() -> Body {
@@ -354,23 +337,15 @@ async fn lp(
     exchange: Option<&str>,
     body: Body,
 ) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri("/demo")
-        .header("host", addr.to_string())
-        .header("ptth-long-poll", kind);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut fields = vec![("ptth-long-poll", kind)];
+    if let Some(b) = &bearer {
+        fields.push(("authorization", b));
     }
     if let Some(x) = exchange {
-        req = req.header("ptth-exchange", x);
+        fields.push(("ptth-exchange", x));
     }
-    sender.send_request(req.body(body).unwrap()).await.unwrap()
+    with_fields(addr, method, &fields, body).await
 }
 
 /// The wire as spec-notes/long-poll.md states it, by hand: the refusals and what each status
@@ -454,11 +429,6 @@ async fn with_fields(
     fields: &[(&str, &str)],
     body: Body,
 ) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
         .uri("/demo")
@@ -466,7 +436,7 @@ async fn with_fields(
     for (k, v) in fields {
         req = req.header(*k, *v);
     }
-    sender.send_request(req.body(body).unwrap()).await.unwrap()
+    support::send(addr, req.body(body).unwrap()).await
 }
 
 /// What a browser needs, by hand: CORS preflights and fields for an allowed origin only, and

@@ -1124,6 +1124,18 @@ mod tests {
         }
     }
 
+    /// One exchange on `inb` toward `route`, with default limits and no stop.
+    async fn once(
+        inb: &mut Conn<DuplexStream>,
+        out: &mut Option<Conn<DuplexStream>>,
+        route: &TestRoute,
+    ) -> After {
+        let limits = Limits::default();
+        let closing = || false;
+        let settings = Settings::new(&limits, &limits, &closing);
+        exchange(inb, out, route, &settings, &mut Record::default()).await
+    }
+
     const OK2: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
     #[tokio::test]
@@ -1387,23 +1399,10 @@ mod tests {
         let route = TestRoute {
             next: Mutex::new(vec![out_io]),
         };
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
         for _ in 0..3 {
-            assert_eq!(
-                exchange(
-                    &mut inb,
-                    &mut out,
-                    &route,
-                    &settings,
-                    &mut Record::default()
-                )
-                .await,
-                After::KeepAlive
-            );
+            assert_eq!(once(&mut inb, &mut out, &route).await, After::KeepAlive);
         }
         drop((inb, out));
         let mut got = Vec::new();
@@ -1432,22 +1431,9 @@ mod tests {
             .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nFROMUP")
             .await
             .unwrap();
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
-        assert_eq!(
-            exchange(
-                &mut inb,
-                &mut out,
-                &route,
-                &settings,
-                &mut Record::default()
-            )
-            .await,
-            After::Switched
-        );
+        assert_eq!(once(&mut inb, &mut out, &route).await, After::Switched);
         let tunnel = tokio::spawn(tunnel(inb, out.take().unwrap()));
         // The client gets the 101 and what the next hop sent behind it.
         let mut text = String::new();
@@ -1504,22 +1490,9 @@ mod tests {
             next: Mutex::new(vec![]),
         };
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
-        assert_eq!(
-            exchange(
-                &mut inb,
-                &mut out,
-                &route,
-                &settings,
-                &mut Record::default()
-            )
-            .await,
-            After::KeepAlive
-        );
+        assert_eq!(once(&mut inb, &mut out, &route).await, After::KeepAlive);
         drop(inb);
         let mut got = String::new();
         client.read_to_string(&mut got).await.unwrap();

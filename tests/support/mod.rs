@@ -205,6 +205,30 @@ pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming
     sender.send_request(req).await.unwrap()
 }
 
+/// A public request `method uri` with `Host: localhost` and `body` to `addr`, on a connection
+/// of its own.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    body: TestBody,
+) -> Response<Incoming> {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost")
+        .body(body)
+        .unwrap();
+    send(addr, req).await
+}
+
+/// A response's status and its whole body as text.
+pub async fn status_text(res: Response<Incoming>) -> (http::StatusCode, String) {
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 pub async fn get(
     addr: SocketAddr,
     path: &str,
