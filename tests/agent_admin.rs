@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use ptth::agent::{Agent, Proxy};
 use ptth::relay::Config;
 use support::*;
@@ -25,37 +24,28 @@ use tokio::net::TcpListener;
 /// An upstream that answers `/status/NNN` with that status, and `/hold` only when `release`
 /// gets a message.
 async fn status_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedSender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
+    let addr = http_server(move || {
+        let rx = rx.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let rx = rx.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let rx = rx.clone();
-                async move {
-                    let path = req.uri().path().to_string();
-                    if path == "/hold" {
-                        rx.lock().await.recv().await;
-                    }
-                    let code = path
-                        .strip_prefix("/status/")
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(200);
-                    let mut res = Response::new(full("ok"));
-                    *res.status_mut() = StatusCode::from_u16(code).unwrap();
-                    Ok::<_, Infallible>(res)
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/hold" {
+                    rx.lock().await.recv().await;
                 }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
+                let code = path
+                    .strip_prefix("/status/")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(200);
+                let mut res = Response::new(full("ok"));
+                *res.status_mut() = StatusCode::from_u16(code).unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        })
+    })
+    .await;
     (addr, tx)
 }
 

@@ -16,10 +16,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use ptth::relay::Tokens;
 use support::{TestBody, deadline, full, status_text as text};
-use tokio::net::TcpListener;
 
 fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -64,27 +62,19 @@ document.title = "serving " + window.handle.url;
 
 /// A server for the page, on its own port (another origin than the relay's).
 async fn page_server(html: String) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
+    support::http_server(move || {
+        let html = html.clone();
+        hyper::service::service_fn(move |_req: Request<Incoming>| {
             let html = html.clone();
-            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let html = html.clone();
-                async move {
-                    let mut res = Response::new(full(html));
-                    res.headers_mut()
-                        .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
-    addr
+            async move {
+                let mut res = Response::new(full(html));
+                res.headers_mut()
+                    .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            }
+        })
+    })
+    .await
 }
 
 /// A public request to the relay for `/web{path}`.

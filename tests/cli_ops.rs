@@ -21,15 +21,7 @@ async fn an_agent_stopped_with_sigterm_logs_no_warning() {
         let (text, _out) = banner(&mut relay, "agents:").await;
         let addr = agent_addr(&text, "http");
         let to = upstream().await;
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-            .args([&format!("http://{addr}/demo"), "--to", &to])
-            .env_remove("PTTH_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut agent = bins::connect(&[&format!("http://{addr}/demo"), "--to", &to], None);
         let mut err = BufReader::new(agent.stderr.take().unwrap());
         let connected = line_with(&mut err, "connected to the relay").await;
         assert!(connected.is_ok(), "{connected:?}");

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use ptth::agent::Agent;
 use ptth::agent::Proxy;
 use ptth::agent::inspect::{self, InspectConfig, Inspector, TIMING_FIELD, TIMING_QUEUE_WAIT};
@@ -35,26 +34,14 @@ const BIG: usize = 200 * 1024;
 /// `/big` is [`BIG`] bytes; anything else echoes its method, path, a few fields and its body
 /// as JSON.
 async fn upstream(second: Arc<Notify>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
+    support::http_server(move || {
+        let second = second.clone();
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let second = second.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let second = second.clone();
-                    async move { Ok::<_, Infallible>(answer(req, second).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+            async move { Ok::<_, Infallible>(answer(req, second).await) }
+        })
+    })
+    .await
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;

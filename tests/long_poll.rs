@@ -21,12 +21,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use support::bins::{agent_addr, banner, line_with, serve};
 use support::{TestBody, channel_body, deadline, full, status_text as text};
 use tokio::io::BufReader;
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{Barrier, mpsc};
 
 /// Requests the concurrency check keeps in flight at once (each is answered only when all have
@@ -46,24 +44,17 @@ struct Upstream {
 }
 
 async fn upstream() -> Upstream {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (events, sse) = channel_body();
     let sse = Arc::new(Mutex::new(Some(sse)));
     let barrier = Arc::new(Barrier::new(IN_FLIGHT));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
+    let addr = support::http_server(move || {
+        let (sse, barrier) = (sse.clone(), barrier.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let (sse, barrier) = (sse.clone(), barrier.clone());
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (sse, barrier) = (sse.clone(), barrier.clone());
-                async move { Ok::<_, Infallible>(answer(req, sse, barrier).await) }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
+            async move { Ok::<_, Infallible>(answer(req, sse, barrier).await) }
+        })
+    })
+    .await;
     Upstream {
         url: format!("http://{addr}"),
         events,
@@ -191,22 +182,9 @@ async fn relay() -> (Child, impl Sized, SocketAddr) {
 
 /// `ptth-connect` for `relay_url`, forwarding to `to`, with `args`; its stderr piped.
 fn agent(relay_url: &str, to: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-        .args([
-            relay_url,
-            "--to",
-            to,
-            "--connections",
-            &IN_FLIGHT.to_string(),
-        ])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("PTTH_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let n = IN_FLIGHT.to_string();
+    let first = [relay_url, "--to", to, "--connections", &n];
+    support::bins::connect(&[&first[..], args].concat(), Some("info"))
 }
 
 #[tokio::test]

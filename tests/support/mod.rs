@@ -194,6 +194,29 @@ pub async fn start_agent(
     Agent { tasks }
 }
 
+/// An HTTP/1.1 server on 127.0.0.1 port 0 (an upstream, a page): each connection is served,
+/// in a task of its own, by the service `service` makes for it. Its address.
+pub async fn http_server<S>(service: impl Fn() -> S + Send + 'static) -> SocketAddr
+where
+    S: ptth::service::HttpService + Send + 'static,
+{
+    let (l, addr) = bind_local().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let svc = service();
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
 /// A one-request public HTTP/1.1 client.
 pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -274,6 +297,22 @@ pub fn echo_handler(tag: &'static str) -> Handler {
 
 pub fn anonymous() -> Config {
     Config::default()
+}
+
+/// Whether the Python `h2` package can run (the third-party HTTP/2 peer of tests/h2/*.py);
+/// otherwise why not (the test then skips).
+pub fn python_h2() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import h2"])
+        .output()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the Python h2 package is missing (apt-get install python3-h2, or pip install h2): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 pub async fn deadline<F: Future>(f: F) -> F::Output {
