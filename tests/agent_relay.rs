@@ -337,15 +337,20 @@ async fn expect_continue_accepted_by_the_upstream() {
         let (mut s, interim, after_release) = interim.await.unwrap();
         assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
         assert!(after_release, "the 100 came before the upstream sent one");
-        s.write_all(b"hello").await.unwrap();
-        let fin = read_head(&mut s).await;
-        assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
-        let mut body = [0u8; 5];
-        s.read_exact(&mut body).await.unwrap();
-        assert_eq!(&body, b"hello");
+        body_after_100(&mut s).await;
     })
     .await
     .expect("deadline");
+}
+
+/// After a `100 Continue`: send the 5-byte body `hello`, and get it back in a `200`.
+async fn body_after_100(s: &mut TcpStream) {
+    s.write_all(b"hello").await.unwrap();
+    let fin = read_head(s).await;
+    assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
+    let mut body = [0u8; 5];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"hello");
 }
 
 /// An upstream that ignores the expectation (never sends 100, just waits for the body): after
@@ -381,12 +386,7 @@ async fn expect_continue_without_an_answer_waits_a_bounded_time() {
         // The agent's wait decided, not the relay's longer one.
         let relay_wait = ptth::relay::RELAY_CONTINUE_WAIT;
         assert!(waited < relay_wait, "100 only after {waited:?}");
-        s.write_all(b"hello").await.unwrap();
-        let fin = read_head(&mut s).await;
-        assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
-        let mut body = [0u8; 5];
-        s.read_exact(&mut body).await.unwrap();
-        assert_eq!(&body, b"hello");
+        body_after_100(&mut s).await;
     })
     .await
     .expect("deadline");

@@ -131,6 +131,19 @@ pub async fn outage(relay: &TcpListener, parked: Client) {
     drop(cut);
 }
 
+/// A proxy agent for `demo` with one connection, to `upstream`, parked at a relay stand-in
+/// on 127.0.0.1 port 0: the stand-in (kept open: the agent may dial again), the agent, and
+/// the client for reversed requests on its parked connection.
+pub async fn parked_proxy_agent(upstream: SocketAddr) -> (TcpListener, RunningAgent, Client) {
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = spawn_proxy_agent(
+        builder(relay.local_addr().unwrap(), "demo").connections(1),
+        upstream,
+    );
+    let (_, client) = accept_parked(&relay).await;
+    (relay, agent, client)
+}
+
 /// Accept one TCP connection, take its upgrade offer and switch. Returns the upgrade request
 /// head and a client for reversed requests.
 pub async fn accept_parked(listener: &TcpListener) -> (http::request::Parts, Client) {
