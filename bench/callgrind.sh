@@ -15,9 +15,9 @@
 # rathole at $BENCH_ROOT/cargo/bin (bench/run.sh installs it). Output: one table on stdout,
 # the callgrind files and `callgrind_annotate` of each in $OUT.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-BENCH_ROOT="${BENCH_ROOT:-/tmp/ptth-bench}"
+BENCH_NAME=callgrind
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT="${OUT:-$BENCH_ROOT/callgrind-$(date +%Y%m%d-%H%M%S)}"
 PROF="${PROF:-$REPO/target/profiling}"
 UPSTREAM="${UPSTREAM:-$REPO/target/release/examples/bench-upstream}"
@@ -29,9 +29,6 @@ LOAD_SECONDS="${LOAD_SECONDS:-10}"
 H=127.0.0.1
 UP=19180 PTTH=19185 RH_CTRL=19190 RH_PORT=19183 NGX=19181
 mkdir -p "$OUT"
-BENCH_NAME=callgrind
-# shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
 for tool in wrk valgrind callgrind_control callgrind_annotate; do
   command -v "$tool" >/dev/null || { say "$tool is required"; exit 1; }
 done

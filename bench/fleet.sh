@@ -10,16 +10,14 @@
 #   ROUNDS=5 DURATION=10s CONNS=32 bash bench/fleet.sh
 # Installs wrk and redis-server from Debian when missing (as root). All on 127.0.0.1.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-ROOT="${BENCH_ROOT:-/tmp/ptth-bench}/fleet"
+BENCH_NAME=fleet-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$BENCH_ROOT/fleet"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-16}"
 mkdir -p "$ROOT"
-BENCH_NAME=fleet-bench
-# shellcheck source=bench/lib.sh
-. "$HERE/lib.sh"
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)

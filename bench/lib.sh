@@ -1,6 +1,7 @@
 # What the bench scripts share (cmp.sh, callgrind.sh, fleet.sh): sourced, after the script sets
 # BENCH_NAME (its name in messages). Everything stays on 127.0.0.1.
 #
+#   REPO, BENCH_ROOT  the checkout, and the runs' scratch directory (default /tmp/ptth-bench)
 #   PIDS              the processes the script started: `PIDS+=($!)`; killed (by PID) on exit
 #   say MSG           MSG on stderr, as `[BENCH_NAME] MSG`
 #   wait_port PORT    until 127.0.0.1:PORT accepts a connection, at most 10 s; else exit 1
@@ -12,6 +13,9 @@
 #                     their ports are free for the next run
 
 BENCH_NAME=${BENCH_NAME:-bench}
+# The checkout (bench/..) and the scratch directory of the runs.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_ROOT="${BENCH_ROOT:-/tmp/ptth-bench}"
 HZ=$(getconf CLK_TCK)
 PIDS=()
 

@@ -46,14 +46,9 @@ async fn an_agent_stopped_with_sigterm_logs_no_warning() {
 #[tokio::test]
 async fn a_missing_client_certificate_is_named_once_and_not_blamed_on_the_token() {
     deadline(async {
-        let pki = Pki::new("relay");
-        let (cert, key) = pki.issue("relay", &["localhost"], false);
+        let (pki, cert, key) = Pki::localhost_relay();
         let ca = pki.ca_file();
-        let (cert, key, ca) = (
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
-            ca.to_str().unwrap(),
-        );
+        let (cert, key, ca) = (cert.as_str(), key.as_str(), ca.to_str().unwrap());
         let mut relay = serve(&[
             "--listen-tls",
             "127.0.0.1:0",

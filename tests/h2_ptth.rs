@@ -163,6 +163,11 @@ fn get(path: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// GET `path` on `c`: the response body as text.
+async fn get_text(c: &mut ptth::listener::ReversedH2Client<Body>, path: &str) -> String {
+    text(c.send(get(path)).await.unwrap()).await
+}
+
 async fn text(res: Response<Incoming>) -> String {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8_lossy(&body).into_owned()
@@ -662,11 +667,7 @@ async fn headers_past_the_limit() {
         let mut c = client.clone();
         let res = c.send(over(limit + 1024)).await.unwrap();
         assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        assert!(
-            text(c.send(get("/next")).await.unwrap())
-                .await
-                .starts_with("/next")
-        );
+        assert!(get_text(&mut c, "/next").await.starts_with("/next"));
         let err = c.send(over(limit * 5)).await.unwrap_err();
         assert!(format!("{err:?}").contains("ENHANCE_YOUR_CALM"), "{err:?}");
         assert!(c.send(get("/after")).await.is_err());
@@ -691,11 +692,7 @@ async fn a_stream_that_is_never_read_holds_back_only_itself() {
         let stalled = c.send(get("/large")).await.unwrap();
         for i in 0..16 {
             let path = format!("/beside/{i}");
-            assert!(
-                text(c.send(get(&path)).await.unwrap())
-                    .await
-                    .starts_with(&path)
-            );
+            assert!(get_text(&mut c, &path).await.starts_with(&path));
         }
         let beside = c.send(get("/large")).await.unwrap();
         let beside = beside.into_body().collect().await.unwrap().to_bytes();

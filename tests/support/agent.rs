@@ -151,6 +151,14 @@ pub async fn accept_parked(listener: &TcpListener) -> (http::request::Parts, Cli
     park(tcp).await
 }
 
+/// Accept one TCP connection on `listener` and read its upgrade offer (default limits).
+pub async fn read_offer_on(listener: &TcpListener) -> ptth::listener::Offer<TcpStream> {
+    let (tcp, _) = listener.accept().await.unwrap();
+    raw::read_offer(tcp, &ListenerConfig::default())
+        .await
+        .unwrap()
+}
+
 pub async fn park(tcp: TcpStream) -> (http::request::Parts, Client) {
     let cfg = ListenerConfig::default();
     let offer = raw::read_offer(tcp, &cfg).await.unwrap();
