@@ -17,9 +17,8 @@ use support::pki::Pki;
 #[tokio::test]
 async fn an_agent_stopped_with_sigterm_logs_no_warning() {
     deadline(async {
-        let mut relay = serve(&["--listen", "127.0.0.1:0"]);
-        let (text, _out) = banner(&mut relay, "agents:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, _, _out, addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "agents:").await;
         let to = upstream().await;
         let mut agent = bins::connect(&[&format!("http://{addr}/demo"), "--to", &to], None);
         let mut err = BufReader::new(agent.stderr.take().unwrap());
@@ -113,9 +112,8 @@ async fn the_axum_example_shows_its_connection_at_the_default_level() {
         return;
     }
     deadline(async {
-        let mut relay = serve(&["--listen", "127.0.0.1:0"]);
-        let (text, _out) = banner(&mut relay, "agents:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, _, _out, addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "agents:").await;
         let mut app = Command::new(bin)
             .arg(format!("http://{addr}/demo"))
             .env_remove("PTTH_TOKEN")

@@ -36,9 +36,8 @@ async fn version_names_each_binary() {
 #[tokio::test]
 async fn listen_takes_a_host_name() {
     deadline(async {
-        let mut relay = serve(&["--listen", "localhost:0"]);
-        let (text, _out) = banner(&mut relay, "public:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, text, _out, addr) =
+            bins::serve_ready(&["--listen", "localhost:0"], "public:").await;
         assert!(addr.ip().is_loopback(), "{text}");
         let res = get(addr, "localhost", "/nobody/").await;
         assert!(res.starts_with("HTTP/1.1 404"), "{res}");

@@ -84,9 +84,8 @@ async fn the_page_shows_a_request_live_and_replays_it_in_chromium() {
         return;
     };
     tokio::time::timeout(DEADLINE, async {
-        let mut relay = bins::serve(&["--listen", "127.0.0.1:0"]);
-        let (banner, _out) = bins::banner(&mut relay, "public:").await;
-        let relay_addr = bins::agent_addr(&banner, "http");
+        let (_relay, _, _out, relay_addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "public:").await;
         let to = json_upstream().await;
         let mut agent = bins::connect(
             &[

@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use ptth::relay::{Config, Tokens};
 use serde_json::Value;
-use support::bins::{self, banner};
+use support::bins;
 use support::{TestBody, TestRelay, deadline, full, send, start_relay};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
@@ -118,9 +118,11 @@ fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
 /// [`upstream`], once both of the agent's HTTP/2 connections are counted: (relay, agent,
 /// public address, admin address).
 async fn relay_and_agent() -> (Child, Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut relay = bins::serve(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-    let (text, _out) = banner(&mut relay, "admin:").await;
-    let addr = bins::agent_addr(&text, "http");
+    let (relay, text, _out, addr) = bins::serve_ready(
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        "admin:",
+    )
+    .await;
     let admin: std::net::SocketAddr = text
         .lines()
         .find_map(|l| l.strip_prefix("admin:   http://"))

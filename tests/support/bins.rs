@@ -73,6 +73,19 @@ pub async fn banner(relay: &mut Child, last: &str) -> (String, Lines<BufReader<C
     }
 }
 
+/// `ptth-serve` with `args` (stderr dropped), once its banner is printed up to the line with
+/// `last`: the child, the banner, the rest of its stdout (keep it open: a relay must not write
+/// into a closed pipe) and the plain-HTTP address agents dial.
+pub async fn serve_ready(
+    args: &[&str],
+    last: &str,
+) -> (Child, String, Lines<BufReader<ChildStdout>>, SocketAddr) {
+    let mut relay = serve(args);
+    let (text, out) = banner(&mut relay, last).await;
+    let addr = agent_addr(&text, "http");
+    (relay, text, out, addr)
+}
+
 /// The address in the first `agents:  dial http://ADDR/NAME` line of a banner.
 pub fn agent_addr(banner: &str, scheme: &str) -> SocketAddr {
     let prefix = format!("agents:  dial {scheme}://");
