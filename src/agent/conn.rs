@@ -4,8 +4,9 @@
 //! ```text
 //! dial (TCP, keepalive, nodelay; TLS) -> handshake (Upgrade: PTTH/0.9, or ptth + ALPN)
 //!   -> Parked { h2: the relay chose ALPN h2 }
-//!   -> Serve::serve: a hyper service (Flipped::serve, or Flipped::serve_h2 on h2), or the
-//!      proxy (the h1 engine, or its HTTP/2 forwarder on h2),
+//!   -> serve: on h2, the server's HTTP/2 service (Serve::h2: the user's hyper service, or
+//!      the proxy's forwarder) under Flipped::serve_h2; on HTTP/1.1, Serve::serve_h1 (hyper's
+//!      Flipped::serve, or the proxy's h1 engine),
 //!      until the relay closes it, the pool stops it, or the drain ends
 //!   -> Ended { outcome: Closed | Failed | Refused | Cancelled }
 //! ```
