@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use ptth::listener::{ListenerConfig, raw};
 use ptth::proto::request::OfferRules;
@@ -35,11 +34,7 @@ const MANY: usize = 64;
 /// The large body, each way.
 const LARGE: usize = 8 * 1024 * 1024;
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
+use support::{IoBody as Body, io_full as full};
 
 /// The upstream the agent forwards to, over HTTP/1.1.
 struct Upstream {

@@ -13,8 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ptth::listener::{ListenerConfig, hyper_upgrade, raw};
 use ptth::proto::origin::{self, Origin, Scheme};
@@ -31,11 +30,7 @@ const TOGETHER: usize = 32;
 /// The large body, each way.
 const LARGE: usize = 8 * 1024 * 1024;
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
+use support::{IoBody as Body, io_full as full};
 
 /// A body of `chunks` 16 KiB chunks, then an error: hyper resets the stream mid-body.
 struct FailsMidway {

@@ -54,6 +54,17 @@ where
     Arc::new(move |req| Box::pin(f(req)))
 }
 
+/// A body whose error is an I/O error (the HTTP/2 tests' bodies, which fail mid-stream with
+/// one).
+pub type IoBody = BoxBody<Bytes, std::io::Error>;
+
+/// A whole [`IoBody`].
+pub fn io_full(b: impl Into<Bytes>) -> IoBody {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 pub fn full(s: impl Into<Bytes>) -> TestBody {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
