@@ -15,9 +15,9 @@
 # rathole at $BENCH_ROOT/cargo/bin (bench/run.sh installs it). Output: one table on stdout,
 # the callgrind files and `callgrind_annotate` of each in $OUT.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-BENCH_ROOT="${BENCH_ROOT:-/tmp/ptth-bench}"
+BENCH_NAME=callgrind
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT="${OUT:-$BENCH_ROOT/callgrind-$(date +%Y%m%d-%H%M%S)}"
 PROF="${PROF:-$REPO/target/profiling}"
 UPSTREAM="${UPSTREAM:-$REPO/target/release/examples/bench-upstream}"
@@ -29,21 +29,12 @@ LOAD_SECONDS="${LOAD_SECONDS:-10}"
 H=127.0.0.1
 UP=19180 PTTH=19185 RH_CTRL=19190 RH_PORT=19183 NGX=19181
 mkdir -p "$OUT"
-say() { printf '[callgrind] %s\n' "$*" >&2; }
 for tool in wrk valgrind callgrind_control callgrind_annotate; do
   command -v "$tool" >/dev/null || { say "$tool is required"; exit 1; }
 done
 for bin in "$PROF/ptth-serve" "$PROF/ptth-connect" "$UPSTREAM"; do
   [ -x "$bin" ] || { say "missing $bin (cargo build --profile profiling --bins; cargo build --release --example bench-upstream)"; exit 1; }
 done
-
-PIDS=()
-stop_all() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && timeout 10 tail --pid="$p" -f /dev/null 2>/dev/null || true; done
-  PIDS=()
-}
-trap stop_all EXIT
 
 # start NAME CG CMD...: run CMD (under callgrind if CG=1) in the background, log in $OUT.
 start() {
@@ -56,14 +47,6 @@ start() {
   fi
   LAST=$!
   PIDS+=("$LAST")
-}
-
-wait_answer() { # wait_answer URL: until a 200, at most 60 s (valgrind start-up is slow)
-  for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ] && return 0
-    sleep 0.1
-  done
-  say "no answer from $1"; return 1
 }
 
 # measure NAME PID URL: zero PID's counters after a warm-up, load, dump; prints "Ir requests".

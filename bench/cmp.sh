@@ -23,28 +23,14 @@ ROUNDS=${ROUNDS:-2}
 UP_PORT=${UP_PORT:-18480}
 RELAY_PORT=${RELAY_PORT:-18481}
 NAME=bench
-HZ=$(getconf CLK_TCK)
+BENCH_NAME=cmp.sh
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-command -v wrk >/dev/null || { echo "cmp.sh: wrk is required (apt-get install wrk)"; exit 1; }
+command -v wrk >/dev/null || { say "wrk is required (apt-get install wrk)"; exit 1; }
 for t in "$BASE" "$CUR"; do
   (cd "$t" && cargo build --release --quiet --bins --example bench-upstream)
 done
-
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-wait_port() { # port
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "cmp.sh: port $1 never opened"; exit 1
-}
-
-ticks() { # pid -> utime+stime in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
 
 "$CUR/target/release/examples/bench-upstream" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
@@ -63,10 +49,7 @@ run() {
   local agent=$!
   PIDS+=("$agent")
   local url="http://127.0.0.1:$RELAY_PORT/$NAME/$path"
-  for _ in $(seq 1 200); do
-    curl -sf -o /dev/null "$url" && break
-    sleep 0.05
-  done
+  wait_answer "$url" 10 || true
   # Warm up (the agent's pool grows to the concurrency), then measure.
   wrk -t2 -c"$conc" -d2s "$url" >/dev/null 2>&1
   local r0 a0 r1 a1 out

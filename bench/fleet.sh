@@ -10,14 +10,14 @@
 #   ROUNDS=5 DURATION=10s CONNS=32 bash bench/fleet.sh
 # Installs wrk and redis-server from Debian when missing (as root). All on 127.0.0.1.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-ROOT="${BENCH_ROOT:-/tmp/ptth-bench}/fleet"
+BENCH_NAME=fleet-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$BENCH_ROOT/fleet"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-5s}"
 CONNS="${CONNS:-16}"
 mkdir -p "$ROOT"
-say() { printf '[fleet-bench] %s\n' "$*" >&2; }
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -34,51 +34,35 @@ say "building ptth and the upstream (release)"
 BIN="$REPO/target/release"
 
 REDIS=16479 UP=18180 A=18181 B=18182 PA=18191 PB=18192 NAME=bench
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  say "nothing listens on $1"; exit 1
-}
-
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >"$ROOT/redis.log" 2>&1 &
-pids+=($!); pid_redis=$!
+PIDS+=($!); pid_redis=$!
 "$BIN/examples/bench-upstream" "127.0.0.1:$UP" >"$ROOT/upstream.log" 2>&1 &
-pids+=($!)
+PIDS+=($!)
 wait_port "$REDIS"; wait_port "$UP"
 relay() { # public port, peer port
   "$BIN/ptth-serve" --listen "127.0.0.1:$1" --registry "redis://127.0.0.1:$REDIS" \
     --advertise "http://127.0.0.1:$2" >"$ROOT/relay-$1.out" 2>"$ROOT/relay-$1.log" &
-  pids+=($!)
+  PIDS+=($!)
 }
 relay "$A" "$PA"; pid_a=$!
 relay "$B" "$PB"; pid_b=$!
 wait_port "$A"; wait_port "$B"
 "$BIN/ptth-connect" "http://127.0.0.1:$A/$NAME" --to "http://127.0.0.1:$UP" \
   --connections "$CONNS" --max-connections "$CONNS" >"$ROOT/agent.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B/$NAME/hello" || true)" = 200 ] && break
-  sleep 0.1
-done
+PIDS+=($!)
+wait_answer "http://127.0.0.1:$B/$NAME/hello" 10 || true
 
-ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # One wrk run at port $1: prints "requests cpu_us_a cpu_us_b cpu_us_redis".
 run() {
   local a0 b0 r0 a1 b1 r1 out reqs
-  a0=$(cpu "$pid_a"); b0=$(cpu "$pid_b"); r0=$(cpu "$pid_redis")
+  a0=$(ticks "$pid_a"); b0=$(ticks "$pid_b"); r0=$(ticks "$pid_redis")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/$NAME/hello")
-  a1=$(cpu "$pid_a"); b1=$(cpu "$pid_b"); r1=$(cpu "$pid_redis")
+  a1=$(ticks "$pid_a"); b1=$(ticks "$pid_b"); r1=$(ticks "$pid_redis")
   echo "$out" >>"$ROOT/wrk.log"
   if echo "$out" | grep -q "Non-2xx"; then say "errors in the run at $1:"; echo "$out" >&2; exit 1; fi
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-  echo "$reqs $(( (a1 - a0) * 1000000 / ticks )) $(( (b1 - b0) * 1000000 / ticks ))" \
-    "$(( (r1 - r0) * 1000000 / ticks ))"
+  echo "$reqs $(( (a1 - a0) * 1000000 / HZ )) $(( (b1 - b0) * 1000000 / HZ ))" \
+    "$(( (r1 - r0) * 1000000 / HZ ))"
 }
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$B/$NAME/hello" >/dev/null # warm up (peer connections)

@@ -3,7 +3,8 @@
 //!
 //! Off by default and without authentication: bind it to a private address (the binaries
 //! refuse a non-loopback one unless `--allow-public-admin` says so). Each role says what its
-//! pages are ([`Pages`]); the server, its accept loop and its 404 are this module's.
+//! pages are ([`Pages`]); the server, its accept loop and its 404 are this module's. The accept
+//! loop ([`accept_loop`]) also serves the agent's inspector.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::relay::ACCEPT_ERROR_PAUSE;
+use crate::service::HttpService;
 
 /// What one role's admin listener shows.
 pub(crate) trait Pages: Send + Sync + 'static {
@@ -56,6 +58,26 @@ pub(crate) async fn serve<P: Pages>(
     pages: Arc<P>,
     stop: impl Future<Output = ()>,
 ) {
+    accept_loop(listener, "admin", stop, move || {
+        let pages = pages.clone();
+        service_fn(move |req| handle(pages.clone(), req))
+    })
+    .await;
+}
+
+/// Accept on `listener` until `stop` completes, and serve each connection with hyper's
+/// HTTP/1.1 server and the service `service` makes for it: the one accept loop of the local
+/// HTTP listeners (the admin pages, the agent's inspector). `TCP_NODELAY` is on (small answers
+/// to small requests). A failed accept (out of descriptors, say) is logged under `what`, and
+/// the loop pauses [`ACCEPT_ERROR_PAUSE`] and goes on: the next accept may work.
+pub(crate) async fn accept_loop<S>(
+    listener: TcpListener,
+    what: &'static str,
+    stop: impl Future<Output = ()>,
+    service: impl Fn() -> S,
+) where
+    S: HttpService + Send + 'static,
+{
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -63,15 +85,15 @@ pub(crate) async fn serve<P: Pages>(
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!(%e, "admin accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
         };
-        let pages = pages.clone();
+        let _ = stream.set_nodelay(true);
+        let svc = service();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(pages.clone(), req));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -16,47 +16,36 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use ptth::agent::{Agent, Proxy};
 use ptth::relay::Config;
 use support::*;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// An upstream that answers `/status/NNN` with that status, and `/hold` only when `release`
 /// gets a message.
 async fn status_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedSender<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
+    let addr = http_server(move || {
+        let rx = rx.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let rx = rx.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let rx = rx.clone();
-                async move {
-                    let path = req.uri().path().to_string();
-                    if path == "/hold" {
-                        rx.lock().await.recv().await;
-                    }
-                    let code = path
-                        .strip_prefix("/status/")
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(200);
-                    let mut res = Response::new(full("ok"));
-                    *res.status_mut() = StatusCode::from_u16(code).unwrap();
-                    Ok::<_, Infallible>(res)
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/hold" {
+                    rx.lock().await.recv().await;
                 }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
+                let code = path
+                    .strip_prefix("/status/")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(200);
+                let mut res = Response::new(full("ok"));
+                *res.status_mut() = StatusCode::from_u16(code).unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        })
+    })
+    .await;
     (addr, tx)
 }
 
@@ -115,10 +104,7 @@ async fn the_proxy_agent_counts_connections_by_state_responses_by_code_and_laten
         let agent = builder(relay.addr, "app").connections(2).build().unwrap();
         let admin = admin(&agent).await;
         let proxy = Proxy::new(&format!("http://{up}")).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-            let _ = rx.await;
-        }));
+        let running = run_proxy(agent, proxy);
         relay.handle.wait_idle("app", 2).await;
 
         let text = scrape_until(admin, |t| {
@@ -197,8 +183,7 @@ async fn the_proxy_agent_counts_connections_by_state_responses_by_code_and_laten
         // Other paths name the one page there is.
         let (status, _, text) = get(admin, "/agents", None).await;
         assert_eq!((status, text.as_str()), (404, "try /metrics\n"));
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -215,18 +200,14 @@ async fn an_unreachable_upstream_is_counted_as_502() {
         let agent = builder(relay.addr, "app").connections(1).build().unwrap();
         let admin = admin(&agent).await;
         let proxy = Proxy::new(&format!("http://{gone_addr}")).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-            let _ = rx.await;
-        }));
+        let running = run_proxy(agent, proxy);
         relay.handle.wait_idle("app", 1).await;
         assert_eq!(public(relay.addr, "/app/x").await, 502);
         scrape_until(admin, |t| {
             value(t, r#"ptth_agent_requests_total{code="502"}"#) == Some(1.0)
         })
         .await;
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -245,10 +226,7 @@ async fn a_user_service_is_counted_by_code() {
             }
             Ok::<_, Infallible>(res)
         });
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve(service, async move {
-            let _ = rx.await;
-        }));
+        let running = run_agent(agent, service);
         relay.handle.wait_idle("app", 1).await;
         assert_eq!(public(relay.addr, "/app/teapot").await, 418);
         assert_eq!(public(relay.addr, "/app/x").await, 200);
@@ -261,8 +239,7 @@ async fn a_user_service_is_counted_by_code() {
             Some(1.0),
             "{text}"
         );
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -272,27 +249,18 @@ async fn a_user_service_is_counted_by_code() {
 #[tokio::test]
 async fn an_outage_counts_one_failure_and_one_reconnect() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = builder(relay.local_addr().unwrap(), "demo")
-            .connections(1)
-            .build()
-            .unwrap();
+        let (relay, agent) = stand_in("demo").await;
         let admin = admin(&agent).await;
-        let (stop, rx) = oneshot::channel::<()>();
         let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(full("hi")))
         });
-        let task = tokio::spawn(agent.serve(service, async move {
-            let _ = rx.await;
-        }));
+        let running = run_agent(agent, service);
         let (_, first) = accept_parked(&relay).await;
         scrape_until(admin, |t| {
             value(t, "ptth_agent_relay_connects_total") == Some(1.0)
         })
         .await;
-        drop(first);
-        let (cut, _) = relay.accept().await.unwrap();
-        drop(cut);
+        outage(&relay, first).await;
         let (_, _back) = accept_parked(&relay).await;
         let text = scrape_until(admin, |t| {
             value(t, "ptth_agent_reconnects_total") == Some(1.0)
@@ -303,8 +271,7 @@ async fn an_outage_counts_one_failure_and_one_reconnect() {
             value(&text, "ptth_agent_relay_failures_total").unwrap() >= 1.0,
             "{text}"
         );
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }

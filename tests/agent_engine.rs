@@ -10,12 +10,25 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ptth::limits::Limits;
-use support::{SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
+use support::{RunningAgent, SWITCH_09, builder, deadline, read_head, spawn_proxy_agent, write};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// Accept the agent's next connection and switch it, by hand: the raw reversed stream.
+/// A relay stand-in on 127.0.0.1 port 0, and a proxy agent to `up` dialling it with one
+/// connection and `limits`.
+async fn stand_in_proxy(up: SocketAddr, limits: Limits) -> (TcpListener, RunningAgent) {
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = spawn_proxy_agent(
+        builder(relay.local_addr().unwrap(), "demo")
+            .connections(1)
+            .limits(limits),
+        up,
+    );
+    (relay, agent)
+}
+
 async fn park_raw(relay: &TcpListener) -> TcpStream {
     let (mut tcp, _) = relay.accept().await.unwrap();
     read_head(&mut tcp).await;
@@ -71,11 +84,7 @@ async fn scripted_upstream(
 async fn bad_request_framing_from_the_relay_is_a_400_and_a_closed_connection() {
     deadline(async {
         let (up, mut heads) = scripted_upstream(vec![]).await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         for bad in [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
@@ -100,11 +109,7 @@ async fn a_bad_chunk_mid_body_is_cut_at_the_upstream_and_a_400_at_the_relay() {
     deadline(async {
         let (up, mut heads) =
             scripted_upstream(vec![vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]]).await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         let mut tcp = park_raw(&relay).await;
         write(
             &mut tcp,
@@ -128,11 +133,7 @@ async fn a_bad_chunk_mid_body_is_cut_at_the_upstream_and_a_400_at_the_relay() {
 async fn an_oversize_head_from_the_relay_is_431() {
     deadline(async {
         let (up, _heads) = scripted_upstream(vec![]).await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         let mut tcp = park_raw(&relay).await;
         let mut head = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
         head.resize(Limits::default().max_head_bytes + 100, b'c');
@@ -155,17 +156,11 @@ async fn a_stalled_head_is_cut_and_an_idle_connection_lives() {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         ]])
         .await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let limits = Limits {
             head_timeout: Duration::from_millis(300),
             ..Limits::default()
         };
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo")
-                .connections(1)
-                .limits(limits),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, limits).await;
         let mut idle = park_raw(&relay).await;
         let mut stalled = {
             // The stalled one is the next the agent parks (its pool grows when one is busy).
@@ -199,11 +194,7 @@ async fn pipelined_requests_from_the_relay_get_their_own_answers_in_order() {
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthree",
         ]])
         .await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         let mut tcp = park_raw(&relay).await;
         write(
             &mut tcp,
@@ -249,11 +240,7 @@ async fn hostile_upstream_answers_are_502_and_the_agent_stays_up() {
         let n = cases.len();
         // One answer per connection: after a bad answer the agent dials anew.
         let (up, _heads) = scripted_upstream(cases.into_iter().map(|c| vec![c]).collect()).await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         let mut tcp = park_raw(&relay).await;
         for i in 0..n {
             write(&mut tcp, b"GET /x HTTP/1.1\r\n\r\n").await;
@@ -288,11 +275,7 @@ async fn an_upstream_that_closes_mid_body_cuts_the_response_it_began() {
                 .await
                 .unwrap();
         });
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = spawn_proxy_agent(
-            builder(relay.local_addr().unwrap(), "demo").connections(1),
-            up,
-        );
+        let (relay, agent) = stand_in_proxy(up, Limits::default()).await;
         let mut tcp = park_raw(&relay).await;
         write(&mut tcp, b"GET /x HTTP/1.1\r\n\r\n").await;
         let out = read_all(&mut tcp).await;

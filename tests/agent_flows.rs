@@ -105,10 +105,8 @@ async fn upstream_down_gives_502_and_the_agent_stays_up() {
 #[tokio::test]
 async fn large_bodies_stream_both_ways() {
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (up, _arrivals, _release) = spawn_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
 
         // Ping-pong: each chunk must come back before the next is sent, which only works if
         // neither direction is buffered anywhere on the way.
@@ -144,10 +142,8 @@ async fn large_bodies_stream_both_ways() {
 #[tokio::test]
 async fn streamed_response_arrives_incrementally() {
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
 
         let res = a.send(get_request("/drip")).await.unwrap();
         assert_eq!(arrivals.recv().await.unwrap(), "/drip");
@@ -168,10 +164,8 @@ async fn streamed_response_arrives_incrementally() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_the_request_in_flight() {
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (up, mut arrivals, release) = spawn_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (relay, agent, mut a) = parked_proxy_agent(up).await;
         let in_flight = tokio::spawn(async move {
             let res = a.send(get_request("/hold")).await.unwrap();
             (res.status(), body_string(res).await)
@@ -293,9 +287,7 @@ async fn upgrades_pass_through_to_the_upstream() {
                 .await
                 .unwrap();
         });
-        let (relay, addr) = support::bind_local().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up_addr);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up_addr).await;
         let req = http::Request::get("/ws")
             .header("upgrade", "echo")
             .header("connection", "upgrade")
@@ -354,10 +346,8 @@ async fn counting_upstream() -> (
 async fn one_upstream_connection_per_reversed_connection_redialed_after_close() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "dialed lazily");
 
         for _ in 0..5 {
@@ -388,10 +378,8 @@ async fn one_upstream_connection_per_reversed_connection_redialed_after_close() 
 async fn request_body_streams_in_while_the_response_streams_out() {
     use std::sync::atomic::Ordering;
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (up, accepted) = counting_upstream().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
 
         // 4 MiB in 16 KiB chunks; each must come back before the next goes out.
         let chunk = Bytes::from(vec![b'y'; 16 * 1024]);
@@ -435,10 +423,8 @@ async fn request_body_streams_in_while_the_response_streams_out() {
 async fn upstream_response_with_content_length_and_chunked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (upstream, up) = support::bind_local().await;
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
         let first = tokio::spawn(async move {
             let res = a.send(get_request("/x")).await.unwrap();
             let has_length = res.headers().contains_key("content-length");
@@ -515,7 +501,6 @@ async fn reversed_paths_never_climb_above_the_upstream_prefix() {
 async fn http_1_0_upstream_keeps_the_reversed_connection() {
     use tokio::io::AsyncWriteExt;
     deadline(async {
-        let (relay, addr) = support::bind_local().await;
         let (upstream, up) = support::bind_local().await;
         const ANSWERS: [&[u8]; 2] = [
             b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nuntil close",
@@ -529,8 +514,7 @@ async fn http_1_0_upstream_keeps_the_reversed_connection() {
                 conn.write_all(answer).await.unwrap();
             }
         });
-        let agent = spawn_proxy_agent(builder(addr, "demo").connections(1), up);
-        let (_, mut a) = accept_parked(&relay).await;
+        let (_relay, agent, mut a) = parked_proxy_agent(up).await;
         let wanted = [
             ("until close", "transfer-encoding"),
             ("length", "content-length"),

@@ -7,6 +7,8 @@
 //! lines, the summary last. Nothing here waits on a clock: the peer and the agent are
 //! driven by what they print, under one overall deadline.
 
+mod support;
+
 use std::convert::Infallible;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -15,8 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use ptth::listener::{ListenerConfig, raw};
 use ptth::proto::request::OfferRules;
@@ -33,11 +34,7 @@ const MANY: usize = 64;
 /// The large body, each way.
 const LARGE: usize = 8 * 1024 * 1024;
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
+use support::{IoBody as Body, io_full as full};
 
 /// The upstream the agent forwards to, over HTTP/1.1.
 struct Upstream {
@@ -161,21 +158,6 @@ impl http_body::Body for BreaksOff {
     }
 }
 
-/// Whether the Python `h2` package can run; otherwise why not (the test then skips).
-fn python_h2() -> Result<(), String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import h2"])
-        .output()
-        .map_err(|e| format!("python3 is not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Python h2 package is missing (pip install h2): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
 /// The Python relay running `scenario`, and its port.
 struct PyRelay {
     child: Child,
@@ -233,16 +215,8 @@ impl PyRelay {
 
 /// `ptth-connect --protocol ptth` to `relay`, forwarding to `to`; its stderr (the log) piped.
 fn agent(relay: &str, to: &str, extra: &[&str]) -> (Child, Lines<BufReader<ChildStderr>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-        .args([relay, "--to", to, "--protocol", "ptth", "--proxy", ""])
-        .args(extra)
-        .env_remove("PTTH_TOKEN")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let args = [relay, "--to", to, "--protocol", "ptth", "--proxy", ""];
+    let mut child = support::bins::connect(&[&args[..], extra].concat(), Some("info"));
     let log = BufReader::new(child.stderr.take().unwrap()).lines();
     (child, log)
 }
@@ -267,7 +241,7 @@ async fn deadline<F: Future>(f: F) -> F::Output {
 
 macro_rules! needs_python_h2 {
     ($name:literal) => {
-        if let Err(why) = python_h2() {
+        if let Err(why) = support::python_h2() {
             println!("SKIPPED {}: {why}", $name);
             return;
         }

@@ -13,26 +13,13 @@ use tokio::sync::oneshot;
 
 /// An agent proxying to `upstream` with `host`, and the relay stand-in it parked on.
 async fn agent_with(upstream: std::net::SocketAddr, host: HostHeader) -> (RunningAgent, Client) {
-    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (relay, agent) = stand_in("demo").await;
     let proxy = Proxy::new(&format!("http://{upstream}"))
         .unwrap()
         .host_header(host);
-    let agent = builder(relay.local_addr().unwrap(), "demo")
-        .connections(1)
-        .build()
-        .unwrap();
-    let (stop, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-        let _ = rx.await;
-    }));
+    let running = run_proxy(agent, proxy);
     let (_, client) = accept_parked(&relay).await;
-    (
-        RunningAgent {
-            stop: Some(stop),
-            task,
-        },
-        client,
-    )
+    (running, client)
 }
 
 fn public_get(path: &str, host: &str) -> Request<TestBody> {
@@ -104,9 +91,7 @@ async fn serving_again_after_an_outage_is_logged_once_with_its_length() {
         );
         let (_, first) = accept_parked(&relay).await;
         // The relay goes away: its connection closes, and the next dial is cut before any answer.
-        drop(first);
-        let (cut, _) = relay.accept().await.unwrap();
-        drop(cut);
+        outage(&relay, first).await;
         let (_, mut back) = accept_parked(&relay).await;
         let res = back.send(get_request("/x")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
@@ -168,20 +153,19 @@ impl tower_service::Service<Request<hyper::body::Incoming>> for NotSync {
 #[tokio::test]
 async fn serve_tower_takes_a_service_that_is_not_sync() {
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = builder(relay.local_addr().unwrap(), "demo")
-            .connections(1)
-            .build()
-            .unwrap();
+        let (relay, agent) = stand_in("demo").await;
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(agent.serve_tower(NotSync::default(), async move {
             let _ = rx.await;
         }));
+        let running = RunningAgent {
+            stop: Some(stop),
+            task,
+        };
         let (_, mut client) = accept_parked(&relay).await;
         let res = client.send(get_request("/x")).await.unwrap();
         assert_eq!(body_string(res).await, "not sync /x");
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
     })
     .await;
 }
@@ -191,28 +175,19 @@ async fn the_state_watch_follows_connect_outage_reconnect_and_stop() {
     use ptth::agent::AgentState;
     deadline(async {
         let (up, _arrivals, _release) = spawn_upstream().await;
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = builder(relay.local_addr().unwrap(), "demo")
-            .connections(1)
-            .build()
-            .unwrap();
+        let (relay, agent) = stand_in("demo").await;
         let url = agent.public_url().to_string();
         let mut state = agent.state();
         assert_eq!(*state.borrow(), AgentState::Connecting);
         let proxy = Proxy::new(&format!("http://{up}")).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.serve_proxy(proxy, async move {
-            let _ = rx.await;
-        }));
+        let running = run_proxy(agent, proxy);
         let connected = AgentState::Connected {
             public_url: url.clone(),
         };
         let (_, first) = accept_parked(&relay).await;
         state.wait_for(|s| *s == connected).await.unwrap();
         // The relay goes away: its connection closes, the next dial is cut.
-        drop(first);
-        let (cut, _) = relay.accept().await.unwrap();
-        drop(cut);
+        outage(&relay, first).await;
         let out = state
             .wait_for(|s| matches!(s, AgentState::Reconnecting { .. }))
             .await
@@ -229,8 +204,7 @@ async fn the_state_watch_follows_connect_outage_reconnect_and_stop() {
         assert!(failures >= 1);
         let (_, _back) = accept_parked(&relay).await;
         state.wait_for(|s| *s == connected).await.unwrap();
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.shutdown().await.unwrap();
         assert_eq!(*state.borrow(), AgentState::Stopped);
     })
     .await;
@@ -241,11 +215,7 @@ async fn the_state_watch_says_refused_with_the_relays_answer() {
     use ptth::agent::AgentState;
     use tokio::io::AsyncWriteExt;
     deadline(async {
-        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent = builder(relay.local_addr().unwrap(), "demo")
-            .connections(1)
-            .build()
-            .unwrap();
+        let (relay, agent) = stand_in("demo").await;
         let mut state = agent.state();
         let task = tokio::spawn(agent.serve_proxy(
             Proxy::new("http://127.0.0.1:9").unwrap(),

@@ -295,6 +295,27 @@ async fn expect_continue_refused_by_the_upstream_sends_no_body() {
     .expect("deadline");
 }
 
+/// The upstream's side once the body may come: read the 5-byte body, answer it back in a
+/// `200`, then wait for the close.
+async fn echo_5(mut tcp: TcpStream) {
+    let mut body = [0u8; 5];
+    tcp.read_exact(&mut body).await.unwrap();
+    let mut res = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec();
+    res.extend_from_slice(&body);
+    tcp.write_all(&res).await.unwrap();
+    let _ = tcp.read(&mut [0u8; 1]).await;
+}
+
+/// A public connection to the relay at `addr`, and the head of a 5-byte upload to `/lib` that
+/// expects `100 Continue` (not sent yet).
+async fn expecting(addr: SocketAddr) -> (TcpStream, String) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /lib/upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    );
+    (s, head)
+}
+
 /// The upstream accepts: the public client's `100` is the upstream's, passed back through the
 /// agent and the relay, and the body arrives intact.
 #[tokio::test]
@@ -306,20 +327,14 @@ async fn expect_continue_accepted_by_the_upstream() {
             let head = read_head(&mut tcp).await;
             let _ = arrived_tx.send(head);
             release_rx.await.unwrap();
-            tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
-            let mut body = [0u8; 5];
-            tcp.read_exact(&mut body).await.unwrap();
-            let mut res = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec();
-            res.extend_from_slice(&body);
-            tcp.write_all(&res).await.unwrap();
-            let _ = tcp.read(&mut [0u8; 1]).await;
+            tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            echo_5(tcp).await;
         })
         .await;
         let (addr, _running) = relay_and_agent(up).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /lib/upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-        );
+        let (mut s, head) = expecting(addr).await;
         s.write_all(head.as_bytes()).await.unwrap();
         let released = Arc::new(AtomicBool::new(false));
         let seen = released.clone();
@@ -329,23 +344,33 @@ async fn expect_continue_accepted_by_the_upstream() {
         });
         let up_head = arrived_rx.await.unwrap();
         assert!(
-            up_head.to_ascii_lowercase().contains("expect: 100-continue\r\n"),
+            up_head
+                .to_ascii_lowercase()
+                .contains("expect: 100-continue\r\n"),
             "{up_head}"
         );
         released.store(true, Ordering::SeqCst);
         release_tx.send(()).unwrap();
         let (mut s, interim, after_release) = interim.await.unwrap();
-        assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
+        assert!(
+            interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+            "{interim}"
+        );
         assert!(after_release, "the 100 came before the upstream sent one");
-        s.write_all(b"hello").await.unwrap();
-        let fin = read_head(&mut s).await;
-        assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
-        let mut body = [0u8; 5];
-        s.read_exact(&mut body).await.unwrap();
-        assert_eq!(&body, b"hello");
+        body_after_100(&mut s).await;
     })
     .await
     .expect("deadline");
+}
+
+/// After a `100 Continue`: send the 5-byte body `hello`, and get it back in a `200`.
+async fn body_after_100(s: &mut TcpStream) {
+    s.write_all(b"hello").await.unwrap();
+    let fin = read_head(s).await;
+    assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
+    let mut body = [0u8; 5];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"hello");
 }
 
 /// An upstream that ignores the expectation (never sends 100, just waits for the body): after
@@ -355,24 +380,19 @@ async fn expect_continue_without_an_answer_waits_a_bounded_time() {
     tokio::time::timeout(DEADLINE, async {
         let up = raw_upstream(|mut tcp| async move {
             read_head(&mut tcp).await;
-            let mut body = [0u8; 5];
-            tcp.read_exact(&mut body).await.unwrap();
-            let mut res = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec();
-            res.extend_from_slice(&body);
-            tcp.write_all(&res).await.unwrap();
-            let _ = tcp.read(&mut [0u8; 1]).await;
+            echo_5(tcp).await;
         })
         .await;
         let (addr, _running) = relay_and_agent(up).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST /lib/upload HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-        );
+        let (mut s, head) = expecting(addr).await;
         let sent = std::time::Instant::now();
         s.write_all(head.as_bytes()).await.unwrap();
         let interim = read_head(&mut s).await;
         let waited = sent.elapsed();
-        assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim}");
+        assert!(
+            interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+            "{interim}"
+        );
         let wait = ptth::limits::CONTINUE_WAIT;
         assert!(
             waited >= wait,
@@ -381,12 +401,7 @@ async fn expect_continue_without_an_answer_waits_a_bounded_time() {
         // The agent's wait decided, not the relay's longer one.
         let relay_wait = ptth::relay::RELAY_CONTINUE_WAIT;
         assert!(waited < relay_wait, "100 only after {waited:?}");
-        s.write_all(b"hello").await.unwrap();
-        let fin = read_head(&mut s).await;
-        assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
-        let mut body = [0u8; 5];
-        s.read_exact(&mut body).await.unwrap();
-        assert_eq!(&body, b"hello");
+        body_after_100(&mut s).await;
     })
     .await
     .expect("deadline");

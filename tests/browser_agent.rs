@@ -16,10 +16,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use ptth::relay::Tokens;
-use support::{TestBody, deadline, full};
-use tokio::net::{TcpListener, TcpStream};
+use support::{TestBody, deadline, full, status_text as text};
 
 fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -64,49 +62,24 @@ document.title = "serving " + window.handle.url;
 
 /// A server for the page, on its own port (another origin than the relay's).
 async fn page_server(html: String) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
+    support::http_server(move || {
+        let html = html.clone();
+        hyper::service::service_fn(move |_req: Request<Incoming>| {
             let html = html.clone();
-            let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let html = html.clone();
-                async move {
-                    let mut res = Response::new(full(html));
-                    res.headers_mut()
-                        .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
-                    Ok::<_, Infallible>(res)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
-    addr
+            async move {
+                let mut res = Response::new(full(html));
+                res.headers_mut()
+                    .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            }
+        })
+    })
+    .await
 }
 
 /// A public request to the relay for `/web{path}`.
 async fn public(addr: SocketAddr, method: &str, path: &str, body: TestBody) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/web{path}"))
-        .header("host", "localhost")
-        .body(body)
-        .unwrap();
-    sender.send_request(req).await.unwrap()
-}
-
-async fn text(res: Response<Incoming>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    support::request(addr, method, &format!("/web{path}"), body).await
 }
 
 /// Chromium, killed by its PID when dropped.
@@ -131,16 +104,11 @@ async fn a_page_in_chromium_serves_a_name_through_the_relay() {
         let addr = relay.addr;
 
         // The library as the relay serves it.
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         let js = Request::get("/.ptth/agent.js")
             .header("host", addr.to_string())
             .body(full(""))
             .unwrap();
-        let res = sender.send_request(js).await.unwrap();
+        let res = support::send(addr, js).await;
         assert_eq!(
             res.headers()["content-type"],
             "text/javascript; charset=utf-8"

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Stdio;
-
 use support::deadline;
 use tokio::io::BufReader;
 use tokio::net::TcpListener;
@@ -81,18 +79,20 @@ async fn ptth_connect_names_the_flag_for_an_unknown_ca() {
                 let _ = ptth::tls::accept(tcp, tls.clone()).await;
             }
         });
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-            .arg(format!("https://localhost:{port}/demo"))
-            .args(["--to", "http://127.0.0.1:9", "--connections", "1"])
-            .arg("--ca-cert")
-            .arg(other.ca_file())
-            .env("RUST_LOG", "warn")
-            .env_remove("PTTH_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let relay_url = format!("https://localhost:{port}/demo");
+        let ca = other.ca_file();
+        let mut agent = bins::connect(
+            &[
+                &relay_url,
+                "--to",
+                "http://127.0.0.1:9",
+                "--connections",
+                "1",
+                "--ca-cert",
+                ca.to_str().unwrap(),
+            ],
+            Some("warn"),
+        );
         let mut err = BufReader::new(agent.stderr.take().unwrap());
         let failure = line_with(&mut err, "unknown CA").await.unwrap();
         assert!(

@@ -17,19 +17,10 @@ use support::pki::Pki;
 #[tokio::test]
 async fn an_agent_stopped_with_sigterm_logs_no_warning() {
     deadline(async {
-        let mut relay = serve(&["--listen", "127.0.0.1:0"]);
-        let (text, _out) = banner(&mut relay, "agents:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, _, _out, addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "agents:").await;
         let to = upstream().await;
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-            .args([&format!("http://{addr}/demo"), "--to", &to])
-            .env_remove("PTTH_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut agent = bins::connect(&[&format!("http://{addr}/demo"), "--to", &to], None);
         let mut err = BufReader::new(agent.stderr.take().unwrap());
         let connected = line_with(&mut err, "connected to the relay").await;
         assert!(connected.is_ok(), "{connected:?}");
@@ -54,14 +45,9 @@ async fn an_agent_stopped_with_sigterm_logs_no_warning() {
 #[tokio::test]
 async fn a_missing_client_certificate_is_named_once_and_not_blamed_on_the_token() {
     deadline(async {
-        let pki = Pki::new("relay");
-        let (cert, key) = pki.issue("relay", &["localhost"], false);
+        let (pki, cert, key) = Pki::localhost_relay();
         let ca = pki.ca_file();
-        let (cert, key, ca) = (
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
-            ca.to_str().unwrap(),
-        );
+        let (cert, key, ca) = (cert.as_str(), key.as_str(), ca.to_str().unwrap());
         let mut relay = serve(&[
             "--listen-tls",
             "127.0.0.1:0",
@@ -126,9 +112,8 @@ async fn the_axum_example_shows_its_connection_at_the_default_level() {
         return;
     }
     deadline(async {
-        let mut relay = serve(&["--listen", "127.0.0.1:0"]);
-        let (text, _out) = banner(&mut relay, "agents:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, _, _out, addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "agents:").await;
         let mut app = Command::new(bin)
             .arg(format!("http://{addr}/demo"))
             .env_remove("PTTH_TOKEN")

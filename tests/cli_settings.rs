@@ -36,9 +36,8 @@ async fn version_names_each_binary() {
 #[tokio::test]
 async fn listen_takes_a_host_name() {
     deadline(async {
-        let mut relay = serve(&["--listen", "localhost:0"]);
-        let (text, _out) = banner(&mut relay, "public:").await;
-        let addr = agent_addr(&text, "http");
+        let (_relay, text, _out, addr) =
+            bins::serve_ready(&["--listen", "localhost:0"], "public:").await;
         assert!(addr.ip().is_loopback(), "{text}");
         let res = get(addr, "localhost", "/nobody/").await;
         assert!(res.starts_with("HTTP/1.1 404"), "{res}");
@@ -82,9 +81,8 @@ async fn unusable_settings_are_refused_with_a_reason() {
 #[tokio::test]
 async fn listen_tls_alone_opens_no_plain_listener() {
     deadline(async {
-        let pki = Pki::new("relay");
-        let (cert, key) = pki.issue("relay", &["localhost"], false);
-        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let (_pki, cert, key) = Pki::localhost_relay();
+        let (cert, key) = (cert.as_str(), key.as_str());
         let args = [
             "--listen-tls",
             "127.0.0.1:0",

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// The whole scenario's deadline: it only catches hangs.
@@ -79,32 +79,22 @@ async fn until<F: Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
 /// An agent's upstream: `/slow` answers after 4 s; everything else at once with the agent's
 /// name, the `Forwarded` field it got, and whether the fleet's hop marker reached it.
 async fn upstream(name: &'static str) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            let svc = hyper::service::service_fn(move |req: http::Request<_>| async move {
-                if req.uri().path() == "/slow" {
-                    tokio::time::sleep(Duration::from_secs(4)).await;
-                }
-                let fwd = req
-                    .headers()
-                    .get("forwarded")
-                    .map(|v| v.to_str().unwrap_or("").to_string())
-                    .unwrap_or_default();
-                let hop = req.headers().contains_key("ptth-fleet-hop");
-                let body = format!("from {name}\nforwarded: {fwd}\nhop: {hop}\n");
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::from(body)))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
-            );
-        }
-    });
+    let addr = support::http_server(move || {
+        hyper::service::service_fn(move |req: http::Request<_>| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+            let fwd = req
+                .headers()
+                .get("forwarded")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let hop = req.headers().contains_key("ptth-fleet-hop");
+            let body = format!("from {name}\nforwarded: {fwd}\nhop: {hop}\n");
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::from(body)))
+        })
+    })
+    .await;
     format!("http://{addr}")
 }
 

@@ -459,10 +459,8 @@ async fn unsolicited_bytes_before_the_first_request_fail_the_listener() {
     tokio::time::timeout(DEADLINE, async {
         for t in [Transport::Mem, Transport::Tcp] {
             let (mut a, b) = pipe(t).await;
-            let cfg = ListenerConfig::default();
             let listener = tokio::spawn(async move {
-                let offer = raw::read_offer(b, &cfg).await.unwrap();
-                let (client, conn) = offer.accept_reversed::<TBody>(&cfg).await.unwrap();
+                let (client, conn) = listen(b, Entry::Raw, ListenerConfig::default()).await;
                 (client, conn.await)
             });
             a.write_all(b"POST / HTTP/1.1\r\nHost: r\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n")

@@ -237,17 +237,13 @@ async fn a_proxy_that_is_down_is_a_clear_error() {
 #[tokio::test]
 async fn a_no_proxy_match_bypasses_the_proxy() {
     deadline(async {
-        let relay = start_relay(support::anonymous()).await;
-        let (up, _arrivals, _release) = spawn_upstream().await;
+        let (relay, up) = relay_and_upstream().await;
         let down = via(&format!("http://127.0.0.1:{}", dead_port()));
         let b = builder(relay.addr, "demo").connections(1).proxy(
             down.clone()
                 .no_proxy(NoProxy::parse("example.com, 127.0.0.0/8")),
         );
-        let _agent = spawn_proxy_agent(b, up);
-        relay.handle.wait_idle("demo", 1).await;
-        let (status, _, body) = get(relay.addr, "/demo/x", None).await;
-        assert_eq!((status, body), (200, format!("GET /x host={up}")));
+        let _agent = serves(&relay, b, 1, up, "/x").await;
 
         let (b, mut failures) = reporting(
             builder(relay.addr, "other")
@@ -260,6 +256,29 @@ async fn a_no_proxy_match_bypasses_the_proxy() {
     .await;
 }
 
+/// An anonymous relay, and an upstream (the test upstream's echo) for its agents.
+async fn relay_and_upstream() -> (TestRelay, SocketAddr) {
+    let relay = start_relay(support::anonymous()).await;
+    let (up, _arrivals, _release) = spawn_upstream().await;
+    (relay, up)
+}
+
+/// A proxy agent from `b` to `up`, once its `n` connections are parked for `demo` at `relay`
+/// and it has answered `/demo{path}` with the upstream's echo.
+async fn serves(
+    relay: &TestRelay,
+    b: AgentBuilder,
+    n: usize,
+    up: SocketAddr,
+    path: &str,
+) -> support::RunningAgent {
+    let agent = spawn_proxy_agent(b, up);
+    relay.handle.wait_idle("demo", n).await;
+    let (status, _, body) = get(relay.addr, &format!("/demo{path}"), None).await;
+    assert_eq!((status, body), (200, format!("GET {path} host={up}")));
+    agent
+}
+
 /// The agent through a real squid to an `http://` relay: the tunnel carries plain HTTP, and
 /// the only connections through the proxy are CONNECTs to the relay (the upstream is dialled
 /// directly).
@@ -269,17 +288,13 @@ async fn an_http_relay_through_squid() {
         return;
     };
     deadline(async {
-        let relay = start_relay(support::anonymous()).await;
-        let (up, _arrivals, _release) = spawn_upstream().await;
+        let (relay, up) = relay_and_upstream().await;
         let squid = Squid::start(&bin, &[relay.addr.port()], &[]);
         let hop = Hop::start(squid.addr).await;
         let b = builder(relay.addr, "demo")
             .connections(2)
             .proxy(via(&format!("http://{}", hop.addr)));
-        let _agent = spawn_proxy_agent(b, up);
-        relay.handle.wait_idle("demo", 2).await;
-        let (status, _, body) = get(relay.addr, "/demo/through", None).await;
-        assert_eq!((status, body), (200, format!("GET /through host={up}")));
+        let _agent = serves(&relay, b, 2, up, "/through").await;
         assert_only_connects(&hop, &relay.addr.to_string());
     })
     .await;
@@ -322,8 +337,7 @@ async fn squid_with_auth_takes_the_right_password() {
         return;
     };
     deadline(async {
-        let relay = start_relay(support::anonymous()).await;
-        let (up, _arrivals, _release) = spawn_upstream().await;
+        let (relay, up) = relay_and_upstream().await;
         let squid = Squid::start(&bin, &[relay.addr.port()], &[("alice", "s:cret p@ss")]);
         let b = builder(relay.addr, "demo")
             .connections(1)
@@ -331,10 +345,7 @@ async fn squid_with_auth_takes_the_right_password() {
                 "http://alice:s%3Acret%20p%40ss@{}",
                 squid.addr
             )));
-        let _agent = spawn_proxy_agent(b, up);
-        relay.handle.wait_idle("demo", 1).await;
-        let (status, _, body) = get(relay.addr, "/demo/authed", None).await;
-        assert_eq!((status, body), (200, format!("GET /authed host={up}")));
+        let _agent = serves(&relay, b, 1, up, "/authed").await;
     })
     .await;
 }
@@ -484,8 +495,7 @@ async fn ptth_connect_reads_http_proxy_from_the_environment() {
         return;
     };
     deadline(async {
-        let relay = start_relay(support::anonymous()).await;
-        let (up, _arrivals, _release) = spawn_upstream().await;
+        let (relay, up) = relay_and_upstream().await;
         let squid = Squid::start(&bin, &[relay.addr.port()], &[]);
         let hop = Hop::start(squid.addr).await;
         let mut agent = ptth_connect(
@@ -511,8 +521,7 @@ async fn ptth_connect_reads_http_proxy_from_the_environment() {
 #[tokio::test]
 async fn ptth_connect_ignores_upper_case_http_proxy_and_honours_no_proxy() {
     deadline(async {
-        let relay = start_relay(support::anonymous()).await;
-        let (up, _arrivals, _release) = spawn_upstream().await;
+        let (relay, up) = relay_and_upstream().await;
         let down = format!("http://127.0.0.1:{}", dead_port());
         let mut upper = ptth_connect(
             &format!("http://{}/upper", relay.addr),

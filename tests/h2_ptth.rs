@@ -13,8 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use ptth::listener::{ListenerConfig, hyper_upgrade, raw};
 use ptth::proto::origin::{self, Origin, Scheme};
@@ -31,11 +30,7 @@ const TOGETHER: usize = 32;
 /// The large body, each way.
 const LARGE: usize = 8 * 1024 * 1024;
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
+use support::{IoBody as Body, io_full as full};
 
 /// A body of `chunks` 16 KiB chunks, then an error: hyper resets the stream mid-body.
 struct FailsMidway {
@@ -161,6 +156,11 @@ fn get(path: &str) -> Request<Body> {
         .header("host", "app.example")
         .body(full(Bytes::new()))
         .unwrap()
+}
+
+/// GET `path` on `c`: the response body as text.
+async fn get_text(c: &mut ptth::listener::ReversedH2Client<Body>, path: &str) -> String {
+    text(c.send(get(path)).await.unwrap()).await
 }
 
 async fn text(res: Response<Incoming>) -> String {
@@ -547,32 +547,58 @@ async fn read_frames_until(
     }
 }
 
+/// The listener's `101` choosing HTTP/2 inside `ptth`.
+const SWITCH_H2: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n";
+
+/// A dialer on one end of an in-memory pipe: it offers `ptth` and, once switched, serves
+/// [`backend`] on HTTP/2 with `limits`. The other end (the listener's side, the offer read),
+/// the offer's text, and the dialer's task (how its connection ended).
+async fn h2_dialer(
+    limits: Limits,
+) -> (
+    tokio::io::DuplexStream,
+    String,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let dialer = tokio::spawn(async move {
+        let req = UpgradeRequest::transposed(HeaderValue::from_static("p"));
+        let flipped = ptth::dialer::handshake(a, &req, &limits).await.unwrap();
+        flipped.serve_h2(backend(), &limits).await
+    });
+    let mut buf = vec![0; 4096];
+    let n = b.read(&mut buf).await.unwrap();
+    (b, String::from_utf8_lossy(&buf[..n]).into_owned(), dialer)
+}
+
 /// The listener's preface in the same segment as the `101`: the dialer keeps those bytes and
 /// answers them (its SETTINGS, the ACK of ours, then a response on stream 1).
 #[tokio::test]
 async fn the_preface_in_the_101s_segment_is_kept() {
     tokio::time::timeout(DEADLINE, async {
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let dialer = tokio::spawn(async move {
-            let req = UpgradeRequest::transposed(HeaderValue::from_static("p"));
-            let flipped = ptth::dialer::handshake(a, &req, &Limits::default())
-                .await
-                .unwrap();
-            flipped.serve_h2(backend(), &Limits::default()).await
-        });
-        let mut buf = vec![0; 4096];
-        let n = b.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).contains("ALPN: h2, http%2F1.1\r\n"));
+        let (mut b, offer, dialer) = h2_dialer(Limits::default()).await;
+        assert!(offer.contains("ALPN: h2, http%2F1.1\r\n"));
         // One write: the 101, the preface, SETTINGS, and a GET / on stream 1 (HPACK static
         // table: :method GET, :scheme http, :path /; END_STREAM | END_HEADERS).
-        let mut segment = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n".to_vec();
+        let mut segment = SWITCH_H2.to_vec();
         segment.extend_from_slice(PREFACE_AND_SETTINGS);
         segment.extend_from_slice(b"\x00\x00\x03\x01\x05\x00\x00\x00\x01\x82\x86\x84");
         b.write_all(&segment).await.unwrap();
         let frames = read_frames_until(&mut b, 1, 0).await;
-        assert_eq!(frames[0].0, 4, "the server's SETTINGS come first: {frames:?}");
-        assert!(frames.contains(&(4, 1, 0)), "our SETTINGS acknowledged: {frames:?}");
-        assert_eq!(frames.last().unwrap().2, 1, "a response HEADERS on stream 1");
+        assert_eq!(
+            frames[0].0, 4,
+            "the server's SETTINGS come first: {frames:?}"
+        );
+        assert!(
+            frames.contains(&(4, 1, 0)),
+            "our SETTINGS acknowledged: {frames:?}"
+        );
+        assert_eq!(
+            frames.last().unwrap().2,
+            1,
+            "a response HEADERS on stream 1"
+        );
         drop(b);
         let _ = dialer.await.unwrap();
     })
@@ -607,19 +633,10 @@ async fn a_client_preface_from_the_dialers_side_fails_the_connection() {
 #[tokio::test]
 async fn no_preface_from_the_listeners_side_fails_the_dialers_connection() {
     tokio::time::timeout(DEADLINE, async {
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let dialer = tokio::spawn(async move {
-            let req = UpgradeRequest::transposed(HeaderValue::from_static("p"));
-            let flipped = ptth::dialer::handshake(a, &req, &Limits::default())
-                .await
-                .unwrap();
-            flipped.serve_h2(backend(), &Limits::default()).await
-        });
-        let mut buf = vec![0; 4096];
-        let _ = b.read(&mut buf).await.unwrap();
-        b.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-            .await
-            .unwrap();
+        let (mut b, _, dialer) = h2_dialer(Limits::default()).await;
+        // SETTINGS without the preface.
+        let segment = [SWITCH_H2, b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"].concat();
+        b.write_all(&segment).await.unwrap();
         assert!(dialer.await.unwrap().is_err());
     })
     .await
@@ -645,11 +662,7 @@ async fn headers_past_the_limit() {
         let mut c = client.clone();
         let res = c.send(over(limit + 1024)).await.unwrap();
         assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        assert!(
-            text(c.send(get("/next")).await.unwrap())
-                .await
-                .starts_with("/next")
-        );
+        assert!(get_text(&mut c, "/next").await.starts_with("/next"));
         let err = c.send(over(limit * 5)).await.unwrap_err();
         assert!(format!("{err:?}").contains("ENHANCE_YOUR_CALM"), "{err:?}");
         assert!(c.send(get("/after")).await.is_err());
@@ -674,11 +687,7 @@ async fn a_stream_that_is_never_read_holds_back_only_itself() {
         let stalled = c.send(get("/large")).await.unwrap();
         for i in 0..16 {
             let path = format!("/beside/{i}");
-            assert!(
-                text(c.send(get(&path)).await.unwrap())
-                    .await
-                    .starts_with(&path)
-            );
+            assert!(get_text(&mut c, &path).await.starts_with(&path));
         }
         let beside = c.send(get("/large")).await.unwrap();
         let beside = beside.into_body().collect().await.unwrap().to_bytes();
@@ -699,7 +708,6 @@ async fn a_stream_that_is_never_read_holds_back_only_itself() {
 #[tokio::test]
 async fn a_settings_flood_ends_the_connection_instead_of_hanging() {
     tokio::time::timeout(DEADLINE, async {
-        let (a, mut b) = tokio::io::duplex(64 * 1024);
         let limits = Limits {
             h2: ptth::H2Limits {
                 keep_alive_interval: Some(Duration::from_millis(200)),
@@ -709,14 +717,8 @@ async fn a_settings_flood_ends_the_connection_instead_of_hanging() {
             },
             ..Limits::default()
         };
-        let dialer = tokio::spawn(async move {
-            let req = UpgradeRequest::transposed(HeaderValue::from_static("p"));
-            let flipped = ptth::dialer::handshake(a, &req, &limits).await.unwrap();
-            flipped.serve_h2(backend(), &limits).await
-        });
-        let mut buf = vec![0; 4096];
-        let _ = b.read(&mut buf).await.unwrap();
-        let mut flood = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\nALPN: h2\r\n\r\n".to_vec();
+        let (mut b, _, dialer) = h2_dialer(limits).await;
+        let mut flood = SWITCH_H2.to_vec();
         flood.extend_from_slice(PREFACE_AND_SETTINGS);
         // SETTINGS_INITIAL_WINDOW_SIZE = 65535, again and again: 15 bytes a frame.
         const SETTINGS: &[u8] = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\xff\xff";
@@ -736,21 +738,6 @@ async fn a_settings_flood_ends_the_connection_instead_of_hanging() {
     })
     .await
     .expect("deadline");
-}
-
-/// Whether the Python `h2` package can run; otherwise why not (the test then skips).
-fn python_h2() -> Result<(), String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import h2, sys; sys.stdout.write(h2.__version__)"])
-        .output()
-        .map_err(|e| format!("python3 is not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Python h2 package is missing (pip install h2): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 fn python(script: &str, args: &[String]) -> tokio::process::Child {
@@ -783,7 +770,7 @@ async fn python_result(child: tokio::process::Child) -> serde_json::Value {
 /// and end with GOAWAY.
 #[tokio::test]
 async fn third_party_backend_against_our_listener() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED third_party_backend_against_our_listener: {why}");
         return;
     }
@@ -858,7 +845,7 @@ async fn third_party_backend_against_our_listener() {
 /// each way, gets one stream reset, and ends with GOAWAY; our connection then ends cleanly.
 #[tokio::test]
 async fn third_party_proxy_against_our_dialer() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED third_party_proxy_against_our_dialer: {why}");
         return;
     }

@@ -653,9 +653,8 @@ async fn loopback_tcp_exact_101_and_first_round_trip() {
     tokio::time::timeout(DEADLINE, async {
         let (tcp, addr) = support::bind_local().await;
         let listener = tokio::spawn(async move {
-            let (stream, _) = tcp.accept().await.unwrap();
             let cfg = ListenerConfig::default();
-            let offer = raw::read_offer(stream, &cfg).await.unwrap();
+            let offer = support::read_offer_on(&tcp).await;
             assert_eq!(offer.head().uri, "/message-queue?id=iamsam");
             let (mut client, conn) = offer.accept_reversed::<Empty<Bytes>>(&cfg).await.unwrap();
             tokio::spawn(conn);

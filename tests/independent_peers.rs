@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use ptth::listener::{ListenerConfig, raw};
+use ptth::listener::ListenerConfig;
 use ptth::{Limits, Protocol, UpgradeRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,9 +69,8 @@ async fn npm_style_raw_dialer_against_our_listener() {
     tokio::time::timeout(DEADLINE, async {
         let (tcp, addr) = support::bind_local().await;
         let listener = tokio::spawn(async move {
-            let (stream, _) = tcp.accept().await.unwrap();
             let cfg = ListenerConfig::default();
-            let offer = raw::read_offer(stream, &cfg).await.unwrap();
+            let offer = support::read_offer_on(&tcp).await;
             assert_eq!(offer.protocol(), Protocol::Ptth10);
             let (mut c, conn) = offer
                 .accept_reversed::<http_body_util::combinators::BoxBody<Bytes, Infallible>>(&cfg)

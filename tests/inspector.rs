@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use ptth::agent::Agent;
 use ptth::agent::Proxy;
 use ptth::agent::inspect::{self, InspectConfig, Inspector, TIMING_FIELD, TIMING_QUEUE_WAIT};
@@ -35,26 +34,14 @@ const BIG: usize = 200 * 1024;
 /// `/big` is [`BIG`] bytes; anything else echoes its method, path, a few fields and its body
 /// as JSON.
 async fn upstream(second: Arc<Notify>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
+    support::http_server(move || {
+        let second = second.clone();
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let second = second.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let second = second.clone();
-                    async move { Ok::<_, Infallible>(answer(req, second).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+            async move { Ok::<_, Infallible>(answer(req, second).await) }
+        })
+    })
+    .await
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -275,6 +262,24 @@ impl Feed {
     }
 }
 
+/// [`setup`], and the feed of its inspector opened.
+async fn watched(config: InspectConfig, ask_queue_wait: bool) -> (Setup, Feed) {
+    let s = setup(config, ask_queue_wait).await;
+    let feed = Feed::open(&s).await;
+    (s, feed)
+}
+
+/// Ask the inspector to replay entry `id` as it was.
+async fn replay_as_it_was(s: &Setup, id: &str) -> (u16, String, Value) {
+    api(
+        s,
+        "POST",
+        "/api/requests/http",
+        Some(&serde_json::json!({"id": id})),
+    )
+    .await
+}
+
 fn b64(v: &Value) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
@@ -285,8 +290,7 @@ fn b64(v: &Value) -> Vec<u8> {
 #[tokio::test]
 async fn a_request_is_listed_with_ngroks_fields_and_replayed_with_and_without_edits() {
     deadline(async {
-        let s = setup(InspectConfig::default(), false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), false).await;
         let (status, body) = public(
             &s,
             "POST",
@@ -350,13 +354,7 @@ async fn a_request_is_listed_with_ngroks_fields_and_replayed_with_and_without_ed
         assert_eq!(status, 404);
 
         // A replay is a new entry, and reaches the upstream with the credentials kept.
-        let (status, head, _) = api(
-            &s,
-            "POST",
-            "/api/requests/http",
-            Some(&serde_json::json!({"id": id})),
-        )
-        .await;
+        let (status, head, _) = replay_as_it_was(&s, &id).await;
         assert_eq!(status, 204, "{head}");
         let replay = feed.next_request().await;
         assert_ne!(replay["id"], id.as_str());
@@ -438,13 +436,7 @@ async fn a_request_is_listed_with_ngroks_fields_and_replayed_with_and_without_ed
         assert_eq!(status, 204);
         let (_, _, list) = api(&s, "GET", "/api/requests/http", None).await;
         assert_eq!(list["requests"], serde_json::json!([]));
-        let (status, _, _) = api(
-            &s,
-            "POST",
-            "/api/requests/http",
-            Some(&serde_json::json!({"id": id})),
-        )
-        .await;
+        let (status, _, _) = replay_as_it_was(&s, &id).await;
         assert_eq!(status, 404, "a cleared entry cannot be replayed");
     })
     .await;
@@ -457,8 +449,7 @@ async fn bodies_are_kept_up_to_the_cap_while_the_client_gets_them_whole() {
             body_limit: 1024,
             ..InspectConfig::default()
         };
-        let s = setup(config, false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(config, false).await;
         let (status, body) = public(&s, "GET", "/big", "", b"").await;
         assert_eq!((status, body.len()), (200, BIG));
         assert!(body.iter().all(|&b| b == b'x'));
@@ -476,13 +467,7 @@ async fn bodies_are_kept_up_to_the_cap_while_the_client_gets_them_whole() {
         let e = feed.next_request().await;
         assert_eq!(e["request"]["body"]["size"], 5000);
         let id = e["id"].as_str().unwrap();
-        let (status, _, _) = api(
-            &s,
-            "POST",
-            "/api/requests/http",
-            Some(&serde_json::json!({"id": id})),
-        )
-        .await;
+        let (status, _, _) = replay_as_it_was(&s, id).await;
         assert_eq!(status, 409);
         let (status, _, _) = api(
             &s,
@@ -505,8 +490,7 @@ async fn the_ring_holds_its_count_and_byte_bounds() {
             max_bytes: 3 * 4096,
             ..InspectConfig::default()
         };
-        let s = setup(config, false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(config, false).await;
         // By count: five small requests, three kept, the newest.
         let mut ids = Vec::new();
         for i in 0..5 {
@@ -542,8 +526,7 @@ async fn the_ring_holds_its_count_and_byte_bounds() {
 #[tokio::test]
 async fn a_streamed_response_passes_unbuffered_with_the_inspector_on() {
     deadline(async {
-        let s = setup(InspectConfig::default(), false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), false).await;
         let mut tcp = TcpStream::connect(s.relay).await.unwrap();
         let head = format!(
             "GET /app/sse HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -580,8 +563,7 @@ async fn a_streamed_response_passes_unbuffered_with_the_inspector_on() {
 #[tokio::test]
 async fn copy_as_curl_targets_the_public_url_and_runs_as_given() {
     deadline(async {
-        let s = setup(InspectConfig::default(), false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), false).await;
         let (status, _) = public(
             &s,
             "PUT",
@@ -638,8 +620,7 @@ async fn copy_as_curl_targets_the_public_url_and_runs_as_given() {
 #[tokio::test]
 async fn an_open_sse_stream_is_listed_in_progress_and_updated_when_it_ends() {
     deadline(async {
-        let s = setup(InspectConfig::default(), false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), false).await;
         let mut tcp = TcpStream::connect(s.relay).await.unwrap();
         let head = format!(
             "GET /app/sse HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -709,8 +690,7 @@ async fn credentials_are_shown_only_when_asked_and_the_host_must_be_loopback() {
             redact: false,
             ..InspectConfig::default()
         };
-        let s = setup(config, false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(config, false).await;
         public(&s, "GET", "/c", "Cookie: a=b\n", b"").await;
         let e = feed.next_request().await;
         assert_eq!(e["request"]["headers"]["Cookie"][0], "a=b");
@@ -737,8 +717,7 @@ async fn credentials_are_shown_only_when_asked_and_the_host_must_be_loopback() {
 #[tokio::test]
 async fn the_relay_reports_its_queue_wait_only_when_asked_and_the_upstream_never_sees_it() {
     deadline(async {
-        let s = setup(InspectConfig::default(), true).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), true).await;
         // A client's own field is dropped by the relay: the figure is the relay's.
         let (status, body) = public(&s, "GET", "/q", "PTTH-Queue-Wait: 999999999\n", b"").await;
         assert_eq!(status, 200);
@@ -749,13 +728,7 @@ async fn the_relay_reports_its_queue_wait_only_when_asked_and_the_upstream_never
         assert!((0.0..999_999.0).contains(&wait), "{wait}");
         // A replay does not pass the relay: it has no queue wait of its own.
         let id = e["id"].as_str().unwrap();
-        let (status, _, _) = api(
-            &s,
-            "POST",
-            "/api/requests/http",
-            Some(&serde_json::json!({"id": id})),
-        )
-        .await;
+        let (status, _, _) = replay_as_it_was(&s, id).await;
         assert_eq!(status, 204);
         let replay = feed.next_request().await;
         assert!(
@@ -765,8 +738,7 @@ async fn the_relay_reports_its_queue_wait_only_when_asked_and_the_upstream_never
         );
 
         // Not asked for: not reported, whatever the client sends.
-        let s = setup(InspectConfig::default(), false).await;
-        let mut feed = Feed::open(&s).await;
+        let (s, mut feed) = watched(InspectConfig::default(), false).await;
         public(&s, "GET", "/q", "PTTH-Queue-Wait: 999999999\n", b"").await;
         let e = feed.next_request().await;
         assert!(e["timing"]["relay_queue_ms"].is_null(), "{}", e["timing"]);

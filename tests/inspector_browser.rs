@@ -11,7 +11,6 @@
 mod support;
 use support::bins;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -85,27 +84,21 @@ async fn the_page_shows_a_request_live_and_replays_it_in_chromium() {
         return;
     };
     tokio::time::timeout(DEADLINE, async {
-        let mut relay = bins::serve(&["--listen", "127.0.0.1:0"]);
-        let (banner, _out) = bins::banner(&mut relay, "public:").await;
-        let relay_addr = bins::agent_addr(&banner, "http");
+        let (_relay, _, _out, relay_addr) =
+            bins::serve_ready(&["--listen", "127.0.0.1:0"], "public:").await;
         let to = json_upstream().await;
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-            .arg(format!("http://{relay_addr}/demo"))
-            .args([
+        let mut agent = bins::connect(
+            &[
+                &format!("http://{relay_addr}/demo"),
                 "--to",
                 &to,
                 "--connections",
                 "1",
                 "--inspect",
                 "127.0.0.1:0",
-            ])
-            .env_remove("PTTH_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            ],
+            Some("info"),
+        );
         let mut err = BufReader::new(agent.stderr.take().unwrap());
         let line = bins::line_with(&mut err, "inspector on http://")
             .await

@@ -21,12 +21,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use support::bins::{agent_addr, banner, line_with, serve};
-use support::{TestBody, channel_body, deadline, full};
+use support::{TestBody, channel_body, deadline, full, status_text as text};
 use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{Barrier, mpsc};
 
 /// Requests the concurrency check keeps in flight at once (each is answered only when all have
@@ -46,24 +44,17 @@ struct Upstream {
 }
 
 async fn upstream() -> Upstream {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (events, sse) = channel_body();
     let sse = Arc::new(Mutex::new(Some(sse)));
     let barrier = Arc::new(Barrier::new(IN_FLIGHT));
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = l.accept().await.unwrap();
+    let addr = support::http_server(move || {
+        let (sse, barrier) = (sse.clone(), barrier.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             let (sse, barrier) = (sse.clone(), barrier.clone());
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (sse, barrier) = (sse.clone(), barrier.clone());
-                async move { Ok::<_, Infallible>(answer(req, sse, barrier).await) }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
-            );
-        }
-    });
+            async move { Ok::<_, Infallible>(answer(req, sse, barrier).await) }
+        })
+    })
+    .await;
     Upstream {
         url: format!("http://{addr}"),
         events,
@@ -110,24 +101,7 @@ async fn answer(
 
 /// A public request to `addr` for `/demo{path}`, on a connection of its own.
 async fn public(addr: SocketAddr, method: &str, path: &str, body: Body) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/demo{path}"))
-        .header("host", "localhost")
-        .body(body)
-        .unwrap();
-    sender.send_request(req).await.unwrap()
-}
-
-async fn text(res: Response<Incoming>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    support::request(addr, method, &format!("/demo{path}"), body).await
 }
 
 fn empty() -> Body {
@@ -208,22 +182,9 @@ async fn relay() -> (Child, impl Sized, SocketAddr) {
 
 /// `ptth-connect` for `relay_url`, forwarding to `to`, with `args`; its stderr piped.
 fn agent(relay_url: &str, to: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ptth-connect"))
-        .args([
-            relay_url,
-            "--to",
-            to,
-            "--connections",
-            &IN_FLIGHT.to_string(),
-        ])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("PTTH_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let n = IN_FLIGHT.to_string();
+    let first = [relay_url, "--to", to, "--connections", &n];
+    support::bins::connect(&[&first[..], args].concat(), Some("info"))
 }
 
 #[tokio::test]
@@ -354,23 +315,15 @@ async fn lp(
     exchange: Option<&str>,
     body: Body,
 ) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri("/demo")
-        .header("host", addr.to_string())
-        .header("ptth-long-poll", kind);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut fields = vec![("ptth-long-poll", kind)];
+    if let Some(b) = &bearer {
+        fields.push(("authorization", b));
     }
     if let Some(x) = exchange {
-        req = req.header("ptth-exchange", x);
+        fields.push(("ptth-exchange", x));
     }
-    sender.send_request(req.body(body).unwrap()).await.unwrap()
+    with_fields(addr, method, &fields, body).await
 }
 
 /// The wire as spec-notes/long-poll.md states it, by hand: the refusals and what each status
@@ -454,11 +407,6 @@ async fn with_fields(
     fields: &[(&str, &str)],
     body: Body,
 ) -> Response<Incoming> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
         .uri("/demo")
@@ -466,7 +414,7 @@ async fn with_fields(
     for (k, v) in fields {
         req = req.header(*k, *v);
     }
-    sender.send_request(req.body(body).unwrap()).await.unwrap()
+    support::send(addr, req.body(body).unwrap()).await
 }
 
 /// What a browser needs, by hand: CORS preflights and fields for an allowed origin only, and

@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use ptth::relay::{Config, Tokens};
 use serde_json::Value;
-use support::bins::{self, banner};
+use support::bins;
 use support::{TestBody, TestRelay, deadline, full, send, start_relay};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
@@ -118,9 +118,11 @@ fn echo_upgrade(req: Request<Incoming>) -> Response<Full<Bytes>> {
 /// [`upstream`], once both of the agent's HTTP/2 connections are counted: (relay, agent,
 /// public address, admin address).
 async fn relay_and_agent() -> (Child, Child, std::net::SocketAddr, std::net::SocketAddr) {
-    let mut relay = bins::serve(&["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-    let (text, _out) = banner(&mut relay, "admin:").await;
-    let addr = bins::agent_addr(&text, "http");
+    let (relay, text, _out, addr) = bins::serve_ready(
+        &["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        "admin:",
+    )
+    .await;
     let admin: std::net::SocketAddr = text
         .lines()
         .find_map(|l| l.strip_prefix("admin:   http://"))
@@ -262,21 +264,6 @@ async fn futures_join<T: Send + 'static>(
     out
 }
 
-/// Whether the Python `h2` package can run; otherwise why not (the test then skips).
-fn python_h2() -> Result<(), String> {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import h2"])
-        .output()
-        .map_err(|e| format!("python3 is not available ({e})"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the Python h2 package is missing (apt-get install python3-h2, or pip install h2): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
 /// tests/h2/backend.py dialing `relay` with `target` (and a token): its stdin (a line releases
 /// `/hold`) and its JSON lines.
 struct Backend {
@@ -349,7 +336,7 @@ async fn wait_h2(relay: &TestRelay, name: &str, n: usize) {
 /// (NO_ERROR).
 #[tokio::test]
 async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!(
             "SKIPPED python_backend_serves_the_public_and_a_reset_fails_only_its_request: {why}"
         );
@@ -441,7 +428,7 @@ async fn python_backend_serves_the_public_and_a_reset_fails_only_its_request() {
 /// answered in full; only then does the relay send GOAWAY and close.
 #[tokio::test]
 async fn the_drain_lets_an_open_stream_finish_then_sends_goaway() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED the_drain_lets_an_open_stream_finish_then_sends_goaway: {why}");
         return;
     }
@@ -475,7 +462,7 @@ async fn the_drain_lets_an_open_stream_finish_then_sends_goaway() {
 /// lets the connection go, and later requests go to the name's other connection.
 #[tokio::test]
 async fn an_agents_goaway_retires_its_connection() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED an_agents_goaway_retires_its_connection: {why}");
         return;
     }
@@ -516,7 +503,7 @@ async fn an_agents_goaway_retires_its_connection() {
 /// stays open) loses its connection within the keepalive deadline, and the name has none.
 #[tokio::test]
 async fn ping_finds_an_agent_that_stopped_answering() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED ping_finds_an_agent_that_stopped_answering: {why}");
         return;
     }
@@ -625,7 +612,7 @@ async fn a_client_preface_from_the_agent_ends_its_connection() {
 /// every name over the one connection. An origin outside the relay's domain is refused too.
 #[tokio::test]
 async fn every_origin_is_authorised_and_each_becomes_a_name() {
-    if let Err(why) = python_h2() {
+    if let Err(why) = support::python_h2() {
         println!("SKIPPED every_origin_is_authorised_and_each_becomes_a_name: {why}");
         return;
     }

@@ -4,8 +4,9 @@
 //! ```text
 //! dial (TCP, keepalive, nodelay; TLS) -> handshake (Upgrade: PTTH/0.9, or ptth + ALPN)
 //!   -> Parked { h2: the relay chose ALPN h2 }
-//!   -> Serve::serve: a hyper service (Flipped::serve, or Flipped::serve_h2 on h2), or the
-//!      proxy (the h1 engine, or its HTTP/2 forwarder on h2),
+//!   -> serve: on h2, the server's HTTP/2 service (Serve::h2: the user's hyper service, or
+//!      the proxy's forwarder) under Flipped::serve_h2; on HTTP/1.1, Serve::serve_h1 (hyper's
+//!      Flipped::serve, or the proxy's h1 engine),
 //!      until the relay closes it, the pool stops it, or the drain ends
 //!   -> Ended { outcome: Closed | Failed | Refused | Cancelled }
 //! ```
@@ -123,17 +124,44 @@ pub(super) struct Dialled {
 }
 
 /// How a parked connection is served: with a hyper service ([`Hyper`]), or by the forwarding
-/// engine ([`super::proxy::Proxy`]). `serve` returns when the connection is done; `graceful`
-/// asks it to finish the exchange in flight and close (on HTTP/2: send GOAWAY and let the open
-/// streams finish). Requests are counted in `track`.
+/// engine ([`super::proxy::Proxy`]). On HTTP/2 (the relay chose `h2`) every server hands its
+/// streams to a hyper service ([`Serve::h2`]) and [`serve`] runs it; on HTTP/1.1
+/// [`Serve::serve_h1`] serves the connection itself. Either returns when the connection is done.
 pub(super) trait Serve: Send + Sync + 'static {
-    fn serve(
+    /// What answers the streams of an HTTP/2 connection.
+    type H2: HttpService + Send + 'static;
+
+    /// The service for one HTTP/2 connection's streams.
+    fn h2(&self) -> Self::H2;
+
+    /// Serve one HTTP/1.1 connection until it is done.
+    fn serve_h1(
         &self,
         flipped: Flipped<BoxedIo>,
-        config: &Config,
-        track: Arc<Track>,
-        graceful: CancellationToken,
+        on: Parked<'_>,
     ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// What serving a parked connection takes beside the connection: the agent's settings, where
+/// its requests are counted, and the pool's ask to finish (`graceful`: finish the exchange in
+/// flight and close; on HTTP/2: send GOAWAY and let the open streams finish).
+pub(super) struct Parked<'a> {
+    pub(super) config: &'a Config,
+    pub(super) track: Arc<Track>,
+    pub(super) graceful: CancellationToken,
+}
+
+/// Serve a parked connection with `server`: the one place that tells HTTP/2 from HTTP/1.1.
+async fn serve<V: Serve>(server: &V, flipped: Flipped<BoxedIo>, on: Parked<'_>) {
+    if flipped.is_h2() {
+        let svc = Tracked {
+            inner: server.h2(),
+            track: on.track,
+        };
+        serve_h2(flipped, svc, on.config, on.graceful).await;
+    } else {
+        server.serve_h1(flipped, on).await;
+    }
 }
 
 /// A hyper service, served with [`Flipped::serve`]. Each connection serves its own clone, so
@@ -145,21 +173,19 @@ impl<S> Serve for Hyper<S>
 where
     S: HttpService + Clone + Send + 'static,
 {
-    async fn serve(
-        &self,
-        flipped: Flipped<BoxedIo>,
-        config: &Config,
-        track: Arc<Track>,
-        graceful: CancellationToken,
-    ) {
-        let inner = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let svc = Tracked { inner, track };
-        if flipped.is_h2() {
-            serve_h2(flipped, svc, config, graceful).await;
-            return;
-        }
-        let serving = flipped.serve(svc, &config.limits);
-        if let Err(e) = until_drained(serving, &graceful).await {
+    type H2 = S;
+
+    fn h2(&self) -> S {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn serve_h1(&self, flipped: Flipped<BoxedIo>, on: Parked<'_>) {
+        let svc = Tracked {
+            inner: self.h2(),
+            track: on.track,
+        };
+        let serving = flipped.serve(svc, &on.config.limits);
+        if let Err(e) = until_drained(serving, &on.graceful).await {
             debug!(error = %e, "reversed connection ended with an error");
         }
     }
@@ -202,7 +228,7 @@ async fn until_drained<F: Drain>(serving: F, graceful: &CancellationToken) -> hy
 /// Serve HTTP/2 on a `ptth` connection whose relay chose `h2` ([`Flipped::serve_h2`]): the
 /// one place the agent runs hyper's HTTP/2 server, for user services and the proxy alike.
 /// `graceful` sends GOAWAY; the open streams then finish (or the drain timeout drops them).
-pub(super) async fn serve_h2<S: HttpService>(
+async fn serve_h2<S: HttpService>(
     flipped: Flipped<BoxedIo>,
     service: S,
     config: &Config,
@@ -250,7 +276,11 @@ pub(super) async fn connection<V: Serve>(
                 served: AtomicBool::new(false),
             });
             tokio::select! {
-                () = server.serve(flipped, &config, track.clone(), stop.graceful.clone()) => {}
+                () = serve(&*server, flipped, Parked {
+                    config: &config,
+                    track: track.clone(),
+                    graceful: stop.graceful.clone(),
+                }) => {}
                 // The drain timeout passed: dropping the connection closes it mid-exchange.
                 () = stop.hard.cancelled() => {}
             }

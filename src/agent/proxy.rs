@@ -24,15 +24,14 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use http::Uri;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::AgentError;
 use super::config::{
-    Config, DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS, REPLAY_PIPE_BYTES,
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_CONNECTIONS, REPLAY_PIPE_BYTES,
     UPSTREAM_MAX_BUF, default_tls,
 };
-use super::conn::{InFlight, Serve, Track, Tracked};
+use super::conn::{InFlight, Parked, Serve};
 use super::dial::BoxedIo;
 use super::forward_h2::{Forward, Upstreams};
 use super::inspect::{Inspector, QUEUE_WAIT_FIELD};
@@ -155,16 +154,8 @@ impl Proxy {
         };
         let mut inbound = Conn::new(server, b"", limits);
         let forward = async move {
-            let mut upstream = None;
             let mut record = Record::default();
-            h1::exchange(
-                &mut inbound,
-                &mut upstream,
-                &*self.cfg,
-                &settings,
-                &mut record,
-            )
-            .await;
+            h1::exchange(&mut inbound, &mut None, &*self.cfg, &settings, &mut record).await;
             // Dropping the stream ends the response for the reader below.
         };
         let client = async {
@@ -187,37 +178,40 @@ fn upstream_limits(limits: &Limits) -> Limits {
 }
 
 impl Serve for Proxy {
+    type H2 = Forward;
+
+    /// The HTTP/2 forwarder: its upstream connections are shared by every reversed HTTP/2
+    /// connection of this proxy, opened on the first.
+    fn h2(&self) -> Forward {
+        let upstreams = self
+            .h2
+            .get_or_init(|| Upstreams::new(self.cfg.clone(), self.cfg.upstream_connections));
+        Forward {
+            cfg: self.cfg.clone(),
+            upstreams: upstreams.clone(),
+        }
+    }
+
     /// Forward the reversed connection's requests one by one until the relay closes it, it
     /// idles past [`Limits::idle_timeout`], or the pool stops it (between requests, or after
     /// the one in flight).
-    async fn serve(
-        &self,
-        flipped: Flipped<BoxedIo>,
-        config: &Config,
-        track: Arc<Track>,
-        graceful: CancellationToken,
-    ) {
-        if flipped.is_h2() {
-            let upstreams = self
-                .h2
-                .get_or_init(|| Upstreams::new(self.cfg.clone(), self.cfg.upstream_connections));
-            let forward = Forward {
-                cfg: self.cfg.clone(),
-                upstreams: upstreams.clone(),
-            };
-            let svc = Tracked {
-                inner: forward,
-                track,
-            };
-            return super::conn::serve_h2(flipped, svc, config, graceful).await;
-        }
+    async fn serve_h1(&self, flipped: Flipped<BoxedIo>, on: Parked<'_>) {
+        let Parked {
+            config,
+            track,
+            graceful,
+        } = on;
         let limits = &config.limits;
         let (already, io) = flipped.into_parts();
         let mut inbound = Conn::new(io, &already, limits);
         let mut upstream = None;
         let response_limits = upstream_limits(limits);
-        let tap = self.cfg.inspector.as_ref().map(|i| i as &dyn Tap);
         let closing = || graceful.is_cancelled();
+        let settings = h1::Settings {
+            tap: self.cfg.inspector.as_ref().map(|i| i as &dyn Tap),
+            ..h1::Settings::new(limits, &response_limits, &closing)
+        };
+        let route = &*self.cfg;
         // One wait for the stop for the connection's whole life, not one per request.
         let cancelled = graceful.cancelled();
         tokio::pin!(cancelled);
@@ -244,18 +238,8 @@ impl Serve for Proxy {
             let _busy = InFlight::start(&track);
             // The status and the time to the response head, for the metrics.
             let mut record = Record::default();
-            let settings = h1::Settings {
-                tap,
-                ..h1::Settings::new(limits, &response_limits, &closing)
-            };
-            let after = h1::exchange(
-                &mut inbound,
-                &mut upstream,
-                &*self.cfg,
-                &settings,
-                &mut record,
-            )
-            .await;
+            let after =
+                h1::exchange(&mut inbound, &mut upstream, route, &settings, &mut record).await;
             if let Some(status) = record.status() {
                 track.gauge.metrics.request(status, record.head());
             }

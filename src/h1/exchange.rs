@@ -1124,6 +1124,23 @@ mod tests {
         }
     }
 
+    /// One exchange on `inb` toward `route`, with default limits and no stop.
+    async fn once(
+        inb: &mut Conn<DuplexStream>,
+        out: &mut Option<Conn<DuplexStream>>,
+        route: &TestRoute,
+    ) -> After {
+        let limits = Limits::default();
+        let closing = || false;
+        let settings = Settings::new(&limits, &limits, &closing);
+        exchange(inb, out, route, &settings, &mut Record::default()).await
+    }
+
+    /// [`run`] with one exchange, the next hop's side left open.
+    async fn ran(request: &[u8], response: &[u8]) -> Ran {
+        run(request, response, false, 1).await
+    }
+
     const OK2: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
     #[tokio::test]
@@ -1148,11 +1165,9 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_bodies_are_framed_again_without_extensions_or_trailers() {
-        let r = run(
+        let r = ran(
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nok\r\n0\r\nT: 2\r\n\r\n",
-            false,
-            1,
         )
         .await;
         let (head, body) = r.upstream.split_once("\r\n\r\n").unwrap();
@@ -1184,28 +1199,22 @@ mod tests {
 
     #[tokio::test]
     async fn head_204_and_304_have_no_body() {
-        let r = run(
+        let r = ran(
             b"HEAD / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
-            false,
-            1,
         )
         .await;
         assert_eq!(r.client, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
         assert!(r.kept && r.afters == [After::KeepAlive]);
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\n\r\n",
-            false,
-            1,
         )
         .await;
         assert_eq!(r.client, "HTTP/1.1 204 No Content\r\n\r\n");
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
-            false,
-            1,
         )
         .await;
         assert_eq!(
@@ -1219,11 +1228,9 @@ mod tests {
     async fn a_204_or_304_with_both_length_fields_has_no_body_and_closes() {
         // Found by the h1_exchange fuzz target: the 204 was framed as chunked and the engine
         // wrote `transfer-encoding: chunked` on it (D79).
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            false,
-            1,
         )
         .await;
         assert_eq!(
@@ -1236,11 +1243,9 @@ mod tests {
             [After::KeepAlive],
             "the client's connection is fine"
         );
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            false,
-            1,
         )
         .await;
         assert_eq!(r.client, "HTTP/1.1 304 Not Modified\r\n\r\n");
@@ -1249,11 +1254,9 @@ mod tests {
 
     #[tokio::test]
     async fn interim_responses_pass_through() {
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            false,
-            1,
         )
         .await;
         assert_eq!(
@@ -1261,11 +1264,9 @@ mod tests {
             "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         );
         // None to an HTTP/1.0 client (RFC 9110 §15.2).
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.0\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            false,
-            1,
         )
         .await;
         assert!(r.client.starts_with("HTTP/1.1 200 OK\r\n"), "{}", r.client);
@@ -1273,11 +1274,9 @@ mod tests {
 
     #[tokio::test]
     async fn length_beside_chunked_is_framed_by_chunked_and_the_connection_is_not_reused() {
-        let r = run(
+        let r = ran(
             b"GET / HTTP/1.1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-            false,
-            1,
         )
         .await;
         let (head, body) = r.client.split_once("\r\n\r\n").unwrap();
@@ -1296,7 +1295,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /.. HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
         ] {
-            let r = run(req, b"", false, 1).await;
+            let r = ran(req, b"").await;
             assert!(
                 r.client.starts_with("HTTP/1.1 400 "),
                 "{req:?}: {}",
@@ -1344,7 +1343,7 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(2000, b'a');
         big.extend_from_slice(b"\r\n\r\n");
-        let r = run(&big, b"", false, 1).await;
+        let r = ran(&big, b"").await;
         assert!(r.client.starts_with("HTTP/1.1 431 "), "{}", r.client);
         assert!(r.upstream.is_empty(), "nothing reached the next hop");
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
@@ -1352,7 +1351,7 @@ mod tests {
             many.extend_from_slice(b"X: y\r\n");
         }
         many.extend_from_slice(b"\r\n");
-        let r = run(&many, b"", false, 1).await;
+        let r = ran(&many, b"").await;
         assert!(r.client.starts_with("HTTP/1.1 431 "), "{}", r.client);
     }
 
@@ -1387,23 +1386,10 @@ mod tests {
         let route = TestRoute {
             next: Mutex::new(vec![out_io]),
         };
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
         for _ in 0..3 {
-            assert_eq!(
-                exchange(
-                    &mut inb,
-                    &mut out,
-                    &route,
-                    &settings,
-                    &mut Record::default()
-                )
-                .await,
-                After::KeepAlive
-            );
+            assert_eq!(once(&mut inb, &mut out, &route).await, After::KeepAlive);
         }
         drop((inb, out));
         let mut got = Vec::new();
@@ -1432,22 +1418,9 @@ mod tests {
             .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nFROMUP")
             .await
             .unwrap();
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
-        assert_eq!(
-            exchange(
-                &mut inb,
-                &mut out,
-                &route,
-                &settings,
-                &mut Record::default()
-            )
-            .await,
-            After::Switched
-        );
+        assert_eq!(once(&mut inb, &mut out, &route).await, After::Switched);
         let tunnel = tokio::spawn(tunnel(inb, out.take().unwrap()));
         // The client gets the 101 and what the next hop sent behind it.
         let mut text = String::new();
@@ -1482,13 +1455,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_asks_to_close_is_told_so() {
-        let r = run(
-            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-            OK2,
-            false,
-            1,
-        )
-        .await;
+        let r = ran(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", OK2).await;
         assert_eq!(
             r.client,
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -1504,22 +1471,9 @@ mod tests {
             next: Mutex::new(vec![]),
         };
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let limits = Limits::default();
-        let mut inb = Conn::new(inb_io, b"", &limits);
+        let mut inb = Conn::new(inb_io, b"", &Limits::default());
         let mut out = None;
-        let closing = || false;
-        let settings = Settings::new(&limits, &limits, &closing);
-        assert_eq!(
-            exchange(
-                &mut inb,
-                &mut out,
-                &route,
-                &settings,
-                &mut Record::default()
-            )
-            .await,
-            After::KeepAlive
-        );
+        assert_eq!(once(&mut inb, &mut out, &route).await, After::KeepAlive);
         drop(inb);
         let mut got = String::new();
         client.read_to_string(&mut got).await.unwrap();

@@ -83,13 +83,14 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 /// hyper, whose client lived for one exchange, a 64 KiB response at c8 took 5 reads and 5
 /// writes per request with an adaptive 8 KiB buffer, 3 and 3 with this one.)
 pub const AGENT_READ_BUF: usize = 64 * 1024;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 /// Access log lines queued for the writer task: 4096 (about 1 MiB). A request never waits for
 /// the log; past this many unwritten lines, new ones are dropped and counted
 /// (`ptth_access_log_dropped_total`).
 pub const ACCESS_LOG_QUEUE: usize = 4096;
 /// How long the end of [`super::Relay::run`] waits for the access log's last lines.
 pub(crate) const ACCESS_LOG_FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin: the
+/// relay's listeners, and the admin and inspector listeners ([`crate::admin::accept_loop`]).
 pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Everything the relay can be told. Every field documents its default ([`Config::default`]).

@@ -71,7 +71,14 @@ pub fn spawn_agent<S>(builder: AgentBuilder, service: S) -> RunningAgent
 where
     S: ptth::service::HttpService + Clone + Send + Sync + 'static,
 {
-    let agent = builder.build().unwrap();
+    run_agent(builder.build().unwrap(), service)
+}
+
+/// Serve `agent` with the hyper service `service` until it is shut down.
+pub fn run_agent<S>(agent: Agent, service: S) -> RunningAgent
+where
+    S: ptth::service::HttpService + Clone + Send + Sync + 'static,
+{
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(agent.serve(service, async move {
         let _ = rx.await;
@@ -88,8 +95,14 @@ pub fn spawn_proxy_agent(builder: AgentBuilder, upstream: SocketAddr) -> Running
 
 /// An agent proxying to `url` (`http://host:port/optional/prefix`).
 pub fn spawn_proxy_agent_to(builder: AgentBuilder, url: &str) -> RunningAgent {
-    let proxy = ptth::agent::Proxy::new(url).unwrap();
-    let agent = builder.build().unwrap();
+    run_proxy(
+        builder.build().unwrap(),
+        ptth::agent::Proxy::new(url).unwrap(),
+    )
+}
+
+/// Serve `agent` as `proxy` until it is shut down.
+pub fn run_proxy(agent: Agent, proxy: ptth::agent::Proxy) -> RunningAgent {
     let (stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(agent.serve_proxy(proxy, async move {
         let _ = rx.await;
@@ -100,11 +113,50 @@ pub fn spawn_proxy_agent_to(builder: AgentBuilder, url: &str) -> RunningAgent {
     }
 }
 
+/// A relay stand-in on 127.0.0.1 port 0, and an agent for `name` on it with one connection.
+pub async fn stand_in(name: &str) -> (TcpListener, Agent) {
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = builder(relay.local_addr().unwrap(), name)
+        .connections(1)
+        .build()
+        .unwrap();
+    (relay, agent)
+}
+
+/// An outage as the relay stand-in makes it: the parked connection closes, and the agent's
+/// next dial is cut before any answer.
+pub async fn outage(relay: &TcpListener, parked: Client) {
+    drop(parked);
+    let (cut, _) = relay.accept().await.unwrap();
+    drop(cut);
+}
+
+/// A proxy agent for `demo` with one connection, to `upstream`, parked at a relay stand-in
+/// on 127.0.0.1 port 0: the stand-in (kept open: the agent may dial again), the agent, and
+/// the client for reversed requests on its parked connection.
+pub async fn parked_proxy_agent(upstream: SocketAddr) -> (TcpListener, RunningAgent, Client) {
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = spawn_proxy_agent(
+        builder(relay.local_addr().unwrap(), "demo").connections(1),
+        upstream,
+    );
+    let (_, client) = accept_parked(&relay).await;
+    (relay, agent, client)
+}
+
 /// Accept one TCP connection, take its upgrade offer and switch. Returns the upgrade request
 /// head and a client for reversed requests.
 pub async fn accept_parked(listener: &TcpListener) -> (http::request::Parts, Client) {
     let (tcp, _) = listener.accept().await.unwrap();
     park(tcp).await
+}
+
+/// Accept one TCP connection on `listener` and read its upgrade offer (default limits).
+pub async fn read_offer_on(listener: &TcpListener) -> ptth::listener::Offer<TcpStream> {
+    let (tcp, _) = listener.accept().await.unwrap();
+    raw::read_offer(tcp, &ListenerConfig::default())
+        .await
+        .unwrap()
 }
 
 pub async fn park(tcp: TcpStream) -> (http::request::Parts, Client) {

@@ -43,6 +43,22 @@ pub fn serve(args: &[&str]) -> Child {
     serve_with(args, Stdio::null())
 }
 
+/// `ptth-connect` with `args`, `RUST_LOG` at `log` (`None`: unset) and no `PTTH_TOKEN`: its
+/// stdout dropped, its stderr (the log) piped; killed when dropped.
+pub fn connect(args: &[&str], log: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ptth-connect"));
+    cmd.args(args).env_remove("PTTH_TOKEN");
+    match log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// The banner `ptth-serve` prints once it listens, up to and including the line with `last`.
 pub async fn banner(relay: &mut Child, last: &str) -> (String, Lines<BufReader<ChildStdout>>) {
     let mut out = BufReader::new(relay.stdout.take().unwrap());
@@ -55,6 +71,19 @@ pub async fn banner(relay: &mut Child, last: &str) -> (String, Lines<BufReader<C
             return (text, out.lines());
         }
     }
+}
+
+/// `ptth-serve` with `args` (stderr dropped), once its banner is printed up to the line with
+/// `last`: the child, the banner, the rest of its stdout (keep it open: a relay must not write
+/// into a closed pipe) and the plain-HTTP address agents dial.
+pub async fn serve_ready(
+    args: &[&str],
+    last: &str,
+) -> (Child, String, Lines<BufReader<ChildStdout>>, SocketAddr) {
+    let mut relay = serve(args);
+    let (text, out) = banner(&mut relay, last).await;
+    let addr = agent_addr(&text, "http");
+    (relay, text, out, addr)
 }
 
 /// The address in the first `agents:  dial http://ADDR/NAME` line of a banner.

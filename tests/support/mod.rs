@@ -54,6 +54,17 @@ where
     Arc::new(move |req| Box::pin(f(req)))
 }
 
+/// A body whose error is an I/O error (the HTTP/2 tests' bodies, which fail mid-stream with
+/// one).
+pub type IoBody = BoxBody<Bytes, std::io::Error>;
+
+/// A whole [`IoBody`].
+pub fn io_full(b: impl Into<Bytes>) -> IoBody {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 pub fn full(s: impl Into<Bytes>) -> TestBody {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
@@ -194,6 +205,29 @@ pub async fn start_agent(
     Agent { tasks }
 }
 
+/// An HTTP/1.1 server on 127.0.0.1 port 0 (an upstream, a page): each connection is served,
+/// in a task of its own, by the service `service` makes for it. Its address.
+pub async fn http_server<S>(service: impl Fn() -> S + Send + 'static) -> SocketAddr
+where
+    S: ptth::service::HttpService + Send + 'static,
+{
+    let (l, addr) = bind_local().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let svc = service();
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
 /// A one-request public HTTP/1.1 client.
 pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -203,6 +237,30 @@ pub async fn send(addr: SocketAddr, req: Request<TestBody>) -> Response<Incoming
             .unwrap();
     tokio::spawn(conn.with_upgrades());
     sender.send_request(req).await.unwrap()
+}
+
+/// A public request `method uri` with `Host: localhost` and `body` to `addr`, on a connection
+/// of its own.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    uri: &str,
+    body: TestBody,
+) -> Response<Incoming> {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "localhost")
+        .body(body)
+        .unwrap();
+    send(addr, req).await
+}
+
+/// A response's status and its whole body as text.
+pub async fn status_text(res: Response<Incoming>) -> (http::StatusCode, String) {
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 pub async fn get(
@@ -250,6 +308,22 @@ pub fn echo_handler(tag: &'static str) -> Handler {
 
 pub fn anonymous() -> Config {
     Config::default()
+}
+
+/// Whether the Python `h2` package can run (the third-party HTTP/2 peer of tests/h2/*.py);
+/// otherwise why not (the test then skips).
+pub fn python_h2() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import h2"])
+        .output()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the Python h2 package is missing (apt-get install python3-h2, or pip install h2): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 pub async fn deadline<F: Future>(f: F) -> F::Output {

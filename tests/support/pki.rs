@@ -28,6 +28,15 @@ impl Pki {
         pki
     }
 
+    /// A relay's PKI: a CA and a certificate it signed for `localhost`, the certificate and
+    /// key files as the paths the binaries' flags take.
+    pub fn localhost_relay() -> (Pki, String, String) {
+        let pki = Pki::new("relay");
+        let (cert, key) = pki.issue("relay", &["localhost"], false);
+        let path = |p: PathBuf| p.to_str().unwrap().to_string();
+        (pki, path(cert), path(key))
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }

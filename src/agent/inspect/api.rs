@@ -29,7 +29,6 @@ use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -51,30 +50,16 @@ type ApiBody = BoxBody<Bytes, Infallible>;
 /// Serve the inspector on `listener` until the task is dropped. Replays go to `proxy`'s
 /// upstream. With `public` false, only requests naming a loopback host are answered.
 pub async fn serve(listener: TcpListener, inspector: Inspector, proxy: Proxy, public: bool) {
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors, say: the agent goes on, the next accept may work.
-                tracing::warn!(error = %e, "inspector: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    crate::admin::accept_loop(listener, "inspector", std::future::pending(), move || {
         let inspector = inspector.clone();
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let inspector = inspector.clone();
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(req, &inspector, &proxy, public).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+        hyper::service::service_fn(move |req| {
+            let inspector = inspector.clone();
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(route(req, &inspector, &proxy, public).await) }
+        })
+    })
+    .await;
 }
 
 async fn route(
