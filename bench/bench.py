@@ -367,9 +367,10 @@ def session(name):
         if WARMUP:
             wrk(target, "/hello", 64, WARMUP, [])
         for key, path, conns, extra in LOADS:
-            c0 = cpu_s(relays + agents)
+            c0, a0 = cpu_s(relays), cpu_s(agents)
             r = wrk(target, path, conns, DURATION, extra)
-            r["tunnel_cpu_s"] = cpu_s(relays + agents) - c0
+            r["relay_cpu_s"], r["agent_cpu_s"] = cpu_s(relays) - c0, cpu_s(agents) - a0
+            r["tunnel_cpu_s"] = r["relay_cpu_s"] + r["agent_cpu_s"]
             res[key] = r
             if "error" in r:
                 log(f"  {name:9s} {key:10s} ERROR {r['error']}")
@@ -653,20 +654,26 @@ def report(rounds, idle, idle_h2, versions):
             row.append(ratio(med(rs)))
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## Absolute figures (median over rounds)", "",
-              "| path | req/s c1 | p50 c1 µs | p99 c1 µs | req/s c64 | p50 c64 µs | p99 c64 µs | req/s c64 close | 64 KiB MB/s | echo MB/s | tunnel CPU µs/req (c64) | relay peak RSS MiB | agent peak RSS MiB | agent start → first answer ms | errors | checks |",
-              "|---|" + "---:|" * 14 + "---|"]
+              "| path | req/s c1 | p50 c1 µs | p99 c1 µs | req/s c64 | p50 c64 µs | p99 c64 µs | req/s c64 close | 64 KiB MB/s | echo MB/s | tunnel CPU µs/req (c64) | relay / agent µs/req (c64) | tunnel CPU µs/req (64 KiB c8) | relay peak RSS MiB | agent peak RSS MiB | agent start → first answer ms | errors | checks |",
+              "|---|" + "---:|" * 16 + "---|"]
     for n in names:
         rs = [r[n] for r in rounds if n in r]
         g = lambda key, m: med([metric(x, key, m) for x in rs])  # noqa: E731
-        cpu = med([(x["hello_c64"]["tunnel_cpu_s"] * 1e6 / x["hello_c64"]["requests"])
-                   if x.get("hello_c64", {}).get("requests") and n != "direct" else None for x in rs])
+        def per_req(key, what):
+            return med([(x[key][what] * 1e6 / x[key]["requests"])
+                        if x.get(key, {}).get("requests") and what in x[key] and n != "direct" else None for x in rs])
+        cpu = per_req("hello_c64", "tunnel_cpu_s")
+        split = "—" if per_req("hello_c64", "relay_cpu_s") is None else \
+            f"{f(per_req('hello_c64', 'relay_cpu_s'), '{:.1f}')} / " \
+            f"{f(per_req('hello_c64', 'agent_cpu_s') if any(x.get('agent_hwm_kib') for x in rs) else None, '{:.1f}')}"
+        cpu_big = per_req("big_c8", "tunnel_cpu_s")
         errs = sum((x.get(k) or {}).get("errors", 0) or 0 for x in rs for k, *_ in LOADS)
         chk = ",".join(sorted({c for x in rs for c in x.get("checks", [])})) or "; ".join(x.get("error", "") for x in rs)
         hwm = lambda k: med([x.get(k) / 1024 if x.get(k) else None for x in rs])  # noqa: E731
         lines.append(f"| {n} | {f(g('hello_c1', 'rps'))} | {f(g('hello_c1', 'p50_us'))} | {f(g('hello_c1', 'p99_us'))} | "
                      f"{f(g('hello_c64', 'rps'))} | {f(g('hello_c64', 'p50_us'))} | {f(g('hello_c64', 'p99_us'))} | "
                      f"{f(g('close_c64', 'rps'))} | {f(g('big_c8', 'mbps'))} | {f(g('echo_c1', 'mbps'))} | "
-                     f"{f(cpu, '{:.1f}')} | {f(hwm('relay_hwm_kib'), '{:.1f}')} | {f(hwm('agent_hwm_kib'), '{:.1f}')} | "
+                     f"{f(cpu, '{:.1f}')} | {split} | {f(cpu_big, '{:.1f}')} | {f(hwm('relay_hwm_kib'), '{:.1f}')} | {f(hwm('agent_hwm_kib'), '{:.1f}')} | "
                      f"{f(med([x.get('connect_ms') for x in rs]), '{:.1f}')} | {errs} | {chk} |")
     if idle:
         lines += ["", "## Relay memory per idle parked connection (one agent holding N)", "",
