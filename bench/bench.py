@@ -399,14 +399,37 @@ def established(port):
     return len(out.splitlines())
 
 
-def parked_memory(n, relay_env=None):
-    """Relay RSS growth per idle parked connection, with one agent holding n of them.
+class H1Agent:
+    """One agent holding N parked HTTP/1.1 connections (`PTTH_IDLE_AGENT_ARGS`)."""
+
+    def __init__(self, n):
+        self.proc = Proc("ptth-connect-idle", ptth_agent_cmd(PTTH_IDLE_AGENT_ARGS(n)))
+
+    def alive(self):
+        return self.proc.alive()
+
+    def parked(self):
+        return established(PTTH_PORT)
+
+    def tail(self):
+        return self.proc.tail(3)
+
+    def close(self):
+        self.proc.stop()
+
+
+def parked_memory(n, relay_env=None, h2=False):
+    """Relay RSS growth per idle parked connection: one agent holding n HTTP/1.1 connections,
+    or with `h2`, n HTTP/2 connections of one name each (`H2_IDLE_HOLDER`: `stub`, one thread
+    of this process holding them all, or `agents`, n processes).
 
     `relay_env` is extra environment for the relay: with MIMALLOC_PURGE_DELAY=0 the allocator
     hands freed pages back at once, which tells memory held by the parked connections from
     memory the allocator kept after the claim burst."""
     res = {"n": n, "relay_env": " ".join(f"{k}={v}" for k, v in (relay_env or {}).items())}
-    relay = agent = None
+    if h2:
+        res["holder"] = H2_IDLE_HOLDER
+    relay = holder = None
     try:
         relay = Proc("ptth-serve-idle", ptth_relay_cmd() + PTTH_IDLE_RELAY_ARGS(n), relay_env)
         if not wait_port(PTTH_PORT, 15, relay):
@@ -414,26 +437,30 @@ def parked_memory(n, relay_env=None):
         time.sleep(0.5)
         before = rss_kib([relay])
         t0 = time.monotonic()
-        agent = Proc("ptth-connect-idle", ptth_agent_cmd(PTTH_IDLE_AGENT_ARGS(n)))
+        if not h2:
+            holder = H1Agent(n)
+        else:
+            holder = H2Agents(n) if H2_IDLE_HOLDER == "agents" else H2Holder(n)
         deadline = time.monotonic() + 120
-        while established(PTTH_PORT) < n and time.monotonic() < deadline and agent.alive():
+        while holder.parked() < n and time.monotonic() < deadline and holder.alive() and relay.alive():
             time.sleep(0.2)
-        got = established(PTTH_PORT)
+        got = holder.parked()
         res["parked"] = got
         res["all_up_s"] = time.monotonic() - t0
         time.sleep(1.0)
         after = rss_kib([relay])
         res["relay_rss_before_kib"], res["relay_rss_after_kib"] = before, after
-        res["agent_rss_kib"] = rss_kib([agent])
+        if not h2:
+            res["agent_rss_kib"] = rss_kib([holder.proc])
         if got:
             res["kib_per_conn"] = (after - before) / got
         if got < n:
-            res["error"] = f"only {got}/{n} connections parked: {agent.tail(3)}"
+            res["error"] = f"only {got}/{n} connections parked: {holder.tail()} {relay.tail(3)}"
     except Exception as e:  # noqa: BLE001
         res["error"] = str(e)[-400:]
     finally:
-        if agent:
-            agent.stop()
+        if holder:
+            holder.close()
         if relay:
             relay.stop()
     return res
@@ -548,8 +575,14 @@ class H2Holder:
                     self.closed += 1
         sel.close()
 
+    def alive(self):
+        return self.thread.is_alive()
+
     def parked(self):
         return sum(c.acked for c in self.conns) - self.closed
+
+    def tail(self):
+        return f"{self.closed} closed by the relay"
 
     def close(self):
         self.stop.set()
@@ -569,50 +602,18 @@ class H2Agents:
                                                      "--protocol", "ptth", "--h2-connections", "1"])
                       for i in range(n)]
 
+    def alive(self):
+        return any(p.alive() for p in self.procs)
+
     def parked(self):
         return established(PTTH_PORT)
+
+    def tail(self):
+        return next((p.tail(3) for p in self.procs if not p.alive()), "")
 
     def close(self):
         for p in self.procs:
             p.stop()
-
-
-def parked_h2_memory(n, relay_env=None):
-    """Relay RSS growth per idle parked HTTP/2 connection, with N agents holding one each
-    (`H2_IDLE_HOLDER`: `stub`, one thread of this process holding them all, or `agents`, N
-    processes), read as `parked_memory` reads the HTTP/1.1 figure."""
-    res = {"n": n, "holder": H2_IDLE_HOLDER,
-           "relay_env": " ".join(f"{k}={v}" for k, v in (relay_env or {}).items())}
-    relay = holder = None
-    try:
-        relay = Proc("ptth-serve-idle-h2", ptth_relay_cmd() + PTTH_IDLE_RELAY_ARGS(n), relay_env)
-        if not wait_port(PTTH_PORT, 15, relay):
-            raise RuntimeError(f"relay did not listen: {relay.tail()}")
-        time.sleep(0.5)
-        before = rss_kib([relay])
-        t0 = time.monotonic()
-        holder = H2Agents(n) if H2_IDLE_HOLDER == "agents" else H2Holder(n)
-        deadline = time.monotonic() + 120
-        while holder.parked() < n and time.monotonic() < deadline and relay.alive():
-            time.sleep(0.2)
-        got = holder.parked()
-        res["parked"] = got
-        res["all_up_s"] = time.monotonic() - t0
-        time.sleep(1.0)
-        after = rss_kib([relay])
-        res["relay_rss_before_kib"], res["relay_rss_after_kib"] = before, after
-        if got:
-            res["kib_per_conn"] = (after - before) / got
-        if got < n:
-            res["error"] = f"only {got}/{n} HTTP/2 connections parked: {relay.tail(3)}"
-    except Exception as e:  # noqa: BLE001
-        res["error"] = str(e)[-400:]
-    finally:
-        if holder:
-            holder.close()
-        if relay:
-            relay.stop()
-    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,7 +765,7 @@ def main():
             for n in H2_IDLE_COUNTS:
                 for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "0"}):
                     log(f"parked HTTP/2 connection memory, N={n} {H2_IDLE_HOLDER} {relay_env or ''}")
-                    r = parked_h2_memory(n, relay_env)
+                    r = parked_memory(n, relay_env, h2=True)
                     log(f"  {json.dumps(r)}")
                     idle_h2.append(r)
     finally:
