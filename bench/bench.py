@@ -6,19 +6,28 @@ path fronts the same upstream (bench/upstream.rs) and is measured by the same wr
 order of the paths rotates every round, each ratio is taken against `direct` *within* its
 round, and the tables show medians over the rounds.
 
+Paths: direct, nginx, ptth (the 2009 protocol, the agent's elastic HTTP/1.1 pool), ptth-h2x1
+and ptth-h2x2 (`--protocol ptth`: HTTP/2 inside, one and two reversed connections), rathole,
+bore.
+
 Knobs (environment): ROUNDS (3), DURATION (5 s per wrk run), WARMUP (1 s), PATHS
-("direct nginx ptth rathole bore"), IDLE_COUNTS ("1000 10000"; "" skips the parked-memory
-test), BENCH_ROOT (/tmp/ptth-bench), PTTH_BIN (target/release).
+("direct nginx ptth ptth-h2x1 ptth-h2x2 rathole bore"), IDLE_COUNTS ("1000 10000"; "" skips the
+parked-memory test), H2_IDLE_COUNTS ("1000"; "" skips the HTTP/2 one, run when an h2 path is
+in PATHS), H2_IDLE_HOLDER ("stub", or "agents": one ptth-connect per connection),
+BENCH_ROOT (/tmp/ptth-bench), PTTH_BIN (target/release).
 """
 import http.client
 import json
 import os
 import random
 import resource
+import selectors
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,8 +42,10 @@ def env(name, default):
 ROUNDS = int(env("ROUNDS", "3"))
 DURATION = int(env("DURATION", "5"))
 WARMUP = int(env("WARMUP", "1"))
-PATHS = env("PATHS", "direct nginx ptth rathole bore").split()
+PATHS = env("PATHS", "direct nginx ptth ptth-h2x1 ptth-h2x2 rathole bore").split()
 IDLE_COUNTS = [int(n) for n in env("IDLE_COUNTS", "1000 10000").split()]
+H2_IDLE_COUNTS = [int(n) for n in env("H2_IDLE_COUNTS", "1000").split()]
+H2_IDLE_HOLDER = env("H2_IDLE_HOLDER", "stub")
 ROOT = env("BENCH_ROOT", "/tmp/ptth-bench")
 PTTH_BIN = env("PTTH_BIN", os.path.join(REPO, "target/release"))
 UPSTREAM_BIN = env("UPSTREAM_BIN", os.path.join(REPO, "target/release/examples/bench-upstream"))
@@ -291,6 +302,20 @@ def path_ptth():
     return [(relay, PTTH_PORT)], lambda: Proc("ptth-connect", ptth_agent_cmd()), Target(PTTH_PORT, f"/{NAME}")
 
 
+# The agent of the HTTP/2 paths: `--protocol ptth` (the relay chooses `h2`), N reversed
+# connections, and as many upstream connections as the HTTP/1.1 pool's default most
+# connections (64), so that neither agent caps the c64 load below the other.
+H2_AGENT_ARGS = ["--protocol", "ptth", "--upstream-connections", "64"]
+
+
+def path_ptth_h2(connections):
+    def path():
+        relay = Proc("ptth-serve", ptth_relay_cmd())
+        extra = H2_AGENT_ARGS + ["--h2-connections", str(connections)]
+        return [(relay, PTTH_PORT)], lambda: Proc("ptth-connect", ptth_agent_cmd(extra)), Target(PTTH_PORT, f"/{NAME}")
+    return path
+
+
 def path_rathole():
     d = os.path.join(RUN, "rathole")
     os.makedirs(d, exist_ok=True)
@@ -316,6 +341,7 @@ def path_bore():
 
 
 PATH_FNS = {"direct": path_direct, "nginx": path_nginx, "ptth": path_ptth,
+            "ptth-h2x1": path_ptth_h2(1), "ptth-h2x2": path_ptth_h2(2),
             "rathole": path_rathole, "bore": path_bore}
 PEER_NEEDS = {"rathole": os.path.join(PEER_BIN, "rathole"), "bore": os.path.join(PEER_BIN, "bore")}
 
@@ -341,14 +367,15 @@ def session(name):
         if WARMUP:
             wrk(target, "/hello", 64, WARMUP, [])
         for key, path, conns, extra in LOADS:
-            c0 = cpu_s(relays + agents)
+            c0, a0 = cpu_s(relays), cpu_s(agents)
             r = wrk(target, path, conns, DURATION, extra)
-            r["tunnel_cpu_s"] = cpu_s(relays + agents) - c0
+            r["relay_cpu_s"], r["agent_cpu_s"] = cpu_s(relays) - c0, cpu_s(agents) - a0
+            r["tunnel_cpu_s"] = r["relay_cpu_s"] + r["agent_cpu_s"]
             res[key] = r
             if "error" in r:
-                log(f"  {name:8s} {key:10s} ERROR {r['error']}")
+                log(f"  {name:9s} {key:10s} ERROR {r['error']}")
             else:
-                log(f"  {name:8s} {key:10s} {r['rps']:9.0f} req/s  p50 {r['p50_us']:>6d}us  "
+                log(f"  {name:9s} {key:10s} {r['rps']:9.0f} req/s  p50 {r['p50_us']:>6d}us  "
                     f"p99 {r['p99_us']:>6d}us  {r['mbps']:8.1f} MB/s  err {r['errors']}")
         res["relay_hwm_kib"] = rss_kib(relays, "VmHWM") if relays else None
         res["agent_hwm_kib"] = rss_kib(agents, "VmHWM") if agents else None
@@ -372,14 +399,37 @@ def established(port):
     return len(out.splitlines())
 
 
-def parked_memory(n, relay_env=None):
-    """Relay RSS growth per idle parked connection, with one agent holding n of them.
+class H1Agent:
+    """One agent holding N parked HTTP/1.1 connections (`PTTH_IDLE_AGENT_ARGS`)."""
+
+    def __init__(self, n):
+        self.proc = Proc("ptth-connect-idle", ptth_agent_cmd(PTTH_IDLE_AGENT_ARGS(n)))
+
+    def alive(self):
+        return self.proc.alive()
+
+    def parked(self):
+        return established(PTTH_PORT)
+
+    def tail(self):
+        return self.proc.tail(3)
+
+    def close(self):
+        self.proc.stop()
+
+
+def parked_memory(n, relay_env=None, h2=False):
+    """Relay RSS growth per idle parked connection: one agent holding n HTTP/1.1 connections,
+    or with `h2`, n HTTP/2 connections of one name each (`H2_IDLE_HOLDER`: `stub`, one thread
+    of this process holding them all, or `agents`, n processes).
 
     `relay_env` is extra environment for the relay: with MIMALLOC_PURGE_DELAY=0 the allocator
     hands freed pages back at once, which tells memory held by the parked connections from
     memory the allocator kept after the claim burst."""
     res = {"n": n, "relay_env": " ".join(f"{k}={v}" for k, v in (relay_env or {}).items())}
-    relay = agent = None
+    if h2:
+        res["holder"] = H2_IDLE_HOLDER
+    relay = holder = None
     try:
         relay = Proc("ptth-serve-idle", ptth_relay_cmd() + PTTH_IDLE_RELAY_ARGS(n), relay_env)
         if not wait_port(PTTH_PORT, 15, relay):
@@ -387,26 +437,30 @@ def parked_memory(n, relay_env=None):
         time.sleep(0.5)
         before = rss_kib([relay])
         t0 = time.monotonic()
-        agent = Proc("ptth-connect-idle", ptth_agent_cmd(PTTH_IDLE_AGENT_ARGS(n)))
+        if not h2:
+            holder = H1Agent(n)
+        else:
+            holder = H2Agents(n) if H2_IDLE_HOLDER == "agents" else H2Holder(n)
         deadline = time.monotonic() + 120
-        while established(PTTH_PORT) < n and time.monotonic() < deadline and agent.alive():
+        while holder.parked() < n and time.monotonic() < deadline and holder.alive() and relay.alive():
             time.sleep(0.2)
-        got = established(PTTH_PORT)
+        got = holder.parked()
         res["parked"] = got
         res["all_up_s"] = time.monotonic() - t0
         time.sleep(1.0)
         after = rss_kib([relay])
         res["relay_rss_before_kib"], res["relay_rss_after_kib"] = before, after
-        res["agent_rss_kib"] = rss_kib([agent])
+        if not h2:
+            res["agent_rss_kib"] = rss_kib([holder.proc])
         if got:
             res["kib_per_conn"] = (after - before) / got
         if got < n:
-            res["error"] = f"only {got}/{n} connections parked: {agent.tail(3)}"
+            res["error"] = f"only {got}/{n} connections parked: {holder.tail()} {relay.tail(3)}"
     except Exception as e:  # noqa: BLE001
         res["error"] = str(e)[-400:]
     finally:
-        if agent:
-            agent.stop()
+        if holder:
+            holder.close()
         if relay:
             relay.stop()
     return res
@@ -418,6 +472,148 @@ def PTTH_IDLE_RELAY_ARGS(n):
 
 def PTTH_IDLE_AGENT_ARGS(n):
     return os.environ.get("PTTH_IDLE_AGENT_ARGS", "--connections {n} --max-connections {n}").format(n=n).split()
+
+
+# ---------------------------------------------------------------------------------------------
+# parked HTTP/2 connections: one name per connection, as N agents of one connection each
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS, PING, GOAWAY, WINDOW_UPDATE, ACK = 0x4, 0x6, 0x7, 0x8, 0x1
+
+
+def h2_frame(kind, flags, payload=b"", stream=0):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+# What ptth-connect's HTTP/2 server (hyper 1) sends after the 101: SETTINGS with
+# MAX_CONCURRENT_STREAMS 128, INITIAL_WINDOW_SIZE 1 MiB, MAX_HEADER_LIST_SIZE 16 KiB and
+# ENABLE_CONNECT_PROTOCOL 1, then a connection WINDOW_UPDATE to 1 MiB. The relay keeps the same
+# state for it whatever the numbers say; `H2_IDLE_HOLDER=agents` checks that against real agents.
+AGENT_PREFACE = h2_frame(SETTINGS, 0, b"".join(
+    k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in [(0x3, 128), (0x4, 1 << 20), (0x6, 16384), (0x8, 1)])) \
+    + h2_frame(WINDOW_UPDATE, 0, ((1 << 20) - 65535).to_bytes(4, "big"))
+
+
+class H2Parked:
+    """One idle transposed HTTP/2 connection held by this process: the `ptth` offer for its own
+    name, the agent's SETTINGS after the 101, then SETTINGS and PING acknowledged and nothing
+    else. Parked once the relay has acknowledged the SETTINGS, which its HTTP/2 client does
+    only after the connection was added to the name (relay/claim.rs, `serve_h2`)."""
+
+    def __init__(self, name):
+        s = socket.create_connection((HOST, PTTH_PORT), timeout=10)
+        s.sendall(f"GET /{name} HTTP/1.1\r\nHost: {HOST}:{PTTH_PORT}\r\nConnection: upgrade\r\n"
+                  f"Upgrade: ptth\r\nALPN: h2, http%2F1.1\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("relay closed before the 101")
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError("offer refused: " + head.split(b"\r\n")[0].decode(errors="replace"))
+        s.sendall(AGENT_PREFACE)
+        s.setblocking(False)
+        self.sock, self.buf, self.preface, self.acked = s, buf, False, False
+
+    def readable(self):
+        """Take what arrived; False once the relay closed or sent GOAWAY."""
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        self.buf += chunk
+        return self.frames()
+
+    def frames(self):
+        if not self.preface:
+            if len(self.buf) < len(H2_PREFACE):
+                return True
+            if not self.buf.startswith(H2_PREFACE):
+                raise RuntimeError("the relay sent no HTTP/2 preface")
+            self.buf, self.preface = self.buf[len(H2_PREFACE):], True
+        while len(self.buf) >= 9:
+            n = int.from_bytes(self.buf[:3], "big")
+            if len(self.buf) < 9 + n:
+                break
+            kind, flags, payload = self.buf[3], self.buf[4], self.buf[9:9 + n]
+            self.buf = self.buf[9 + n:]
+            if kind == SETTINGS and flags & ACK:
+                self.acked = True
+            elif kind == SETTINGS:
+                self.sock.send(h2_frame(SETTINGS, ACK))
+            elif kind == PING and not flags & ACK:
+                self.sock.send(h2_frame(PING, ACK, payload))
+            elif kind == GOAWAY:
+                return False
+        return True
+
+
+class H2Holder:
+    """N parked HTTP/2 connections, served by one thread until `close`."""
+
+    def __init__(self, n):
+        self.conns = [H2Parked(f"{NAME}{i}") for i in range(n)]
+        self.closed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        for c in self.conns:
+            sel.register(c.sock, selectors.EVENT_READ, c)
+            if not c.frames():
+                self.closed += 1
+        while not self.stop.is_set():
+            for key, _ in sel.select(0.2):
+                if not key.data.readable():
+                    sel.unregister(key.fileobj)
+                    self.closed += 1
+        sel.close()
+
+    def alive(self):
+        return self.thread.is_alive()
+
+    def parked(self):
+        return sum(c.acked for c in self.conns) - self.closed
+
+    def tail(self):
+        return f"{self.closed} closed by the relay"
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        for c in self.conns:
+            c.sock.close()
+
+
+class H2Agents:
+    """The same with real agents: N `ptth-connect --protocol ptth --h2-connections 1`, one
+    name each (N processes: a check of the stub at a few hundred, not the default)."""
+
+    def __init__(self, n):
+        self.procs = [Proc(f"ptth-connect-h2-{i}", [os.path.join(PTTH_BIN, "ptth-connect"),
+                                                     f"http://{HOST}:{PTTH_PORT}/{NAME}{i}",
+                                                     "--to", f"http://{HOST}:{UPSTREAM_PORT}",
+                                                     "--protocol", "ptth", "--h2-connections", "1"])
+                      for i in range(n)]
+
+    def alive(self):
+        return any(p.alive() for p in self.procs)
+
+    def parked(self):
+        return established(PTTH_PORT)
+
+    def tail(self):
+        return next((p.tail(3) for p in self.procs if not p.alive()), "")
+
+    def close(self):
+        for p in self.procs:
+            p.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +634,7 @@ def ratio(x):
     return f"{x:.2f}" if x >= 0.01 else f"{x:.4f}"
 
 
-def report(rounds, idle, versions):
+def report(rounds, idle, idle_h2, versions):
     names = [n for n in PATHS if any(n in r for r in rounds)]
     lines = ["## Ratios to direct (median over rounds; each ratio taken within its round)", "",
              "| path | req/s c1 | p50 c1 | p99 c1 | req/s c64 | p99 c64 | req/s c64 close | 64 KiB MB/s c8 | 10 MB echo MB/s |",
@@ -459,20 +655,26 @@ def report(rounds, idle, versions):
             row.append(ratio(med(rs)))
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "## Absolute figures (median over rounds)", "",
-              "| path | req/s c1 | p50 c1 µs | p99 c1 µs | req/s c64 | p50 c64 µs | p99 c64 µs | req/s c64 close | 64 KiB MB/s | echo MB/s | tunnel CPU µs/req (c64) | relay peak RSS MiB | agent peak RSS MiB | agent start → first answer ms | errors | checks |",
-              "|---|" + "---:|" * 14 + "---|"]
+              "| path | req/s c1 | p50 c1 µs | p99 c1 µs | req/s c64 | p50 c64 µs | p99 c64 µs | req/s c64 close | 64 KiB MB/s | echo MB/s | tunnel CPU µs/req (c64) | relay / agent µs/req (c64) | tunnel CPU µs/req (64 KiB c8) | relay peak RSS MiB | agent peak RSS MiB | agent start → first answer ms | errors | checks |",
+              "|---|" + "---:|" * 16 + "---|"]
     for n in names:
         rs = [r[n] for r in rounds if n in r]
         g = lambda key, m: med([metric(x, key, m) for x in rs])  # noqa: E731
-        cpu = med([(x["hello_c64"]["tunnel_cpu_s"] * 1e6 / x["hello_c64"]["requests"])
-                   if x.get("hello_c64", {}).get("requests") and n != "direct" else None for x in rs])
+        def per_req(key, what):
+            return med([(x[key][what] * 1e6 / x[key]["requests"])
+                        if x.get(key, {}).get("requests") and what in x[key] and n != "direct" else None for x in rs])
+        cpu = per_req("hello_c64", "tunnel_cpu_s")
+        split = "—" if per_req("hello_c64", "relay_cpu_s") is None else \
+            f"{f(per_req('hello_c64', 'relay_cpu_s'), '{:.1f}')} / " \
+            f"{f(per_req('hello_c64', 'agent_cpu_s') if any(x.get('agent_hwm_kib') for x in rs) else None, '{:.1f}')}"
+        cpu_big = per_req("big_c8", "tunnel_cpu_s")
         errs = sum((x.get(k) or {}).get("errors", 0) or 0 for x in rs for k, *_ in LOADS)
         chk = ",".join(sorted({c for x in rs for c in x.get("checks", [])})) or "; ".join(x.get("error", "") for x in rs)
         hwm = lambda k: med([x.get(k) / 1024 if x.get(k) else None for x in rs])  # noqa: E731
         lines.append(f"| {n} | {f(g('hello_c1', 'rps'))} | {f(g('hello_c1', 'p50_us'))} | {f(g('hello_c1', 'p99_us'))} | "
                      f"{f(g('hello_c64', 'rps'))} | {f(g('hello_c64', 'p50_us'))} | {f(g('hello_c64', 'p99_us'))} | "
                      f"{f(g('close_c64', 'rps'))} | {f(g('big_c8', 'mbps'))} | {f(g('echo_c1', 'mbps'))} | "
-                     f"{f(cpu, '{:.1f}')} | {f(hwm('relay_hwm_kib'), '{:.1f}')} | {f(hwm('agent_hwm_kib'), '{:.1f}')} | "
+                     f"{f(cpu, '{:.1f}')} | {split} | {f(cpu_big, '{:.1f}')} | {f(hwm('relay_hwm_kib'), '{:.1f}')} | {f(hwm('agent_hwm_kib'), '{:.1f}')} | "
                      f"{f(med([x.get('connect_ms') for x in rs]), '{:.1f}')} | {errs} | {chk} |")
     if idle:
         lines += ["", "## Relay memory per idle parked connection (one agent holding N)", "",
@@ -485,6 +687,18 @@ def report(rounds, idle, versions):
                          f"{f(r.get('relay_rss_after_kib', 0) / 1024, '{:.1f}')} | {f(r.get('kib_per_conn'), '{:.2f}')} | "
                          f"{f(r.get('agent_rss_kib', 0) / 1024, '{:.1f}')} | {f(r.get('all_up_s'), '{:.1f}')} |"
                          + (f" {r['error']}" if r.get("error") else ""))
+    if idle_h2:
+        lines += ["", "## Relay memory per idle parked HTTP/2 connection (N agents, one connection each)", "",
+                  "Each connection claims its own name (`bench0` … `benchN-1`), so the figure includes what a "
+                  "name costs; `stub` holders are one thread of bench.py speaking the agent's side of the "
+                  "HTTP/2 preface, `agents` are N `ptth-connect --protocol ptth --h2-connections 1`.", "",
+                  "| N | holder | relay env | parked | relay RSS before MiB | after MiB | KiB per parked connection | all parked in s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|"]
+        for r in idle_h2:
+            lines.append(f"| {r['n']} | {r['holder']} | {r.get('relay_env') or '—'} | {r.get('parked', '—')} | "
+                         f"{f(r.get('relay_rss_before_kib', 0) / 1024, '{:.1f}')} | "
+                         f"{f(r.get('relay_rss_after_kib', 0) / 1024, '{:.1f}')} | {f(r.get('kib_per_conn'), '{:.2f}')} | "
+                         f"{f(r.get('all_up_s'), '{:.1f}')} |" + (f" {r['error']}" if r.get("error") else ""))
     # Targets from issue 7, checked against this run.
     t = []
     p = "ptth"
@@ -515,6 +729,7 @@ def version(cmd):
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
+    raise_nofile()  # the HTTP/2 parked-memory stub holds N sockets in this process
     os.makedirs(RESULTS, exist_ok=True)
     paths = ["direct"] + [p for p in PATHS if p != "direct"]
     for p, need in PEER_NEEDS.items():
@@ -545,12 +760,20 @@ def main():
                     r = parked_memory(n, relay_env)
                     log(f"  {json.dumps(r)}")
                     idle.append(r)
+        idle_h2 = []
+        if any(p.startswith("ptth-h2") for p in paths):
+            for n in H2_IDLE_COUNTS:
+                for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "0"}):
+                    log(f"parked HTTP/2 connection memory, N={n} {H2_IDLE_HOLDER} {relay_env or ''}")
+                    r = parked_memory(n, relay_env, h2=True)
+                    log(f"  {json.dumps(r)}")
+                    idle_h2.append(r)
     finally:
         stop_all()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    md = report(rounds, idle, versions)
+    md = report(rounds, idle, idle_h2, versions)
     with open(os.path.join(RESULTS, f"bench-{stamp}.json"), "w") as fh:
-        json.dump({"rounds": rounds, "idle": idle, "versions": versions}, fh, indent=1)
+        json.dump({"rounds": rounds, "idle": idle, "idle_h2": idle_h2, "versions": versions}, fh, indent=1)
     with open(os.path.join(RESULTS, f"bench-{stamp}.md"), "w") as fh:
         fh.write(md + "\n")
     print(md)

@@ -7,6 +7,11 @@
 #
 #   bash bench/callgrind.sh            # both halves of ptth and of rathole, 13-byte GET, c8
 #   WHO="ptth-relay" bash bench/callgrind.sh
+#   WHO="ptth-relay ptth-agent ptth-h2-relay ptth-h2-agent" GET_PATH=64k bash bench/callgrind.sh
+#
+# `ptth-h2-relay`/`ptth-h2-agent` are the halves with the agent on `--protocol ptth` (HTTP/2
+# inside, `H2_CONNECTIONS` reversed connections, 1 by default); GET_PATH picks the upstream's
+# route (`hello`, 13 bytes, or `64k`).
 #
 # One half at a time runs under callgrind (about 50x slower), the rest natively. Counters are
 # zeroed after a warm-up and dumped after a load of LOAD_SECONDS, so start-up and the claim are
@@ -24,6 +29,8 @@ UPSTREAM="${UPSTREAM:-$REPO/target/release/examples/bench-upstream}"
 RATHOLE="${RATHOLE:-$BENCH_ROOT/cargo/bin/rathole}"
 WHO="${WHO:-ptth-relay ptth-agent rathole-server rathole-client nginx}"
 CONNS="${CONNS:-8}"
+GET_PATH="${GET_PATH:-hello}"
+H2_CONNECTIONS="${H2_CONNECTIONS:-1}"
 WARM_SECONDS="${WARM_SECONDS:-3}"
 LOAD_SECONDS="${LOAD_SECONDS:-10}"
 H=127.0.0.1
@@ -71,18 +78,20 @@ start upstream 0 "$UPSTREAM" "$H:$UP"
 wait_answer "http://$H:$UP/hello"
 for who in $WHO; do
   case "$who" in
-    ptth-relay|ptth-agent)
+    ptth-relay|ptth-agent|ptth-h2-relay|ptth-h2-agent)
       cg_relay=0 cg_agent=0
-      [ "$who" = ptth-relay ] && cg_relay=1 || cg_agent=1
+      [ "${who##*-}" = relay ] && cg_relay=1 || cg_agent=1
+      agent_args=()
+      [[ "$who" = ptth-h2-* ]] && agent_args=(--protocol ptth --h2-connections "$H2_CONNECTIONS" --upstream-connections 64)
       start "$who-relay" "$cg_relay" "$PROF/ptth-serve" --listen "$H:$PTTH"
       relay=$LAST
       sleep 1
-      start "$who-agent" "$cg_agent" "$PROF/ptth-connect" "http://$H:$PTTH/bench" --to "http://$H:$UP"
+      start "$who-agent" "$cg_agent" "$PROF/ptth-connect" "http://$H:$PTTH/bench" --to "http://$H:$UP" "${agent_args[@]}"
       agent=$LAST
-      url="http://$H:$PTTH/bench/hello"
+      url="http://$H:$PTTH/bench/$GET_PATH"
       wait_answer "$url"
-      [ "$who" = ptth-relay ] && pid=$relay || pid=$agent
-      [ "$who" = ptth-relay ] && name="$who-relay" || name="$who-agent"
+      [ "$cg_relay" = 1 ] && pid=$relay || pid=$agent
+      [ "$cg_relay" = 1 ] && name="$who-relay" || name="$who-agent"
       ;;
     rathole-server|rathole-client)
       [ -x "$RATHOLE" ] || { say "no rathole at $RATHOLE: skipped"; continue; }
@@ -107,7 +116,7 @@ EOF
       sleep 1
       start "$who-client" "$cg_c" "$RATHOLE" -c "$OUT/rc.toml"
       client=$LAST
-      url="http://$H:$RH_PORT/hello"
+      url="http://$H:$RH_PORT/$GET_PATH"
       wait_answer "$url"
       [ "$who" = rathole-server ] && pid=$server || pid=$client
       [ "$who" = rathole-server ] && name="$who-server" || name="$who-client"
@@ -144,7 +153,7 @@ http {
 }
 EOF
       start nginx-hop 1 "$NGINX_BIN" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
-      pid=$LAST name=nginx-hop url="http://$H:$NGX/hello"
+      pid=$LAST name=nginx-hop url="http://$H:$NGX/$GET_PATH"
       wait_answer "$url"
       ;;
     *) say "unknown half $who"; continue ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the whole benchmark: installs what is missing, builds, runs, prints the table.
-#   bash bench/run.sh                  # direct, nginx, ptth, rathole, bore; 3 rounds of 5 s runs
+#   bash bench/run.sh                  # direct, nginx, ptth (h1 pool, h2 x1, h2 x2), rathole, bore; 3 rounds of 5 s runs
 #   ROUNDS=5 PATHS="direct nginx ptth" bash bench/run.sh
 # Installs: wrk and nginx-light (Debian, needs root), bore-cli 0.6.0 and rathole 0.5.0
 # (crates.io, into $BENCH_ROOT/cargo; the first build takes a few minutes). A peer that fails
@@ -27,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v wrk >/dev/null || { say "wrk is required"; exit 1; }
 
-PATHS="${PATHS:-direct nginx ptth rathole bore}"
+PATHS="${PATHS:-direct nginx ptth ptth-h2x1 ptth-h2x2 rathole bore}"
 export CARGO_TARGET_DIR_PEERS="$BENCH_ROOT/cargo-target"
 if [[ " $PATHS " == *" bore "* ]] && [ ! -x "$BENCH_ROOT/cargo/bin/bore" ]; then
   say "cargo install bore-cli 0.6.0"

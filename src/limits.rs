@@ -95,6 +95,14 @@ pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// a PING either, but hyper would wait forever to send its GOAWAY (`io::WriteDeadline`).
 pub const DEFAULT_H2_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Largest HTTP/2 frame payload either side of a transposed connection accepts, as it
+/// advertises in `SETTINGS_MAX_FRAME_SIZE`: 64 KiB, so a body goes as the chunks it was read in
+/// (the agent's upstream reads, the relay's bridge writes) instead of 16 KiB pieces, the
+/// protocol's default. Measured with `bench/callgrind.sh` (BENCHMARKS.md, "HTTP/2 inside ptth
+/// (session 26)"). The cost: each side's frame reader may grow to one frame (its buffer is
+/// per connection, not per stream).
+pub const DEFAULT_H2_MAX_FRAME_SIZE: u32 = 64 * 1024;
+
 /// HTTP/2 settings of a transposed `ptth` connection, in either role. The header list cap is
 /// [`Limits::max_head_bytes`], the same "too large" as on HTTP/1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +117,9 @@ pub struct H2Limits {
     /// How long a write may make no progress (the peer reads nothing) before the connection
     /// fails. Default: [`DEFAULT_H2_WRITE_TIMEOUT`].
     pub write_timeout: Duration,
+    /// Largest frame payload accepted (`SETTINGS_MAX_FRAME_SIZE`, 16 KiB to 16 MiB − 1).
+    /// Default: [`DEFAULT_H2_MAX_FRAME_SIZE`].
+    pub max_frame_size: u32,
 }
 
 impl Default for H2Limits {
@@ -118,6 +129,7 @@ impl Default for H2Limits {
             keep_alive_interval: Some(DEFAULT_H2_KEEP_ALIVE_INTERVAL),
             keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
             write_timeout: DEFAULT_H2_WRITE_TIMEOUT,
+            max_frame_size: DEFAULT_H2_MAX_FRAME_SIZE,
         }
     }
 }
@@ -224,6 +236,7 @@ mod tests {
         assert_eq!(l.h2.keep_alive_interval, Some(Duration::from_secs(20)));
         assert_eq!(l.h2.keep_alive_timeout, Duration::from_secs(20));
         assert_eq!(l.h2.write_timeout, Duration::from_secs(20));
+        assert_eq!(l.h2.max_frame_size, 65536);
         assert_eq!(l.buffer_bytes, 65536);
         assert_eq!(CONTINUE_WAIT, Duration::from_secs(1));
         assert_eq!(MAX_NO_CONTENT_ROUNDS, 100);

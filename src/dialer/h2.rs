@@ -64,6 +64,7 @@ impl<IO: ByteStream> Flipped<IO> {
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2.max_concurrent_streams)
             .max_header_list_size(limits.h2_header_list_size())
+            .max_frame_size(limits.h2.max_frame_size)
             .keep_alive_interval(limits.h2.keep_alive_interval)
             .keep_alive_timeout(limits.h2.keep_alive_timeout)
             .enable_connect_protocol();

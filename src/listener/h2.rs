@@ -121,6 +121,7 @@ where
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(limits.h2_header_list_size())
+        .max_frame_size(limits.h2.max_frame_size)
         .keep_alive_interval(limits.h2.keep_alive_interval)
         .keep_alive_timeout(limits.h2.keep_alive_timeout)
         // A parked transposed connection is idle most of the time: that is when a dead dialer
