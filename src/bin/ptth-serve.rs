@@ -8,6 +8,20 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_e` in the mimalloc v3 that
+/// libmimalloc-sys 0.1.49 builds; its own constants stop at 14 and go on at 16).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Hand freed pages back to the OS at once instead of 1 s later. mimalloc purges a delayed page
+/// only on a later allocator call, so a relay that goes quiet after a claim burst (every agent
+/// redialling after a restart) kept the burst's buffers: 10.4 KiB per parked connection at
+/// N = 1,000 as read, 1.9 purged. Under load pages rarely empty: `strace -c` at c64 counted 1
+/// `madvise` in 19,000 requests with the delay at 0.
+fn tune_allocator() {
+    // SAFETY: sets an option of the allocator this binary links; any value is valid for it.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -318,6 +332,7 @@ fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<tokio::net::TcpListener>
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let settings: Settings = common::settings::parse();
     let result = common::runtime(settings.threads)
         .context("starting the async runtime")
