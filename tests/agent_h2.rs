@@ -13,7 +13,6 @@ use std::convert::Infallible;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -28,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::{Notify, mpsc};
 
-const DEADLINE: Duration = Duration::from_secs(90);
 /// Requests the relay sends at once, over the agent's two connections.
 const MANY: usize = 64;
 /// The large body, each way.
@@ -236,7 +234,7 @@ async fn log_line(log: &mut Lines<BufReader<ChildStderr>>, want: &[&str]) -> Str
 }
 
 async fn deadline<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f).await.expect("deadline")
+    support::deadline_of(support::SLOW_PEER_DEADLINE, f).await
 }
 
 macro_rules! needs_python_h2 {

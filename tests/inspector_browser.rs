@@ -11,14 +11,9 @@
 mod support;
 use support::bins;
 
-use std::time::Duration;
-
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::Command;
-
-/// The whole run, Chromium's start included.
-const DEADLINE: Duration = Duration::from_secs(90);
 
 /// An upstream on 127.0.0.1:0 that answers every request with a small JSON document, except
 /// `/events`: an SSE stream that sends one event, then a second and ends only once a request
@@ -83,7 +78,8 @@ async fn the_page_shows_a_request_live_and_replays_it_in_chromium() {
         println!("skipped: chromium is not installed (apt-get install chromium)");
         return;
     };
-    tokio::time::timeout(DEADLINE, async {
+    // The whole run, Chromium's start included.
+    tokio::time::timeout(support::SLOW_PEER_DEADLINE, async {
         let (_relay, _, _out, relay_addr) =
             bins::serve_ready(&["--listen", "127.0.0.1:0"], "public:").await;
         let to = json_upstream().await;

@@ -327,10 +327,19 @@ pub fn python_h2() -> Result<(), String> {
 }
 
 pub async fn deadline<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f)
+    deadline_of(DEADLINE, f).await
+}
+
+/// [`deadline`] with a longer bound, for tests that drive a slow third-party program
+/// (Chromium, a Python HTTP/2 peer).
+pub async fn deadline_of<F: Future>(limit: Duration, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
         .await
         .expect("test deadline passed")
 }
+
+/// The bound of [`deadline_of`] for tests that start a browser or a Python peer.
+pub const SLOW_PEER_DEADLINE: Duration = Duration::from_secs(90);
 
 /// A body that yields the given frames in order (data, then optionally trailers).
 pub struct FramesBody(pub std::collections::VecDeque<http_body::Frame<Bytes>>);
