@@ -423,9 +423,9 @@ def parked_memory(n, relay_env=None, h2=False):
     or with `h2`, n HTTP/2 connections of one name each (`H2_IDLE_HOLDER`: `stub`, one thread
     of this process holding them all, or `agents`, n processes).
 
-    `relay_env` is extra environment for the relay: with MIMALLOC_PURGE_DELAY=0 the allocator
-    hands freed pages back at once, which tells memory held by the parked connections from
-    memory the allocator kept after the claim burst."""
+    `relay_env` is extra environment for the relay. ptth-serve purges freed pages at once; with
+    MIMALLOC_PURGE_DELAY=1000 (mimalloc's own default) it keeps them, which tells memory held by
+    the parked connections from memory the allocator would keep after the claim burst."""
     res = {"n": n, "relay_env": " ".join(f"{k}={v}" for k, v in (relay_env or {}).items())}
     if h2:
         res["holder"] = H2_IDLE_HOLDER
@@ -678,8 +678,9 @@ def report(rounds, idle, idle_h2, versions):
                      f"{f(med([x.get('connect_ms') for x in rs]), '{:.1f}')} | {errs} | {chk} |")
     if idle:
         lines += ["", "## Relay memory per idle parked connection (one agent holding N)", "",
-                  "The second row of each N runs the relay with `MIMALLOC_PURGE_DELAY=0` (freed pages "
-                  "returned at once): the difference is memory the allocator kept, not memory the connections hold.", "",
+                  "The second row of each N runs the relay with `MIMALLOC_PURGE_DELAY=1000` (mimalloc's stock "
+                  "delay; ptth-serve otherwise purges freed pages at once): the difference is memory the allocator "
+                  "would keep, not memory the connections hold.", "",
                   "| N | relay env | parked | relay RSS before MiB | after MiB | KiB per parked connection | agent RSS MiB | all parked in s |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in idle:
@@ -755,7 +756,7 @@ def main():
         idle = []
         if "ptth" in paths:
             for n in IDLE_COUNTS:
-                for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "0"}):
+                for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "1000"}):
                     log(f"parked-connection memory, N={n} {relay_env or ''}")
                     r = parked_memory(n, relay_env)
                     log(f"  {json.dumps(r)}")
@@ -763,7 +764,7 @@ def main():
         idle_h2 = []
         if any(p.startswith("ptth-h2") for p in paths):
             for n in H2_IDLE_COUNTS:
-                for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "0"}):
+                for relay_env in (None, {"MIMALLOC_PURGE_DELAY": "1000"}):
                     log(f"parked HTTP/2 connection memory, N={n} {H2_IDLE_HOLDER} {relay_env or ''}")
                     r = parked_memory(n, relay_env, h2=True)
                     log(f"  {json.dumps(r)}")
