@@ -172,7 +172,7 @@ pub(crate) async fn claim<S: AgentStream>(
                     } else {
                         tracing::debug!("another connection parked");
                     }
-                    registry.park(AgentConn { io, reservation });
+                    registry.park(AgentConn::new(io, reservation));
                 }
                 Err(why) => tracing::info!("agent connection dropped: {why}"),
             }

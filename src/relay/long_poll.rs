@@ -223,10 +223,9 @@ async fn poll(
         tracing::info!(%name, peer = %info.peer, "agent claimed the name (long poll)");
     }
     shared.metrics.claimed();
-    shared.registry.park(AgentConn {
-        io: Box::new(io),
-        reservation,
-    });
+    shared
+        .registry
+        .park(AgentConn::new(Box::new(io), reservation));
     let mut first = BytesMut::with_capacity(PIPE_BYTES);
     let give_up = async {
         tokio::select! {
