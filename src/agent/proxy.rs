@@ -215,23 +215,28 @@ impl Serve for Proxy {
         // One wait for the stop for the connection's whole life, not one per request.
         let cancelled = graceful.cancelled();
         tokio::pin!(cancelled);
+        // And one idle timer, moved later before each wait (as the relay's public side does):
+        // a timer made per request costs the timer wheel an insert and a removal each time,
+        // moving a registered one later costs nothing there.
+        let idle = tokio::time::sleep(limits.idle_timeout.unwrap_or_default());
+        tokio::pin!(idle);
         loop {
             if inbound.rbuf.is_empty() {
                 // Parked or between requests: this may last for hours (decisions D12).
-                let idle = async {
-                    match limits.idle_timeout {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                if let Some(d) = limits.idle_timeout {
+                    idle.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+                // The read first: a wake with the next request skips polling the stop (a lock
+                // in tokio-util each time); a request the relay already sent is served, and the
+                // stop is seen at the next wait.
                 tokio::select! {
                     biased;
-                    () = &mut cancelled => return,
                     read = inbound.fill() => match read {
                         Ok(n) if n > 0 => {}
                         _ => return,
                     },
-                    () = idle => return,
+                    () = &mut cancelled => return,
+                    () = &mut idle, if limits.idle_timeout.is_some() => return,
                 }
             }
             // Busy from the first byte of a request until its response is done.
