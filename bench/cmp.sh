@@ -6,9 +6,11 @@
 #
 # Each tree is built with `cargo build --release --bins --example bench-upstream` (in its own
 # target/). One upstream (the current tree's bench-upstream), then for each tree in turn:
-# ptth-serve + ptth-connect on 127.0.0.1, wrk keep-alive GET 13 B at c64 and GET 64 KiB at c8
-# for DURATION seconds each (default 10), ROUNDS times (default 2), alternating the trees so
-# that machine drift hits both. Needs wrk. Everything stays on 127.0.0.1.
+# ptth-serve + ptth-connect on 127.0.0.1, wrk keep-alive GET 13 B at c1 and c64 and GET 64 KiB
+# at c8 for DURATION seconds each (default 10), ROUNDS times (default 2), alternating the trees
+# so that machine drift hits both. At c1 every request wakes each process from sleep, so its
+# CPU per request is about three times c64's and shows the user-space work run cold (BENCHMARKS,
+# session 27). Needs wrk. Everything stays on 127.0.0.1.
 #
 # PROFILE_DIR=DIR adds the relay's profile of each tree, after the rounds, on GET 13 B at c64:
 # one run under `strace -c -f` (syscalls per request: calls / wrk's requests; strace slows the
@@ -49,9 +51,11 @@ run() {
   local agent=$!
   PIDS+=("$agent")
   local url="http://127.0.0.1:$RELAY_PORT/$NAME/$path"
+  # wrk wants at least one connection per thread.
+  local threads=$(( conc < 2 ? 1 : 2 ))
   wait_answer "$url" 10 || true
   # Warm up (the agent's pool grows to the concurrency), then measure.
-  wrk -t2 -c"$conc" -d2s "$url" >/dev/null 2>&1
+  wrk -t"$threads" -c"$conc" -d2s "$url" >/dev/null 2>&1
   local r0 a0 r1 a1 out
   local prof=""
   case "$attach" in
@@ -60,7 +64,7 @@ run() {
   esac
   [ -n "$prof" ] && sleep 0.5
   r0=$(ticks "$relay"); a0=$(ticks "$agent")
-  out=$(wrk -t2 -c"$conc" -d"${DURATION}s" "$url")
+  out=$(wrk -t"$threads" -c"$conc" -d"${DURATION}s" "$url")
   r1=$(ticks "$relay"); a1=$(ticks "$agent")
   if [ -n "$prof" ]; then
     kill -INT "$prof" 2>/dev/null || true
@@ -101,7 +105,7 @@ echo "current: $CUR ($(git -C "$CUR" rev-parse --short HEAD)$(git -C "$CUR" diff
 echo "wrk ${DURATION}s per cell, $ROUNDS rounds; CPU = utime+stime of each process over the run"
 for round in $(seq 1 "$ROUNDS"); do
   echo "-- round $round"
-  for cell in "hello 64" "64k 8"; do
+  for cell in "hello 1" "hello 64" "64k 8"; do
     set -- $cell
     run "$BASE" base "$1" "$2"
     run "$CUR" current "$1" "$2"

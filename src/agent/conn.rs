@@ -169,6 +169,13 @@ async fn serve<V: Serve>(server: &V, flipped: Flipped<BoxedIo>, on: Parked<'_>) 
 /// connection to clone it.
 pub(super) struct Hyper<S>(pub(super) std::sync::Mutex<S>);
 
+impl<S: Clone> Hyper<S> {
+    /// A clone of the user's service: one per connection, whichever protocol it speaks.
+    fn service(&self) -> S {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl<S> Serve for Hyper<S>
 where
     S: HttpService + Clone + Send + 'static,
@@ -176,12 +183,12 @@ where
     type H2 = S;
 
     fn h2(&self) -> S {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.service()
     }
 
     async fn serve_h1(&self, flipped: Flipped<BoxedIo>, on: Parked<'_>) {
         let svc = Tracked {
-            inner: self.h2(),
+            inner: self.service(),
             track: on.track,
         };
         let serving = flipped.serve(svc, &on.config.limits);

@@ -464,6 +464,24 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// `MI_OPTION_PURGE_DELAY` is an index into mimalloc's option enum, which a crate bump may
+    /// renumber: the option there must be the purge delay, whose stock value is 1000 ms (no
+    /// other option of mimalloc v3 defaults to 1000). Fails on a renumbering instead of
+    /// silently tuning another option.
+    #[test]
+    fn the_purge_delay_index_is_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            eprintln!("skipped: MIMALLOC_PURGE_DELAY is set in this environment");
+            return;
+        }
+        // SAFETY: reads an option of the allocator this binary links.
+        let stock = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            stock, 1000,
+            "option {MI_OPTION_PURGE_DELAY} is not the purge delay"
+        );
+    }
+
     /// Every setting left alone gives the library's own default configuration.
     #[test]
     fn no_flags_is_the_library_default() {

@@ -407,6 +407,9 @@ async fn public<S: AgentStream>(
     let wbuf = std::mem::take(&mut spare.1);
     let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
     let after = tokio::select! {
+        // The exchange first: no random pick per poll, and no look at the stop on the poll that
+        // finishes it.
+        biased;
         a = h1::exchange(inb, &mut out, &route, &settings, &mut count.record) => a,
         () = stops.hard.as_mut() => After::Close,
     };
@@ -474,6 +477,9 @@ async fn to_peer<S: AgentStream>(
     };
     let mut out = None;
     let after = tokio::select! {
+        // The exchange first: no random pick per poll, and no look at the stop on the poll that
+        // finishes it.
+        biased;
         a = h1::exchange(inb, &mut out, &route, &settings, record) => a,
         () = stops.hard.as_mut() => After::Close,
     };
@@ -515,6 +521,9 @@ async fn over_h2<S: AgentStream>(
     let mut out = Some(Conn::with_buffers(near, rbuf, wbuf, &shared.agent_limits));
     let route = OverH2(route);
     let after = tokio::select! {
+        // The exchange first: no random pick per poll, and no look at the stop on the poll that
+        // finishes it.
+        biased;
         a = h1::exchange(inb, &mut out, &route, settings, record) => a,
         () = stops.hard.as_mut() => After::Close,
     };
