@@ -82,7 +82,7 @@ impl Route for AgentRoute<'_> {
     }
 }
 
-/// An [`AgentRoute`] whose next hop is the pipe to an HTTP/2 stream ([`super::forward`]): the
+/// An [`AgentRoute`] whose next hop is the pipe to an HTTP/2 stream ([`super::over_h2`]): the
 /// same request rewriting; no second connection to try (the pipe is never found closed before
 /// the request, and a failed stream is not retried: it may have reached the agent).
 pub(super) struct OverH2<'r, 'a>(pub(super) &'r AgentRoute<'a>);

@@ -26,12 +26,9 @@
 //! Every answered public request is counted at one place, [`finish`].
 //!
 //! A name served over HTTP/2 (`ptth` with `ALPN: h2`) is *leased*, not checked out: the
-//! exchange runs the same engine against one end of a bounded in-memory pipe, and on the other
-//! end a hyper HTTP/1.1 server hands the request to the agent's HTTP/2 sender as a new stream
-//! ([`over_h2`], decisions D83). Both bodies stream through the pipe and the stream's flow
-//! control, so a slow public reader holds back its own stream only. An upgrade takes an
-//! HTTP/1.1 connection of the name, else a stream for RFC 8441 extended CONNECT
-//! ([`websocket`]) when the agent allowed it, else `502` with the reason (D85).
+//! exchange runs on a pipe to one of its streams ([`super::over_h2`], decisions D83). An upgrade
+//! takes an HTTP/1.1 connection of the name, else a stream for RFC 8441 extended CONNECT
+//! ([`super::websocket`]) when the agent allowed it, else `502` with the reason (D85).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,14 +40,14 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
-use super::exchange::{AgentRoute, OverH2};
+use super::exchange::AgentRoute;
 use super::fleet::{self, Fleet, PeerRoute};
 use super::metrics::Finished;
-use super::registry::{AgentConn, AgentStream, CheckoutError, H2Lease, Leased, Want};
+use super::over_h2;
+use super::registry::{AgentConn, AgentStream, CheckoutError, Leased, Want};
 use super::route::{RouteError, route};
 use super::tunnel::tunnel;
-use super::{ConnInfo, H2_BRIDGE_BUF, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
-use super::{respond, websocket};
+use super::{ConnInfo, RELAY_CONTINUE_WAIT, RETRY_AFTER_SECS, Shared};
 use crate::error::HeadError;
 use crate::h1::{self, After, Conn, Record, Settings};
 use crate::io::Rewind;
@@ -163,14 +160,14 @@ pub(crate) async fn serve<S: AgentStream>(
 /// requests, the hard one cuts an exchange. Each wait is made once for the connection's life:
 /// a `cancelled()` made per request cost a waiter-list insert and removal under a lock every
 /// time (3% of the relay's instructions, callgrind).
-struct Stops<'s, 't> {
+pub(super) struct Stops<'s, 't> {
     soft: &'t CancellationToken,
     between: Pin<&'s mut WaitForCancellationFuture<'t>>,
-    hard: Pin<&'s mut WaitForCancellationFuture<'t>>,
+    pub(super) hard: Pin<&'s mut WaitForCancellationFuture<'t>>,
 }
 
 /// How one request ended.
-enum Public {
+pub(super) enum Public {
     /// Answered; the record says how.
     After(After),
     /// A PTTH offer: the connection goes to the claim.
@@ -390,7 +387,7 @@ async fn public<S: AgentStream>(
     let conn = match leased {
         Leased::H1(conn) => conn,
         Leased::H2(lease) => {
-            return over_h2(
+            return over_h2::exchange(
                 inb,
                 lease,
                 &route,
@@ -496,87 +493,6 @@ async fn to_peer<S: AgentStream>(
         }
     }
     Public::After(after)
-}
-
-/// One exchange over a stream of the agent's HTTP/2 connection: the engine writes the request
-/// into a pipe of [`H2_BRIDGE_BUF`] bytes each way and reads the response from it, as from an
-/// HTTP/1.1 agent; a hyper HTTP/1.1 server on the pipe's other end sends it as an HTTP/2
-/// request and writes the response back. The bridge ends with the exchange: a response still
-/// streaming (the public client went away) resets its stream, and nothing else.
-#[allow(clippy::too_many_arguments)]
-async fn over_h2<S: AgentStream>(
-    inb: &mut Conn<S>,
-    lease: H2Lease,
-    route: &AgentRoute<'_>,
-    settings: &Settings<'_>,
-    spare: &mut (BytesMut, BytesMut),
-    shared: &Arc<Shared>,
-    stops: &mut Stops<'_, '_>,
-    record: &mut Record,
-) -> Public {
-    let (near, far) = tokio::io::duplex(H2_BRIDGE_BUF);
-    let bridge = tokio::spawn(bridge_h2(far, lease));
-    let rbuf = std::mem::take(&mut spare.0);
-    let wbuf = std::mem::take(&mut spare.1);
-    let mut out = Some(Conn::with_buffers(near, rbuf, wbuf, &shared.agent_limits));
-    let route = OverH2(route);
-    let after = tokio::select! {
-        // The exchange first: no random pick per poll, and no look at the stop on the poll that
-        // finishes it.
-        biased;
-        a = h1::exchange(inb, &mut out, &route, settings, record) => a,
-        () = stops.hard.as_mut() => After::Close,
-    };
-    if after == After::Switched {
-        // The bridge answered an extended CONNECT's `200` with the `101`: it runs on, splicing
-        // the stream onto the pipe.
-        return match out.take() {
-            Some(pipe) => Public::SwitchedOverH2(Box::new(pipe)),
-            None => Public::After(After::Close),
-        };
-    }
-    bridge.abort();
-    if let Some(agent) = out.take() {
-        let (_, mut rbuf, mut wbuf) = agent.into_parts();
-        rbuf.clear();
-        wbuf.clear();
-        *spare = (rbuf, wbuf);
-    }
-    Public::After(after)
-}
-
-/// The far end of [`over_h2`]'s pipe: one request read as HTTP/1.1, sent on a new stream of
-/// the lease's connection. A stream that fails before its response head is the relay's `502`
-/// with the reason; one that fails later cuts the response short, which the engine passes on.
-async fn bridge_h2(io: tokio::io::DuplexStream, lease: H2Lease) {
-    let lease = Arc::new(lease);
-    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let lease = lease.clone();
-        async move {
-            if websocket::is_upgrade(&req) {
-                return Ok(websocket::over_h2(req, lease).await);
-            }
-            let res = match lease.client.clone().send(req).await {
-                Ok(res) => res.map(http_body_util::BodyExt::boxed_unsync),
-                Err(e) => {
-                    debug!(error = %e, "the HTTP/2 stream to the agent failed");
-                    respond::refusal(StatusCode::BAD_GATEWAY, &e)
-                }
-            };
-            drop(lease);
-            Ok::<_, std::convert::Infallible>(res)
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // The agent's fields as they are: no `Date` of the bridge's own.
-    builder.auto_date_header(false);
-    if let Err(e) = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .with_upgrades()
-        .await
-    {
-        debug!(error = %e, "the HTTP/2 bridge ended");
-    }
 }
 
 /// What the relay makes of a request head.

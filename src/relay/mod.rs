@@ -39,6 +39,7 @@ mod forward;
 mod h2_settings;
 mod long_poll;
 mod metrics;
+mod over_h2;
 mod registry;
 mod respond;
 pub(crate) mod route;
