@@ -77,7 +77,7 @@ fn put_element(out: &mut BytesMut, client: &IpText, proto: &str, host: Option<&s
 /// the request's fields together, and writing the octets into the head twice, piece by piece,
 /// 3% of the relay's instructions (both measured with callgrind, BENCHMARKS.md).
 struct IpText {
-    /// The longest IPv6 text (`ffff:…` with an embedded IPv4) is 45 bytes.
+    /// 45 bytes, POSIX's `INET6_ADDRSTRLEN` without the NUL: more than any IPv6 text.
     buf: [u8; 45],
     len: usize,
     v6: bool,

@@ -163,7 +163,19 @@ pub(crate) async fn serve<S: AgentStream>(
 pub(super) struct Stops<'s, 't> {
     soft: &'t CancellationToken,
     between: Pin<&'s mut WaitForCancellationFuture<'t>>,
-    pub(super) hard: Pin<&'s mut WaitForCancellationFuture<'t>>,
+    hard: Pin<&'s mut WaitForCancellationFuture<'t>>,
+}
+
+impl Stops<'_, '_> {
+    /// `exchange`'s outcome, or `Close` if the hard stop cuts it first. The exchange is polled
+    /// first: no random pick per poll, and no look at the stop on the poll that finishes it.
+    pub(super) async fn unless_hard(&mut self, exchange: impl Future<Output = After>) -> After {
+        tokio::select! {
+            biased;
+            a = exchange => a,
+            () = self.hard.as_mut() => After::Close,
+        }
+    }
 }
 
 /// How one request ended.
@@ -403,13 +415,15 @@ async fn public<S: AgentStream>(
     let rbuf = std::mem::take(&mut spare.0);
     let wbuf = std::mem::take(&mut spare.1);
     let mut out = Some(Conn::with_buffers(conn, rbuf, wbuf, &shared.agent_limits));
-    let after = tokio::select! {
-        // The exchange first: no random pick per poll, and no look at the stop on the poll that
-        // finishes it.
-        biased;
-        a = h1::exchange(inb, &mut out, &route, &settings, &mut count.record) => a,
-        () = stops.hard.as_mut() => After::Close,
-    };
+    let after = stops
+        .unless_hard(h1::exchange(
+            inb,
+            &mut out,
+            &route,
+            &settings,
+            &mut count.record,
+        ))
+        .await;
     if after == After::Switched {
         return match out.take() {
             Some(agent) => Public::Switched(Box::new(agent)),
@@ -473,13 +487,9 @@ async fn to_peer<S: AgentStream>(
         ..Settings::new(&shared.public_limits, &shared.agent_limits, &closing)
     };
     let mut out = None;
-    let after = tokio::select! {
-        // The exchange first: no random pick per poll, and no look at the stop on the poll that
-        // finishes it.
-        biased;
-        a = h1::exchange(inb, &mut out, &route, &settings, record) => a,
-        () = stops.hard.as_mut() => After::Close,
-    };
+    let after = stops
+        .unless_hard(h1::exchange(inb, &mut out, &route, &settings, record))
+        .await;
     if after == After::Switched {
         return match out.take() {
             Some(peer) => Public::SwitchedPeer(Box::new(peer)),

@@ -44,13 +44,9 @@ pub(super) async fn exchange<S: AgentStream>(
     let wbuf = std::mem::take(&mut spare.1);
     let mut out = Some(Conn::with_buffers(near, rbuf, wbuf, &shared.agent_limits));
     let route = OverH2(route);
-    let after = tokio::select! {
-        // The exchange first: no random pick per poll, and no look at the stop on the poll that
-        // finishes it.
-        biased;
-        a = h1::exchange(inb, &mut out, &route, settings, record) => a,
-        () = stops.hard.as_mut() => After::Close,
-    };
+    let after = stops
+        .unless_hard(h1::exchange(inb, &mut out, &route, settings, record))
+        .await;
     if after == After::Switched {
         // The bridge answered an extended CONNECT's `200` with the `101`: it runs on, splicing
         // the stream onto the pipe.
